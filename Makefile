@@ -1,0 +1,28 @@
+# The two commands of the README's quick start. Each sets up .venv on a fresh machine first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= figures
+
+.PHONY: reproduce test setup bench clean
+
+reproduce: setup          ## set up, then regenerate the figures from the built-in defaults
+	$(VENV)/bin/drpo-sim reproduce --out $(OUT)
+
+test: setup               ## set up, then run the whole test suite
+	$(PY) -m pytest -n 2
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "drpo_sim needs Python >= 3.11, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+bench: setup              ## throughput of the objectives against a bare memory pass
+	$(PY) benchmarks/bench_objectives.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,868 @@
+"""The registry of policy objectives: one definition of each surrogate and its gradient weight.
+
+Every objective is a per-token surrogate ``J_t`` over sampled tokens, to be **maximised**
+(``../shared/REFERENCE.md``, "The objectives"). With ``mu`` the behaviour probability of the
+sampled token, ``pi`` the trained policy's, ``r = pi / mu`` and ``A`` the advantage, each
+objective's gradient is plain importance-weighted policy gradient times a method-specific
+weight (the lens of Table 1 in Yao et al. 2026)::
+
+    dJ_t / dlogp = A * r * w_t
+
+Each objective below gives its surrogate (differentiable through ``logp`` in torch) and the
+closed-form weight ``w_t``; the tests hold one against the other with torch autograd.
+
+Usage::
+
+    import drpo_sim as ds
+    obj = ds.objectives.get("drpo", delta=12.5)
+    obj.surrogate(logp, logp_behavior, advantage)   # NumPy in, NumPy out; torch in, torch out
+    obj.weight(logp, logp_behavior, advantage)
+    obj.regions(logp, logp_behavior, advantage).fractions(mask)
+    ds.objectives.available()
+
+Numerical guards (the only two; both documented where they act):
+
+* **Ratio cap.** ``log r`` is capped at ``LOG_RATIO_MAX = 20`` (``r <= 4.85e8``, the cap verl
+  uses) by flooring the behaviour log-prob at ``logp - 20`` (a constant, no gradient). Every
+  quantity of a call, ``r``, ``mu``, ``pi - mu``, uses the floored ``mu``, so the contract
+  ``dJ/dlogp = A r w`` holds exactly with the capped ratio. The floor moves ``pi - mu`` by at
+  most ``pi * exp(-20) = 2e-9 * pi``, so shift-based masks and weights are unaffected. Only the
+  upper side needs a cap: as ``r -> 0`` nothing grows. With ``r <= e^20``, ``(r - 1)^2 <= 2.4e17``
+  and every surrogate and gradient stays finite in float32 for ``abs(A) / threshold`` up to
+  about ``1e19``.
+* **Tangent continuation of log r.** The ``drpo_kl`` and ``drpo_k3`` ablations contain
+  ``log r``, whose weight grows like ``1/r``. Below ``log r = -20`` the logarithm is continued by
+  its tangent (``log r ~ r e^20 - 1 - 20``), so its gradient, and the weight, stay finite
+  (``<= e^20 / delta``) for a ratio that underflows to 0.
+
+Half-precision inputs (float16, bfloat16) are computed and returned in float32; integer inputs
+in the namespace's default float. Log-probabilities are expected to be ``<= 0``: validating input
+data is the loaders' job (:mod:`drpo_sim.logs`), not this hot path's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+
+from drpo_sim._xp import Array, as_float_arrays, stop_gradient
+
+LOG_RATIO_MAX = 20.0
+"""Cap on ``log(pi / mu)``; see the module docstring."""
+
+__all__ = [
+    "AGG_MODES",
+    "LOG_RATIO_MAX",
+    "Objective",
+    "Regions",
+    "TokenTerms",
+    "aggregate",
+    "available",
+    "binary_kl",
+    "get",
+    "policy_loss",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Per-token quantities shared by all objectives
+# --------------------------------------------------------------------------------------------
+
+
+class TokenTerms:
+    """The per-token quantities an objective is built from, each computed once, on demand.
+
+    ``logp`` keeps its gradient (unless ``detach``); ``logp_behavior`` and ``advantage`` never
+    carry one (``mu`` and ``A`` are constants of the surrogate). See the module docstring for the
+    ratio cap applied to ``logp_behavior``.
+    """
+
+    def __init__(self, logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool = False):
+        xp, (logp, logp_behavior, advantage) = as_float_arrays(logp, logp_behavior, advantage)
+        try:
+            self.shape = tuple(np.broadcast_shapes(logp.shape, logp_behavior.shape, advantage.shape))
+        except ValueError:
+            raise ValueError(
+                "logp, logp_behavior and advantage do not broadcast: shapes "
+                f"{tuple(logp.shape)}, {tuple(logp_behavior.shape)}, {tuple(advantage.shape)}"
+            ) from None
+        self.xp = xp
+        self.logp = stop_gradient(logp) if detach else logp
+        self.logp_behavior = xp.maximum(stop_gradient(logp_behavior), stop_gradient(logp) - LOG_RATIO_MAX)
+        self.advantage = stop_gradient(advantage)
+
+    # ratios -------------------------------------------------------------------------------
+    @cached_property
+    def log_ratio(self) -> Array:
+        """``log r = logp - logp_behavior``, at most ``LOG_RATIO_MAX``."""
+        return self.logp - self.logp_behavior
+
+    @cached_property
+    def ratio(self) -> Array:
+        """``r = pi / mu``."""
+        return self.xp.exp(self.log_ratio)
+
+    @cached_property
+    def ratio_minus_one(self) -> Array:
+        """``r - 1``, computed as ``expm1(log r)`` (exact for small shifts).
+
+        Under autograd its derivative is taken as ``dr = r dlogp`` (``expm1(sg) + r - sg(r)``):
+        torch differentiates ``expm1`` as ``expm1(x) + 1``, which loses all precision for ``r``
+        near 0 (relative error 1e-8 at ``log r = -20``).
+        """
+        rm1 = self.xp.expm1(self.log_ratio)
+        if getattr(self.logp, "requires_grad", False):
+            return stop_gradient(rm1) + (self.ratio - stop_gradient(self.ratio))
+        return rm1
+
+    @cached_property
+    def log_ratio_ext(self) -> Array:
+        """``log r``, continued below ``-LOG_RATIO_MAX`` by its tangent ``r e^L - 1 - L``.
+
+        Equal to ``log r`` wherever ``log r >= -20``; continuous with a continuous derivative
+        (``min(1, r e^20)``), so ``d(log r)/dlogp / r`` is at most ``e^20`` instead of ``1/r``.
+        """
+        xp, lr, low = self.xp, self.log_ratio, -LOG_RATIO_MAX
+        return xp.where(lr >= low, lr, self.ratio * math.exp(-low) - 1.0 + low)
+
+    @cached_property
+    def inv_ratio_capped(self) -> Array:
+        """``min(1/r, e^20)``: the derivative of :attr:`log_ratio_ext` with respect to ``logp``, over ``r``."""
+        return self.xp.exp(-self.xp.maximum(self.log_ratio, -LOG_RATIO_MAX))
+
+    # probabilities ------------------------------------------------------------------------
+    @cached_property
+    def pi(self) -> Array:
+        """``pi = exp(logp)``."""
+        return self.xp.exp(self.logp)
+
+    @cached_property
+    def mu(self) -> Array:
+        """``mu = exp(logp_behavior)`` (after the ratio cap), a constant."""
+        return self.xp.exp(self.logp_behavior)
+
+    @cached_property
+    def shift(self) -> Array:
+        """The probability shift of the sampled token, signed: ``pi - mu``.
+
+        Computed as ``mu (r - 1)`` with ``r - 1 = expm1(log r)``, free of the cancellation of
+        ``exp(logp) - exp(logp_behavior)`` (which gives 0 for a shift of 1e-17 near ``mu = 1``).
+        """
+        return self.mu * self.ratio_minus_one
+
+    # advantages ---------------------------------------------------------------------------
+    @cached_property
+    def sign_adv(self) -> Array:
+        """``sign(A)``, with ``sign(0) = 0``."""
+        return self.xp.sign(self.advantage)
+
+    @cached_property
+    def abs_adv(self) -> Array:
+        """``abs(A)``."""
+        return self.xp.abs(self.advantage)
+
+    # output helpers -----------------------------------------------------------------------
+    def full(self, x: Array) -> Array:
+        """``x`` broadcast to the call's shape (a fresh array, never a read-only view)."""
+        if tuple(x.shape) == self.shape:
+            return x
+        return x + self.xp.zeros(self.shape, dtype=x.dtype, device=_device(x))
+
+    def ones(self) -> Array:
+        """An array of ones of the call's shape and dtype."""
+        return self.xp.ones(self.shape, dtype=self.logp.dtype, device=_device(self.logp))
+
+    def as_weight(self, keep: Array) -> Array:
+        """A boolean keep-mask as a 0/1 weight in the call's dtype."""
+        return self.xp.astype(keep, self.logp.dtype)
+
+    def unit(self) -> Array | float:
+        """``exp(logp - sg(logp))``: the value 1 with derivative 1 with respect to ``logp``.
+
+        Multiplying a stop-gradient coefficient ``sg(c)`` by it gives a surrogate whose value is
+        ``c`` and whose gradient is ``c``: the form of the stop-gradient objectives (CISPO, DPPO).
+        """
+        if getattr(self.logp, "requires_grad", False):
+            return self.xp.exp(self.logp - stop_gradient(self.logp))
+        return 1.0
+
+
+def _device(x: Array) -> Any:
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
+def binary_kl(logp_mu: Array, logp_pi: Array) -> Array:
+    """KL divergence between Bernoulli(mu) and Bernoulli(pi), from log-probabilities.
+
+    ``D = mu log(mu/pi) + (1-mu) log((1-mu)/(1-pi))`` (Qi et al. 2026, DPPO, Binary-KL), with
+    ``log(1-p)`` computed stably from ``log p`` and the second term taken as 0 when ``mu = 1``.
+    Infinite when ``pi = 1 > mu`` (a true infinite divergence). No gradient is meant to flow
+    through it: DPPO-KL uses it only as a mask.
+    """
+    xp, (logp_mu, logp_pi) = as_float_arrays(logp_mu, logp_pi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = xp.exp(logp_mu)
+        first = mu * (logp_mu - logp_pi)
+        second = (1.0 - mu) * (_log1mexp(xp, logp_mu) - _log1mexp(xp, logp_pi))
+        return first + xp.where(mu < 1.0, second, xp.zeros_like(second))
+
+
+def _log1mexp(xp: Any, x: Array) -> Array:
+    """``log(1 - exp(x))`` for ``x <= 0`` without cancellation (Maechler 2012)."""
+    return xp.where(x > -math.log(2.0), xp.log(-xp.expm1(x)), xp.log1p(-xp.exp(x)))
+
+
+# --------------------------------------------------------------------------------------------
+# Regions: which tokens an objective masks, attenuates, corrects or amplifies
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Regions:
+    """How an objective treats each token, read off its weight ``w``.
+
+    * ``masked``: ``w == 0``, the gradient is removed (a clip or a mask is active);
+    * ``corrective``: ``w < 0``, the update is reversed: the token is pulled back towards ``mu``
+      against its advantage;
+    * ``attenuated``: ``0 < w < 1``;
+    * ``amplified``: ``w > 1``.
+
+    Tokens with ``w == 1`` are in none of them. Each field is a boolean array of the call's shape.
+    """
+
+    masked: Array
+    attenuated: Array
+    corrective: Array
+    amplified: Array
+
+    NAMES: ClassVar[tuple[str, ...]] = ("masked", "attenuated", "corrective", "amplified")
+
+    @classmethod
+    def from_weight(cls, w: Array) -> Regions:
+        """Classify tokens by their weight."""
+        return cls(masked=w == 0, attenuated=(w > 0) & (w < 1), corrective=w < 0, amplified=w > 1)
+
+    def counts(self, mask: Array | None = None) -> dict[str, int]:
+        """Number of tokens in each region, over the tokens where ``mask`` is true (all by default)."""
+        out = {"tokens": _count(self.masked, None, mask) if mask is not None else int(np.prod(self.masked.shape))}
+        for name in self.NAMES:
+            out[name] = _count(getattr(self, name), True, mask)
+        return out
+
+    def fractions(self, mask: Array | None = None) -> dict[str, float]:
+        """Fraction of tokens in each region; ``ValueError`` when no token is selected."""
+        counts = self.counts(mask)
+        total = counts.pop("tokens")
+        if total == 0:
+            raise ValueError("no valid tokens: the mask selects none, fractions are undefined")
+        return {name: n / total for name, n in counts.items()}
+
+
+def _count(flags: Array, use_flags: bool | None, mask: Array | None) -> int:
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(flags)
+    sel = flags if use_flags else xp.ones_like(flags)
+    if mask is not None:
+        sel = sel & (mask != 0)
+    return int(xp.sum(xp.astype(sel, xp.int64)))
+
+
+# --------------------------------------------------------------------------------------------
+# The objective base class and the registry
+# --------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Objective]] = {}
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: add an objective to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"objective {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of every registered objective, in registration order."""
+    return list(_REGISTRY)
+
+
+def get(name: str, **params: Any) -> Objective:
+    """The objective ``name`` with ``params`` (unknown names or parameters: ``ValueError``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown objective {name!r}; available: {', '.join(available())}")
+    cls = _REGISTRY[name]
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"objective {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+            f"valid parameters: {', '.join(valid) if valid else 'none'}"
+        )
+    return cls(**params)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Base class: a per-token surrogate ``J_t`` and its closed-form gradient weight ``w_t``.
+
+    Subclasses implement ``_surrogate(t)`` and ``_weight(t)`` on a :class:`TokenTerms`; the
+    public methods take ``(logp, logp_behavior, advantage)`` as NumPy arrays or torch tensors
+    of any float dtype and broadcastable shapes, and return the same kind of array.
+    """
+
+    name: ClassVar[str] = ""
+
+    # public API --------------------------------------------------------------------------
+    def surrogate(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
+        """Per-token ``J_t`` to maximise; differentiable through ``logp`` for torch tensors."""
+        t = TokenTerms(logp, logp_behavior, advantage)
+        return t.full(self._surrogate(t))
+
+    def weight(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
+        """Per-token ``w_t`` with ``dJ_t/dlogp = advantage * r * w_t`` (no gradient attached)."""
+        t = TokenTerms(logp, logp_behavior, advantage, detach=True)
+        return t.full(self._weight(t))
+
+    def grad_logp(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
+        """Closed-form ``dJ_t/dlogp`` (``A r w`` for every objective whose weight is defined)."""
+        t = TokenTerms(logp, logp_behavior, advantage, detach=True)
+        return t.full(self._grad_logp(t))
+
+    def regions(self, logp: Array, logp_behavior: Array, advantage: Array) -> Regions:
+        """Which tokens this objective masks, attenuates, turns corrective or amplifies."""
+        return Regions.from_weight(self.weight(logp, logp_behavior, advantage))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The objective's parameters, as given to :func:`get`."""
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items() if v is not None)
+        return f"{self.name}({args})"
+
+    # implementation hooks ----------------------------------------------------------------
+    def _surrogate(self, t: TokenTerms) -> Array:
+        raise NotImplementedError
+
+    def _weight(self, t: TokenTerms) -> Array:
+        raise NotImplementedError
+
+    def _grad_logp(self, t: TokenTerms) -> Array:
+        return t.advantage * t.ratio * self._weight(t)
+
+    def _check_positive(self, *names: str) -> None:
+        for n in names:
+            v = getattr(self, n)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{self.name}: parameter {n} must be a finite number > 0, got {v!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces of math (each written once)
+# --------------------------------------------------------------------------------------------
+
+
+def _ratio_clip_keep(t: TokenTerms, eps_low: float, eps_high: float) -> Array:
+    """PPO's clip is inactive: not (``A>0, r>1+eps_high``) and not (``A<0, r<1-eps_low``)."""
+    a, r = t.advantage, t.ratio
+    return ~(((a > 0) & (r > 1.0 + eps_high)) | ((a < 0) & (r < 1.0 - eps_low)))
+
+
+def _tv_keep(t: TokenTerms, delta_low: float, delta_high: float) -> Array:
+    """DPPO Binary-TV trust region: not (``A>0, pi-mu > delta_high``) and not (``A<0, pi-mu < -delta_low``)."""
+    a, s = t.advantage, t.shift
+    return ~(((a > 0) & (s > delta_high)) | ((a < 0) & (s < -delta_low)))
+
+
+def _drpo_regulariser(t: TokenTerms, delta: float) -> Array:
+    """DRPO's quadratic penalty without its advantage factor: ``mu (r-1)^2 / (2 delta)``.
+
+    Its expectation under ``mu`` is ``sum_a (pi(a) - mu(a))^2 / (2 delta)``, a squared l2
+    distance (Yao et al. 2026, Eq. 8). Its gradient over ``r`` is ``(pi - mu) / delta``.
+    """
+    return t.mu * t.ratio_minus_one**2 / (2.0 * delta)
+
+
+def _drpo_weight(t: TokenTerms, delta: float) -> Array:
+    """DRPO's weight ``1 - sign(A) (pi - mu) / delta`` (Yao et al. 2026, Table 1)."""
+    return 1.0 - t.sign_adv * t.shift / delta
+
+
+class _DeltaPair:
+    """Mixin for thresholds given as one ``delta`` or as ``delta_low`` / ``delta_high``."""
+
+    delta: float
+    delta_low: float | None
+    delta_high: float | None
+
+    @property
+    def lo(self) -> float:
+        return self.delta if self.delta_low is None else self.delta_low
+
+    @property
+    def hi(self) -> float:
+        return self.delta if self.delta_high is None else self.delta_high
+
+
+# --------------------------------------------------------------------------------------------
+# The objectives
+# --------------------------------------------------------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class PgIS(Objective):
+    """Unregularised importance-sampled policy gradient (the reference every weight is relative to).
+
+    ``J = r A``;  ``w = 1``. No trust region: nothing stops ``pi`` drifting from ``mu``.
+    """
+
+    name: ClassVar[str] = "pg_is"
+
+    def _surrogate(self, t):
+        return t.ratio * t.advantage
+
+    def _weight(self, t):
+        return t.ones()
+
+
+@register
+@dataclass(frozen=True)
+class PPO(Objective):
+    """PPO's clipped surrogate (Schulman et al. 2017), with asymmetric clip and optional dual clip.
+
+    ``J = min(r A, clip(r, 1-eps_low, 1+eps_high) A)``; with dual clip ``c > 1`` (Ye et al. 2020),
+    for ``A < 0`` the result is ``max(J, c A)``.
+
+    ``w = 0`` where the clip is active (``A>0, r>1+eps_high`` or ``A<0, r<1-eps_low``; dual
+    clip: ``A<0, r>c``), else ``w = 1``.
+    """
+
+    name: ClassVar[str] = "ppo"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: float | None = None
+
+    def __post_init__(self):
+        self._check_positive("eps_low", "eps_high")
+        if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1.0):
+            raise ValueError(f"{self.name}: dual_clip must be a finite number > 1, got {self.dual_clip!r}")
+
+    def _surrogate(self, t):
+        xp, r, a = t.xp, t.ratio, t.advantage
+        j = xp.minimum(r * a, xp.clip(r, 1.0 - self.eps_low, 1.0 + self.eps_high) * a)
+        if self.dual_clip is not None:
+            j = xp.where(a < 0, xp.maximum(j, self.dual_clip * a), j)
+        return j
+
+    def _weight(self, t):
+        keep = _ratio_clip_keep(t, self.eps_low, self.eps_high)
+        if self.dual_clip is not None:
+            keep = keep & ~((t.advantage < 0) & (t.ratio > self.dual_clip))
+        return t.as_weight(keep)
+
+
+@register
+@dataclass(frozen=True)
+class GRPO(PPO):
+    """GRPO's token objective: PPO with clip-higher, ``eps_low = 0.2``, ``eps_high = 0.28``.
+
+    DeepSeekMath (Shao et al. 2024) for the group-relative advantages (computed outside the
+    objective, in :mod:`drpo_sim.advantages`); DAPO (Yu et al. 2025) for the asymmetric clip.
+    Same surrogate and weight as :class:`PPO`.
+    """
+
+    name: ClassVar[str] = "grpo"
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip: float | None = None
+
+
+@register
+@dataclass(frozen=True)
+class CISPO(Objective):
+    """CISPO (MiniMax-M1, 2025): clip the importance weight, never the gradient.
+
+    ``J = sg(min(r, 1+eps_high) A) * u`` with ``u = exp(logp - sg(logp))`` (value 1, derivative 1);
+    ``w = min(r, 1+eps_high) / r``. The paper writes ``sg(min(r, 1+eps_high)) A logp``: same
+    gradient; our form only shifts the value by a constant so it reads as the truncated
+    importance-weighted advantage and stays finite as ``logp -> -inf``. MiniMax-M1 tunes
+    ``eps_high`` and sets no lower bound; the default 0.28 is GRPO's upper clip.
+    """
+
+    name: ClassVar[str] = "cispo"
+    eps_high: float = 0.28
+
+    def __post_init__(self):
+        self._check_positive("eps_high")
+
+    def _surrogate(self, t):
+        c = t.xp.minimum(t.ratio, 1.0 + self.eps_high)
+        return stop_gradient(c * t.advantage) * t.unit()
+
+    def _weight(self, t):
+        cap = 1.0 + self.eps_high
+        return cap / t.xp.maximum(t.ratio, cap)
+
+
+@register
+@dataclass(frozen=True)
+class SPO(Objective):
+    """Simple Policy Optimization (Xie et al. 2024): a quadratic penalty on the ratio.
+
+    ``J = r A - abs(A) (r-1)^2 / (2 eps)``;  ``w = 1 - sign(A) (r-1) / eps``.
+    Per-token maximiser ``r* = 1 + sign(A) eps``. The weight is unbounded: for a rare token
+    (``mu -> 0``) any fixed shift ``pi - mu`` makes ``r`` and so ``abs(w)`` grow like ``1/mu``.
+    Default ``eps = 12.5``, the DRPO paper's setting for SPO (Xie et al. use 0.2).
+    """
+
+    name: ClassVar[str] = "spo"
+    eps: float = 12.5
+
+    def __post_init__(self):
+        self._check_positive("eps")
+
+    def _surrogate(self, t):
+        return t.ratio * t.advantage - t.abs_adv * t.ratio_minus_one**2 / (2.0 * self.eps)
+
+    def _weight(self, t):
+        return 1.0 - t.sign_adv * t.ratio_minus_one / self.eps
+
+
+@register
+@dataclass(frozen=True)
+class DPPOTV(_DeltaPair, Objective):
+    """DPPO with the Binary-TV trust region (Qi et al. 2026): mask by absolute probability shift.
+
+    ``M = 0`` where ``A>0 and pi-mu > delta_high`` or ``A<0 and pi-mu < -delta_low``, else 1;
+    ``J = sg(r M A) * u`` (``u`` as in :class:`CISPO`; the paper's ``sg(r) M A logp`` has the same
+    gradient); ``w = M``. ``delta`` sets both thresholds unless ``delta_low`` / ``delta_high``
+    are given. Default 0.15, the DRPO paper's BF16 setting (0.6 for FP8 end to end).
+    """
+
+    name: ClassVar[str] = "dppo_tv"
+    delta: float = 0.15
+    delta_low: float | None = None
+    delta_high: float | None = None
+
+    def __post_init__(self):
+        self._check_positive("delta", "delta_low", "delta_high")
+
+    def _keep(self, t):
+        return _tv_keep(t, self.lo, self.hi)
+
+    def _surrogate(self, t):
+        return stop_gradient(t.ratio * t.as_weight(self._keep(t)) * t.advantage) * t.unit()
+
+    def _weight(self, t):
+        return t.as_weight(self._keep(t))
+
+
+@register
+@dataclass(frozen=True)
+class DPPOKL(DPPOTV):
+    """DPPO with the Binary-KL trust region (Qi et al. 2026).
+
+    ``D = mu log(mu/pi) + (1-mu) log((1-mu)/(1-pi))`` (:func:`binary_kl`); ``M = 0`` where
+    ``A>0, pi>mu, D > delta_high`` or ``A<0, pi<mu, D > delta_low``; surrogate and weight as
+    :class:`DPPOTV`. Default ``delta = 0.05``, the DRPO paper's setting.
+    """
+
+    name: ClassVar[str] = "dppo_kl"
+    delta: float = 0.05
+    delta_low: float | None = None
+    delta_high: float | None = None
+
+    def _keep(self, t):
+        d = binary_kl(t.logp_behavior, stop_gradient(t.logp))
+        a, s = t.advantage, t.shift
+        return ~(((a > 0) & (s > 0) & (d > self.hi)) | ((a < 0) & (s < 0) & (d > self.lo)))
+
+
+@register
+@dataclass(frozen=True)
+class DRPO(Objective):
+    """Divergence Regularized Policy Optimization (Yao et al. 2026, Eq. 8 and Table 1).
+
+    ``J = r A - abs(A) mu (r-1)^2 / (2 delta)``;  ``w = 1 - sign(A) (pi - mu) / delta``.
+
+    The penalty's expectation under ``mu`` is ``sum_a abs(A) (pi - mu)^2 / (2 delta)``: a
+    squared l2 distance, the same Binary-TV geometry as DPPO but smooth. The weight always lies
+    in ``[1 - 1/delta, 1 + 1/delta]``; it reaches 0 at ``abs(pi - mu) = delta`` in the direction
+    of the advantage and turns negative (corrective) beyond; the per-token maximiser is
+    ``pi* = mu + sign(A) delta``. Default ``delta = 12.5``, the paper's setting, where the weight
+    stays in ``[0.92, 1.08]``.
+    """
+
+    name: ClassVar[str] = "drpo"
+    delta: float = 12.5
+
+    def __post_init__(self):
+        self._check_positive("delta")
+
+    def _surrogate(self, t):
+        return t.ratio * t.advantage - t.abs_adv * _drpo_regulariser(t, self.delta)
+
+    def _weight(self, t):
+        return _drpo_weight(t, self.delta)
+
+
+@register
+@dataclass(frozen=True)
+class MaskDRPO(_DeltaPair, Objective):
+    """Ablation of Yao et al. 2026: DRPO's penalty only on tokens DPPO-TV would mask.
+
+    With ``M`` the :class:`DPPOTV` keep-mask at thresholds ``delta_low`` / ``delta_high``:
+    ``J = r A - (1-M) abs(A) mu (r-1)^2 / (2 delta)``; ``w = 1`` inside the region and DRPO's
+    weight outside it. Defaults are the two parents' (chosen form): ``delta = 12.5`` for the
+    penalty as in :class:`DRPO`, region thresholds 0.15 as in :class:`DPPOTV`.
+    """
+
+    name: ClassVar[str] = "mask_drpo"
+    delta: float = 12.5
+    delta_low: float | None = 0.15
+    delta_high: float | None = 0.15
+
+    def __post_init__(self):
+        self._check_positive("delta", "delta_low", "delta_high")
+
+    def _surrogate(self, t):
+        outside = 1.0 - t.as_weight(_tv_keep(t, self.lo, self.hi))
+        return t.ratio * t.advantage - outside * t.abs_adv * _drpo_regulariser(t, self.delta)
+
+    def _weight(self, t):
+        return t.xp.where(_tv_keep(t, self.lo, self.hi), t.ones(), t.full(_drpo_weight(t, self.delta)))
+
+
+@register
+@dataclass(frozen=True)
+class DRPONoAbsAdv(Objective):
+    """Ablation of Yao et al. 2026: DRPO without the ``abs(A)`` factor on the penalty (chosen form).
+
+    ``J = r A - adv_scale mu (r-1)^2 / (2 delta)``: a plain divergence penalty with a fixed
+    coefficient, whose strength no longer follows the size of the advantage. Its gradient,
+    ``A r - adv_scale r (pi - mu) / delta``, is not zero at ``A = 0``, so the weight
+    ``w = 1 - adv_scale (pi - mu) / (A delta)`` has no finite value there: :meth:`weight`
+    evaluates it with ``abs(A)`` floored at ``adv_floor`` (sign of 0 taken as +), and
+    :meth:`grad_logp` gives the exact gradient everywhere.
+    """
+
+    name: ClassVar[str] = "drpo_no_abs_adv"
+    delta: float = 12.5
+    adv_scale: float = 1.0
+    adv_floor: float = 1e-6
+
+    def __post_init__(self):
+        self._check_positive("delta", "adv_scale", "adv_floor")
+
+    def _surrogate(self, t):
+        return t.ratio * t.advantage - self.adv_scale * _drpo_regulariser(t, self.delta)
+
+    def _weight(self, t):
+        xp, a = t.xp, t.advantage
+        sign_nonzero = xp.where(a < 0, -xp.ones_like(a), xp.ones_like(a))
+        a_safe = sign_nonzero * xp.maximum(xp.abs(a), xp.full_like(a, self.adv_floor))
+        return 1.0 - self.adv_scale * t.shift / (a_safe * self.delta)
+
+    def _grad_logp(self, t):
+        return t.ratio * (t.advantage - self.adv_scale * t.shift / self.delta)
+
+
+@register
+@dataclass(frozen=True)
+class DRPOKL(Objective):
+    """Ablation of Yao et al. 2026: the penalty built from the sampled token's KL estimate (chosen form).
+
+    ``J = r A - abs(A) log(mu/pi) / delta``, the k1 estimate of ``KL(mu || pi)`` in place of DRPO's
+    quadratic; ``w = 1 + sign(A) / (r delta)`` (with ``1/r`` capped at ``e^20`` by the tangent
+    continuation of ``log r``, module docstring). Per token ``log(mu/pi)`` is not a divergence
+    (it can be negative): for ``A > 0`` it only amplifies, for ``A < 0`` it acts as a log
+    barrier that turns corrective once ``r < 1/delta``.
+    """
+
+    name: ClassVar[str] = "drpo_kl"
+    delta: float = 12.5
+
+    def __post_init__(self):
+        self._check_positive("delta")
+
+    def _surrogate(self, t):
+        return t.ratio * t.advantage + t.abs_adv * t.log_ratio_ext / self.delta
+
+    def _weight(self, t):
+        return 1.0 + t.sign_adv * t.inv_ratio_capped / self.delta
+
+
+@register
+@dataclass(frozen=True)
+class DRPOTV(Objective):
+    """Ablation of Yao et al. 2026: the penalty built from the sampled token's TV (chosen form).
+
+    ``J = r A - abs(A) abs(pi - mu) / delta``, the unsquared shift; ``w = 1 - sign(A) sign(pi - mu) mu / delta``.
+    Bounded like DRPO's, but not continuous at ``pi = mu`` and not zero at a boundary.
+    """
+
+    name: ClassVar[str] = "drpo_tv"
+    delta: float = 12.5
+
+    def __post_init__(self):
+        self._check_positive("delta")
+
+    def _surrogate(self, t):
+        return t.ratio * t.advantage - t.abs_adv * t.xp.abs(t.shift) / self.delta
+
+    def _weight(self, t):
+        return 1.0 - t.sign_adv * t.xp.sign(t.shift) * t.mu / self.delta
+
+
+@register
+@dataclass(frozen=True)
+class DRPOK3(Objective):
+    """Ablation of Yao et al. 2026: the penalty built from the sampled token's K3 estimate (chosen form).
+
+    ``J = r A - abs(A) ((r-1) - log r) / delta`` (Schulman's k3 estimate of ``KL(mu || pi)``,
+    non-negative per token); ``w = 1 - sign(A) (1 - 1/r) / delta`` (``1/r`` capped at ``e^20``).
+    Near ``r = 1`` it equals SPO's penalty with ``eps = delta``.
+    """
+
+    name: ClassVar[str] = "drpo_k3"
+    delta: float = 12.5
+
+    def __post_init__(self):
+        self._check_positive("delta")
+
+    def _surrogate(self, t):
+        k3 = t.ratio_minus_one - t.log_ratio_ext
+        return t.ratio * t.advantage - t.abs_adv * k3 / self.delta
+
+    def _weight(self, t):
+        return 1.0 - t.sign_adv * (1.0 - t.inv_ratio_capped) / self.delta
+
+
+# --------------------------------------------------------------------------------------------
+# Loss aggregation and the trainer-facing loss
+# --------------------------------------------------------------------------------------------
+
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+"""Loss aggregation modes used in practice (verl's ``loss_agg_mode`` names)."""
+
+
+def aggregate(values: Array, mask: Array | None = None, mode: str = "token-mean", *, horizon: int | None = None) -> Array:
+    """Reduce per-token values of shape ``[B, T]`` to a scalar, over the tokens where ``mask`` is true.
+
+    * ``token-mean``: ``sum_{i,t} m v / sum_{i,t} m`` (DAPO);
+    * ``seq-mean-token-sum``: mean over sequences of ``sum_t m v``;
+    * ``seq-mean-token-mean``: mean over sequences of ``sum_t m v / sum_t m`` (GRPO);
+    * ``seq-mean-token-sum-norm``: mean over sequences of ``sum_t m v / H`` with a fixed horizon
+      ``H`` (default ``T``, the padded length): Dr. GRPO's constant normaliser and the DRPO
+      paper's setting. (verl's mode of that name omits the mean over sequences, a constant factor.)
+
+    Sequences with no valid token are left out of every mean over sequences; a batch with no
+    valid token gives 0 (still attached to the graph). Masked positions are never read, so
+    padding may hold anything, including NaN.
+    """
+    if mode not in AGG_MODES:
+        raise ValueError(f"unknown loss aggregation mode {mode!r}; valid: {', '.join(AGG_MODES)}")
+    xp, (values,) = as_float_arrays(values)
+    if mask is None:
+        mask = xp.ones(values.shape, dtype=xp.bool, device=_device(values))
+    if tuple(mask.shape) != tuple(values.shape):
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but the values have shape {tuple(values.shape)}")
+    valid = mask != 0
+    m = xp.astype(valid, values.dtype)
+    v = xp.where(valid, values, xp.zeros_like(values))
+    if mode == "token-mean":
+        return xp.sum(v) / xp.maximum(xp.sum(m), xp.ones_like(xp.sum(m)))
+    if values.ndim != 2:
+        raise ValueError(f"mode {mode!r} needs per-token values of shape [B, T], got {tuple(values.shape)}")
+    tokens = xp.sum(m, axis=-1)
+    has_tokens = xp.astype(tokens > 0, values.dtype)
+    n_seq = xp.maximum(xp.sum(has_tokens), xp.ones_like(xp.sum(has_tokens)))
+    seq_sum = xp.sum(v, axis=-1)
+    if mode == "seq-mean-token-sum":
+        per_seq = seq_sum
+    elif mode == "seq-mean-token-mean":
+        per_seq = seq_sum / xp.maximum(tokens, xp.ones_like(tokens))
+    else:
+        h = values.shape[-1] if horizon is None else horizon
+        if not (isinstance(h, int) and h > 0):
+            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+        per_seq = seq_sum / float(h)
+    return xp.sum(per_seq * has_tokens) / n_seq
+
+
+def policy_loss(
+    objective: str | Objective,
+    logp: Array,
+    logp_behavior: Array,
+    advantage: Array,
+    mask: Array | None = None,
+    *,
+    agg_mode: str = "token-mean",
+    horizon: int | None = None,
+) -> tuple[Array, dict[str, float]]:
+    """The scalar loss a trainer calls ``.backward()`` on, and namespaced metrics.
+
+    ``loss = -aggregate(J_t)`` over a batch of shape ``[B, T]`` (``advantage`` may be ``[B]``, one
+    value per sequence, broadcast over its tokens). Metrics, over valid tokens:
+    ``actor/pg_loss``, ``actor/valid_tokens``, ``actor/{masked,attenuated,corrective,amplified}_frac``,
+    ``actor/weight_{mean,min,max}``, ``actor/ratio_{mean,max}``, ``actor/abs_shift_{mean,max}``
+    (``abs(pi - mu)``); with no valid token the statistics are NaN and ``valid_tokens`` is 0.
+    An empty batch (no element at all) is a ``ValueError``.
+    """
+    obj = get(objective) if isinstance(objective, str) else objective
+    xp, (logp_f, lpb_f, adv_f) = as_float_arrays(logp, logp_behavior, advantage)
+    if logp_f.ndim != 2:
+        raise ValueError(f"policy_loss needs logp of shape [B, T], got {tuple(logp_f.shape)}")
+    if math.prod(logp_f.shape) == 0:
+        raise ValueError(f"empty batch: logp has shape {tuple(logp_f.shape)}")
+    if adv_f.ndim == 1 and adv_f.shape[0] == logp_f.shape[0]:
+        adv_f = xp.reshape(adv_f, (adv_f.shape[0], 1))
+    for label, arr in (("logp_behavior", lpb_f), ("advantage", adv_f)):
+        try:
+            np.broadcast_shapes(tuple(arr.shape), tuple(logp_f.shape))
+        except ValueError:
+            raise ValueError(f"{label} has shape {tuple(arr.shape)}, which does not fit logp's {tuple(logp_f.shape)}") from None
+    if mask is None:
+        mask = xp.ones(logp_f.shape, dtype=xp.bool, device=_device(logp_f))
+    if tuple(mask.shape) != tuple(logp_f.shape):
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but logp has shape {tuple(logp_f.shape)}")
+
+    surrogate = obj.surrogate(logp_f, lpb_f, adv_f)
+    loss = -aggregate(surrogate, mask, agg_mode, horizon=horizon)
+    metrics = token_metrics(obj, logp_f, lpb_f, adv_f, mask)
+    metrics["actor/pg_loss"] = float(stop_gradient(loss))
+    return loss, metrics
+
+
+def token_metrics(obj: Objective, logp: Array, logp_behavior: Array, advantage: Array, mask: Array) -> dict[str, float]:
+    """Per-batch statistics of how ``obj`` treats the valid tokens (see :func:`policy_loss`)."""
+    t = TokenTerms(logp, logp_behavior, advantage, detach=True)
+    xp = t.xp
+    valid = t.full(xp.astype(mask != 0, xp.bool)) if tuple(mask.shape) == t.shape else mask != 0
+    w = t.full(obj._weight(t))
+    n = int(xp.sum(xp.astype(valid, xp.int64)))
+    out: dict[str, float] = {"actor/valid_tokens": float(n)}
+    nan = float("nan")
+    if n:
+        fracs = Regions.from_weight(w).fractions(valid)
+    for name in Regions.NAMES:
+        out[f"actor/{name}_frac"] = fracs[name] if n else nan
+    for label, x in (("weight", w), ("ratio", t.full(t.ratio)), ("abs_shift", t.full(xp.abs(t.shift)))):
+        sel = x[valid]
+        out[f"actor/{label}_mean"] = float(xp.mean(sel)) if n else nan
+        out[f"actor/{label}_max"] = float(xp.max(sel)) if n else nan
+        if label == "weight":
+            out["actor/weight_min"] = float(xp.min(sel)) if n else nan
+    return out
+

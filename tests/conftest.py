@@ -1,0 +1,15 @@
+"""Shared test configuration.
+
+Hypothesis runs derandomised in CI (``HYPOTHESIS_PROFILE=ci``, the default) so a green run is
+reproducible; ``HYPOTHESIS_PROFILE=dev`` explores further and with fresh randomness.
+"""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -1,0 +1,76 @@
+"""Hypothesis strategies for token batches, and the objective configurations under test."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+import drpo_sim as ds
+
+# Every registered objective, at its defaults and at settings where its trust region is active
+# on the inputs below (small thresholds), so no branch of any weight goes untested.
+CONFIGS: list[tuple[str, dict]] = [
+    ("pg_is", {}),
+    ("ppo", {}),
+    ("ppo", {"eps_low": 0.1, "eps_high": 0.3, "dual_clip": 3.0}),
+    ("grpo", {}),
+    ("cispo", {}),
+    ("spo", {}),
+    ("spo", {"eps": 0.2}),
+    ("dppo_tv", {}),
+    ("dppo_tv", {"delta_low": 0.05, "delta_high": 0.3}),
+    ("dppo_kl", {}),
+    ("drpo", {}),
+    ("drpo", {"delta": 0.15}),
+    ("mask_drpo", {}),
+    ("mask_drpo", {"delta": 0.15, "delta_low": 0.1, "delta_high": 0.1}),
+    ("drpo_no_abs_adv", {}),
+    ("drpo_no_abs_adv", {"delta": 0.5, "adv_scale": 2.0}),
+    ("drpo_kl", {}),
+    ("drpo_kl", {"delta": 0.5}),
+    ("drpo_tv", {}),
+    ("drpo_tv", {"delta": 0.5}),
+    ("drpo_k3", {}),
+    ("drpo_k3", {"delta": 0.5}),
+]
+CONFIG_IDS = [f"{n}-{'-'.join(f'{k}{v}' for k, v in p.items()) or 'default'}" for n, p in CONFIGS]
+
+
+def make(config: tuple[str, dict]) -> ds.objectives.Objective:
+    name, params = config
+    return ds.objectives.get(name, **params)
+
+
+def _logp(lo: float) -> st.SearchStrategy[float]:
+    """A log-probability in [lo, 0], with the edges (mu near 0, mu near 1) drawn often."""
+    return st.one_of(
+        st.floats(lo, 0.0),
+        st.floats(-1e-6, 0.0),  # probability near 1
+        st.floats(lo, lo * 0.6),  # probability near 0
+        st.sampled_from([0.0, -1e-12, np.log(0.5), np.log(1e-3), lo]),
+    )
+
+
+ADVANTAGE = st.one_of(
+    # |A| < 1e-30 maps to 0: float32 products of subnormal numbers keep only a few bits, which
+    # says nothing about the objectives (the no-NaN test still draws subnormal advantages)
+    st.floats(-1e3, 1e3).map(lambda a: 0.0 if abs(a) < 1e-30 else a),
+    st.sampled_from([0.0, 1.0, -1.0, 1e-7, -1e-7, 1e3, -1e3]),
+)
+
+
+@st.composite
+def token_batches(draw, lo: float = -50.0, max_size: int = 48, advantage=ADVANTAGE):
+    """``(logp, logp_behavior, advantage)`` float64 NumPy arrays of one length.
+
+    Some draws put ``pi`` exactly a small step away from ``mu`` so the near-on-policy regime,
+    where every trust region starts, is not left to chance.
+    """
+    n = draw(st.integers(1, max_size))
+    logp = np.array(draw(st.lists(_logp(lo), min_size=n, max_size=n)))
+    lpb = np.array(draw(st.lists(_logp(lo), min_size=n, max_size=n)))
+    near = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    step = np.array(draw(st.lists(st.floats(-0.5, 0.5), min_size=n, max_size=n)))
+    logp = np.where(near, np.minimum(lpb + step, 0.0), logp)
+    adv = np.array(draw(st.lists(advantage, min_size=n, max_size=n)))
+    return logp, lpb, adv
