@@ -1,0 +1,260 @@
+"""Throughput of every registered objective's ``weight`` against a bare memory pass.
+
+What it measures
+----------------
+For each objective in :func:`drpo_sim.objectives.available` (default parameters), the wall
+time of one call ``obj.weight(logp, logp_behavior, advantage)`` over ``N`` tokens, in NumPy
+and in torch (CPU), in float32 and/or float64. Each time is the best of ``K`` calls after one
+warm-up call (``time.perf_counter``). The same input arrays serve every call; the torch
+tensors are ``torch.from_numpy`` views of the NumPy arrays, so both backends read the very
+same memory and no copy is timed.
+
+Inputs are drawn once from a seeded generator, shaped like an RL batch: the behaviour
+probability of the sampled token is long-tailed, ``mu ~ Beta(0.3, 1)`` clipped to
+``[1e-8, 1]``; ``logp = log(mu) + N(0, 0.1^2)`` clipped to ``<= 0`` (a policy close to the
+behaviour policy); ``advantage ~ N(0, 1)``.
+
+The floor
+---------
+Every objective must at least read its two log-probability arrays and write one output of
+the same length. At 10M tokens these arrays (40 or 80 MB each) are far larger than any cache,
+so that traffic goes to main memory, and elementwise work this cheap is memory-bandwidth
+bound. The floor is therefore one bare pass over the same arrays: ``add(logp, logp_behavior,
+out=out)`` into a *preallocated* output (so no page faults are timed), for each backend and
+dtype. It moves ``3 * N * itemsize`` bytes; the table reports the implied bandwidth in GB/s,
+and every objective's time as a ratio to the floor of the same backend and dtype. A ratio of
+20 means the objective costs as much as 20 such passes: temporaries, transcendental calls
+(``exp``, ``expm1``, ``log``) and first-touch page faults of freshly allocated outputs.
+
+Threads: NumPy's elementwise ufuncs run on one thread; torch's CPU kernels use
+``torch.get_num_threads()`` threads (printed in the header). Thread settings and environment
+variables (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ...) are taken as they are.
+
+How to run
+----------
+::
+
+    python benchmarks/bench_objectives.py                       # 10M tokens, both dtypes, both backends
+    python benchmarks/bench_objectives.py --dtype float32 --backend torch
+    python benchmarks/bench_objectives.py --tokens 1000000 --repeats 3 --csv bench.csv
+
+Memory: the inputs take ``3 * N * 8`` bytes in float64 plus ``3 * N * 4`` in float32, and one
+call of the most complex objective allocates a few dozen temporaries of ``N * itemsize`` bytes
+each (about 2 GB at the default size in float64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import drpo_sim as ds
+
+FLOOR = "(bare add)"
+"""Name of the floor row in the table."""
+
+
+@dataclass(frozen=True)
+class Config:
+    tokens: int = 10_000_000
+    repeats: int = 5
+    dtypes: tuple[str, ...] = ("float64", "float32")
+    backends: tuple[str, ...] = ("numpy", "torch")
+    seed: int = 0
+    csv: Path | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    backend: str
+    dtype: str
+    objective: str
+    seconds: float
+    ns_per_token: float
+    ratio: float
+    gb_per_s: float | None = None  # only for the floor row
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def draw_inputs(n: int, seed: int) -> dict[str, np.ndarray]:
+    """``logp``, ``logp_behavior``, ``advantage`` in float64, drawn once (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    mu = np.clip(rng.beta(0.3, 1.0, size=n), 1e-8, 1.0)
+    logp_behavior = np.log(mu)
+    del mu
+    logp = np.minimum(logp_behavior + rng.normal(0.0, 0.1, size=n), 0.0)
+    advantage = rng.standard_normal(n)
+    return {"logp": logp, "logp_behavior": logp_behavior, "advantage": advantage}
+
+
+def as_backend(arrays: dict[str, np.ndarray], backend: str) -> tuple[np.ndarray | torch.Tensor, ...]:
+    """The three inputs, in order, as NumPy arrays or as torch tensors sharing their memory."""
+    triple = (arrays["logp"], arrays["logp_behavior"], arrays["advantage"])
+    if backend == "torch":
+        return tuple(torch.from_numpy(a) for a in triple)
+    return triple
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Best wall time of ``repeats`` calls of ``fn``, after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+        del result  # free the output before the next call, outside the timed region
+    return best
+
+
+def time_floor(logp, logp_behavior, backend: str, repeats: int) -> float:
+    """Best time of one bare ``add`` pass into a preallocated output."""
+    if backend == "torch":
+        out = torch.empty_like(logp)
+        return best_time(lambda: torch.add(logp, logp_behavior, out=out), repeats)
+    out = np.empty_like(logp)
+    return best_time(lambda: np.add(logp, logp_behavior, out=out), repeats)
+
+
+def time_objective(name: str, inputs: tuple, repeats: int) -> float:
+    """Best time of ``get(name).weight(*inputs)`` at the objective's default parameters."""
+    obj = ds.objectives.get(name)
+    return best_time(lambda: obj.weight(*inputs), repeats)
+
+
+def bench_one(arrays: dict[str, np.ndarray], backend: str, dtype: str, cfg: Config) -> list[Row]:
+    """The floor row and one row per objective for one backend and dtype."""
+    inputs = as_backend(arrays, backend)
+    n = cfg.tokens
+    itemsize = np.dtype(dtype).itemsize
+
+    floor = time_floor(inputs[0], inputs[1], backend, cfg.repeats)
+    moved = 3 * n * itemsize
+    rows = [Row(backend, dtype, FLOOR, floor, floor / n * 1e9, 1.0, moved / floor / 1e9)]
+    print(f"  {backend:5s} {dtype}: floor {floor * 1e3:8.2f} ms", file=sys.stderr, flush=True)
+
+    for name in ds.objectives.available():
+        t = time_objective(name, inputs, cfg.repeats)
+        rows.append(Row(backend, dtype, name, t, t / n * 1e9, t / floor))
+        print(f"  {backend:5s} {dtype}: {name:16s} {t * 1e3:8.2f} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+def run(cfg: Config) -> list[Row]:
+    base = draw_inputs(cfg.tokens, cfg.seed)
+    rows: list[Row] = []
+    for dtype in cfg.dtypes:
+        arrays = base if dtype == "float64" else {k: v.astype(dtype) for k, v in base.items()}
+        for backend in cfg.backends:
+            rows.extend(bench_one(arrays, backend, dtype, cfg))
+        del arrays
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def header(cfg: Config) -> str:
+    return (
+        f"drpo_sim objectives: weight() throughput, {cfg.tokens:,} tokens, best of {cfg.repeats} "
+        f"(+1 warm-up)\n"
+        f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
+        f"(torch.get_num_threads() = {torch.get_num_threads()}; NumPy ufuncs: 1 thread), "
+        f"{platform.machine()}\n"
+        f"floor = one bare add(logp, logp_behavior, out=preallocated): 3 * N * itemsize bytes moved\n"
+        f"load average at start: {load_average()} (other processes on these cores distort the times)"
+    )
+
+
+def load_average() -> str:
+    """The 1-minute load average, or ``n/a`` where the platform has none."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return "n/a"
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [f"{'backend':7s} {'dtype':7s} {'objective':16s} {'seconds':>9s} {'ns/token':>9s} {'x floor':>8s}"]
+    for i, r in enumerate(rows):
+        if i and (r.backend, r.dtype) != (rows[i - 1].backend, rows[i - 1].dtype):
+            lines.append("")
+        note = f"   ({r.gb_per_s:.1f} GB/s)" if r.gb_per_s is not None else ""
+        lines.append(
+            f"{r.backend:7s} {r.dtype:7s} {r.objective:16s} {r.seconds:9.5f} {r.ns_per_token:9.2f} "
+            f"{r.ratio:8.1f}{note}"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["backend", "dtype", "objective", "seconds", "ns_per_token", "ratio_to_floor", "floor_gb_per_s"])
+        for r in rows:
+            gbs = "" if r.gb_per_s is None else f"{r.gb_per_s:.3f}"
+            w.writerow([r.backend, r.dtype, r.objective, f"{r.seconds:.6g}", f"{r.ns_per_token:.4g}", f"{r.ratio:.4g}", gbs])
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--tokens", type=int, default=Config.tokens, help="tokens per call (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=Config.repeats, help="timed calls, best kept (default %(default)s)")
+    p.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    p.add_argument("--backend", choices=["numpy", "torch", "both"], default="both")
+    p.add_argument("--seed", type=int, default=Config.seed, help="input generator seed (default %(default)s)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the table to this CSV file")
+    a = p.parse_args(argv)
+    if a.tokens < 1 or a.repeats < 1:
+        p.error("--tokens and --repeats must be >= 1")
+    return Config(
+        tokens=a.tokens,
+        repeats=a.repeats,
+        dtypes=Config.dtypes if a.dtype == "both" else (a.dtype,),
+        backends=Config.backends if a.backend == "both" else (a.backend,),
+        seed=a.seed,
+        csv=a.csv,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    print(header(cfg), flush=True)
+    rows = run(cfg)
+    print()
+    print(format_table(rows))
+    print(f"\nload average at end: {load_average()}")
+    if cfg.csv is not None:
+        write_csv(rows, cfg.csv)
+        print(f"\nwrote {cfg.csv}")
+
+
+if __name__ == "__main__":
+    main()
