@@ -687,7 +687,9 @@ class DRPOKL(Objective):
     quadratic; ``w = 1 + sign(A) / (r delta)`` (with ``1/r`` capped at ``e^20`` by the tangent
     continuation of ``log r``, module docstring). Per token ``log(mu/pi)`` is not a divergence
     (it can be negative): for ``A > 0`` it only amplifies, for ``A < 0`` it acts as a log
-    barrier that turns corrective once ``r < 1/delta``.
+    barrier that turns corrective once ``r < 1/delta``. Even on-policy its weight is
+    ``1 + sign(A)/delta``, not 1: the k1 penalty's gradient vanishes at ``pi = mu`` only in
+    expectation over ``a ~ mu``, never token by token.
     """
 
     name: ClassVar[str] = "drpo_kl"

@@ -1,0 +1,180 @@
+"""Figure functions, one per figure kind. Each takes a tidy table and writes image files atomically.
+
+The tables come from :mod:`drpo_sim.geometry` (and later from simulations and logs); no plot
+computes an objective itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from drpo_sim._io import atomic_path  # noqa: E402
+
+# One look per objective, shared by every figure.
+STYLE: dict[str, dict] = {
+    "pg_is": {"color": "0.45", "ls": ":", "lw": 1.6},
+    "ppo": {"color": "#1f77b4", "ls": "-", "lw": 1.6},
+    "grpo": {"color": "#17becf", "ls": "--", "lw": 1.6},
+    "cispo": {"color": "#9467bd", "ls": "-.", "lw": 1.6},
+    "spo": {"color": "#ff7f0e", "ls": "-", "lw": 1.8},
+    "dppo_tv": {"color": "#2ca02c", "ls": "-", "lw": 1.6},
+    "dppo_kl": {"color": "#98df8a", "ls": "--", "lw": 1.6},
+    "drpo": {"color": "#d62728", "ls": "-", "lw": 2.6},
+    "mask_drpo": {"color": "#e377c2", "ls": "--", "lw": 1.8},
+    "drpo_no_abs_adv": {"color": "#8c564b", "ls": "--", "lw": 1.8},
+    "drpo_kl": {"color": "#bcbd22", "ls": "-.", "lw": 1.8},
+    "drpo_tv": {"color": "#7f7f7f", "ls": "-", "lw": 1.6},
+    "drpo_k3": {"color": "#1f77b4", "ls": ":", "lw": 2.0},
+}
+MASK_COLORS = {"ppo": "#1f77b4", "grpo": "#17becf", "dppo_tv": "#2ca02c"}
+SIGN_LABEL = {1.0: "A > 0", -1.0: "A < 0"}
+PI_TICKS = (0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999)
+
+
+@contextlib.contextmanager
+def paper_style() -> Iterator[None]:
+    """Seaborn's paper context with a light grid, for every figure."""
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.25):
+        yield
+
+
+def save(fig: plt.Figure, stem: str | Path, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[Path]:
+    """Save ``fig`` as ``stem.<fmt>`` for each format, atomically, and close it."""
+    out = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+def weight_curves_figure(
+    curves: pd.DataFrame, stem: str | Path, *, names: Sequence[str], title: str, ylim=(-1.5, 2.5), formats=("png",)
+) -> list[Path]:
+    """Weight against ``pi`` for each fixed ``mu`` (columns) and advantage sign (rows)."""
+    mus = sorted(curves["mu"].unique())
+    with paper_style():
+        fig, axes = plt.subplots(2, len(mus), figsize=(3.3 * len(mus), 7.0), sharex="col", sharey=True)
+        for i, sign in enumerate((1.0, -1.0)):
+            for j, mu in enumerate(mus):
+                ax = axes[i, j]
+                sel = curves[(curves["mu"] == mu) & (curves["adv_sign"] == sign)]
+                for name in names:
+                    d = sel[sel["name"] == name]
+                    for k, (size, dd) in enumerate(d.groupby("abs_adv", sort=False)):
+                        label = dd["objective"].iloc[0] + ("" if size == 1.0 else f", |A| = {size:g}")
+                        style = STYLE[name] if k == 0 else {**STYLE[name], "lw": 1.0, "alpha": 0.75, "ls": (":", "-.")[k % 2]}
+                        ax.plot(dd["pi"], dd["weight"], label=label, **style)
+                ax.axvline(mu, color="k", lw=0.8, ls=":")
+                ax.axhline(0.0, color="k", lw=0.6)
+                ax.axhline(1.0, color="k", lw=0.4, ls="--")
+                ax.set_xscale("logit")
+                ax.set_xlim(curves["pi"].min(), curves["pi"].max())
+                ax.set_xticks(PI_TICKS, [f"{t:g}" for t in PI_TICKS], rotation=45)
+                ax.minorticks_off()
+                ax.set_ylim(*ylim)
+                if i == 0:
+                    ax.set_title(f"mu = {mu:g}")
+                if i == 1:
+                    ax.set_xlabel("pi (trained policy's probability)")
+                if j == 0:
+                    ax.set_ylabel(f"weight w, {SIGN_LABEL[sign]}")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        handles.append(Line2D([], [], color="k", lw=0.8, ls=":"))
+        labels.append("pi = mu (on-policy)")
+        fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), frameon=False, bbox_to_anchor=(0.5, -0.07))
+        fig.suptitle(title, y=1.0)
+        fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+def weight_plane_figure(plane: pd.DataFrame, stem: str | Path, *, labels: dict[str, str], formats=("png",)) -> list[Path]:
+    """Weight maps over ``(mu, pi)`` (columns: the weighted objectives) and the hard masks as regions (last column)."""
+    weight_cols = [c for c in plane.columns if c.startswith("weight_")]
+    mask_cols = [c for c in plane.columns if c.startswith("masked_")]
+    axis = np.sort(plane["mu"].unique())
+    n = len(axis)
+    norm = TwoSlopeNorm(vmin=-2.0, vcenter=1.0, vmax=4.0)
+    with paper_style():
+        fig, axes = plt.subplots(2, len(weight_cols) + 1, figsize=(4.6 * (len(weight_cols) + 1), 9.0), sharex=True, sharey=True)
+        for i, sign in enumerate((1.0, -1.0)):
+            sel = plane[plane["adv_sign"] == sign].sort_values(["pi", "mu"])
+            grids = {c: sel[c].to_numpy().reshape(n, n) for c in weight_cols + mask_cols}
+            for j, col in enumerate(weight_cols):
+                ax = axes[i, j]
+                mesh = ax.pcolormesh(axis, axis, np.clip(grids[col], -2.0, 4.0), cmap="RdBu", norm=norm, shading="nearest", rasterized=True)
+                ax.contour(axis, axis, grids[col], levels=[0.0], colors="k", linewidths=1.4)
+                for m in mask_cols:
+                    ax.contour(axis, axis, grids[m].astype(float), levels=[0.5], colors=MASK_COLORS[m[7:]], linewidths=1.1, linestyles="--")
+                ax.set_title(f"{labels[col[7:]]}, {SIGN_LABEL[sign]}")
+            ax = axes[i, -1]
+            for m in mask_cols:
+                g = grids[m].astype(float)
+                ax.contourf(axis, axis, g, levels=[0.5, 1.5], colors=[MASK_COLORS[m[7:]]], alpha=0.28)
+                ax.contour(axis, axis, g, levels=[0.5], colors=MASK_COLORS[m[7:]], linewidths=1.4)
+            ax.set_title(f"masked regions (w = 0), {SIGN_LABEL[sign]}")
+            for ax in axes[i]:
+                ax.plot([0, 1], [0, 1], color="k", lw=0.6, ls=":")
+                ax.set_aspect("equal")
+            axes[i, 0].set_ylabel("pi (trained policy)")
+        for ax in axes[-1]:
+            ax.set_xlabel("mu (behaviour policy)")
+        cbar = fig.colorbar(mesh, ax=axes.ravel().tolist(), orientation="horizontal", fraction=0.035, pad=0.07, extend="both", aspect=50)
+        cbar.set_label("gradient weight w (clipped to [-2, 4]; black line: w = 0, corrective beyond)")
+        legend = [Patch(facecolor=MASK_COLORS[m[7:]], alpha=0.5, edgecolor=MASK_COLORS[m[7:]], label=f"{labels[m[7:]]} masks") for m in mask_cols]
+        legend.append(Line2D([], [], color="k", lw=0.6, ls=":", label="pi = mu"))
+        fig.legend(handles=legend, loc="upper center", ncol=len(legend), frameon=False, bbox_to_anchor=(0.5, 0.02))
+        fig.suptitle("Trust-region geometry over the (mu, pi) plane: smooth weights (SPO, DRPO) against hard masks (PPO, GRPO, DPPO-TV)\n"
+                     "dashed lines on the maps: the mask boundaries of the last column", y=0.99)
+    return save(fig, stem, formats)
+
+
+def drpo_range_figure(ranges: pd.DataFrame, curves: pd.DataFrame, stem: str | Path, *, formats=("png",)) -> list[Path]:
+    """DRPO's weight against the shift for several ``delta``, and the weight range measured over the plane."""
+    deltas = list(ranges["delta"])
+    palette = dict(zip(deltas, sns.color_palette("viridis", len(deltas))))
+    with paper_style():
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.6), gridspec_kw={"width_ratios": [1.4, 1.0]})
+        for d in deltas:
+            for sign, ls in ((1.0, "-"), (-1.0, "--")):
+                sel = curves[(curves["delta"] == d) & (curves["adv_sign"] == sign)]
+                ax1.plot(sel["shift"], sel["weight"], color=palette[d], ls=ls, lw=1.8,
+                         label=f"delta = {d:g}" if sign > 0 else None)
+        ax1.axhline(0.0, color="k", lw=0.6)
+        ax1.axhline(1.0, color="k", lw=0.4, ls=":")
+        ax1.set_ylim(-3.0, 5.0)
+        ax1.set_xlabel(f"pi - mu (mu = {curves['mu'].iloc[0]:g})")
+        ax1.set_ylabel("DRPO weight w")
+        ax1.set_title("weight against the shift (solid: A > 0, dashed: A < 0)")
+        ax1.legend(frameon=False, loc="upper left")
+        x = np.arange(len(deltas))
+        for k, row in ranges.iterrows():
+            ax2.vlines(x[k], row["weight_min"], row["weight_max"], color=palette[row["delta"]], lw=8)
+            ax2.plot([x[k] - 0.25, x[k] + 0.25], [row["bound_low"]] * 2, color="k", lw=1.0)
+            ax2.plot([x[k] - 0.25, x[k] + 0.25], [row["bound_high"]] * 2, color="k", lw=1.0)
+            ax2.annotate(f"[{row['weight_min']:.2f}, {row['weight_max']:.2f}]", (x[k], row["weight_max"]),
+                         xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
+        ax2.axhline(0.0, color="k", lw=0.6)
+        ax2.set_xticks(x, [f"{d:g}" for d in deltas])
+        ax2.set_xlabel("delta")
+        ax2.set_ylabel("weight range over the (mu, pi) plane")
+        ax2.set_title("measured range (bars) and bounds 1 -+ 1/delta (ticks)")
+        fig.suptitle("DRPO's weight is bounded by 1 -+ 1/delta; at delta = 12.5 it never leaves [0.92, 1.08]", y=1.02)
+        fig.tight_layout()
+    return save(fig, stem, formats)

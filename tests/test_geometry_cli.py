@@ -1,0 +1,115 @@
+"""The geometry figures and the ``drpo-sim`` command line, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib import image
+
+from drpo_sim import cli, geometry
+
+FIGURES = ("weight_vs_pi", "weight_vs_pi_ablations", "weight_plane", "drpo_delta_range")
+DATA = ("weight_vs_pi.csv", "weight_plane.csv", "drpo_delta_range.csv", "drpo_delta_curves.csv")
+
+
+def assert_real_image(path: Path) -> None:
+    """A readable PNG of a sensible size that is not one flat colour."""
+    assert path.exists() and path.stat().st_size > 10_000, path
+    pixels = image.imread(path)
+    assert pixels.shape[0] > 400 and pixels.shape[1] > 600
+    rgb = pixels[..., :3]
+    assert rgb.std() > 0.05, f"{path} looks blank"
+    assert len(np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+@pytest.fixture(scope="module")
+def geometry_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("geometry")
+    subprocess.run(
+        [sys.executable, "-m", "drpo_sim.cli", "geometry", "--out", str(out), "--n-plane", "120"],
+        check=True, capture_output=True, text=True,
+    )
+    return out
+
+
+def test_geometry_command_writes_every_figure_and_its_data(geometry_out):
+    for fig in FIGURES:
+        assert_real_image(geometry_out / f"{fig}.png")
+    for data in DATA:
+        frame = pd.read_csv(geometry_out / data)
+        assert len(frame) > 0 and not frame.isna().any().any(), data
+    assert not list(geometry_out.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_weight_curves_cover_every_objective_mu_and_sign(geometry_out):
+    curves = pd.read_csv(geometry_out / "weight_vs_pi.csv")
+    cfg = geometry.GeometryConfig()
+    assert set(curves["name"]) == {n for n, _ in cfg.objectives}
+    assert sorted(curves["mu"].unique()) == sorted(cfg.mus)
+    assert set(curves["adv_sign"]) == {1.0, -1.0}
+    at_mu = curves[np.isclose(curves["pi"], curves["mu"], rtol=0, atol=1e-12) & (curves["abs_adv"] == 1.0)]
+    k1 = at_mu["name"] == "drpo_kl"
+    np.testing.assert_allclose(at_mu[~k1]["weight"], 1.0, atol=1e-7)  # on-policy, every objective is plain PG
+    # except the k1 KL penalty, whose gradient vanishes on-policy only in expectation over a ~ mu
+    np.testing.assert_allclose(at_mu[k1]["weight"], 1.0 + at_mu[k1]["adv_sign"] / 0.15, rtol=1e-7)
+    drpo = curves[curves["name"] == "drpo"]
+    assert drpo["weight"].between(1 - 1 / 0.15 - 1e-6, 1 + 1 / 0.15 + 1e-6).all()
+
+
+def test_plane_masks_and_delta_ranges_match_the_math(geometry_out):
+    plane = pd.read_csv(geometry_out / "weight_plane.csv")
+    up = plane[plane["adv_sign"] == 1.0]
+    # DPPO-TV masks exactly where the shift passes delta in the advantage's direction, and DRPO's
+    # weight is negative exactly there: the same geometry (points on the boundary itself, where
+    # the CSV's 8 digits cannot decide, are left out)
+    off_boundary = np.abs(up["pi"] - up["mu"] - 0.15) > 1e-6
+    up = up[off_boundary]
+    np.testing.assert_array_equal(up["masked_dppo_tv"], (up["pi"] - up["mu"]) > 0.15)
+    np.testing.assert_array_equal(up["weight_drpo"] < 0, up["masked_dppo_tv"])
+    ranges = pd.read_csv(geometry_out / "drpo_delta_range.csv").set_index("delta")
+    np.testing.assert_allclose(ranges.loc[12.5, ["weight_min", "weight_max"]], [0.92, 1.08], atol=0.005)
+    assert ranges.loc[12.5, "corrective_fraction"] == 0.0
+    assert ranges.loc[0.15, "corrective_fraction"] > 0.3
+    assert (ranges["weight_min"] >= ranges["bound_low"] - 1e-12).all()
+    assert (ranges["weight_max"] <= ranges["bound_high"] + 1e-12).all()
+
+
+def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
+    assert cli.main(["reproduce", "--quick", "--out", str(tmp_path), "--formats", "png"]) == 0
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert manifest["package"] == "drpo_sim" and manifest["profile"] == "quick"
+    named = {f for rec in manifest["figures"] for f in rec["files"]}
+    assert named == {f"{fig}.png" for fig in FIGURES}
+    for rec in manifest["figures"]:
+        assert rec["config"]["objectives"] and rec["wall_time_s"] > 0
+        for f in rec["files"]:
+            assert_real_image(tmp_path / f)
+
+
+def test_list_shows_every_objective(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("pg_is", "ppo", "grpo", "cispo", "spo", "dppo_tv", "dppo_kl", "drpo", "mask_drpo"):
+        assert f"{name}(" in out
+
+
+def test_bad_arguments_exit_with_status_2_and_one_line(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "drpo_sim.cli", "geometry", "--out", str(tmp_path), "--formats", "tiff"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "drpo-sim geometry: error: --formats: unsupported tiff; choose from png, pdf, svg"
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "drpo_sim.cli", "geometry", "--out", str(tmp_path), "--n-plane", "3"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 2 and "--n-plane must be at least 10" in res.stderr
