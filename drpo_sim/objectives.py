@@ -251,10 +251,15 @@ class Regions:
 
     def counts(self, mask: Array | None = None) -> dict[str, int]:
         """Number of tokens in each region, over the tokens where ``mask`` is true (all by default)."""
-        out = {"tokens": _count(self.masked, None, mask) if mask is not None else int(np.prod(self.masked.shape))}
-        for name in self.NAMES:
-            out[name] = _count(getattr(self, name), True, mask)
-        return out
+        import array_api_compat
+
+        xp = array_api_compat.array_namespace(self.masked)
+        valid = xp.ones_like(self.masked) if mask is None else (mask != 0)
+
+        def count(flags: Array) -> int:
+            return int(xp.sum(xp.astype(flags & valid, xp.int64)))
+
+        return {"tokens": count(xp.ones_like(self.masked)), **{n: count(getattr(self, n)) for n in self.NAMES}}
 
     def fractions(self, mask: Array | None = None) -> dict[str, float]:
         """Fraction of tokens in each region; ``ValueError`` when no token is selected."""
@@ -263,16 +268,6 @@ class Regions:
         if total == 0:
             raise ValueError("no valid tokens: the mask selects none, fractions are undefined")
         return {name: n / total for name, n in counts.items()}
-
-
-def _count(flags: Array, use_flags: bool | None, mask: Array | None) -> int:
-    import array_api_compat
-
-    xp = array_api_compat.array_namespace(flags)
-    sel = flags if use_flags else xp.ones_like(flags)
-    if mask is not None:
-        sel = sel & (mask != 0)
-    return int(xp.sum(xp.astype(sel, xp.int64)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -851,7 +846,7 @@ def token_metrics(obj: Objective, logp: Array, logp_behavior: Array, advantage: 
     """Per-batch statistics of how ``obj`` treats the valid tokens (see :func:`policy_loss`)."""
     t = TokenTerms(logp, logp_behavior, advantage, detach=True)
     xp = t.xp
-    valid = t.full(xp.astype(mask != 0, xp.bool)) if tuple(mask.shape) == t.shape else mask != 0
+    valid = xp.broadcast_to(mask != 0, t.shape)
     w = t.full(obj._weight(t))
     n = int(xp.sum(xp.astype(valid, xp.int64)))
     out: dict[str, float] = {"actor/valid_tokens": float(n)}

@@ -108,7 +108,7 @@ def test_policy_loss_empty_and_all_masked_batches_on_cpu():
     logp.requires_grad_(True)
     loss, metrics = policy_loss("drpo", logp, lpb, adv, torch.zeros_like(mask))
     loss.backward()  # still attached to the graph
-    assert float(loss) == 0.0 and metrics["actor/valid_tokens"] == 0.0
+    assert float(loss.detach()) == 0.0 and metrics["actor/valid_tokens"] == 0.0
     assert math.isnan(metrics["actor/weight_mean"]) and math.isnan(metrics["actor/masked_frac"])
     assert torch.count_nonzero(logp.grad) == 0
 
