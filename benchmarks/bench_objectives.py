@@ -17,18 +17,26 @@ behaviour policy); ``advantage ~ N(0, 1)``.
 The floor
 ---------
 Every objective must at least read its two log-probability arrays and write one output of
-the same length. At 10M tokens these arrays (40 or 80 MB each) are far larger than any cache,
-so that traffic goes to main memory, and elementwise work this cheap is memory-bandwidth
-bound. The floor is therefore one bare pass over the same arrays: ``add(logp, logp_behavior,
-out=out)`` into a *preallocated* output (so no page faults are timed), for each backend and
-dtype. It moves ``3 * N * itemsize`` bytes; the table reports the implied bandwidth in GB/s,
-and every objective's time as a ratio to the floor of the same backend and dtype. A ratio of
-20 means the objective costs as much as 20 such passes: temporaries, transcendental calls
-(``exp``, ``expm1``, ``log``) and first-touch page faults of freshly allocated outputs.
+the same length. At 10M tokens these arrays (40 or 80 MB each) are far larger than the
+per-core caches, so that traffic goes to memory, and elementwise work this cheap is
+memory-bandwidth bound. The floor is therefore one bare pass over the same arrays:
+``add(logp, logp_behavior, out=out)`` into a *preallocated* output (so no page faults are
+timed), for each backend and dtype. It moves ``3 * N * itemsize`` bytes; the table reports
+the implied bandwidth in GB/s, and every objective's time as a ratio to the floor of the same
+backend and dtype. A ratio of 20 means the objective costs as much as 20 such passes:
+temporaries (each one a further pass over memory), transcendental calls (``exp``, ``expm1``,
+``log``) and first-touch page faults of freshly allocated outputs.
 
-Threads: NumPy's elementwise ufuncs run on one thread; torch's CPU kernels use
+The floor is re-timed before every objective and its best time kept, so that a slow spell
+of the machine does not inflate every ratio of a block; the spread of those floor timings
+(worst / best) is printed with it as a measure of the run's noise.
+
+Threads and noise: NumPy's elementwise ufuncs run on one thread; torch's CPU kernels use
 ``torch.get_num_threads()`` threads (printed in the header). Thread settings and environment
-variables (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ...) are taken as they are.
+variables (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ...) are taken as they are. Other
+processes on the same cores distort the times, torch's multi-threaded kernels most (a
+parallel region waits for its slowest thread): on Linux the script reports how much CPU time
+other processes took during the run.
 
 How to run
 ----------
@@ -39,14 +47,13 @@ How to run
     python benchmarks/bench_objectives.py --tokens 1000000 --repeats 3 --csv bench.csv
 
 Memory: the inputs take ``3 * N * 8`` bytes in float64 plus ``3 * N * 4`` in float32, and one
-call of the most complex objective allocates a few dozen temporaries of ``N * itemsize`` bytes
-each (about 2 GB at the default size in float64).
+call holds at most about 9 temporaries of ``N * itemsize`` bytes at once (0.75 GB at the
+default size in float64), so a default run stays under 1.5 GB resident.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import sys
@@ -56,9 +63,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 import drpo_sim as ds
+from drpo_sim._io import write_csv as write_frame
 
 FLOOR = "(bare add)"
 """Name of the floor row in the table."""
@@ -82,7 +91,8 @@ class Row:
     seconds: float
     ns_per_token: float
     ratio: float
-    gb_per_s: float | None = None  # only for the floor row
+    gb_per_s: float | None = None  # floor row only: implied memory bandwidth
+    spread: float | None = None  # floor row only: worst / best of its timings
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,36 +136,34 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def time_floor(logp, logp_behavior, backend: str, repeats: int) -> float:
-    """Best time of one bare ``add`` pass into a preallocated output."""
+def floor_pass(logp, logp_behavior, backend: str) -> Callable[[], object]:
+    """One bare ``add`` pass over the two log-probability arrays into a preallocated output."""
     if backend == "torch":
         out = torch.empty_like(logp)
-        return best_time(lambda: torch.add(logp, logp_behavior, out=out), repeats)
+        return lambda: torch.add(logp, logp_behavior, out=out)
     out = np.empty_like(logp)
-    return best_time(lambda: np.add(logp, logp_behavior, out=out), repeats)
-
-
-def time_objective(name: str, inputs: tuple, repeats: int) -> float:
-    """Best time of ``get(name).weight(*inputs)`` at the objective's default parameters."""
-    obj = ds.objectives.get(name)
-    return best_time(lambda: obj.weight(*inputs), repeats)
+    return lambda: np.add(logp, logp_behavior, out=out)
 
 
 def bench_one(arrays: dict[str, np.ndarray], backend: str, dtype: str, cfg: Config) -> list[Row]:
     """The floor row and one row per objective for one backend and dtype."""
     inputs = as_backend(arrays, backend)
     n = cfg.tokens
-    itemsize = np.dtype(dtype).itemsize
+    floor_fn = floor_pass(inputs[0], inputs[1], backend)
 
-    floor = time_floor(inputs[0], inputs[1], backend, cfg.repeats)
-    moved = 3 * n * itemsize
-    rows = [Row(backend, dtype, FLOOR, floor, floor / n * 1e9, 1.0, moved / floor / 1e9)]
-    print(f"  {backend:5s} {dtype}: floor {floor * 1e3:8.2f} ms", file=sys.stderr, flush=True)
-
+    floors: list[float] = []
+    times: dict[str, float] = {}
     for name in ds.objectives.available():
-        t = time_objective(name, inputs, cfg.repeats)
-        rows.append(Row(backend, dtype, name, t, t / n * 1e9, t / floor))
-        print(f"  {backend:5s} {dtype}: {name:16s} {t * 1e3:8.2f} ms", file=sys.stderr, flush=True)
+        floors.append(best_time(floor_fn, cfg.repeats))
+        obj = ds.objectives.get(name)
+        times[name] = best_time(lambda: obj.weight(*inputs), cfg.repeats)
+        log(f"{backend:5s} {dtype}: {name:16s} {times[name] * 1e3:9.2f} ms   (floor {floors[-1] * 1e3:.2f} ms)")
+    floors.append(best_time(floor_fn, cfg.repeats))
+
+    floor = min(floors)
+    moved = 3 * n * np.dtype(dtype).itemsize
+    rows = [Row(backend, dtype, FLOOR, floor, floor / n * 1e9, 1.0, moved / floor / 1e9, max(floors) / floor)]
+    rows += [Row(backend, dtype, name, t, t / n * 1e9, t / floor) for name, t in times.items()]
     return rows
 
 
@@ -170,6 +178,47 @@ def run(cfg: Config) -> list[Row]:
     return rows
 
 
+def log(msg: str) -> None:
+    print("  " + msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise: CPU time taken by other processes
+# --------------------------------------------------------------------------------------------
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds spent busy on all cores since boot (Linux ``/proc/stat``), else ``None``."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is in user)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def contention_report(busy0: float | None, own0: float, wall: float) -> str:
+    """How much CPU other processes used while the benchmark ran."""
+    busy1 = busy_cpu_seconds()
+    if busy0 is None or busy1 is None:
+        return "CPU time of other processes during the run: n/a (needs Linux /proc/stat)"
+    other = max(0.0, (busy1 - busy0) - (own_cpu_seconds() - own0))
+    cores = os.cpu_count() or 1
+    distorted = other > max(0.5, 0.1 * wall)  # /proc/stat counts in ticks of 10 ms: ignore tiny runs
+    return (
+        f"CPU time of other processes during the run: {other:.1f} s over {wall:.1f} s wall on {cores} cores "
+        f"({other / (wall * cores):.0%} of the machine){'  -- times are distorted' if distorted else ''}"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------
@@ -181,18 +230,10 @@ def header(cfg: Config) -> str:
         f"(+1 warm-up)\n"
         f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
         f"(torch.get_num_threads() = {torch.get_num_threads()}; NumPy ufuncs: 1 thread), "
-        f"{platform.machine()}\n"
-        f"floor = one bare add(logp, logp_behavior, out=preallocated): 3 * N * itemsize bytes moved\n"
-        f"load average at start: {load_average()} (other processes on these cores distort the times)"
+        f"{platform.machine()}, {os.cpu_count()} cores\n"
+        f"floor = one bare add(logp, logp_behavior, out=preallocated): 3 * N * itemsize bytes moved; "
+        f"x floor = seconds / floor seconds (same backend and dtype)"
     )
-
-
-def load_average() -> str:
-    """The 1-minute load average, or ``n/a`` where the platform has none."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (AttributeError, OSError):
-        return "n/a"
 
 
 def format_table(rows: list[Row]) -> str:
@@ -200,22 +241,28 @@ def format_table(rows: list[Row]) -> str:
     for i, r in enumerate(rows):
         if i and (r.backend, r.dtype) != (rows[i - 1].backend, rows[i - 1].dtype):
             lines.append("")
-        note = f"   ({r.gb_per_s:.1f} GB/s)" if r.gb_per_s is not None else ""
+        note = f"   ({r.gb_per_s:.1f} GB/s; spread of its timings {r.spread:.2f}x)" if r.gb_per_s else ""
         lines.append(
-            f"{r.backend:7s} {r.dtype:7s} {r.objective:16s} {r.seconds:9.5f} {r.ns_per_token:9.2f} "
-            f"{r.ratio:8.1f}{note}"
+            f"{r.backend:7s} {r.dtype:7s} {r.objective:16s} {r.seconds:9.5f} {r.ns_per_token:9.2f} {r.ratio:8.1f}{note}"
         )
     return "\n".join(lines)
 
 
+CSV_COLUMNS = (
+    "backend", "dtype", "objective", "seconds", "ns_per_token", "ratio_to_floor", "floor_gb_per_s", "floor_spread",
+)
+
+
 def write_csv(rows: list[Row], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["backend", "dtype", "objective", "seconds", "ns_per_token", "ratio_to_floor", "floor_gb_per_s"])
-        for r in rows:
-            gbs = "" if r.gb_per_s is None else f"{r.gb_per_s:.3f}"
-            w.writerow([r.backend, r.dtype, r.objective, f"{r.seconds:.6g}", f"{r.ns_per_token:.4g}", f"{r.ratio:.4g}", gbs])
+    """The table as CSV, written atomically (a temporary file renamed into place)."""
+    frame = pd.DataFrame(
+        [
+            (r.backend, r.dtype, r.objective, r.seconds, r.ns_per_token, r.ratio, r.gb_per_s, r.spread)
+            for r in rows
+        ],
+        columns=CSV_COLUMNS,
+    )
+    write_frame(frame, path, float_format="%.6g")
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,13 +294,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     print(header(cfg), flush=True)
+    busy0, own0, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
     rows = run(cfg)
+    wall = time.perf_counter() - start
     print()
     print(format_table(rows))
-    print(f"\nload average at end: {load_average()}")
+    print()
+    print(contention_report(busy0, own0, wall))
     if cfg.csv is not None:
         write_csv(rows, cfg.csv)
-        print(f"\nwrote {cfg.csv}")
+        print(f"wrote {cfg.csv}")
 
 
 if __name__ == "__main__":

@@ -207,3 +207,23 @@ def test_regions_count_masked_attenuated_corrective_on_cpu():
     assert drpo.regions(lp, lb, adv).counts() == {"tokens": 5, "masked": 0, "attenuated": 2, "corrective": 1, "amplified": 1}
     dppo = ds.objectives.get("dppo_tv", delta=0.2).regions(lp, lb, adv)
     assert dppo.counts() == {"tokens": 5, "masked": 2, "attenuated": 0, "corrective": 0, "amplified": 0}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_blockwise_evaluation_equals_whole_array_evaluation_on_cpu(config, monkeypatch):
+    """Large calls are evaluated in cache-sized blocks; the numbers must not change."""
+    obj = make(config)
+    rng = np.random.default_rng(7)
+    b, t = 37, 1000  # 37,000 tokens: several blocks of the (shrunk) block size, and a ragged last one
+    lb = np.log(np.clip(rng.beta(0.3, 1.0, (b, t)), 1e-12, 1.0))
+    lp = np.minimum(lb + rng.normal(0, 0.5, (b, t)), 0.0)
+    adv = rng.normal(size=(b, 1)) * 3  # broadcast over tokens, as a sequence advantage
+    inputs = {"numpy": (lp, lb, adv), "torch": tuple(torch.tensor(x) for x in (lp, lb, adv))}
+    for kind, args in inputs.items():
+        monkeypatch.setitem(ds.objectives.BLOCK_TOKENS, kind, 4096)
+        blocked = {m: getattr(obj, m)(*args) for m in ("surrogate", "weight", "grad_logp")}
+        monkeypatch.setitem(ds.objectives.BLOCK_TOKENS, kind, 10**9)
+        for m, value in blocked.items():
+            whole = getattr(obj, m)(*args)
+            assert tuple(value.shape) == (b, t) and value.dtype == whole.dtype
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(whole), err_msg=f"{obj}.{m} ({kind})")

@@ -1,0 +1,26 @@
+"""The benchmark script runs end to end (at a toy size: timings are never asserted)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+import drpo_sim as ds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_script_writes_its_table(tmp_path):
+    out = tmp_path / "bench.csv"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_objectives.py"), "--tokens", "5000", "--repeats", "1",
+         "--csv", str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "x floor" in res.stdout
+    table = pd.read_csv(out)
+    expected = set(ds.objectives.available()) | {"(bare add)"}
+    for (backend, dtype), rows in table.groupby(["backend", "dtype"]):
+        assert set(rows["objective"]) == expected, (backend, dtype)
+    assert (table["seconds"] > 0).all() and len(table) == 4 * len(expected)
