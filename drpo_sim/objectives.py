@@ -510,8 +510,8 @@ class PPO(Objective):
 class GRPO(PPO):
     """GRPO's token objective: PPO with clip-higher, ``eps_low = 0.2``, ``eps_high = 0.28``.
 
-    DeepSeekMath (Shao et al. 2024) for the group-relative advantages (computed outside the
-    objective, in :mod:`drpo_sim.advantages`); DAPO (Yu et al. 2025) for the asymmetric clip.
+    DeepSeekMath (Shao et al. 2024) for the group-relative advantages (an input here, computed
+    by whoever builds the batch); DAPO (Yu et al. 2025) for the asymmetric clip.
     Same surrogate and weight as :class:`PPO`.
     """
 
