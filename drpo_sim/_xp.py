@@ -71,14 +71,15 @@ def as_float_arrays(*values: Any) -> tuple[Any, list[Array]]:
     Returns the namespace and the converted arrays, in order. Shapes are left to broadcast.
     """
     xp = namespace(*values)
-    device = None
-    for v in values:
-        if not isinstance(v, _SCALARS) and hasattr(v, "dtype"):
-            device = array_api_compat.device(v)
-            break
-    arrays = [v if hasattr(v, "dtype") else xp.asarray(v, device=device) for v in values]
+    where = next((device(v) for v in values if hasattr(v, "dtype")), None)
+    arrays = [v if hasattr(v, "dtype") else xp.asarray(v, device=where) for v in values]
     dtype = compute_dtype(xp, [a for a, v in zip(arrays, values) if not isinstance(v, _SCALARS)])
     return xp, [a if a.dtype == dtype else xp.astype(a, dtype) for a in arrays]
+
+
+def device(x: Array) -> Any:
+    """The device ``x`` lives on (``"cpu"`` for NumPy)."""
+    return array_api_compat.device(x)
 
 
 def stop_gradient(x: Array) -> Array:

@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from drpo_sim._xp import Array, as_float_arrays, is_torch, requires_grad, stop_gradient
+from drpo_sim._xp import Array, as_float_arrays, device, is_torch, namespace, requires_grad, stop_gradient
 
 LOG_RATIO_MAX = 20.0
 """Cap on ``log(pi / mu)``; see the module docstring."""
@@ -87,7 +87,7 @@ class TokenTerms:
         self.xp = xp
         self.shape = shape
         self.logp = stop_gradient(logp) if detach else logp
-        self.logp_behavior = xp.maximum(stop_gradient(logp_behavior), stop_gradient(logp) - LOG_RATIO_MAX)
+        self._logp_behavior_given = stop_gradient(logp_behavior)
         self.advantage = stop_gradient(advantage)
 
     @classmethod
@@ -97,6 +97,11 @@ class TokenTerms:
         return cls(xp, *arrays, broadcast_shape(*arrays), detach=detach)
 
     # ratios -------------------------------------------------------------------------------
+    @cached_property
+    def logp_behavior(self) -> Array:
+        """The behaviour log-prob floored at ``logp - LOG_RATIO_MAX`` (the ratio cap), a constant."""
+        return self.xp.maximum(self._logp_behavior_given, stop_gradient(self.logp) - LOG_RATIO_MAX)
+
     @cached_property
     def log_ratio(self) -> Array:
         """``log r = logp - logp_behavior``, at most ``LOG_RATIO_MAX``."""
@@ -116,7 +121,7 @@ class TokenTerms:
         near 0 (relative error 1e-8 at ``log r = -20``).
         """
         rm1 = self.xp.expm1(self.log_ratio)
-        if getattr(self.logp, "requires_grad", False):
+        if requires_grad(self.logp):
             return stop_gradient(rm1) + (self.ratio - stop_gradient(self.ratio))
         return rm1
 
@@ -136,11 +141,6 @@ class TokenTerms:
         return self.xp.exp(-self.xp.maximum(self.log_ratio, -LOG_RATIO_MAX))
 
     # probabilities ------------------------------------------------------------------------
-    @cached_property
-    def pi(self) -> Array:
-        """``pi = exp(logp)``."""
-        return self.xp.exp(self.logp)
-
     @cached_property
     def mu(self) -> Array:
         """``mu = exp(logp_behavior)`` (after the ratio cap), a constant."""
@@ -171,11 +171,11 @@ class TokenTerms:
         """``x`` broadcast to the call's shape (a fresh array, never a read-only view)."""
         if tuple(x.shape) == self.shape:
             return x
-        return x + self.xp.zeros(self.shape, dtype=x.dtype, device=_device(x))
+        return x + self.xp.zeros(self.shape, dtype=x.dtype, device=device(x))
 
     def ones(self) -> Array:
         """An array of ones of the call's shape and dtype."""
-        return self.xp.ones(self.shape, dtype=self.logp.dtype, device=_device(self.logp))
+        return self.xp.ones(self.shape, dtype=self.logp.dtype, device=device(self.logp))
 
     def as_weight(self, keep: Array) -> Array:
         """A boolean keep-mask as a 0/1 weight in the call's dtype."""
@@ -187,7 +187,7 @@ class TokenTerms:
         Multiplying a stop-gradient coefficient ``sg(c)`` by it gives a surrogate whose value is
         ``c`` and whose gradient is ``c``: the form of the stop-gradient objectives (CISPO, DPPO).
         """
-        if getattr(self.logp, "requires_grad", False):
+        if requires_grad(self.logp):
             return self.xp.exp(self.logp - stop_gradient(self.logp))
         return 1.0
 
@@ -203,12 +203,6 @@ def broadcast_shape(logp: Array, logp_behavior: Array, advantage: Array) -> tupl
         ) from None
 
 
-def _device(x: Array) -> Any:
-    import array_api_compat
-
-    return array_api_compat.device(x)
-
-
 def binary_kl(logp_mu: Array, logp_pi: Array) -> Array:
     """KL divergence between Bernoulli(mu) and Bernoulli(pi), from log-probabilities.
 
@@ -218,8 +212,12 @@ def binary_kl(logp_mu: Array, logp_pi: Array) -> Array:
     through it: DPPO-KL uses it only as a mask.
     """
     xp, (logp_mu, logp_pi) = as_float_arrays(logp_mu, logp_pi)
+    return _binary_kl(xp, logp_mu, logp_pi, xp.exp(logp_mu))
+
+
+def _binary_kl(xp: Any, logp_mu: Array, logp_pi: Array, mu: Array) -> Array:
+    """:func:`binary_kl` with ``mu = exp(logp_mu)`` already at hand."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        mu = xp.exp(logp_mu)
         first = mu * (logp_mu - logp_pi)
         second = (1.0 - mu) * (_log1mexp(xp, logp_mu) - _log1mexp(xp, logp_pi))
         return first + xp.where(mu < 1.0, second, xp.zeros_like(second))
@@ -262,9 +260,7 @@ class Regions:
 
     def counts(self, mask: Array | None = None) -> dict[str, int]:
         """Number of tokens in each region, over the tokens where ``mask`` is true (all by default)."""
-        import array_api_compat
-
-        xp = array_api_compat.array_namespace(self.masked)
+        xp = namespace(self.masked)
         valid = xp.ones_like(self.masked) if mask is None else (mask != 0)
 
         def count(flags: Array) -> int:
@@ -307,7 +303,7 @@ def _evaluate(fn: Callable[[TokenTerms], Array], logp: Array, logp_behavior: Arr
         t = TokenTerms(xp, *arrays, shape, detach=detach)
         return t.full(fn(t))
     flat = [xp.reshape(xp.broadcast_to(stop_gradient(a), shape), (-1,)) for a in arrays]
-    out = xp.empty((n,), dtype=arrays[0].dtype, device=_device(arrays[0]))
+    out = xp.empty((n,), dtype=arrays[0].dtype, device=device(arrays[0]))
     for start in range(0, n, block):
         part = [a[start : start + block] for a in flat]
         t = TokenTerms(xp, *part, tuple(part[0].shape), detach=True)
@@ -617,7 +613,7 @@ class DPPOKL(DPPOTV):
     delta_high: float | None = None
 
     def _keep(self, t):
-        d = binary_kl(t.logp_behavior, stop_gradient(t.logp))
+        d = _binary_kl(t.xp, t.logp_behavior, stop_gradient(t.logp), t.mu)
         a, s = t.advantage, t.shift
         return ~(((a > 0) & (s > 0) & (d > self.hi)) | ((a < 0) & (s < 0) & (d > self.lo)))
 
@@ -810,7 +806,7 @@ def aggregate(values: Array, mask: Array | None = None, mode: str = "token-mean"
         raise ValueError(f"unknown loss aggregation mode {mode!r}; valid: {', '.join(AGG_MODES)}")
     xp, (values,) = as_float_arrays(values)
     if mask is None:
-        mask = xp.ones(values.shape, dtype=xp.bool, device=_device(values))
+        mask = xp.ones(values.shape, dtype=xp.bool, device=device(values))
     if tuple(mask.shape) != tuple(values.shape):
         raise ValueError(f"mask has shape {tuple(mask.shape)} but the values have shape {tuple(values.shape)}")
     valid = mask != 0
@@ -869,7 +865,7 @@ def policy_loss(
         except ValueError:
             raise ValueError(f"{label} has shape {tuple(arr.shape)}, which does not fit logp's {tuple(logp_f.shape)}") from None
     if mask is None:
-        mask = xp.ones(logp_f.shape, dtype=xp.bool, device=_device(logp_f))
+        mask = xp.ones(logp_f.shape, dtype=xp.bool, device=device(logp_f))
     if tuple(mask.shape) != tuple(logp_f.shape):
         raise ValueError(f"mask has shape {tuple(mask.shape)} but logp has shape {tuple(logp_f.shape)}")
 

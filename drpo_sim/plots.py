@@ -158,11 +158,11 @@ def drpo_range_figure(ranges: pd.DataFrame, curves: pd.DataFrame, stem: str | Pa
                          label=f"delta = {d:g}" if sign > 0 else None)
         ax1.axhline(0.0, color="k", lw=0.6)
         ax1.axhline(1.0, color="k", lw=0.4, ls=":")
-        ax1.set_ylim(-3.0, 5.0)
+        ax1.set_ylim(-3.0, 6.8)
         ax1.set_xlabel(f"pi - mu (mu = {curves['mu'].iloc[0]:g})")
         ax1.set_ylabel("DRPO weight w")
         ax1.set_title("weight against the shift (solid: A > 0, dashed: A < 0)")
-        ax1.legend(frameon=False, loc="upper left")
+        ax1.legend(frameon=False, loc="upper center", ncol=3, fontsize="small")
         x = np.arange(len(deltas))
         for k, row in ranges.iterrows():
             ax2.vlines(x[k], row["weight_min"], row["weight_max"], color=palette[row["delta"]], lw=8)
@@ -171,6 +171,7 @@ def drpo_range_figure(ranges: pd.DataFrame, curves: pd.DataFrame, stem: str | Pa
             ax2.annotate(f"[{row['weight_min']:.2f}, {row['weight_max']:.2f}]", (x[k], row["weight_max"]),
                          xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
         ax2.axhline(0.0, color="k", lw=0.6)
+        ax2.margins(y=0.12)
         ax2.set_xticks(x, [f"{d:g}" for d in deltas])
         ax2.set_xlabel("delta")
         ax2.set_ylabel("weight range over the (mu, pi) plane")
