@@ -861,9 +861,11 @@ def policy_loss(
         adv_f = xp.reshape(adv_f, (adv_f.shape[0], 1))
     for label, arr in (("logp_behavior", lpb_f), ("advantage", adv_f)):
         try:
-            np.broadcast_shapes(tuple(arr.shape), tuple(logp_f.shape))
+            fits = np.broadcast_shapes(tuple(arr.shape), tuple(logp_f.shape)) == tuple(logp_f.shape)
         except ValueError:
-            raise ValueError(f"{label} has shape {tuple(arr.shape)}, which does not fit logp's {tuple(logp_f.shape)}") from None
+            fits = False
+        if not fits:
+            raise ValueError(f"{label} has shape {tuple(arr.shape)}, which does not fit logp's {tuple(logp_f.shape)}")
     if mask is None:
         mask = xp.ones(logp_f.shape, dtype=xp.bool, device=device(logp_f))
     if tuple(mask.shape) != tuple(logp_f.shape):

@@ -119,6 +119,8 @@ def test_policy_loss_rejects_mismatched_shapes_on_cpu():
         policy_loss("drpo", logp, lpb, adv, mask[:, :5])
     with pytest.raises(ValueError, match=r"advantage has shape \(3,\), which does not fit"):
         policy_loss("drpo", logp, lpb, adv[:3], mask)
+    with pytest.raises(ValueError, match=r"advantage has shape \(4, 6, 1\), which does not fit logp's \(4, 6\)"):
+        policy_loss("drpo", logp, lpb, adv[:, None, None].expand(4, 6, 1), mask)  # would enlarge the batch
     with pytest.raises(ValueError, match=r"needs logp of shape \[B, T\]"):
         policy_loss("drpo", logp[0], lpb[0], adv[0], mask[0])
     with pytest.raises(ValueError, match="unknown objective 'dpo'"):
