@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from drpo_sim._xp import Array, as_float_arrays, device, is_torch, namespace, requires_grad, stop_gradient
+from drpo_sim._xp import Array, as_float_arrays, compute_dtype, device, is_torch, namespace, requires_grad, stop_gradient
 
 LOG_RATIO_MAX = 20.0
 """Cap on ``log(pi / mu)``; see the module docstring."""
@@ -788,6 +788,42 @@ AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mea
 """Loss aggregation modes used in practice (verl's ``loss_agg_mode`` names)."""
 
 
+def aggregation_weights(mask: Array, mode: str = "token-mean", *, horizon: int | None = None, dtype: Any = None) -> Array:
+    """Per-token coefficients ``c`` with ``aggregate(v, mask, mode) = sum(c * v)``.
+
+    The loss aggregation is linear in the per-token values, so a trainer's gradient is
+    ``sum_t c_t dJ_t``; the simulator uses these coefficients directly. ``mask`` has shape
+    ``[..., B, T]``: leading axes (seeds, for example) are independent batches, each normalised on
+    its own. ``token-mean`` also accepts a 1-D mask. Invalid tokens get ``c = 0``. See
+    :func:`aggregate` for the four modes.
+    """
+    if mode not in AGG_MODES:
+        raise ValueError(f"unknown loss aggregation mode {mode!r}; valid: {', '.join(AGG_MODES)}")
+    xp = namespace(mask)
+    valid = mask != 0
+    if dtype is None:
+        dtype = compute_dtype(xp, [mask])
+    m = xp.astype(valid, dtype)
+    if mode == "token-mean":
+        axes = tuple(range(max(m.ndim - 2, 0), m.ndim))
+        n = xp.sum(m, axis=axes, keepdims=True)
+        return m / xp.maximum(n, xp.ones_like(n))
+    if m.ndim < 2:
+        raise ValueError(f"mode {mode!r} needs per-token values of shape [B, T], got {tuple(m.shape)}")
+    tokens = xp.sum(m, axis=-1, keepdims=True)
+    has_tokens = xp.astype(tokens > 0, dtype)
+    n_seq = xp.sum(has_tokens, axis=-2, keepdims=True)
+    n_seq = xp.maximum(n_seq, xp.ones_like(n_seq))
+    if mode == "seq-mean-token-sum":
+        return m / n_seq
+    if mode == "seq-mean-token-mean":
+        return m / (xp.maximum(tokens, xp.ones_like(tokens)) * n_seq)
+    h = m.shape[-1] if horizon is None else horizon
+    if not (isinstance(h, int) and not isinstance(h, bool) and h > 0):
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+    return m / (float(h) * n_seq)
+
+
 def aggregate(values: Array, mask: Array | None = None, mode: str = "token-mean", *, horizon: int | None = None) -> Array:
     """Reduce per-token values of shape ``[B, T]`` to a scalar, over the tokens where ``mask`` is true.
 
@@ -800,7 +836,8 @@ def aggregate(values: Array, mask: Array | None = None, mode: str = "token-mean"
 
     Sequences with no valid token are left out of every mean over sequences; a batch with no
     valid token gives 0 (still attached to the graph). Masked positions are never read, so
-    padding may hold anything, including NaN.
+    padding may hold anything, including NaN. The coefficients come from
+    :func:`aggregation_weights`, the one definition of the four modes.
     """
     if mode not in AGG_MODES:
         raise ValueError(f"unknown loss aggregation mode {mode!r}; valid: {', '.join(AGG_MODES)}")
@@ -809,27 +846,11 @@ def aggregate(values: Array, mask: Array | None = None, mode: str = "token-mean"
         mask = xp.ones(values.shape, dtype=xp.bool, device=device(values))
     if tuple(mask.shape) != tuple(values.shape):
         raise ValueError(f"mask has shape {tuple(mask.shape)} but the values have shape {tuple(values.shape)}")
-    valid = mask != 0
-    m = xp.astype(valid, values.dtype)
-    v = xp.where(valid, values, xp.zeros_like(values))
-    if mode == "token-mean":
-        return xp.sum(v) / xp.maximum(xp.sum(m), xp.ones_like(xp.sum(m)))
-    if values.ndim != 2:
+    if mode != "token-mean" and values.ndim != 2:
         raise ValueError(f"mode {mode!r} needs per-token values of shape [B, T], got {tuple(values.shape)}")
-    tokens = xp.sum(m, axis=-1)
-    has_tokens = xp.astype(tokens > 0, values.dtype)
-    n_seq = xp.maximum(xp.sum(has_tokens), xp.ones_like(xp.sum(has_tokens)))
-    seq_sum = xp.sum(v, axis=-1)
-    if mode == "seq-mean-token-sum":
-        per_seq = seq_sum
-    elif mode == "seq-mean-token-mean":
-        per_seq = seq_sum / xp.maximum(tokens, xp.ones_like(tokens))
-    else:
-        h = values.shape[-1] if horizon is None else horizon
-        if not (isinstance(h, int) and h > 0):
-            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
-        per_seq = seq_sum / float(h)
-    return xp.sum(per_seq * has_tokens) / n_seq
+    c = aggregation_weights(mask, mode, horizon=horizon, dtype=values.dtype)
+    v = xp.where(mask != 0, values, xp.zeros_like(values))
+    return xp.sum(c * v)
 
 
 def policy_loss(

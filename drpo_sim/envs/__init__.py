@@ -1,0 +1,20 @@
+"""Environments with a long-tailed vocabulary, sequence-level rewards and a known optimum.
+
+Both environments expose the same small interface, which the simulator relies on:
+
+* ``n_prompts``, ``horizon`` (tokens per sample), ``vocab_size`` and ``n_states``
+  (``n_prompts * horizon``; state ``s = prompt * horizon + position``);
+* ``initial_logits()``: ``[n_states, vocab_size]`` logits of the initial policy (a Zipf law);
+* ``rewards(prompts, tokens)``: the verifiable sequence reward of sampled responses,
+  ``prompts [N, P]`` and ``tokens [N, P, G, T]`` give ``[N, P, G]`` rewards in ``[0, 1]``;
+* ``expected_reward(logp)``: the exact expected reward of a policy ``logp [N, n_states, V]``,
+  averaged over prompts (no sampling);
+* ``token_rewards()`` (bandit only): the reward of each token, for the exact-gradient mode.
+"""
+
+from drpo_sim.envs.bandit import LongTailBandit, zipf_logits
+from drpo_sim.envs.tabular import TabularSequence
+
+ENVIRONMENTS = ("bandit", "tabular")
+
+__all__ = ["ENVIRONMENTS", "LongTailBandit", "TabularSequence", "zipf_logits"]

@@ -1,0 +1,614 @@
+"""The training loop: any objective of the registry, on either environment, vectorised over seeds.
+
+One run trains ``N`` independent copies of the policy (one per seed) in lock step: every array
+carries a leading seed axis, and nothing loops in Python over seeds or tokens (the one exception is
+drawing random numbers, one seeded stream per seed, so that a seed's trajectory does not depend on
+which other seeds share its batch). Per step (sampled mode):
+
+1. the engine computes ``mu`` from the rollout parameters (``staleness`` steps old) through the
+   off-policy channels (:mod:`drpo_sim.offpolicy`);
+2. for each prompt of the step, ``G = group_size`` responses of ``T`` tokens are sampled from
+   ``mu``, scored by the environment's verifiable reward, and given group-relative advantages
+   (:mod:`drpo_sim.advantages`), broadcast to the response's tokens;
+3. the batch is split into ``updates_per_batch`` mini-batches; for each, the trainer scores the
+   tokens (``logp``), the objective gives ``dJ_t/dlogp`` in closed form
+   (:meth:`Objective.grad_logp`), the loss aggregation gives each token's coefficient
+   (:func:`aggregation_weights`), and the chain rule through the softmax,
+   ``dJ_t/dz_{s,:} = dJ_t/dlogp * (onehot(y_t) - pi(.|s))``, gives the logits' gradient, which
+   the policy maps to its parameters; the per-seed gradient norm is clipped and SGD or AdamW
+   takes a step (minimising ``-aggregate(J)``).
+
+Exact mode (bandit): instead of samples, the expected gradient under ``mu`` by enumerating the
+vocabulary, ``E_{a~mu}[dJ_a/dlogp (onehot(a) - pi)]`` with exact advantages
+``A(a) = R(a) - E_mu R``. With one token per sample every aggregation mode gives the same gradient.
+
+Each update can emit its tokens as a :class:`drpo_sim.tokens.TokenBatch` (``token_sink``).
+
+Metrics per method, seed and step (:data:`METRICS`): the exact expected reward of ``pi`` after the
+step's updates; ``abs(pi - mu)`` over the sampled tokens (mean and max, ``pi`` at update time,
+``mu`` the engine's); TV and ``KL(mu || pi)`` between the full distributions at rollout time, mean
+over states; the fractions of sampled tokens the objective masks, attenuates, turns corrective or
+amplifies, and the mean and extreme weights (all relative to the anchor the objective sees); the
+gradient norm before clipping; the entropy of ``pi``; the mean sampled reward; and a non-finite flag.
+A seed whose parameters or gradient go non-finite is frozen at its last finite parameters and
+reported with ``nonfinite = True`` and ``expected_reward = NaN`` from then on; ``collapsed`` follows
+the rule of :func:`drpo_sim.stats.collapsed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import entr, rel_entr
+
+from drpo_sim import advantages, objectives, stats
+from drpo_sim.envs import ENVIRONMENTS, LongTailBandit, TabularSequence
+from drpo_sim.offpolicy import OffPolicyConfig, engine_logp, trainer_logp
+from drpo_sim.policies import POLICIES, Params, make_policy
+
+MODES = ("sampled", "exact")
+OPTIMIZERS = ("adam", "sgd")
+METRICS = (
+    "expected_reward",
+    "sample_reward",
+    "shift_mean",
+    "shift_max",
+    "tv_mean",
+    "kl_mean",
+    "masked_frac",
+    "attenuated_frac",
+    "corrective_frac",
+    "amplified_frac",
+    "weight_mean",
+    "weight_min",
+    "weight_max",
+    "grad_norm",
+    "entropy",
+    "nonfinite",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment and its shape (see :mod:`drpo_sim.envs`)."""
+
+    env: str = "bandit"
+    vocab_size: int = 1024
+    zipf_exponent: float = 1.1
+    n_rewarded: int = 4
+    reward_min: float = 0.5
+    n_prompts: int = 8
+    horizon: int = 4
+    reward: str = "prefix"
+    env_seed: int = 0
+    policy: str = "tabular"
+    n_features: int = 16
+
+    def __post_init__(self) -> None:
+        if self.env not in ENVIRONMENTS:
+            raise ValueError(f"unknown env {self.env!r}; valid: {', '.join(ENVIRONMENTS)}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; valid: {', '.join(POLICIES)}")
+        self.make()
+
+    def make(self) -> LongTailBandit | TabularSequence:
+        if self.env == "bandit":
+            return LongTailBandit(self.vocab_size, self.zipf_exponent, self.n_rewarded, reward_min=self.reward_min)
+        return TabularSequence(self.vocab_size, self.n_prompts, self.horizon, self.zipf_exponent, self.reward, env_seed=self.env_seed)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The update rule: batch shape, advantages, loss aggregation, optimiser."""
+
+    mode: str = "sampled"
+    steps: int = 200
+    group_size: int = 16
+    prompts_per_step: int = 0
+    std_norm: bool = False
+    agg_mode: str = "seq-mean-token-sum-norm"
+    optimizer: str = "adam"
+    lr: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    collapse_drop: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.agg_mode not in objectives.AGG_MODES:
+            raise ValueError(f"unknown agg_mode {self.agg_mode!r}; valid: {', '.join(objectives.AGG_MODES)}")
+        for name in ("steps", "group_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prompts_per_step < 0:
+            raise ValueError(f"prompts_per_step must be >= 0 (0: every prompt), got {self.prompts_per_step}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be finite and > 0, got {self.lr}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("grad_clip and weight_decay must be >= 0 (grad_clip 0: off)")
+        if not 0 < self.collapse_drop <= 1:
+            raise ValueError(f"collapse_drop must be in (0, 1], got {self.collapse_drop}")
+        if self.std_norm and self.group_size < 2 and self.mode == "sampled":
+            raise ValueError("std_norm needs group_size >= 2")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything a run depends on besides the objective and the seeds."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    offpolicy: OffPolicyConfig = field(default_factory=OffPolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    SECTIONS = ("env", "offpolicy", "train")
+
+    def __post_init__(self) -> None:
+        if self.train.mode == "exact" and self.env.env != "bandit":
+            raise ValueError("exact mode enumerates the vocabulary of one state: it needs env='bandit'")
+        if self.train.mode == "sampled":
+            env = self.env.make()
+            n_samples = (self.train.prompts_per_step or env.n_prompts) * self.train.group_size
+            if n_samples % self.offpolicy.updates_per_batch:
+                raise ValueError(
+                    f"updates_per_batch={self.offpolicy.updates_per_batch} must divide the {n_samples} samples of a step"
+                )
+            if self.train.prompts_per_step > env.n_prompts:
+                raise ValueError(f"prompts_per_step={self.train.prompts_per_step} exceeds n_prompts={env.n_prompts}")
+
+    def flat(self) -> dict[str, Any]:
+        """All fields in one flat dict (field names are unique across sections)."""
+        return {k: v for sec in self.SECTIONS for k, v in dataclasses.asdict(getattr(self, sec)).items()}
+
+    @classmethod
+    def field_sections(cls) -> dict[str, str]:
+        """Field name -> section name."""
+        types = {"env": EnvConfig, "offpolicy": OffPolicyConfig, "train": TrainConfig}
+        return {f.name: sec for sec, t in types.items() for f in dataclasses.fields(t)}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], base: SimConfig | None = None) -> SimConfig:
+        """A config from flat ``{field: value}`` overrides on top of ``base`` (defaults)."""
+        base = base or cls()
+        where = cls.field_sections()
+        unknown = sorted(set(values) - set(where))
+        if unknown:
+            raise ValueError(f"unknown configuration field(s) {', '.join(unknown)}; valid: {', '.join(sorted(where))}")
+        parts = {sec: {} for sec in cls.SECTIONS}
+        for k, v in values.items():
+            parts[where[k]][k] = v
+        return cls(**{sec: dataclasses.replace(getattr(base, sec), **parts[sec]) for sec in cls.SECTIONS})
+
+
+# --------------------------------------------------------------------------------------------
+# Seeded randomness
+# --------------------------------------------------------------------------------------------
+
+
+class SeedStreams:
+    """One ``numpy.random.Generator`` per seed; draws come back stacked on a leading seed axis.
+
+    Every method of a run consumes the same streams in the same order, so methods are compared on
+    common random numbers, and a seed's numbers do not depend on the other seeds in the batch.
+    """
+
+    def __init__(self, seeds: Sequence[int]):
+        self.gens = [np.random.default_rng(np.random.SeedSequence([int(s), 0xD290])) for s in seeds]
+
+    def random(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.stack([g.random(shape) for g in self.gens])
+
+    def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.stack([g.standard_normal(shape) for g in self.gens])
+
+    def noise(self, cfg: OffPolicyConfig, shape: tuple[int, ...]) -> np.ndarray:
+        if cfg.noise_dist == "student_t":
+            return np.stack([g.standard_t(cfg.noise_df, shape) for g in self.gens])
+        return self.standard_normal(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser
+# --------------------------------------------------------------------------------------------
+
+
+class Optimizer:
+    """SGD or AdamW (decoupled weight decay, Loshchilov & Hutter 2019), per-seed gradient clipping.
+
+    Clipping scales a seed's whole gradient by ``min(1, grad_clip / (norm + 1e-6))``, as
+    ``torch.nn.utils.clip_grad_norm_``; the norm runs over all of the seed's parameters.
+    """
+
+    def __init__(self, cfg: TrainConfig, params: Params):
+        self.cfg = cfg
+        self.t = 0
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+
+    @staticmethod
+    def grad_norm(grads: Params) -> np.ndarray:
+        sq = sum(np.sum(g * g, axis=tuple(range(1, g.ndim))) for g in grads.values())
+        return np.sqrt(sq)
+
+    def step(self, params: Params, grads: Params, frozen: np.ndarray) -> tuple[Params, np.ndarray]:
+        """One update of the loss gradient ``grads``; seeds where ``frozen`` do not move."""
+        cfg = self.cfg
+        norm = self.grad_norm(grads)
+        scale = np.ones_like(norm) if cfg.grad_clip == 0 else np.minimum(1.0, cfg.grad_clip / (norm + 1e-6))
+        scale = np.where(frozen | ~np.isfinite(norm), 0.0, scale)
+        self.t += 1
+        new = {}
+        for k, p in params.items():
+            g = np.where(_seed_axis(scale, p) > 0, grads[k], 0.0) * _seed_axis(scale, p)
+            if cfg.optimizer == "sgd":
+                upd = g
+            else:
+                self.m[k] = cfg.beta1 * self.m[k] + (1 - cfg.beta1) * g
+                self.v[k] = cfg.beta2 * self.v[k] + (1 - cfg.beta2) * g * g
+                m_hat = self.m[k] / (1 - cfg.beta1**self.t)
+                v_hat = self.v[k] / (1 - cfg.beta2**self.t)
+                upd = m_hat / (np.sqrt(v_hat) + 1e-8)
+            live = _seed_axis(np.where(frozen, 0.0, 1.0), p)
+            new[k] = p - cfg.lr * live * (upd + cfg.weight_decay * p)
+        return new, norm
+
+
+def _seed_axis(x: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return x.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling and scattering on [N, S, V] tables
+# --------------------------------------------------------------------------------------------
+
+
+def sample_tokens(logp: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF sampling: token ``y`` of row ``rows`` (a flat index into ``logp``'s ``[N*S]``
+    rows) with ``cdf[y-1] <= u < cdf[y]``; tokens with zero probability are never drawn.
+
+    All rows' CDFs are laid end to end (row ``i`` offset by ``i``) so that one ``searchsorted``
+    serves every draw.
+    """
+    v = logp.shape[-1]
+    p = np.exp(logp.reshape(-1, v))
+    cdf = np.cumsum(p, axis=1)
+    cdf /= cdf[:, -1:]
+    cdf[:, -1] = 1.0
+    offsets = np.arange(cdf.shape[0], dtype=np.float64)[:, None]
+    tok = np.searchsorted((cdf + offsets).ravel(), rows + u, side="right") - rows * v
+    tok = np.clip(tok, 0, v - 1)
+    bad = p[rows, tok] == 0  # possible only through rounding of u + offset at a row's very end
+    if np.any(bad):
+        tok[bad] = np.argmax(cdf[rows[bad]] > u[bad, None], axis=1)
+    return tok
+
+
+def gather(table: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """``table[row, token]`` for a ``[N, S, V]`` table and flat row indices."""
+    v = table.shape[-1]
+    return table.reshape(-1)[rows * v + tokens]
+
+
+def logit_gradient(coef: np.ndarray, rows: np.ndarray, tokens: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """``sum_t coef_t (onehot(y_t) - pi(.|s_t))`` accumulated into a ``[N, S, V]`` table."""
+    n_rows, v = pi.shape[0] * pi.shape[1], pi.shape[-1]
+    onehot = np.bincount((rows * v + tokens).ravel(), weights=coef.ravel(), minlength=n_rows * v)
+    per_row = np.bincount(rows.ravel(), weights=coef.ravel(), minlength=n_rows)
+    return onehot.reshape(pi.shape) - per_row.reshape(pi.shape[:2] + (1,)) * pi
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+TokenSink = Callable[[Any], None]
+
+
+def run(
+    cfg: SimConfig,
+    method: str,
+    seeds: Sequence[int],
+    *,
+    params: dict[str, Any] | None = None,
+    token_sink: TokenSink | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Train ``method`` (a registry name, with ``params``) on every seed; return the tidy table.
+
+    One row per seed and step (steps ``1..steps``), with the columns ``method, seed, step``,
+    :data:`METRICS`, ``collapsed``, ``initial_reward``, one column per configuration field and
+    ``method_params`` (JSON of the objective's parameters). ``token_sink`` receives a
+    ``TokenBatch`` per update (sampled mode only). ``progress(k)`` is called after every step.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("run needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"duplicate seeds in {seeds}")
+    if token_sink is not None and cfg.train.mode != "sampled":
+        raise ValueError("token logs need sampled mode: exact mode samples no tokens")
+    obj = objectives.get(method, **(params or {}))
+    state = _Run(cfg, obj, seeds, token_sink)
+    rows = []
+    for step in range(1, cfg.train.steps + 1):
+        rows.append(state.step(step))
+        if progress is not None:
+            progress(1)
+    return state.table(rows)
+
+
+class _Run:
+    """The state of one run (parameters, history, optimiser), advanced by :meth:`step`."""
+
+    def __init__(self, cfg: SimConfig, obj: objectives.Objective, seeds: list[int], token_sink: TokenSink | None):
+        self.cfg, self.obj, self.seeds, self.sink = cfg, obj, seeds, token_sink
+        self.env = cfg.env.make()
+        self.op = cfg.offpolicy
+        self.tr = cfg.train
+        n = len(seeds)
+        self.streams = SeedStreams(seeds)
+        z0 = self.env.initial_logits()
+        self.policy = make_policy(cfg.env.policy, z0, n_features=cfg.env.n_features)
+        draws = None
+        if cfg.env.policy == "shared":
+            draws = self.streams.standard_normal((z0.shape[0] + z0.shape[1], cfg.env.n_features))
+        self.params = self.policy.init(z0, n, draws)
+        self.opt = Optimizer(self.tr, self.params)
+        self.history: deque[Params] = deque([self.params], maxlen=self.op.staleness + 1)
+        self.dead = np.zeros(n, dtype=bool)
+        self.initial_reward = self.env.expected_reward(trainer_logp(self.policy.logits(self.params), self.op))
+
+    # one step ------------------------------------------------------------------------------
+    def step(self, step: int) -> dict[str, np.ndarray]:
+        env, op, tr = self.env, self.op, self.tr
+        n, s_, v = len(self.seeds), self.env.n_states, self.env.vocab_size
+        z_roll = self.policy.logits(self.history[0])
+        noise = self.streams.noise(op, (s_, v)) if op.needs_noise else None
+        logmu = engine_logp(z_roll, op, noise)
+        logpi0 = trainer_logp(self.policy.logits(self.params), op)
+        acc = _Accumulator(n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            acc.tv = 0.5 * np.abs(np.exp(logpi0) - np.exp(logmu)).sum(-1).mean(-1)
+            acc.kl = rel_entr(np.exp(logmu), np.exp(logpi0)).sum(-1).mean(-1)
+        if tr.mode == "exact":
+            self._exact_updates(logmu, logpi0, acc)
+        else:
+            self._sampled_updates(step, logmu, logpi0, acc)
+        logpi = trainer_logp(self.policy.logits(self.params), op)
+        reward = np.where(self.dead, np.nan, env.expected_reward(logpi))
+        ent = np.where(self.dead, np.nan, entr(np.exp(logpi)).sum(-1).mean(-1))
+        return acc.row(reward, ent, self.dead)
+
+    def _update(self, grad_z: np.ndarray) -> np.ndarray:
+        """Ascend ``J`` along the logits' gradient ``grad_z`` (one optimiser step); the grad norm."""
+        grads = self.policy.backward(self.params, -grad_z)
+        with np.errstate(over="ignore", invalid="ignore"):
+            new, norm = self.opt.step(self.params, grads, self.dead)
+            finite = np.isfinite(norm) & np.logical_and.reduce(
+                [np.isfinite(p).reshape(p.shape[0], -1).all(axis=1) for p in new.values()]
+            )
+        newly_dead = ~finite & ~self.dead
+        if np.any(newly_dead):
+            new = {k: np.where(_seed_axis(newly_dead, p), self.params[k], p) for k, p in new.items()}
+            self.dead |= newly_dead
+        self.params = new
+        self.history.append(new)
+        return norm
+
+    def _anchor(self, logmu: np.ndarray, logpi0: np.ndarray) -> np.ndarray:
+        return logmu if self.op.anchor == "rollout" else logpi0
+
+    def _exact_updates(self, logmu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator) -> None:
+        mu = np.exp(logmu)
+        adv = advantages.exact(self.env.token_rewards(), mu, std_norm=self.tr.std_norm)
+        anchor = self._anchor(logmu, logpi0)
+        for _ in range(self.op.updates_per_batch):
+            logpi = trainer_logp(self.policy.logits(self.params), self.op)
+            pi = np.exp(logpi)
+            g = self.obj.grad_logp(logpi, anchor, adv)
+            q = np.where(mu > 0, mu * g, 0.0)
+            grad_z = q - q.sum(-1, keepdims=True) * pi
+            norm = self._update(grad_z)
+            w = self.obj.weight(logpi, anchor, adv)
+            acc.add(w, np.abs(pi - mu), mu, norm)
+
+    def _sampled_updates(self, step: int, logmu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator) -> None:
+        env, op, tr = self.env, self.op, self.tr
+        n, t_, s_ = len(self.seeds), env.horizon, env.n_states
+        p_step = tr.prompts_per_step or env.n_prompts
+        if p_step < env.n_prompts:
+            prompts = np.argsort(self.streams.random((env.n_prompts,)), axis=1)[:, :p_step]
+        else:
+            prompts = np.broadcast_to(np.arange(env.n_prompts), (n, p_step))
+        g_ = tr.group_size
+        # rows[n, p, g, t]: flat index of state (prompt, t) of seed n in the [N, S, V] tables
+        rows = (np.arange(n)[:, None, None, None] * s_ + prompts[:, :, None, None] * t_ + np.arange(t_)).repeat(g_, axis=2)
+        u = self.streams.random((p_step, g_, t_))
+        tokens = sample_tokens(logmu, rows.ravel(), u.ravel()).reshape(rows.shape)
+        rewards = env.rewards(prompts, tokens)
+        adv = advantages.group_relative(rewards, std_norm=tr.std_norm)
+        b = p_step * g_
+        rows, tokens = rows.reshape(n, b, t_), tokens.reshape(n, b, t_)
+        adv, rewards = adv.reshape(n, b, 1), rewards.reshape(n, b)
+        group = np.broadcast_to(prompts[:, :, None], (n, p_step, g_)).reshape(n, b)
+        lp_mu = gather(logmu, rows, tokens)
+        lp_old = gather(logpi0, rows, tokens)
+        anchor = self._anchor(lp_mu, lp_old)
+        mask = np.ones((n, b // op.updates_per_batch, t_), dtype=bool)
+        coef_agg = objectives.aggregation_weights(mask, tr.agg_mode, horizon=t_)
+        acc.sample_reward = rewards.mean(axis=1)
+        for u_idx, sl in enumerate(np.split(np.arange(b), op.updates_per_batch)):
+            logpi = trainer_logp(self.policy.logits(self.params), op)
+            pi = np.exp(logpi)
+            r_, y_, a_ = rows[:, sl], tokens[:, sl], np.broadcast_to(adv[:, sl], (n, sl.size, t_))
+            lp = gather(logpi, r_, y_)
+            g = self.obj.grad_logp(lp, anchor[:, sl], a_)
+            norm = self._update(logit_gradient(coef_agg * g, r_, y_, pi))
+            w = self.obj.weight(lp, anchor[:, sl], a_)
+            acc.add(w, np.abs(np.exp(lp) - np.exp(lp_mu[:, sl])), None, norm)
+            if self.sink is not None:
+                self._emit(step, u_idx, sl, y_, r_, lp, lp_mu[:, sl], lp_old[:, sl], a_, rewards[:, sl], group[:, sl], p_step)
+
+    def _emit(self, step, u_idx, sl, tokens, rows, lp, lp_mu, lp_old, adv, rewards, group, p_step) -> None:
+        from drpo_sim.tokens import TokenBatch
+
+        n, b, t_ = tokens.shape
+        shape = (n, b, t_)
+        seed = np.broadcast_to(np.asarray(self.seeds)[:, None, None], shape)
+        sample = np.broadcast_to((step - 1) * p_step * self.tr.group_size + sl[None, :, None], shape)
+        self.sink(
+            TokenBatch.from_arrays(
+                logp=lp,
+                logp_behavior=lp_mu,
+                logp_old=lp_old,
+                advantage=adv,
+                mask=np.ones(shape, dtype=bool),
+                sample_id=sample,
+                group_id=np.broadcast_to((step - 1) * self.env.n_prompts + group[:, :, None], shape),
+                position=np.broadcast_to(np.arange(t_), shape),
+                token_id=tokens,
+                reward=np.broadcast_to(rewards[:, :, None], shape),
+                step=np.full(shape, step),
+                seed=seed,
+                update=np.full(shape, u_idx),
+            )
+        )
+
+    # results -------------------------------------------------------------------------------
+    def table(self, rows: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+        n, steps = len(self.seeds), len(rows)
+        cols = {k: np.stack([r[k] for r in rows], axis=1) for k in rows[0]}  # [N, steps]
+        rule = stats.CollapseRule(drop=self.tr.collapse_drop)
+        curves = np.concatenate([self.initial_reward[:, None], cols["expected_reward"]], axis=1)
+        nonfinite = np.concatenate([np.zeros((n, 1), dtype=bool), cols["nonfinite"]], axis=1)
+        collapsed = rule.detect(curves, nonfinite)[:, 1:]
+        df = pd.DataFrame(
+            {
+                "method": self.obj.name,
+                "seed": np.repeat(self.seeds, steps),
+                "step": np.tile(np.arange(1, steps + 1), n),
+                **{k: cols[k].ravel() for k in METRICS},
+                "collapsed": collapsed.ravel(),
+                "initial_reward": np.repeat(self.initial_reward, steps),
+            }
+        )
+        for k, v in self.cfg.flat().items():
+            df[k] = v
+        df["method_params"] = json.dumps(self.obj.params, sort_keys=True)
+        return df
+
+
+class _Accumulator:
+    """Per-seed sums over the updates of one step, turned into one metrics row."""
+
+    def __init__(self, n: int):
+        z = np.zeros(n)
+        self.n_tok, self.shift_sum, self.w_sum = z.copy(), z.copy(), z.copy()
+        self.shift_max = np.full(n, -np.inf)
+        self.w_min, self.w_max = np.full(n, np.inf), np.full(n, -np.inf)
+        self.regions = {k: z.copy() for k in objectives.Regions.NAMES}
+        self.norms: list[np.ndarray] = []
+        self.sample_reward = np.full(n, np.nan)
+        self.tv = self.kl = z
+
+    def add(self, w: np.ndarray, shift: np.ndarray, weights: np.ndarray | None, norm: np.ndarray) -> None:
+        """Token weights ``w``, shifts, and (exact mode) the probability ``mu`` of each token."""
+        axes = tuple(range(1, w.ndim))
+        c = np.ones_like(w) if weights is None else weights
+        support = c > 0
+        self.n_tok += c.sum(axes)
+        self.shift_sum += (c * shift).sum(axes)
+        self.w_sum += (c * w).sum(axes)
+        self.shift_max = np.maximum(self.shift_max, np.where(support, shift, -np.inf).max(axes))
+        self.w_min = np.minimum(self.w_min, np.where(support, w, np.inf).min(axes))
+        self.w_max = np.maximum(self.w_max, np.where(support, w, -np.inf).max(axes))
+        reg = objectives.Regions.from_weight(w)
+        for k in objectives.Regions.NAMES:
+            self.regions[k] += (c * getattr(reg, k)).sum(axes)
+        self.norms.append(norm)
+
+    def row(self, reward: np.ndarray, entropy: np.ndarray, dead: np.ndarray) -> dict[str, np.ndarray]:
+        tok = np.maximum(self.n_tok, 1e-300)
+        out = {
+            "expected_reward": reward,
+            "sample_reward": self.sample_reward,
+            "shift_mean": self.shift_sum / tok,
+            "shift_max": self.shift_max,
+            "tv_mean": self.tv,
+            "kl_mean": self.kl,
+            **{f"{k}_frac": self.regions[k] / tok for k in objectives.Regions.NAMES},
+            "weight_mean": self.w_sum / tok,
+            "weight_min": self.w_min,
+            "weight_max": self.w_max,
+            "grad_norm": np.mean(np.stack(self.norms), axis=0),
+            "entropy": entropy,
+            "nonfinite": dead.copy(),
+        }
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Several methods
+# --------------------------------------------------------------------------------------------
+
+
+def simulate(
+    cfg: SimConfig,
+    methods: Iterable[str],
+    seeds: Sequence[int],
+    *,
+    method_params: dict[str, dict[str, Any]] | None = None,
+    token_sink_for: Callable[[str], TokenSink | None] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Run every method on the same seeds (common random numbers); one tidy table.
+
+    ``method_params`` maps a method name to its objective parameters; params for a method not
+    in ``methods`` are an error (a misspelt name would otherwise be ignored).
+    """
+    methods = list(methods)
+    if not methods:
+        raise ValueError("simulate needs at least one method")
+    unknown = [m for m in methods if m not in objectives.available()]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(objectives.available())}")
+    method_params = method_params or {}
+    stray = sorted(set(method_params) - set(methods))
+    if stray:
+        raise ValueError(f"parameters given for {', '.join(stray)}, which is not among the methods {', '.join(methods)}")
+    frames = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(methods) * cfg.train.steps, unit="step", desc="simulate")
+    try:
+        for m in methods:
+            if bar is not None:
+                bar.set_postfix_str(m)
+            sink = token_sink_for(m) if token_sink_for else None
+            frames.append(run(cfg, m, seeds, params=method_params.get(m), token_sink=sink, progress=bar.update if bar else None))
+    finally:
+        if bar is not None:
+            bar.close()
+    df = pd.concat(frames, ignore_index=True)
+    param_names = sorted({k for m in methods for k in objectives.get(m, **method_params.get(m, {})).params})
+    for k in param_names:
+        df[f"param_{k}"] = [json.loads(p).get(k) for p in df["method_params"]]
+    return df
