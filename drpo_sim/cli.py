@@ -4,6 +4,8 @@ Subcommands::
 
     drpo-sim list                         the registered objectives, their parameters and sources
     drpo-sim geometry --out DIR           the trust-region geometry figures (PNG + CSV)
+    drpo-sim simulate --out FILE.parquet  train objectives in the bandit / tabular environments
+    drpo-sim summarize FILE.parquet       per-method statistics of a result file (and --plot)
     drpo-sim reproduce [--out DIR]        every figure from the built-in defaults, and MANIFEST.json
 
 Errors in the input (a bad option value, an unknown objective) print one line and exit with 2.
@@ -65,6 +67,140 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# simulate / summarize
+# ----------------------------------------------------------------------------------------------
+
+DEFAULT_METHODS = "pg_is,grpo,spo,dppo_tv,drpo"
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per configuration field (``--vocab-size``, ``--noise-std``, ...), default: unset."""
+    from drpo_sim.sim import SimConfig
+
+    base = SimConfig()
+    for sec in SimConfig.SECTIONS:
+        group = p.add_argument_group(f"{sec} configuration")
+        for f in dataclasses.fields(getattr(base, sec)):
+            default = getattr(getattr(base, sec), f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(default, bool):
+                group.add_argument(flag, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None, help=f"(default {default})")
+            else:
+                group.add_argument(flag, dest=f"cfg_{f.name}", type=type(default), default=None, help=f"(default {default})")
+
+
+def _experiment(args: argparse.Namespace):
+    """Configuration, methods, seeds and objective parameters: defaults < --config < --preset < flags."""
+    from drpo_sim.offpolicy import NOISE_PRESETS
+    from drpo_sim.sim import SimConfig, parse_param
+
+    spec = {"config": {}}
+    if args.config:
+        from drpo_sim.sim import read_experiment
+
+        spec = read_experiment(args.config)
+    preset = args.preset or spec.get("preset")
+    overrides = dict(spec["config"])
+    if preset:
+        if preset not in NOISE_PRESETS:
+            raise ValueError(f"--preset {preset!r}: valid presets are {', '.join(NOISE_PRESETS)}")
+        overrides.update(NOISE_PRESETS[preset])
+    overrides.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
+    cfg = SimConfig.from_flat(overrides)
+    methods = args.methods or spec.get("methods") or DEFAULT_METHODS
+    methods = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    methods = [m for m in methods if m]
+    n_seeds = args.seeds if args.seeds is not None else spec.get("seeds", 8)
+    start = args.seed_start if args.seed_start is not None else spec.get("seed_start", 0)
+    if not (isinstance(n_seeds, int) and n_seeds >= 1):
+        raise ValueError(f"--seeds must be a positive number of seeds, got {n_seeds!r}")
+    params = {m: dict(v) for m, v in spec.get("params", {}).items()}
+    for text in args.param or []:
+        method, name, value = parse_param(text)
+        params.setdefault(method, {})[name] = value
+    return cfg, methods, list(range(start, start + n_seeds)), params, preset
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from drpo_sim import objectives, stats
+    from drpo_sim.results import write_results
+    from drpo_sim.sim import simulate
+    from drpo_sim.tokens import TokenLogWriter
+
+    cfg, methods, seeds, params, preset = _experiment(args)
+    out = args.out
+    if out is None:
+        raise ValueError("--out FILE.parquet is required")
+    meta = {
+        "config": cfg.flat(),
+        "methods": methods,
+        "method_params": {m: objectives.get(m, **params.get(m, {})).params for m in methods if m in objectives.available()},
+        "seeds": seeds,
+        "preset": preset,
+    }
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        if args.save_tokens:
+            if cfg.train.mode != "sampled":
+                raise ValueError("--save-tokens needs sampled mode: exact mode samples no tokens")
+            from pathlib import Path
+
+            for m in methods:
+                path = Path(args.save_tokens) / f"{m}.parquet"
+                writers[m] = stack.enter_context(TokenLogWriter(path, metadata={**meta, "method": m}))
+        df = simulate(
+            cfg, methods, seeds, method_params=params,
+            token_sink_for=(lambda m: writers[m].write) if writers else None,
+            progress=not args.no_progress,
+        )
+        write_results(df, out, meta)
+    summary = stats.summarize_runs(df, nan_policy="omit")
+    print(_format_summary(summary))
+    print(f"{len(df)} rows ({len(methods)} methods x {len(seeds)} seeds x {cfg.train.steps} steps) -> {out}"
+          + (f"; token logs in {args.save_tokens}" if args.save_tokens else ""))
+    return 0
+
+
+def _format_summary(summary) -> str:
+    cols = [c for c in summary.columns if c not in ("final_mean",)]
+    return summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")
+
+
+def _cmd_summarize(args: argparse.Namespace) -> int:
+    from drpo_sim import stats
+    from drpo_sim.results import read_results
+
+    df, meta = read_results(args.file)
+    if args.metric not in df.columns:
+        raise ValueError(f"{args.file}: no column {args.metric!r}")
+    summary = stats.summarize_runs(
+        df, metric=args.metric, threshold=args.threshold, reference=args.reference, nan_policy="omit"
+    )
+    print(_format_summary(summary))
+    if args.csv:
+        from drpo_sim._io import write_csv
+
+        write_csv(summary, args.csv)
+    if args.plot:
+        from pathlib import Path
+
+        from drpo_sim import plots
+
+        plot = Path(args.plot)
+        stem, fmt = plot.with_suffix(""), (plot.suffix.lstrip(".").lower() or "png")
+        panels = [(args.metric, stats.curve_bands(df, args.metric))]
+        if "shift_mean" in df.columns and args.metric != "shift_mean":
+            panels.append(("mean abs(pi - mu), sampled tokens", stats.curve_bands(df, "shift_mean")))
+        cfg = meta.get("config", {})
+        title = f"{cfg.get('env', '?')} V={cfg.get('vocab_size', '?')}" + (f", preset {meta['preset']}" if meta.get("preset") else "")
+        files = plots.curves_figure(panels, stem, title=title, formats=_formats(fmt), logy=[False, True])
+        print(f"plot: {', '.join(str(f) for f in files)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drpo-sim", description="Stability analysis of LLM RL policy objectives.")
     parser.add_argument("--version", action="version", version=f"drpo_sim {__version__}")
@@ -78,6 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", default="png", help="comma-separated image formats: png, pdf, svg (default png)")
     p.add_argument("--n-plane", type=int, default=None, help="grid cells per axis of the (mu, pi) maps (default 200)")
     p.set_defaults(func=_cmd_geometry)
+
+    p = sub.add_parser("simulate", help="train objectives in a simulated environment; write a tidy Parquet table")
+    p.add_argument("--out", help="result file (Parquet)")
+    p.add_argument("--methods", help=f"comma-separated objectives (default {DEFAULT_METHODS})")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 8)")
+    p.add_argument("--seed-start", type=int, help="first seed (default 0)")
+    p.add_argument("--config", help="experiment TOML file (fields, methods, seeds, [params.METHOD])")
+    p.add_argument("--preset", help="engine-noise preset: bf16 or fp8 (noise_std and precision)")
+    p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE", help="objective parameter, e.g. drpo.delta=2.5 (repeatable)")
+    p.add_argument("--save-tokens", metavar="DIR", help="write each method's token log to DIR/METHOD.parquet")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("summarize", help="per-method statistics of a result file")
+    p.add_argument("file", help="result file written by drpo-sim simulate")
+    p.add_argument("--metric", default="expected_reward", help="metric to summarise (default expected_reward)")
+    p.add_argument("--threshold", type=float, help="report the steps each seed needs to reach this value")
+    p.add_argument("--reference", help="method to compute the probability of improvement against")
+    p.add_argument("--plot", help="draw the curves with 95%% bootstrap bands to this image file")
+    p.add_argument("--csv", help="also write the table as CSV")
+    p.set_defaults(func=_cmd_summarize)
 
     p = sub.add_parser("reproduce", help="regenerate every figure from the built-in defaults")
     p.add_argument("--out", default="figures", help="output directory (default figures/)")

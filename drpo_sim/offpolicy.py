@@ -33,7 +33,6 @@ exactly what the trainer computes, bit for bit, and every ratio is exactly 1.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,8 +101,16 @@ class OffPolicyConfig:
 
     @property
     def on_policy(self) -> bool:
-        """True when every channel is off: the run is exactly on-policy."""
-        return self == dataclasses.replace(OffPolicyConfig(), anchor=self.anchor)
+        """True when every channel is off: the engine computes exactly what the trainer computes
+        (no noise, the same precision on both sides, no truncation, fresh parameters, one update)."""
+        return (
+            self.noise_std == 0
+            and self.precision == self.trainer_precision
+            and self.top_k == 0
+            and self.top_p == 1
+            and self.staleness == 0
+            and self.updates_per_batch == 1
+        )
 
     @property
     def needs_noise(self) -> bool:

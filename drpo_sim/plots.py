@@ -179,3 +179,38 @@ def drpo_range_figure(ranges: pd.DataFrame, curves: pd.DataFrame, stem: str | Pa
         fig.suptitle("DRPO's weight is bounded by 1 -+ 1/delta; at delta = 12.5 it never leaves [0.92, 1.08]", y=1.02)
         fig.tight_layout()
     return save(fig, stem, formats)
+
+
+def curves_figure(
+    panels: Sequence[tuple[str, pd.DataFrame]],
+    stem: str | Path,
+    *,
+    title: str,
+    formats=("png",),
+    logy: Sequence[bool] | None = None,
+    band_label: str = "IQM over seeds, 95% bootstrap band",
+) -> list[Path]:
+    """Curves against ``step`` with confidence bands, one panel per ``(ylabel, bands)``.
+
+    ``bands`` is the table of :func:`drpo_sim.stats.curve_bands` (``method, step, iqm, low,
+    high``); one line per method in the toolkit's style, its band shaded.
+    """
+    logy = list(logy or [False] * len(panels))
+    with paper_style():
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+        for ax, (ylabel, bands), log in zip(axes[0], panels, logy):
+            for method, d in bands.groupby("method", sort=False):
+                style = STYLE.get(method, {"lw": 1.6})
+                n = int(d["n_seeds"].iloc[0])
+                dropped = int(d["n_dropped"].iloc[0]) if "n_dropped" in d else 0
+                label = f"{method} ({n} seeds" + (f", {dropped} non-finite left out)" if dropped else ")")
+                ax.plot(d["step"], d["iqm"], label=label, **style)
+                ax.fill_between(d["step"], d["low"], d["high"], color=style.get("color"), alpha=0.18, lw=0)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            if log:
+                ax.set_yscale("log")
+        axes[0, 0].legend(loc="best", fontsize="small", frameon=True)
+        fig.suptitle(f"{title}\n({band_label})", y=1.02)
+        fig.tight_layout()
+    return save(fig, stem, formats)

@@ -612,3 +612,80 @@ def simulate(
     for k in param_names:
         df[f"param_{k}"] = [json.loads(p).get(k) for p in df["method_params"]]
     return df
+
+
+# --------------------------------------------------------------------------------------------
+# Experiment files
+# --------------------------------------------------------------------------------------------
+
+RUN_KEYS = ("methods", "seeds", "seed_start", "preset", "params")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: int, float, true/false, none, or the string itself."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_param(spec: str) -> tuple[str, str, Any]:
+    """``"drpo.delta=2.5"`` -> ``("drpo", "delta", 2.5)``."""
+    head, eq, value = spec.partition("=")
+    method, dot, name = head.strip().partition(".")
+    if not (eq and dot and method and name):
+        raise ValueError(f"--param {spec!r}: expected METHOD.NAME=VALUE, e.g. drpo.delta=2.5")
+    return method, name.strip(), parse_value(value)
+
+
+def read_experiment(path: str) -> dict[str, Any]:
+    """An experiment TOML file -> ``{"config": flat overrides, "methods", "seeds", "seed_start",
+    "preset", "params"}`` (absent keys left out).
+
+    Configuration fields may sit at the top level or in ``[env]``, ``[offpolicy]``, ``[train]``;
+    objective parameters in ``[params.<method>]``. Example::
+
+        methods = ["pg_is", "grpo", "drpo"]
+        seeds = 16
+        preset = "fp8"
+        [offpolicy]
+        staleness = 4
+        [train]
+        steps = 300
+        [params.drpo]
+        delta = 2.5
+    """
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    where = SimConfig.field_sections()
+    out: dict[str, Any] = {"config": {}}
+    for key, value in doc.items():
+        if key in SimConfig.SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}: [{key}] must be a table")
+            for k, v in value.items():
+                if where.get(k) != key:
+                    valid = sorted(f for f, s in where.items() if s == key)
+                    raise ValueError(f"{path}: [{key}] has no field {k!r}; valid: {', '.join(valid)}")
+                out["config"][k] = v
+        elif key in RUN_KEYS:
+            out[key] = value
+        elif key in where:
+            out["config"][key] = value
+        else:
+            raise ValueError(f"{path}: unknown key {key!r}; valid: {', '.join(RUN_KEYS + SimConfig.SECTIONS)} or a configuration field")
+    if "params" in out and not all(isinstance(v, dict) for v in out["params"].values()):
+        raise ValueError(f"{path}: [params] must hold one table per method, e.g. [params.drpo]")
+    return out

@@ -40,6 +40,8 @@ from numpy.typing import ArrayLike
 __all__ = [
     "iqm",
     "bootstrap_ci",
+    "bootstrap_band",
+    "curve_bands",
     "probability_of_improvement",
     "wilson_ci",
     "final_reward",
@@ -246,6 +248,90 @@ def bootstrap_ci(
         method,
         random_state,
     )
+
+
+def bootstrap_band(
+    curves: ArrayLike,
+    statistic: Callable[..., ArrayLike] = iqm,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    random_state: RandomState = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-step statistic of ``curves [n_seeds, n_steps]`` over seeds, with a percentile band.
+
+    One ``scipy.stats.bootstrap`` call resamples whole seeds (the same resampled seeds for every
+    step, so the band is that of a curve, not of independent steps) and reduces along the seed
+    axis. Returns ``(point, low, high)``, each ``[n_steps]``; steps where every seed agrees get
+    ``low = high = point``. NaN (a frozen non-finite seed) is not allowed: drop such seeds or
+    summarise them separately.
+    """
+    x = np.asarray(curves, dtype=float)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"curves must have shape [n_seeds, n_steps] with both > 0, got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("curves: non-finite values; bootstrap bands need finite curves")
+    confidence = _check_confidence(confidence)
+    n_resamples = _check_n_resamples(n_resamples)
+    point = np.asarray(statistic(x, axis=0), dtype=float)
+    constant = np.all(x == x[:1], axis=0)
+    if x.shape[0] < 2 or np.all(constant):
+        return point, point.copy(), point.copy()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        res = scipy.stats.bootstrap(
+            (x,),
+            statistic,
+            n_resamples=n_resamples,
+            vectorized=True,
+            axis=0,
+            confidence_level=confidence,
+            method="percentile",
+            **{_RNG_KW: _rng(random_state)},
+        )
+    low = np.where(constant, point, res.confidence_interval.low)
+    high = np.where(constant, point, res.confidence_interval.high)
+    return point, low, high
+
+
+def curve_bands(
+    df: pd.DataFrame,
+    metric: str = "expected_reward",
+    *,
+    group: Sequence[str] = ("method",),
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    random_state: RandomState = 0,
+) -> pd.DataFrame:
+    """Per group and step: IQM of ``metric`` over seeds with a bootstrap band (:func:`bootstrap_band`).
+
+    Returns a tidy table with the group columns, ``step``, ``iqm``, ``low``, ``high``,
+    ``n_seeds`` and ``n_dropped``: seeds whose curve holds a non-finite value (a run frozen by a
+    non-finite parameter) cannot enter a band and are counted there instead of vanishing.
+    """
+    group = list(group)
+    missing = [c for c in [*group, "seed", "step", metric] if c not in df.columns]
+    if missing:
+        raise ValueError(f"curve_bands: missing column(s) {', '.join(missing)}")
+    out = []
+    for keys, frame in df.groupby(group, sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        _check_grid(frame, _label(keys, tuple(group)))
+        curves = _pivot(frame, metric)
+        finite = np.all(np.isfinite(curves.to_numpy(dtype=float)), axis=1)
+        kept = curves.to_numpy(dtype=float)[finite]
+        steps = curves.columns.to_numpy()
+        if kept.shape[0] == 0:
+            point = low = high = np.full(steps.shape, np.nan)
+        else:
+            point, low, high = bootstrap_band(kept, confidence=confidence, n_resamples=n_resamples, random_state=random_state)
+        block = pd.DataFrame({"step": steps, "iqm": point, "low": low, "high": high})
+        block["n_seeds"] = int(finite.sum())
+        block["n_dropped"] = int((~finite).sum())
+        for k, v in zip(group, keys):
+            block.insert(0, k, v)
+        out.append(block)
+    return pd.concat(out, ignore_index=True)
 
 
 def probability_of_improvement(

@@ -1,0 +1,299 @@
+"""The training loop: invariances, determinism, exact against sampled, each channel's effect."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from drpo_sim import objectives
+from drpo_sim.offpolicy import trainer_logp
+from drpo_sim.policies import log_softmax
+from drpo_sim.sim import METRICS, SimConfig, _Run, gather, logit_gradient, run, simulate
+from drpo_sim.tokens import concat
+
+ALL = objectives.available()
+
+
+def _neutral_on_policy(name: str) -> bool:
+    """Whether the objective's weight is exactly 1 at r = 1 for every advantage."""
+    adv = np.array([-2.0, -0.5, 0.0, 0.3, 4.0])
+    lp = np.log(np.array([0.9, 0.5, 0.1, 0.01, 1e-4]))
+    return bool(np.all(objectives.get(name).weight(lp, lp, adv) == 1.0))
+
+
+# drpo_kl's k1 penalty has a per-token gradient at pi = mu (its weight there is 1 + sign(A)/delta,
+# see its docstring): on-policy it is not plain policy gradient, so it is left out of the invariance.
+NEUTRAL = [n for n in ALL if _neutral_on_policy(n)]
+
+
+def test_only_the_k1_ablation_is_not_neutral_on_policy():
+    assert sorted(set(ALL) - set(NEUTRAL)) == ["drpo_kl"]
+
+
+def cfg(**flat) -> SimConfig:
+    base = {"vocab_size": 64, "steps": 12, "group_size": 8, "lr": 0.1}
+    base.update(flat)
+    return SimConfig.from_flat(base)
+
+
+# ---------------------------------------------------------------------------------------------
+# the gradient
+
+
+@pytest.mark.parametrize("mode", objectives.AGG_MODES)
+def test_logit_gradient_matches_autograd_of_policy_loss_on_cpu(mode):
+    """The simulator's closed-form chain rule equals torch autograd of the registry's loss."""
+    rng = np.random.default_rng(0)
+    n, s, v, b, t = 2, 3, 6, 5, 4
+    z = rng.normal(size=(n, s, v))
+    zb = z + 0.4 * rng.normal(size=(n, s, v))
+    rows = np.arange(n)[:, None, None] * s + rng.integers(0, s, size=(n, b, t))
+    tok = rng.integers(0, v, size=(n, b, t))
+    adv = np.broadcast_to(rng.normal(size=(n, b, 1)), (n, b, t))
+    mask = rng.random((n, b, t)) < 0.8
+    mask[:, 0] = False  # an empty sequence
+    for name in ALL:
+        obj = objectives.get(name)
+        lp, lpb = gather(log_softmax(z), rows, tok), gather(log_softmax(zb), rows, tok)
+        coef = objectives.aggregation_weights(mask, mode, horizon=t) * np.where(mask, obj.grad_logp(lp, lpb, adv), 0.0)
+        grad = logit_gradient(coef, rows, tok, np.exp(log_softmax(z)))
+        zt = torch.tensor(z, requires_grad=True)
+        lpt = torch.log_softmax(zt, -1).reshape(-1)[torch.as_tensor(rows * v + tok)]
+        total = sum(
+            objectives.policy_loss(obj, lpt[i], torch.tensor(lpb[i]), torch.tensor(adv[i]), torch.tensor(mask[i]), agg_mode=mode, horizon=t)[0]
+            for i in range(n)
+        )
+        total.backward()
+        np.testing.assert_allclose(grad, -zt.grad.numpy(), atol=1e-12, err_msg=name)
+
+
+def test_aggregation_weights_reproduce_aggregate():
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(4, 5))
+    m = rng.random((4, 5)) < 0.6
+    m[1] = False
+    for mode in objectives.AGG_MODES:
+        c = objectives.aggregation_weights(m, mode, horizon=7)
+        assert np.sum(c * v) == pytest.approx(float(objectives.aggregate(v, m, mode, horizon=7)))
+    # leading axes are independent batches
+    stacked = objectives.aggregation_weights(np.stack([m, m[::-1]]), "seq-mean-token-mean")
+    np.testing.assert_allclose(stacked[1], objectives.aggregation_weights(m[::-1], "seq-mean-token-mean"))
+
+
+# ---------------------------------------------------------------------------------------------
+# on-policy invariance
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [
+        {},
+        {"env": "tabular", "vocab_size": 16, "n_prompts": 3, "horizon": 3, "group_size": 4},
+        {"policy": "shared", "n_features": 4, "optimizer": "sgd", "grad_clip": 0.5},
+        {"env": "tabular", "vocab_size": 16, "reward": "match", "std_norm": True, "agg_mode": "seq-mean-token-mean", "prompts_per_step": 4},
+        {"mode": "exact"},
+        {"precision": "fp8_e4m3", "trainer_precision": "fp8_e4m3"},  # the same rounding on both sides
+    ],
+)
+def test_on_policy_every_objective_gives_the_same_trajectory(flat):
+    """With every channel off and one update per batch, r = 1 and w = 1 for every token: every
+    objective must follow the same trajectory, bit for bit."""
+    c = cfg(**flat)
+    assert c.offpolicy.on_policy
+    df = simulate(c, NEUTRAL, [0, 1, 2])
+    ref = df[df.method == "pg_is"].reset_index(drop=True)
+    assert ref.expected_reward.iloc[-1] > ref.initial_reward.iloc[-1]  # it learns
+    assert (df.shift_max == 0).all() and (df.tv_mean == 0).all() and (df.masked_frac == 0).all()
+    assert (df.weight_min == 1).all() and (df.weight_max == 1).all()
+    for name in NEUTRAL:
+        got = df[df.method == name].reset_index(drop=True)
+        for col in ("expected_reward", "grad_norm", "entropy", "sample_reward"):
+            np.testing.assert_array_equal(got[col].to_numpy(), ref[col].to_numpy(), err_msg=f"{name}: {col}")
+
+
+def test_any_channel_breaks_the_invariance():
+    for flat in ({"noise_std": 0.3}, {"precision": "fp8_e5m2"}, {"top_k": 8}, {"staleness": 2}, {"updates_per_batch": 4}):
+        df = simulate(cfg(**flat, lr=0.5), ["pg_is", "dppo_tv", "spo"], [0, 1])
+        curves = df.pivot_table(index=["seed", "step"], columns="method", values="expected_reward")
+        assert not np.array_equal(curves["pg_is"], curves["spo"]), flat
+        assert (df.shift_max > 0).any(), flat
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism and seeds
+
+
+def test_same_seed_same_table_and_seeds_do_not_interact():
+    c = cfg(env="tabular", vocab_size=16, noise_std=0.2, noise_dist="student_t", staleness=1, updates_per_batch=2, policy="shared")
+    a = run(c, "drpo", [3, 5, 9])
+    b = run(c, "drpo", [3, 5, 9])
+    pd.testing.assert_frame_equal(a, b)
+    alone = run(c, "drpo", [5])
+    pd.testing.assert_frame_equal(a[a.seed == 5].reset_index(drop=True), alone)
+    other = run(c, "drpo", [4])
+    assert not np.array_equal(other.expected_reward, alone.expected_reward)
+
+
+def test_result_table_columns():
+    df = simulate(cfg(steps=3), ["grpo", "drpo"], [0, 1], method_params={"drpo": {"delta": 2.5}})
+    need = {"method", "seed", "step", "expected_reward", "tv_mean", "masked_frac", "corrective_frac", "grad_norm", "collapsed"}
+    assert need <= set(df.columns) and set(METRICS) <= set(df.columns)
+    assert set(SimConfig().flat()) <= set(df.columns)
+    assert len(df) == 2 * 2 * 3 and sorted(df.step.unique()) == [1, 2, 3]
+    assert df[df.method == "drpo"].param_delta.eq(2.5).all() and df[df.method == "grpo"].param_delta.isna().all()
+    assert df[df.method == "grpo"].param_eps_high.eq(0.28).all()
+
+
+def test_simulate_rejects_bad_requests():
+    with pytest.raises(ValueError, match="unknown method"):
+        simulate(cfg(), ["drpo", "dpo"], [0])
+    with pytest.raises(ValueError, match="not among the methods"):
+        simulate(cfg(), ["drpo"], [0], method_params={"spo": {"eps": 1.0}})
+    with pytest.raises(ValueError, match="duplicate seeds"):
+        run(cfg(), "drpo", [1, 1])
+    with pytest.raises(ValueError, match="exact mode"):
+        SimConfig.from_flat({"mode": "exact", "env": "tabular"})
+    with pytest.raises(ValueError, match="must divide"):
+        SimConfig.from_flat({"group_size": 6, "updates_per_batch": 4})
+    with pytest.raises(ValueError, match="unknown configuration field"):
+        SimConfig.from_flat({"noise": 0.1})
+    with pytest.raises(ValueError, match="token logs need sampled mode"):
+        run(cfg(mode="exact"), "drpo", [0], token_sink=lambda b: None)
+
+
+# ---------------------------------------------------------------------------------------------
+# exact against sampled
+
+
+@pytest.mark.parametrize("flat", [{}, {"noise_std": 0.3, "method": "spo"}, {"staleness": 0, "top_k": 16, "method": "dppo_tv"}])
+def test_exact_mode_is_the_mean_of_sampled_runs(flat):
+    """One SGD step without clipping is linear in the gradient, so the mean over seeds of the
+    sampled runs' parameters must approach the exact run's. With G samples per group, the group
+    mean includes the sample itself, so E[sampled gradient] = (G - 1) / G * exact gradient; the
+    exact run's learning rate is scaled by that factor."""
+    flat = dict(flat)
+    method = flat.pop("method", "pg_is")
+    g, lr, n = 8, 0.5, 6000
+    common = {"vocab_size": 32, "steps": 1, "optimizer": "sgd", "grad_clip": 0.0, "group_size": g, **flat}
+    seeds = list(range(n))
+    obj = objectives.get(method)
+    sampled = _Run(SimConfig.from_flat({**common, "lr": lr}), obj, seeds, None)
+    exact = _Run(SimConfig.from_flat({**common, "lr": lr * (g - 1) / g, "mode": "exact"}), obj, seeds, None)
+    sampled.step(1)
+    exact.step(1)
+    z0 = exact.env.initial_logits()[None]
+    d_s = (sampled.params["z"] - z0).mean(axis=0)
+    d_e = (exact.params["z"] - z0).mean(axis=0)
+    se = (sampled.params["z"] - z0).std(axis=0) / np.sqrt(n)
+    assert np.all(np.abs(d_s - d_e) < 5 * se + 1e-12)
+    assert np.abs(d_e).max() > 10 * se.max()  # the test has power: the step is well resolved
+
+
+# ---------------------------------------------------------------------------------------------
+# the channels inside the loop
+
+
+def test_staleness_uses_parameters_k_updates_old():
+    k = 2
+    c = cfg(staleness=k, updates_per_batch=2)
+    seen = []
+    r = _Run(c, objectives.get("pg_is"), [0, 1], seen.append)
+    history = [r.params]
+    tokens_per_step = []
+    for step in range(1, 6):
+        before = len(seen)
+        r.step(step)
+        tokens_per_step.append(concat(seen[before:]))
+        history.extend(h for h in list(r.history)[-2:])  # the two updates of this step
+    for step, batch in enumerate(tokens_per_step, start=1):
+        n_updates_before = 2 * (step - 1)
+        rollout = history[max(n_updates_before - k, 0)]
+        lp = trainer_logp(r.policy.logits(rollout), c.offpolicy)
+        rows = batch.seed * r.env.n_states  # bandit: one state per seed
+        np.testing.assert_array_equal(batch.logp_behavior, gather(lp, rows, batch.token_id))
+
+
+def test_anchor_choice():
+    """rollout: the ratio's denominator is the engine's log-prob; recompute: the trainer's own,
+    recomputed before the first update, so the first mini-batch sees r = 1 despite the noise."""
+    for anchor in ("rollout", "recompute"):
+        seen = []
+        c = cfg(noise_std=0.5, updates_per_batch=2, anchor=anchor)
+        _Run(c, objectives.get("pg_is"), [0], seen.append).step(1)
+        first, second = seen
+        assert not np.array_equal(first.logp_behavior, first.logp_old)  # the engine disagrees
+        den = first.logp_behavior if anchor == "rollout" else first.logp_old
+        assert np.array_equal(first.logp == den, np.full(len(first), anchor == "recompute"))
+        assert not np.array_equal(second.logp, second.logp_old)  # the policy moved in between
+
+
+def test_truncation_only_samples_the_nucleus():
+    seen = []
+    c = cfg(top_k=3, steps=4)
+    run(c, "drpo", [0, 1], token_sink=seen.append)
+    tok = concat(seen)
+    assert len(np.unique(tok.token_id)) <= 3 * 4 * 2
+    assert np.all(tok.logp_behavior > tok.logp)  # the truncated mu renormalises upwards
+
+
+def test_token_log_agrees_with_the_metrics():
+    seen = []
+    c = cfg(env="tabular", vocab_size=16, noise_std=0.3, updates_per_batch=2, steps=4)
+    df = run(c, "dppo_tv", [0, 1], token_sink=seen.append, params={"delta": 0.02})
+    tok = concat(seen).to_pandas()
+    n_samples = c.env.n_prompts * c.train.group_size
+    assert len(tok) == 2 * 4 * n_samples * c.env.horizon
+    assert tok.groupby(["seed", "step"]).sample_id.nunique().eq(n_samples).all()
+    w = objectives.get("dppo_tv", delta=0.02).weight(tok.logp.to_numpy(), tok.logp_behavior.to_numpy(), tok.advantage.to_numpy())
+    tok["masked"] = w == 0
+    by = tok.groupby(["seed", "step"]).masked.mean().to_numpy()
+    np.testing.assert_allclose(df.sort_values(["seed", "step"]).masked_frac.to_numpy(), by)
+    assert df.masked_frac.max() > 0
+
+
+class _Poisoned:
+    def __init__(self, policy, backward):
+        self.logits, self.backward = policy.logits, backward
+
+
+def test_nonfinite_seed_is_frozen_and_flagged(monkeypatch):
+    c = cfg(steps=4)
+    r = _Run(c, objectives.get("pg_is"), [0, 1, 2], None)
+    orig = r.policy.backward
+
+    def poisoned(params, grad_z):
+        g = orig(params, grad_z)
+        g["z"] = g["z"].copy()
+        g["z"][1] = np.nan  # seed 1's gradient goes non-finite
+        return g
+
+    monkeypatch.setattr(r, "policy", _Poisoned(r.policy, poisoned))
+    before = r.params["z"][1].copy()
+    rows = [r.step(s) for s in (1, 2)]
+    assert rows[0]["nonfinite"].tolist() == [False, True, False]
+    assert np.isnan(rows[1]["expected_reward"][1]) and np.isfinite(rows[1]["expected_reward"][[0, 2]]).all()
+    np.testing.assert_array_equal(r.params["z"][1], before)
+    df = r.table(rows)
+    assert df[df.seed == 1].collapsed.all() and not df[df.seed != 1].collapsed.any()
+
+
+def test_collapse_rule_flags_a_run_that_loses_its_reward():
+    """SGD with a huge step on pg_is under heavy noise is unstable; whatever happens, the
+    collapsed column must follow the documented rule applied to the curve."""
+    from drpo_sim import stats
+
+    c = cfg(optimizer="sgd", lr=50.0, grad_clip=0.0, noise_std=1.0, steps=30)
+    df = run(c, "pg_is", list(range(6)))
+    curves = df.pivot(index="seed", columns="step", values="expected_reward").to_numpy()
+    nonfinite = df.pivot(index="seed", columns="step", values="nonfinite").to_numpy()
+    init = df.groupby("seed").initial_reward.first().to_numpy()[:, None]
+    expect = stats.collapsed(np.hstack([init, curves]), np.hstack([np.zeros_like(init, bool), nonfinite]))[:, 1:]
+    np.testing.assert_array_equal(df.pivot(index="seed", columns="step", values="collapsed").to_numpy(), expect)
+
+
+def test_config_round_trip():
+    c = SimConfig.from_flat({"vocab_size": 128, "noise_std": 0.1, "lr": 0.01, "anchor": "recompute"})
+    assert SimConfig.from_flat(c.flat()) == c
+    assert dataclasses.asdict(c.offpolicy)["anchor"] == "recompute"
