@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-bench: setup              ## throughput of the objectives against a bare memory pass
+bench: setup              ## throughput of the objectives and the simulator against physical floors
 	$(PY) benchmarks/bench_objectives.py
+	$(PY) benchmarks/bench_sim.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -344,7 +344,7 @@ def run(
     if token_sink is not None and cfg.train.mode != "sampled":
         raise ValueError("token logs need sampled mode: exact mode samples no tokens")
     obj = objectives.get(method, **(params or {}))
-    state = _Run(cfg, obj, seeds, token_sink)
+    state = Simulation(cfg, obj, seeds, token_sink)
     rows = []
     for step in range(1, cfg.train.steps + 1):
         rows.append(state.step(step))
@@ -353,7 +353,7 @@ def run(
     return state.table(rows)
 
 
-class _Run:
+class Simulation:
     """The state of one run (parameters, history, optimiser), advanced by :meth:`step`."""
 
     def __init__(self, cfg: SimConfig, obj: objectives.Objective, seeds: list[int], token_sink: TokenSink | None):

@@ -24,3 +24,16 @@ def test_benchmark_script_writes_its_table(tmp_path):
     for (backend, dtype), rows in table.groupby(["backend", "dtype"]):
         assert set(rows["objective"]) == expected, (backend, dtype)
     assert (table["seconds"] > 0).all() and len(table) == 4 * len(expected)
+
+
+def test_simulator_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "sim.csv"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_sim.py"), "--steps", "1", "--seeds", "2", "--vocab", "256",
+         "--tabular-vocab", "8", "--csv", str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "x floor" in res.stdout and "per-seed loop" in res.stdout
+    table = pd.read_csv(out)
+    assert set(table["env"]) == {"bandit", "tabular"} and len(table) == 4
+    assert (table[["ms_per_step", "floor_ms", "loop_ms_per_step"]] > 0).all().all()

@@ -10,7 +10,7 @@ import torch
 from drpo_sim import objectives
 from drpo_sim.offpolicy import trainer_logp
 from drpo_sim.policies import log_softmax
-from drpo_sim.sim import METRICS, SimConfig, _Run, gather, logit_gradient, run, simulate
+from drpo_sim.sim import METRICS, SimConfig, Simulation, gather, logit_gradient, run, simulate
 from drpo_sim.tokens import concat
 
 ALL = objectives.available()
@@ -179,8 +179,8 @@ def test_exact_mode_is_the_mean_of_sampled_runs(flat):
     common = {"vocab_size": 32, "steps": 1, "optimizer": "sgd", "grad_clip": 0.0, "group_size": g, **flat}
     seeds = list(range(n))
     obj = objectives.get(method)
-    sampled = _Run(SimConfig.from_flat({**common, "lr": lr}), obj, seeds, None)
-    exact = _Run(SimConfig.from_flat({**common, "lr": lr * (g - 1) / g, "mode": "exact"}), obj, seeds, None)
+    sampled = Simulation(SimConfig.from_flat({**common, "lr": lr}), obj, seeds, None)
+    exact = Simulation(SimConfig.from_flat({**common, "lr": lr * (g - 1) / g, "mode": "exact"}), obj, seeds, None)
     sampled.step(1)
     exact.step(1)
     z0 = exact.env.initial_logits()[None]
@@ -199,7 +199,7 @@ def test_staleness_uses_parameters_k_updates_old():
     k = 2
     c = cfg(staleness=k, updates_per_batch=2)
     seen = []
-    r = _Run(c, objectives.get("pg_is"), [0, 1], seen.append)
+    r = Simulation(c, objectives.get("pg_is"), [0, 1], seen.append)
     history = [r.params]
     tokens_per_step = []
     for step in range(1, 6):
@@ -221,7 +221,7 @@ def test_anchor_choice():
     for anchor in ("rollout", "recompute"):
         seen = []
         c = cfg(noise_std=0.5, updates_per_batch=2, anchor=anchor)
-        _Run(c, objectives.get("pg_is"), [0], seen.append).step(1)
+        Simulation(c, objectives.get("pg_is"), [0], seen.append).step(1)
         first, second = seen
         assert not np.array_equal(first.logp_behavior, first.logp_old)  # the engine disagrees
         den = first.logp_behavior if anchor == "rollout" else first.logp_old
@@ -260,7 +260,7 @@ class _Poisoned:
 
 def test_nonfinite_seed_is_frozen_and_flagged(monkeypatch):
     c = cfg(steps=4)
-    r = _Run(c, objectives.get("pg_is"), [0, 1, 2], None)
+    r = Simulation(c, objectives.get("pg_is"), [0, 1, 2], None)
     orig = r.policy.backward
 
     def poisoned(params, grad_z):
