@@ -58,7 +58,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from drpo_sim import figures
 
     t0 = time.perf_counter()
-    jobs = [("geometry", lambda: figures.geometry_figures(args.out, formats=_formats(args.formats)))]
+    fmts = _formats(args.formats)
+    jobs = [
+        ("geometry", lambda: figures.geometry_figures(args.out, formats=fmts)),
+        ("convergence", lambda: figures.convergence_figures(args.out, args.profile, formats=fmts)),
+    ]
     records = []
     for name, job in tqdm(jobs, desc="reproduce", unit="job", disable=None):
         records.extend(job())

@@ -383,9 +383,8 @@ class Simulation:
         logmu = engine_logp(z_roll, op, noise)
         logpi0 = trainer_logp(self.policy.logits(self.params), op)
         acc = _Accumulator(n)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            acc.tv = 0.5 * np.abs(np.exp(logpi0) - np.exp(logmu)).sum(-1).mean(-1)
-            acc.kl = rel_entr(np.exp(logmu), np.exp(logpi0)).sum(-1).mean(-1)
+        acc.tv = 0.5 * np.abs(np.exp(logpi0) - np.exp(logmu)).sum(-1).mean(-1)
+        acc.kl = rel_entr(np.exp(logmu), np.exp(logpi0)).sum(-1).mean(-1)
         if tr.mode == "exact":
             self._exact_updates(logmu, logpi0, acc)
         else:

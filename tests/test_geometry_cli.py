@@ -85,11 +85,17 @@ def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert manifest["package"] == "drpo_sim" and manifest["profile"] == "quick"
     named = {f for rec in manifest["figures"] for f in rec["files"]}
-    assert named == {f"{fig}.png" for fig in FIGURES}
+    assert named == {f"{fig}.png" for fig in FIGURES + ("convergence_fp8_stale",)}
     for rec in manifest["figures"]:
-        assert rec["config"]["objectives"] and rec["wall_time_s"] > 0
+        assert (rec["config"].get("objectives") or rec["config"].get("methods")) and rec["wall_time_s"] > 0
+        assert (tmp_path / rec["data"]).is_file()
         for f in rec["files"]:
             assert_real_image(tmp_path / f)
+    conv = next(r for r in manifest["figures"] if r["figure"] == "convergence_fp8_stale")
+    assert conv["seeds"] and conv["config"]["precision"] == "fp8_e4m3" and conv["config"]["staleness"] > 0
+    bands = pd.read_csv(tmp_path / "convergence_fp8_stale.csv")
+    assert set(bands["method"]) == {"pg_is", "grpo", "spo", "dppo_tv", "drpo"}
+    assert (bands["low"] <= bands["iqm"] + 1e-12).all() and (bands["iqm"] <= bands["high"] + 1e-12).all()
 
 
 def test_list_shows_every_objective(capsys):
