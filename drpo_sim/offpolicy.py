@@ -10,7 +10,9 @@ composes with the others in this order (the order of an RL system's data path):
 2. **engine noise** (``noise_std``, ``noise_dist``): the engine's logits differ from the
    trainer's by i.i.d. noise, Gaussian or Student-t (heavy tails, ``noise_df`` degrees of
    freedom), scaled so that its standard deviation is ``noise_std`` (for Student-t with
-   ``df <= 2``, whose variance is infinite, ``noise_std`` is the scale);
+   ``df <= 2``, whose variance is infinite, ``noise_std`` is the scale: over a large vocabulary
+   one extreme draw then dominates the softmax, and even a scale of 0.05 gives a mean
+   ``abs(pi - mu)`` of 0.1 or more at ``V >= 1024``, far beyond published mismatch sizes);
 3. **precision** (``precision``): the engine's logits are rounded to bf16, fp16, fp8 e4m3 or fp8
    e5m2, using torch's implementations of these formats (round to nearest even, through float32;
    values beyond the format's range saturate at its largest finite value, as scaled fp8 kernels

@@ -5,8 +5,8 @@ carries a leading seed axis, and nothing loops in Python over seeds or tokens (t
 drawing random numbers, one seeded stream per seed, so that a seed's trajectory does not depend on
 which other seeds share its batch). Per step (sampled mode):
 
-1. the engine computes ``mu`` from the rollout parameters (``staleness`` steps old) through the
-   off-policy channels (:mod:`drpo_sim.offpolicy`);
+1. the engine computes ``mu`` from the rollout parameters (``staleness`` optimiser updates old:
+   with ``updates_per_batch = m``, ``staleness = k m`` means ``k`` steps) through the off-policy channels (:mod:`drpo_sim.offpolicy`);
 2. for each prompt of the step, ``G = group_size`` responses of ``T`` tokens are sampled from
    ``mu``, scored by the environment's verifiable reward, and given group-relative advantages
    (:mod:`drpo_sim.advantages`), broadcast to the response's tokens;
