@@ -46,7 +46,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import entr, rel_entr
 
 from drpo_sim import advantages, objectives, stats
 from drpo_sim.envs import ENVIRONMENTS, LongTailBandit, TabularSequence
@@ -247,25 +246,49 @@ class Optimizer:
         return np.sqrt(sq)
 
     def step(self, params: Params, grads: Params, frozen: np.ndarray) -> tuple[Params, np.ndarray]:
-        """One update of the loss gradient ``grads``; seeds where ``frozen`` do not move."""
+        """One update of the loss gradient ``grads``; seeds where ``frozen`` do not move.
+
+        Returns new parameter arrays (the old ones stay valid: the staleness history holds them)
+        and the per-seed gradient norm before clipping. ``grads`` may be overwritten.
+        """
         cfg = self.cfg
         norm = self.grad_norm(grads)
         scale = np.ones_like(norm) if cfg.grad_clip == 0 else np.minimum(1.0, cfg.grad_clip / (norm + 1e-6))
-        scale = np.where(frozen | ~np.isfinite(norm), 0.0, scale)
+        stopped = frozen | ~np.isfinite(norm)
+        scale = np.where(stopped, 0.0, scale)
         self.t += 1
+        lr_t = cfg.lr
+        if cfg.optimizer == "adam":
+            lr_t = cfg.lr / (1 - cfg.beta1**self.t)  # bias corrections folded into the step size
+            c2 = 1.0 / np.sqrt(1 - cfg.beta2**self.t)
         new = {}
         for k, p in params.items():
-            g = np.where(_seed_axis(scale, p) > 0, grads[k], 0.0) * _seed_axis(scale, p)
+            g = grads[k]
+            if np.any(stopped):
+                g = np.where(_seed_axis(stopped, g), 0.0, g)  # NaN * 0 would stay NaN
+            if np.any(scale != 1.0):
+                g *= _seed_axis(scale, g)
             if cfg.optimizer == "sgd":
                 upd = g
             else:
-                self.m[k] = cfg.beta1 * self.m[k] + (1 - cfg.beta1) * g
-                self.v[k] = cfg.beta2 * self.v[k] + (1 - cfg.beta2) * g * g
-                m_hat = self.m[k] / (1 - cfg.beta1**self.t)
-                v_hat = self.v[k] / (1 - cfg.beta2**self.t)
-                upd = m_hat / (np.sqrt(v_hat) + 1e-8)
-            live = _seed_axis(np.where(frozen, 0.0, 1.0), p)
-            new[k] = p - cfg.lr * live * (upd + cfg.weight_decay * p)
+                m, v = self.m[k], self.v[k]
+                m *= cfg.beta1
+                m += (1 - cfg.beta1) * g
+                v *= cfg.beta2
+                g *= g
+                g *= 1 - cfg.beta2
+                v += g
+                upd = np.sqrt(v)
+                upd *= c2
+                upd += 1e-8
+                np.divide(m, upd, out=upd)
+            if cfg.weight_decay:
+                upd = upd + (cfg.weight_decay * cfg.lr / lr_t) * p
+            if np.any(frozen):
+                upd = np.where(_seed_axis(frozen, upd), 0.0, upd)
+            upd *= -lr_t
+            upd += p
+            new[k] = upd
         return new, norm
 
 
@@ -278,24 +301,24 @@ def _seed_axis(x: np.ndarray, like: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def sample_tokens(logp: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Inverse-CDF sampling: token ``y`` of row ``rows`` (a flat index into ``logp``'s ``[N*S]``
-    rows) with ``cdf[y-1] <= u < cdf[y]``; tokens with zero probability are never drawn.
+def sample_tokens(probs: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF sampling: token ``y`` of row ``rows`` (a flat index into the ``[N*S]`` rows of
+    ``probs [..., V]``) with ``cdf[y-1] <= u < cdf[y]``; tokens with zero probability are never drawn.
 
     All rows' CDFs are laid end to end (row ``i`` offset by ``i``) so that one ``searchsorted``
     serves every draw.
     """
-    v = logp.shape[-1]
-    p = np.exp(logp.reshape(-1, v))
+    v = probs.shape[-1]
+    p = probs.reshape(-1, v)
     cdf = np.cumsum(p, axis=1)
     cdf /= cdf[:, -1:]
     cdf[:, -1] = 1.0
-    offsets = np.arange(cdf.shape[0], dtype=np.float64)[:, None]
-    tok = np.searchsorted((cdf + offsets).ravel(), rows + u, side="right") - rows * v
+    cdf += np.arange(cdf.shape[0], dtype=np.float64)[:, None]
+    tok = np.searchsorted(cdf.ravel(), rows + u, side="right") - rows * v
     tok = np.clip(tok, 0, v - 1)
     bad = p[rows, tok] == 0  # possible only through rounding of u + offset at a row's very end
     if np.any(bad):
-        tok[bad] = np.argmax(cdf[rows[bad]] > u[bad, None], axis=1)
+        tok[bad] = np.argmax(cdf[rows[bad]] - rows[bad, None] > u[bad, None], axis=1)
     return tok
 
 
@@ -372,7 +395,14 @@ class Simulation:
         self.opt = Optimizer(self.tr, self.params)
         self.history: deque[Params] = deque([self.params], maxlen=self.op.staleness + 1)
         self.dead = np.zeros(n, dtype=bool)
-        self.initial_reward = self.env.expected_reward(trainer_logp(self.policy.logits(self.params), self.op))
+        self._cache: tuple[Params, np.ndarray] | None = None
+        self.initial_reward = self.env.expected_reward(self.trainer_logp())
+
+    def trainer_logp(self) -> np.ndarray:
+        """The trainer's log-probs ``[N, S, V]`` at the current parameters (computed once per update)."""
+        if self._cache is None or self._cache[0] is not self.params:
+            self._cache = (self.params, trainer_logp(self.policy.logits(self.params), self.op))
+        return self._cache[1]
 
     # one step ------------------------------------------------------------------------------
     def step(self, step: int) -> dict[str, np.ndarray]:
@@ -381,17 +411,21 @@ class Simulation:
         z_roll = self.policy.logits(self.history[0])
         noise = self.streams.noise(op, (s_, v)) if op.needs_noise else None
         logmu = engine_logp(z_roll, op, noise)
-        logpi0 = trainer_logp(self.policy.logits(self.params), op)
+        logpi0 = self.trainer_logp()
+        mu, pi0 = np.exp(logmu), np.exp(logpi0)
         acc = _Accumulator(n)
-        acc.tv = 0.5 * np.abs(np.exp(logpi0) - np.exp(logmu)).sum(-1).mean(-1)
-        acc.kl = rel_entr(np.exp(logmu), np.exp(logpi0)).sum(-1).mean(-1)
+        acc.tv = 0.5 * np.abs(pi0 - mu).sum(-1).mean(-1)
+        # KL(mu || pi) = sum mu (log mu - log pi); tokens with mu = 0 (truncated) contribute 0
+        acc.kl = (mu * np.subtract(logmu, logpi0, out=np.zeros_like(mu), where=mu > 0)).sum(-1).mean(-1)
+        del pi0
         if tr.mode == "exact":
-            self._exact_updates(logmu, logpi0, acc)
+            self._exact_updates(logmu, mu, logpi0, acc)
         else:
-            self._sampled_updates(step, logmu, logpi0, acc)
-        logpi = trainer_logp(self.policy.logits(self.params), op)
+            self._sampled_updates(step, logmu, mu, logpi0, acc)
+        logpi = self.trainer_logp()
         reward = np.where(self.dead, np.nan, env.expected_reward(logpi))
-        ent = np.where(self.dead, np.nan, entr(np.exp(logpi)).sum(-1).mean(-1))
+        # the trainer's logits are finite, so no log-prob is -inf and p log p is well defined
+        ent = np.where(self.dead, np.nan, -(np.exp(logpi) * logpi).sum(-1).mean(-1))
         return acc.row(reward, ent, self.dead)
 
     def _update(self, grad_z: np.ndarray) -> np.ndarray:
@@ -413,12 +447,11 @@ class Simulation:
     def _anchor(self, logmu: np.ndarray, logpi0: np.ndarray) -> np.ndarray:
         return logmu if self.op.anchor == "rollout" else logpi0
 
-    def _exact_updates(self, logmu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator) -> None:
-        mu = np.exp(logmu)
+    def _exact_updates(self, logmu: np.ndarray, mu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator) -> None:
         adv = advantages.exact(self.env.token_rewards(), mu, std_norm=self.tr.std_norm)
         anchor = self._anchor(logmu, logpi0)
         for _ in range(self.op.updates_per_batch):
-            logpi = trainer_logp(self.policy.logits(self.params), self.op)
+            logpi = self.trainer_logp()
             pi = np.exp(logpi)
             g = self.obj.grad_logp(logpi, anchor, adv)
             q = np.where(mu > 0, mu * g, 0.0)
@@ -427,7 +460,7 @@ class Simulation:
             w = self.obj.weight(logpi, anchor, adv)
             acc.add(w, np.abs(pi - mu), mu, norm)
 
-    def _sampled_updates(self, step: int, logmu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator) -> None:
+    def _sampled_updates(self, step: int, logmu: np.ndarray, mu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator) -> None:
         env, op, tr = self.env, self.op, self.tr
         n, t_, s_ = len(self.seeds), env.horizon, env.n_states
         p_step = tr.prompts_per_step or env.n_prompts
@@ -439,7 +472,7 @@ class Simulation:
         # rows[n, p, g, t]: flat index of state (prompt, t) of seed n in the [N, S, V] tables
         rows = (np.arange(n)[:, None, None, None] * s_ + prompts[:, :, None, None] * t_ + np.arange(t_)).repeat(g_, axis=2)
         u = self.streams.random((p_step, g_, t_))
-        tokens = sample_tokens(logmu, rows.ravel(), u.ravel()).reshape(rows.shape)
+        tokens = sample_tokens(mu, rows.ravel(), u.ravel()).reshape(rows.shape)
         rewards = env.rewards(prompts, tokens)
         adv = advantages.group_relative(rewards, std_norm=tr.std_norm)
         b = p_step * g_
@@ -453,7 +486,7 @@ class Simulation:
         coef_agg = objectives.aggregation_weights(mask, tr.agg_mode, horizon=t_)
         acc.sample_reward = rewards.mean(axis=1)
         for u_idx, sl in enumerate(np.split(np.arange(b), op.updates_per_batch)):
-            logpi = trainer_logp(self.policy.logits(self.params), op)
+            logpi = self.trainer_logp()
             pi = np.exp(logpi)
             r_, y_, a_ = rows[:, sl], tokens[:, sl], np.broadcast_to(adv[:, sl], (n, sl.size, t_))
             lp = gather(logpi, r_, y_)

@@ -30,10 +30,10 @@ def test_simulator_benchmark_writes_its_table(tmp_path):
     out = tmp_path / "sim.csv"
     res = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_sim.py"), "--steps", "1", "--seeds", "2", "--vocab", "256",
-         "--tabular-vocab", "8", "--csv", str(out)],
+         "--small-vocab", "16", "--tabular-vocab", "8", "--csv", str(out)],
         capture_output=True, text=True, check=True,
     )
     assert "x floor" in res.stdout and "per-seed loop" in res.stdout
     table = pd.read_csv(out)
-    assert set(table["env"]) == {"bandit", "tabular"} and len(table) == 4
+    assert set(table["env"]) == {"bandit", "bandit-small", "tabular"} and len(table) == 6
     assert (table[["ms_per_step", "floor_ms", "loop_ms_per_step"]] > 0).all().all()

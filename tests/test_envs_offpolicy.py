@@ -253,7 +253,7 @@ def test_top_p_keeps_the_smallest_nucleus(top_p):
 def test_truncated_tokens_are_never_sampled():
     lp = truncate(log_softmax(_zipf(50, 2)), top_k=5)
     rows = np.repeat(np.arange(2), 20000)
-    tok = sample_tokens(lp[None], rows, np.random.default_rng(0).random(rows.size))
+    tok = sample_tokens(np.exp(lp)[None], rows, np.random.default_rng(0).random(rows.size))
     assert tok.max() < 5
 
 
@@ -261,7 +261,7 @@ def test_sampling_follows_the_distribution():
     lp = log_softmax(_zipf(20, 3) + np.random.default_rng(0).normal(size=(3, 20)))
     n = 200_000
     rows = np.repeat(np.arange(3), n)
-    tok = sample_tokens(lp[None], rows, np.random.default_rng(1).random(rows.size))
+    tok = sample_tokens(np.exp(lp)[None], rows, np.random.default_rng(1).random(rows.size))
     freq = np.stack([np.bincount(tok[rows == i], minlength=20) / n for i in range(3)])
     p = np.exp(lp)
     assert np.all(np.abs(freq - p) < 5 * np.sqrt(p * (1 - p) / n) + 1e-9)
