@@ -13,6 +13,9 @@ composes with the others in this order (the order of an RL system's data path):
    ``df <= 2``, whose variance is infinite, ``noise_std`` is the scale: over a large vocabulary
    one extreme draw then dominates the softmax, and even a scale of 0.05 gives a mean
    ``abs(pi - mu)`` of 0.1 or more at ``V >= 1024``, far beyond published mismatch sizes);
+   **engine bias** (``bias_std``): a fixed offset per (state, token) added to the engine's logits,
+   drawn once per seed, Gaussian with standard deviation ``bias_std``: a systematic kernel or
+   routing difference that, unlike fresh noise, does not average out across steps;
 3. **precision** (``precision``): the engine's logits are rounded to bf16, fp16, fp8 e4m3 or fp8
    e5m2, using torch's implementations of these formats (round to nearest even, through float32;
    values beyond the format's range saturate at its largest finite value, as scaled fp8 kernels
@@ -28,7 +31,7 @@ composes with the others in this order (the order of an RL system's data path):
    log-probs recomputed at the start of the update phase, which hide the engine mismatch and the
    staleness from the objective (REFERENCE.md claim 11).
 
-With every channel at its default (``noise_std = 0``, ``precision = trainer_precision = "fp64"``,
+With every channel at its default (``noise_std = bias_std = 0``, ``precision = trainer_precision = "fp64"``,
 ``top_k = 0``, ``top_p = 1``, ``staleness = 0``, ``updates_per_batch = 1``) the engine computes
 exactly what the trainer computes, bit for bit, and every ratio is exactly 1.
 """
@@ -72,6 +75,7 @@ class OffPolicyConfig:
     noise_std: float = 0.0
     noise_dist: str = "gaussian"
     noise_df: float = 3.0
+    bias_std: float = 0.0
     precision: str = "fp64"
     trainer_precision: str = "fp64"
     top_k: int = 0
@@ -85,6 +89,8 @@ class OffPolicyConfig:
             raise ValueError(f"noise_std must be finite and >= 0, got {self.noise_std}")
         if self.noise_dist not in NOISE_DISTS:
             raise ValueError(f"unknown noise_dist {self.noise_dist!r}; valid: {', '.join(NOISE_DISTS)}")
+        if not (np.isfinite(self.bias_std) and self.bias_std >= 0):
+            raise ValueError(f"bias_std must be finite and >= 0, got {self.bias_std}")
         if not self.noise_df > 0:
             raise ValueError(f"noise_df must be > 0, got {self.noise_df}")
         for field in ("precision", "trainer_precision"):
@@ -107,6 +113,7 @@ class OffPolicyConfig:
         (no noise, the same precision on both sides, no truncation, fresh parameters, one update)."""
         return (
             self.noise_std == 0
+            and self.bias_std == 0
             and self.precision == self.trainer_precision
             and self.top_k == 0
             and self.top_p == 1
@@ -191,18 +198,23 @@ def truncate(logp: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 
-def engine_logp(logits: np.ndarray, cfg: OffPolicyConfig, noise: np.ndarray | None = None) -> np.ndarray:
+def engine_logp(logits: np.ndarray, cfg: OffPolicyConfig, noise: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
     """The engine's log-probs ``[..., V]`` from the rollout parameters' logits.
 
     ``noise``: standard draws of ``cfg.noise_dist`` with the logits' shape (needed when
-    ``noise_std > 0``). Noise, then rounding to ``cfg.precision``, then a float64 log-softmax,
-    then truncation.
+    ``noise_std > 0``); ``bias``: the persistent standard-normal offsets (needed when
+    ``bias_std > 0``), broadcastable to the logits. Noise and bias, then rounding to
+    ``cfg.precision``, then a float64 log-softmax, then truncation.
     """
     z = logits
     if cfg.needs_noise:
         if noise is None or noise.shape != logits.shape:
             raise ValueError(f"engine noise needs standard draws of shape {logits.shape}")
         z = z + noise_scale(cfg) * noise
+    if cfg.bias_std > 0:
+        if bias is None:
+            raise ValueError("engine bias needs its standard-normal offsets (bias_std > 0)")
+        z = z + cfg.bias_std * bias
     z = round_to_format(z, cfg.precision)
     return truncate(log_softmax(z), cfg.top_k, cfg.top_p)
 
@@ -261,5 +273,6 @@ def calibration(vocab_size: int = 32768, zipf_exponent: float = 1.1, *, presets:
     for name, fields in (presets or NOISE_PRESETS).items():
         cfg = OffPolicyConfig(**fields)
         noise = rng.standard_normal(z.shape) if cfg.noise_dist == "gaussian" else rng.standard_t(cfg.noise_df, z.shape)
-        out[name] = mismatch_stats(log_softmax(z), engine_logp(z, cfg, noise if cfg.needs_noise else None))
+        bias = rng.standard_normal(z.shape)
+        out[name] = mismatch_stats(log_softmax(z), engine_logp(z, cfg, noise if cfg.needs_noise else None, bias))
     return out

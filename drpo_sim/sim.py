@@ -392,6 +392,8 @@ class Simulation:
         if cfg.env.policy == "shared":
             draws = self.streams.standard_normal((z0.shape[0] + z0.shape[1], cfg.env.n_features))
         self.params = self.policy.init(z0, n, draws)
+        # the engine's persistent bias, drawn once (only when on, so other runs' streams are unchanged)
+        self.bias = self.streams.standard_normal(z0.shape) if self.op.bias_std > 0 else None
         self.opt = Optimizer(self.tr, self.params)
         self.history: deque[Params] = deque([self.params], maxlen=self.op.staleness + 1)
         self.dead = np.zeros(n, dtype=bool)
@@ -410,7 +412,7 @@ class Simulation:
         n, s_, v = len(self.seeds), self.env.n_states, self.env.vocab_size
         z_roll = self.policy.logits(self.history[0])
         noise = self.streams.noise(op, (s_, v)) if op.needs_noise else None
-        logmu = engine_logp(z_roll, op, noise)
+        logmu = engine_logp(z_roll, op, noise, self.bias)
         logpi0 = self.trainer_logp()
         mu, pi0 = np.exp(logmu), np.exp(logpi0)
         acc = _Accumulator(n)

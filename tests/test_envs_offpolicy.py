@@ -199,6 +199,19 @@ def test_logit_noise_has_the_requested_size(dist):
     assert kurt == pytest.approx(3.0, abs=0.2) if dist == "gaussian" else kurt > 5.0  # t(5): 9 in theory
 
 
+def test_engine_bias_is_a_fixed_offset_of_the_requested_size():
+    v, sigma = 65536, 0.2
+    z = _zipf(v, 1)
+    cfg = OffPolicyConfig(bias_std=sigma)
+    bias = np.random.default_rng(0).standard_normal(z.shape)
+    d = engine_logp(z, cfg, bias=bias) - log_softmax(z)
+    np.testing.assert_allclose(d - d[0, 0], sigma * (bias - bias[0, 0]), atol=1e-12)  # exactly the offset, up to the normaliser
+    assert (d - np.median(d)).std() == pytest.approx(sigma, rel=0.03)
+    with pytest.raises(ValueError, match="bias"):
+        engine_logp(z, cfg)
+    assert not cfg.on_policy and OffPolicyConfig(bias_std=0.0).on_policy
+
+
 def test_engine_precision_error_is_within_the_formats_roundoff():
     z = _zipf(1024, 1) * 3  # logits down to about -23
     for fmt in ("bf16", "fp16", "fp8_e4m3", "fp8_e5m2"):
@@ -269,7 +282,7 @@ def test_sampling_follows_the_distribution():
 
 def test_config_rejects_bad_channels():
     for kwargs in (
-        {"noise_std": -0.1}, {"noise_dist": "cauchy"}, {"precision": "fp4"}, {"trainer_precision": "int8"},
+        {"noise_std": -0.1}, {"bias_std": float("nan")}, {"noise_dist": "cauchy"}, {"precision": "fp4"}, {"trainer_precision": "int8"},
         {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}, {"staleness": -1}, {"updates_per_batch": 0}, {"anchor": "old"},
     ):
         with pytest.raises(ValueError):

@@ -114,7 +114,7 @@ def test_on_policy_every_objective_gives_the_same_trajectory(flat):
 
 
 def test_any_channel_breaks_the_invariance():
-    for flat in ({"noise_std": 0.3}, {"precision": "fp8_e5m2"}, {"top_k": 8}, {"staleness": 2}, {"updates_per_batch": 4}):
+    for flat in ({"noise_std": 0.3}, {"bias_std": 0.3}, {"precision": "fp8_e5m2"}, {"top_k": 8}, {"staleness": 2}, {"updates_per_batch": 4}):
         df = simulate(cfg(**flat, lr=0.5), ["pg_is", "dppo_tv", "spo"], [0, 1])
         curves = df.pivot_table(index=["seed", "step"], columns="method", values="expected_reward")
         assert not np.array_equal(curves["pg_is"], curves["spo"]), flat
@@ -213,6 +213,22 @@ def test_staleness_uses_parameters_k_updates_old():
         lp = trainer_logp(r.policy.logits(rollout), c.offpolicy)
         rows = batch.seed * r.env.n_states  # bandit: one state per seed
         np.testing.assert_array_equal(batch.logp_behavior, gather(lp, rows, batch.token_id))
+
+
+def test_engine_bias_persists_across_steps():
+    c = cfg(bias_std=0.3, steps=3)
+    seen = []
+    sim = Simulation(c, objectives.get("pg_is"), [0, 1], seen.append)
+    bias = sim.bias.copy()
+    for step in (1, 2, 3):
+        z = sim.policy.logits(sim.params)
+        sim.step(step)
+        batch = seen[-1]
+        expect = gather(log_softmax(z + 0.3 * bias), batch.seed * sim.env.n_states, batch.token_id)
+        np.testing.assert_allclose(batch.logp_behavior, expect, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(sim.bias, bias)
+    # drawn from each seed's own stream: seed 1's bias does not depend on seed 0 being there
+    np.testing.assert_array_equal(Simulation(c, objectives.get("pg_is"), [1], None).bias[0], bias[1])
 
 
 def test_anchor_choice():

@@ -13,7 +13,7 @@ from drpo_sim.tokens import load_token_log, read_token_log_metadata
 
 QUICK = ["--seeds", "3", "--steps", "6", "--vocab-size", "64", "--group-size", "8", "--no-progress"]
 CHANNELS = [
-    "--preset", "fp8", "--noise-dist", "student_t", "--trainer-precision", "bf16", "--top-p", "0.95",
+    "--preset", "fp8", "--noise-dist", "student_t", "--bias-std", "0.05", "--trainer-precision", "bf16", "--top-p", "0.95",
     "--staleness", "2", "--updates-per-batch", "2", "--anchor", "recompute",
 ]
 
