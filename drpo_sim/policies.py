@@ -24,7 +24,7 @@ POLICIES = ("tabular", "shared")
 
 
 class Policy(Protocol):
-    def init(self, z0: np.ndarray, noise: np.ndarray | None) -> Params: ...
+    def init(self, z0: np.ndarray, n_seeds: int, draws: np.ndarray | None = None) -> Params: ...
     def logits(self, params: Params) -> np.ndarray: ...
     def backward(self, params: Params, grad_logits: np.ndarray) -> Params: ...
 
@@ -68,7 +68,7 @@ class SharedFeatureLogits:
         return {"h": grad_logits @ params["e"], "e": grad_logits.transpose(0, 2, 1) @ params["h"]}
 
 
-def make_policy(name: str, z0: np.ndarray, *, n_features: int = 16, init_scale: float = 0.1) -> TabularLogits | SharedFeatureLogits:
+def make_policy(name: str, z0: np.ndarray, *, n_features: int = 16, init_scale: float = 0.1) -> Policy:
     if name == "tabular":
         return TabularLogits()
     if name == "shared":

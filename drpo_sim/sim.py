@@ -51,6 +51,7 @@ from drpo_sim import advantages, objectives, stats
 from drpo_sim.envs import ENVIRONMENTS, LongTailBandit, TabularSequence
 from drpo_sim.offpolicy import OffPolicyConfig, engine_logp, trainer_logp
 from drpo_sim.policies import POLICIES, Params, make_policy
+from drpo_sim.tokens import TokenBatch
 
 MODES = ("sampled", "exact")
 OPTIMIZERS = ("adam", "sgd")
@@ -340,7 +341,7 @@ def logit_gradient(coef: np.ndarray, rows: np.ndarray, tokens: np.ndarray, pi: n
 # The loop
 # --------------------------------------------------------------------------------------------
 
-TokenSink = Callable[[Any], None]
+TokenSink = Callable[[TokenBatch], None]
 
 
 def run(
@@ -497,11 +498,11 @@ class Simulation:
             w = self.obj.weight(lp, anchor[:, sl], a_)
             acc.add(w, np.abs(np.exp(lp) - np.exp(lp_mu[:, sl])), None, norm)
             if self.sink is not None:
-                self._emit(step, u_idx, sl, y_, r_, lp, lp_mu[:, sl], lp_old[:, sl], a_, rewards[:, sl], group[:, sl], p_step)
+                self._emit(step, u_idx, sl, y_, lp, lp_mu[:, sl], lp_old[:, sl], a_, rewards[:, sl], group[:, sl], p_step)
 
-    def _emit(self, step, u_idx, sl, tokens, rows, lp, lp_mu, lp_old, adv, rewards, group, p_step) -> None:
-        from drpo_sim.tokens import TokenBatch
-
+    def _emit(self, step, u_idx, sl, tokens, lp, lp_mu, lp_old, adv, rewards, group, p_step) -> None:
+        """Hand the update's tokens to the sink as one ``TokenBatch`` (``sample_id`` and
+        ``group_id`` numbered uniquely within a seed)."""
         n, b, t_ = tokens.shape
         shape = (n, b, t_)
         seed = np.broadcast_to(np.asarray(self.seeds)[:, None, None], shape)
