@@ -136,3 +136,12 @@ def test_bad_config_and_result_files(tmp_path, capsys):
 def test_console_script_runs():
     res = subprocess.run([sys.executable, "-m", "drpo_sim.cli", "simulate", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--noise-std" in res.stdout and "--save-tokens" in res.stdout
+
+
+def test_submodules_load_on_first_use():
+    import drpo_sim as ds
+    from drpo_sim.sim import simulate
+
+    assert ds.sim.simulate is simulate and ds.stats.iqm([1.0, 2.0, 3.0, 4.0]) == 2.5
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ds.nope
