@@ -61,6 +61,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     fmts = _formats(args.formats)
     jobs = [
         ("geometry", lambda: figures.geometry_figures(args.out, formats=fmts)),
+        ("dynamics", lambda: figures.dynamics_figures(args.out, formats=fmts)),
         ("convergence", lambda: figures.convergence_figures(args.out, args.profile, formats=fmts)),
     ]
     records = []

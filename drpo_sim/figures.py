@@ -132,6 +132,31 @@ def convergence_figures(out: str | Path, profile: str = "quick", formats: Sequen
                          time.perf_counter() - t0, seeds)]
 
 
+FLOW_OBJECTIVES = (
+    ("pg_is", {}), ("grpo", {}), ("dppo_tv", {}), ("spo", {"eps": 0.2}), ("drpo", {"delta": 0.15}), ("drpo", {}),
+)
+
+
+def dynamics_figures(out: str | Path, formats: Sequence[str] = ("png",)) -> list[FigureRecord]:
+    """The frozen-mu rest-point table and the flow figure (REFERENCE.md's per-token maximisers)."""
+    from drpo_sim import dynamics
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cfg = dynamics.FlowConfig()
+    table = dynamics.rest_point_table(cfg=cfg)
+    write_csv(table, out / "rest_points.csv")
+    field, rest = dynamics.flow_field(FLOW_OBJECTIVES, cfg=cfg)
+    write_csv(rest, out / "fixed_point_rest_curves.csv")
+    files = plots.flow_figure(
+        field, rest, out / "fixed_point_flows", formats=formats,
+        title="Where pi comes to rest when mu is frozen (exact expected update of one token; colour: direction and speed of pi)",
+    )
+    config = {"flow": dataclasses.asdict(cfg), "objectives": [f"{n}{p}" for n, p in FLOW_OBJECTIVES]}
+    return [FigureRecord("fixed_point_flows", _names(files), "rest_points.csv", "dynamics.rest_point_table", config, time.perf_counter() - t0)]
+
+
 def write_manifest(out: str | Path, records: list[FigureRecord], *, profile: str) -> Path:
     """``MANIFEST.json``: every figure, its job and configuration, the package version and git commit."""
     manifest = {

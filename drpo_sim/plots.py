@@ -214,3 +214,55 @@ def curves_figure(
         fig.suptitle(f"{title}\n({band_label})", y=1.02)
         fig.tight_layout()
     return save(fig, stem, formats)
+
+
+def flow_figure(field: pd.DataFrame, rest: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+    """The frozen-``mu`` flow of ``pi`` over the ``(mu, pi)`` plane, one column per objective.
+
+    Colour: the direction and speed of ``pi`` (``dpi``, signed, compressed by a cube root and
+    normalised per panel); black dots: where the iteration from ``pi = mu`` comes to rest (its last
+    point where it runs off); white dashed line: REFERENCE.md's predicted rest curve; dotted:
+    ``pi = mu``. Rows: ``A > 0`` and ``A < 0``.
+    """
+    objs = list(dict.fromkeys(field["objective"]))
+    with paper_style():
+        fig, axes = plt.subplots(2, len(objs), figsize=(3.2 * len(objs), 6.6), sharex=True, sharey=True, squeeze=False)
+        for j, obj in enumerate(objs):
+            for i, sign in enumerate((1.0, -1.0)):
+                ax = axes[i, j]
+                d = field[(field["objective"] == obj) & (field["adv_sign"] == sign)]
+                mus, pis = np.sort(d["mu"].unique()), np.sort(d["pi"].unique())
+                grid = d.pivot(index="pi", columns="mu", values="dpi").loc[pis, mus].to_numpy()
+                shown = np.cbrt(grid / max(np.abs(grid).max(), 1e-300))
+                lm, lp = np.log(mus / (1 - mus)), np.log(pis / (1 - pis))
+                ax.pcolormesh(lm, lp, shown, cmap="RdBu", vmin=-1, vmax=1, shading="auto")
+                ax.plot(lm, lm, color="k", lw=0.8, ls=":")
+                rs = rest[(rest["objective"] == obj) & (rest["adv_sign"] == sign)]
+                ex = rs[(rs["expected_pi"] > 0) & (rs["expected_pi"] < 1)]
+                r = rs.iloc[::4]
+                rp = np.clip(r["pi_rest"], pis[0], pis[-1])
+                ax.scatter(np.log(r["mu"] / (1 - r["mu"])), np.log(rp / (1 - rp)), s=9, c=np.where(r["converged"], "k", "0.5"), zorder=3)
+                ax.plot(np.log(ex["mu"] / (1 - ex["mu"])), np.log(ex["expected_pi"] / (1 - ex["expected_pi"])), color="w", lw=1.3, ls="--", zorder=4)
+                ticks = np.array([0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999])
+                ax.set_xticks(np.log(ticks / (1 - ticks)), [f"{t:g}" for t in ticks], rotation=45)
+                ax.set_yticks(np.log(ticks / (1 - ticks)), [f"{t:g}" for t in ticks])
+                ax.set_xlim(lm[0], lm[-1])
+                ax.set_ylim(lp[0], lp[-1])
+                ax.grid(False)
+                if i == 0:
+                    ax.set_title(obj, fontsize="small")
+                if i == 1:
+                    ax.set_xlabel("mu (frozen behaviour)")
+                if j == 0:
+                    ax.set_ylabel(f"pi, {SIGN_LABEL[sign]}")
+        handles = [
+            Patch(color=plt.get_cmap("RdBu")(0.9), label="pi rises"), Patch(color=plt.get_cmap("RdBu")(0.1), label="pi falls"),
+            Line2D([], [], color="k", marker="o", ls="", ms=4, label="rest point reached from pi = mu"),
+            Line2D([], [], color="0.5", marker="o", ls="", ms=4, label="no rest: runs to the edge (last point)"),
+            Line2D([], [], color="0.3", lw=2.2, ls="--", label="REFERENCE.md prediction (white)"),
+            Line2D([], [], color="k", lw=0.8, ls=":", label="pi = mu"),
+        ]
+        fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.08))
+        fig.suptitle(title, y=1.0)
+        fig.tight_layout()
+    return save(fig, stem, formats)

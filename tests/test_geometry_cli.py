@@ -85,7 +85,7 @@ def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert manifest["package"] == "drpo_sim" and manifest["profile"] == "quick"
     named = {f for rec in manifest["figures"] for f in rec["files"]}
-    assert named == {f"{fig}.png" for fig in FIGURES + ("convergence_fp8_stale",)}
+    assert named == {f"{fig}.png" for fig in FIGURES + ("fixed_point_flows", "convergence_fp8_stale")}
     for rec in manifest["figures"]:
         assert (rec["config"].get("objectives") or rec["config"].get("methods")) and rec["wall_time_s"] > 0
         assert (tmp_path / rec["data"]).is_file()
