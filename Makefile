@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 bench: setup              ## throughput of the objectives and the simulator against physical floors
 	$(PY) benchmarks/bench_objectives.py
 	$(PY) benchmarks/bench_sim.py
+	$(PY) benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

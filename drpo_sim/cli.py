@@ -6,6 +6,7 @@ Subcommands::
     drpo-sim geometry --out DIR           the trust-region geometry figures (PNG + CSV)
     drpo-sim simulate --out FILE.parquet  train objectives in the bandit / tabular environments
     drpo-sim summarize FILE.parquet       per-method statistics of a result file (and --plot)
+    drpo-sim sweep CONFIG.toml --out DIR  a grid of simulations, resumable, locally or on a Dask cluster
     drpo-sim reproduce [--out DIR]        every figure from the built-in defaults, and MANIFEST.json
 
 Errors in the input (a bad option value, an unknown objective) print one line and exit with 2.
@@ -63,6 +64,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         ("geometry", lambda: figures.geometry_figures(args.out, formats=fmts)),
         ("dynamics", lambda: figures.dynamics_figures(args.out, formats=fmts)),
         ("convergence", lambda: figures.convergence_figures(args.out, args.profile, formats=fmts)),
+        ("phase", lambda: figures.phase_figures(args.out, args.profile, formats=fmts)),
     ]
     records = []
     for name, job in tqdm(jobs, desc="reproduce", unit="job", disable=None):
@@ -206,6 +208,23 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from drpo_sim import sweep
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be a number of processes >= 1, got {args.jobs}")
+    if args.jobs is not None and args.scheduler:
+        raise ValueError("--jobs and --scheduler exclude each other: a Dask cluster has its own workers")
+    spec = sweep.load_sweep(args.config)
+    df = sweep.run_sweep(spec, args.out, n_jobs=args.jobs, scheduler=args.scheduler, progress=not args.no_progress)
+    run = sweep.read_index(args.out)["last_run"]
+    print(f"sweep: {run['ran']} cells run, {run['skipped']} skipped, {run['total']} in all ({len(df)} rows; "
+          f"{run['executor']}) in {run['wall_s']:.1f} s -> {Path(args.out) / sweep.RESULTS_FILE}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drpo-sim", description="Stability analysis of LLM RL policy objectives.")
     parser.add_argument("--version", action="version", version=f"drpo_sim {__version__}")
@@ -241,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="draw the curves with 95%% bootstrap bands to this image file")
     p.add_argument("--csv", help="also write the table as CSV")
     p.set_defaults(func=_cmd_summarize)
+
+    p = sub.add_parser("sweep", help="run a grid of simulations into a resumable result store")
+    p.add_argument("config", help="sweep TOML file: an experiment file plus a [grid] table of lists")
+    p.add_argument("--out", required=True, help="sweep directory (cells/, results.parquet, sweep.json); rerun: resume")
+    p.add_argument("--jobs", type=int, help="local worker processes (default: the number of CPUs)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at ADDRESS (e.g. tcp://host:8786)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("reproduce", help="regenerate every figure from the built-in defaults")
     p.add_argument("--out", default="figures", help="output directory (default figures/)")

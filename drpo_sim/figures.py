@@ -157,6 +157,95 @@ def dynamics_figures(out: str | Path, formats: Sequence[str] = ("png",)) -> list
     return [FigureRecord("fixed_point_flows", _names(files), "rest_points.csv", "dynamics.rest_point_table", config, time.perf_counter() - t0)]
 
 
+# Phase diagram and threshold sensitivity (issue 4): the tabular task of the convergence figure,
+# Gaussian engine noise on the logits (no rounding, so the corner (0, 0) is exactly on-policy)
+# against staleness (optimiser updates; 4 mini-batch updates per batch).
+PHASE_METHODS = ("pg_is", "grpo", "spo", "dppo_tv", "drpo")
+PHASE_BASE = {"env": "tabular", "vocab_size": 256, "n_prompts": 8, "horizon": 4, "updates_per_batch": 4}
+PHASE = {
+    "quick": {"steps": 150, "seeds": 8, "noise_std": [0.0, 0.3, 1.0], "staleness": [0, 8, 16]},
+    "full": {"steps": 200, "seeds": 32, "noise_std": [0.0, 0.1, 0.3, 0.6, 1.0], "staleness": [0, 4, 8, 16, 32]},
+}
+SENSITIVITY = {
+    "quick": {"steps": 150, "seeds": 8},
+    "full": {"steps": 200, "seeds": 32},
+    "staleness": 8,
+    "noise_std": [0.1, 1.0],
+    "dppo_tv.delta": [0.05, 0.1, 0.15, 0.3, 0.6],
+    "drpo.delta": [12.5, 5.0, 2.5, 1.0, 0.5, 0.15],
+}
+STABLE_FRACTION = 0.9  # a cell is in a method's stable region: no collapse, and >= 90% of its on-policy final reward
+
+
+def phase_figures(out: str | Path, profile: str = "quick", formats: Sequence[str] = ("png",), *, n_jobs: int | None = None) -> list[FigureRecord]:
+    """Collapse rate and final reward over engine noise x staleness, and DPPO's / DRPO's threshold
+    sensitivity at two noise levels (REFERENCE.md claim 7), each from a resumable sweep whose cell
+    store is kept under ``out/sweeps/``."""
+    from drpo_sim import stats, sweep
+
+    if profile not in PHASE:
+        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PHASE)}")
+    out = Path(out)
+    records = []
+
+    t0 = time.perf_counter()
+    ph = PHASE[profile]
+    doc = {"methods": list(PHASE_METHODS), "seeds": ph["seeds"], **_sections({**PHASE_BASE, "steps": ph["steps"]}),
+           "grid": {"noise_std": ph["noise_std"], "staleness": ph["staleness"]}}
+    spec = sweep.parse_sweep(doc, source=f"phase diagram ({profile})")
+    df = sweep.run_sweep(spec, out / "sweeps" / f"phase_{profile}", n_jobs=n_jobs, progress=False)
+    summary = stats.summarize_runs(df, group=("method", "noise_std", "staleness"), nan_policy="omit")
+    summary = summary.merge(stable_region(summary), on=["method", "noise_std", "staleness"])
+    write_csv(summary, out / "phase_diagram.csv")
+    files = plots.phase_figure(
+        summary, out / "phase_diagram", x="noise_std", y="staleness", methods=PHASE_METHODS, formats=formats,
+        title=(f"Tabular task, {ph['seeds']} seeds x {ph['steps']} steps per cell: collapse rate and final reward over "
+               f"engine logit noise and staleness (optimiser updates);\nwhite frame: the method's stable region "
+               f"(no collapse, final reward >= {STABLE_FRACTION:.0%} of its own on-policy value)"),
+    )
+    records.append(FigureRecord("phase_diagram", _names(files), "phase_diagram.csv", "sweep.run_sweep", spec.describe(),
+                                time.perf_counter() - t0, list(spec.seeds)))
+
+    t0 = time.perf_counter()
+    se = SENSITIVITY[profile]
+    doc = {"methods": ["dppo_tv", "drpo"], "seeds": se["seeds"],
+           **_sections({**PHASE_BASE, "steps": se["steps"], "staleness": SENSITIVITY["staleness"]}),
+           "grid": {"noise_std": SENSITIVITY["noise_std"], "dppo_tv.delta": SENSITIVITY["dppo_tv.delta"], "drpo.delta": SENSITIVITY["drpo.delta"]}}
+    spec = sweep.parse_sweep(doc, source=f"threshold sensitivity ({profile})")
+    df = sweep.run_sweep(spec, out / "sweeps" / f"sensitivity_{profile}", n_jobs=n_jobs, progress=False)
+    summary = stats.summarize_runs(df, group=("method", "noise_std", "param_delta"), nan_policy="omit")
+    summary = summary.rename(columns={"param_delta": "delta"}).assign(level=lambda d: [f"noise {v:g}" for v in d["noise_std"]])
+    write_csv(summary, out / "threshold_sensitivity.csv")
+    files = plots.sensitivity_figure(
+        summary, out / "threshold_sensitivity", formats=formats,
+        title=(f"Final reward against the trust-region threshold, tabular task, staleness {SENSITIVITY['staleness']} updates, "
+               f"{se['seeds']} seeds x {se['steps']} steps (REFERENCE.md claim 7)"),
+    )
+    records.append(FigureRecord("threshold_sensitivity", _names(files), "threshold_sensitivity.csv", "sweep.run_sweep",
+                                spec.describe(), time.perf_counter() - t0, list(spec.seeds)))
+    return records
+
+
+def _sections(flat: dict) -> dict:
+    """Flat configuration fields as the ``[env]``, ``[offpolicy]``, ``[train]`` tables of a sweep file."""
+    from drpo_sim.sim import SimConfig
+
+    where = SimConfig.field_sections()
+    doc: dict = {}
+    for k, v in flat.items():
+        doc.setdefault(where[k], {})[k] = v
+    return doc
+
+
+def stable_region(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per method and grid cell: ``stable`` when nothing collapsed and the final-reward IQM keeps at
+    least ``STABLE_FRACTION`` of the method's own value at zero noise and zero staleness."""
+    ref = summary[(summary["noise_std"] == 0) & (summary["staleness"] == 0)].set_index("method")["final_iqm"]
+    keep = summary["method"].map(ref) * STABLE_FRACTION
+    stable = (summary["collapse_rate"] == 0) & (summary["final_iqm"] >= keep)
+    return summary[["method", "noise_std", "staleness"]].assign(stable=stable.to_numpy())
+
+
 def write_manifest(out: str | Path, records: list[FigureRecord], *, profile: str) -> Path:
     """``MANIFEST.json``: every figure, its job and configuration, the package version and git commit."""
     manifest = {

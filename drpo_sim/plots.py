@@ -266,3 +266,78 @@ def flow_figure(field: pd.DataFrame, rest: pd.DataFrame, stem: str | Path, *, ti
         fig.suptitle(title, y=1.0)
         fig.tight_layout()
     return save(fig, stem, formats)
+
+
+def phase_figure(summary: pd.DataFrame, stem: str | Path, *, x: str, y: str, title: str, methods: Sequence[str] | None = None,
+                 formats=("png",)) -> list[Path]:
+    """Heatmaps over ``x`` (columns) and ``y`` (rows) per method: collapse rate (top row) and
+    final-reward IQM with its 95% interval (bottom row), each row on one colour scale.
+
+    ``summary`` has one row per method and grid point with ``final_iqm``, ``final_low``,
+    ``final_high`` and ``collapse_rate`` (:func:`drpo_sim.stats.summarize_runs` grouped by method,
+    ``x`` and ``y``). A cell with a thick outline is in the method's stable region
+    (``stable`` column).
+    """
+    methods = list(methods or dict.fromkeys(summary["method"]))
+    xs, ys = sorted(summary[x].unique()), sorted(summary[y].unique())
+    with paper_style():
+        fig, axes = plt.subplots(2, len(methods), figsize=(2.9 * len(methods) + 1.2, 6.4), squeeze=False)
+        for j, m in enumerate(methods):
+            d = summary[summary["method"] == m].set_index([y, x])
+            for i, (col, cmap, vmin, vmax) in enumerate((("collapse_rate", "Reds", 0.0, 1.0), ("final_iqm", "viridis", 0.0, 1.0))):
+                ax = axes[i, j]
+                grid = np.array([[d.loc[(yy, xx), col] for xx in xs] for yy in ys], dtype=float)
+                im = ax.imshow(grid, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+                for a, yy in enumerate(ys):
+                    for b, xx in enumerate(xs):
+                        row = d.loc[(yy, xx)]
+                        text = (f"{row['collapse_rate']:.2f}" if col == "collapse_rate"
+                                else f"{row['final_iqm']:.2f}\n[{row['final_low']:.2f}, {row['final_high']:.2f}]")
+                        shade = grid[a, b] if col == "collapse_rate" else 1 - grid[a, b]
+                        ax.text(b, a, text, ha="center", va="center", fontsize=7, color="w" if shade > 0.55 else "k")
+                        if col == "final_iqm" and bool(row.get("stable", False)):
+                            ax.add_patch(plt.Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, lw=2.0, ec="w"))
+                ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+                ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+                ax.grid(False)
+                if i == 0:
+                    ax.set_title(m)
+                if i == 1:
+                    ax.set_xlabel(x.replace("_", " "))
+                if j == 0:
+                    ax.set_ylabel(f"{'collapse rate' if i == 0 else 'final reward IQM'}\n{y.replace('_', ' ')}")
+                if j == len(methods) - 1:
+                    fig.colorbar(im, ax=ax, fraction=0.05)
+        fig.suptitle(title, y=1.02)
+        fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+def sensitivity_figure(summary: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+    """Final-reward IQM (95% interval as error bars) against each method's threshold ``delta``.
+
+    ``summary`` has ``method``, ``delta``, ``level`` (the noise setting, one line each),
+    ``final_iqm``, ``final_low``, ``final_high``; one panel per method, log-scaled ``delta``.
+    """
+    methods = list(dict.fromkeys(summary["method"]))
+    levels = list(dict.fromkeys(summary["level"]))
+    markers = ("o", "s", "^", "D")
+    with paper_style():
+        fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.2), sharey=True, squeeze=False)
+        for ax, m in zip(axes[0], methods):
+            for k, lev in enumerate(levels):
+                d = summary[(summary["method"] == m) & (summary["level"] == lev)].sort_values("delta")
+                err = np.vstack([d["final_iqm"] - d["final_low"], d["final_high"] - d["final_iqm"]])
+                ax.errorbar(d["delta"], d["final_iqm"], yerr=err, marker=markers[k % 4], capsize=3,
+                            color=STYLE.get(m, {}).get("color"), alpha=1.0 - 0.45 * k, label=str(lev))
+            ax.set_xscale("log")
+            deltas = np.sort(summary.loc[summary["method"] == m, "delta"].unique())
+            ax.set_xticks(deltas, [f"{v:g}" for v in deltas])
+            ax.minorticks_off()
+            ax.set_xlabel(f"{m} delta")
+            ax.set_title(m)
+            ax.legend(title="engine noise", fontsize="small")
+        axes[0, 0].set_ylabel("final reward (IQM, 95% CI)")
+        fig.suptitle(title, y=1.03)
+        fig.tight_layout()
+    return save(fig, stem, formats)

@@ -37,3 +37,16 @@ def test_simulator_benchmark_writes_its_table(tmp_path):
     table = pd.read_csv(out)
     assert set(table["env"]) == {"bandit", "bandit-small", "tabular"} and len(table) == 6
     assert (table[["ms_per_step", "floor_ms", "loop_ms_per_step"]] > 0).all().all()
+
+
+def test_sweep_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "sweep.csv"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_sweep.py"), "--cells", "4", "--steps", "2", "--seeds", "2",
+         "--vocab", "64", "--repeats", "1", "--csv", str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "Dask overhead over local processes" in res.stdout
+    table = pd.read_csv(out)
+    assert list(table["mode"]) == ["single", "local", "dask"] and (table["cells"] == 4).all()
+    assert (table[["seconds", "cold_seconds", "cells_per_min", "cluster_start_seconds"]] > 0).all().all()

@@ -85,7 +85,8 @@ def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert manifest["package"] == "drpo_sim" and manifest["profile"] == "quick"
     named = {f for rec in manifest["figures"] for f in rec["files"]}
-    assert named == {f"{fig}.png" for fig in FIGURES + ("fixed_point_flows", "convergence_fp8_stale")}
+    extra = ("fixed_point_flows", "convergence_fp8_stale", "phase_diagram", "threshold_sensitivity")
+    assert named == {f"{fig}.png" for fig in FIGURES + extra}
     for rec in manifest["figures"]:
         assert (rec["config"].get("objectives") or rec["config"].get("methods")) and rec["wall_time_s"] > 0
         assert (tmp_path / rec["data"]).is_file()
@@ -93,6 +94,12 @@ def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
             assert_real_image(tmp_path / f)
     conv = next(r for r in manifest["figures"] if r["figure"] == "convergence_fp8_stale")
     assert conv["seeds"] and conv["config"]["precision"] == "fp8_e4m3" and conv["config"]["staleness"] > 0
+    phase = pd.read_csv(tmp_path / "phase_diagram.csv")
+    assert set(phase["method"]) == {"pg_is", "grpo", "spo", "dppo_tv", "drpo"} and phase["stable"].dtype == bool
+    assert len(phase) == 5 * phase["noise_std"].nunique() * phase["staleness"].nunique()
+    assert (tmp_path / "sweeps").is_dir()  # the cell stores, so a second run resumes
+    sens = pd.read_csv(tmp_path / "threshold_sensitivity.csv")
+    assert sorted(sens.loc[sens["method"] == "drpo", "delta"].unique()) == [0.15, 0.5, 1.0, 2.5, 5.0, 12.5]
     bands = pd.read_csv(tmp_path / "convergence_fp8_stale.csv")
     assert set(bands["method"]) == {"pg_is", "grpo", "spo", "dppo_tv", "drpo"}
     assert (bands["low"] <= bands["iqm"] + 1e-12).all() and (bands["iqm"] <= bands["high"] + 1e-12).all()
