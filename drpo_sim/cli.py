@@ -286,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as err:
         print(f"drpo-sim {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a failure while running (a lost Dask worker), not bad input
+        print(f"drpo-sim {args.command}: failed: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
