@@ -145,3 +145,13 @@ def test_submodules_load_on_first_use():
     assert ds.sim.simulate is simulate and ds.stats.iqm([1.0, 2.0, 3.0, 4.0]) == 2.5
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ds.nope
+
+
+def test_a_failure_while_running_is_one_line_and_exit_1(monkeypatch, capsys):
+    def boom(args):
+        raise RuntimeError("2 cell(s) never returned a result (first: abc)")
+
+    monkeypatch.setattr(cli, "_cmd_list", boom)
+    assert cli.main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["drpo-sim list: failed: 2 cell(s) never returned a result (first: abc)"]
