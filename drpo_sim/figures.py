@@ -83,12 +83,12 @@ def geometry_figures(out: str | Path, cfg: geometry.GeometryConfig | None = None
 # environment was chosen so that the figure separates methods: on the bandit every method locks
 # onto one token within ~50 steps and nothing separates; on the tabular sequence task GRPO's
 # clip-higher zeroes the updates of targets being learned and it falls behind (README).
+# The tabular task of the simulation figures: 8 prompts of 4 tokens, V = 256, prefix reward, the
+# batch split into 4 mini-batch updates.
+TABULAR_TASK = {"env": "tabular", "vocab_size": 256, "n_prompts": 8, "horizon": 4, "updates_per_batch": 4}
 CONVERGENCE_METHODS = ("pg_is", "grpo", "spo", "dppo_tv", "drpo")
 CONVERGENCE = {
-    "base": {
-        "env": "tabular", "vocab_size": 256, "n_prompts": 8, "horizon": 4,
-        "noise_std": 0.1, "precision": "fp8_e4m3", "staleness": 8, "updates_per_batch": 4,
-    },
+    "base": {**TABULAR_TASK, "noise_std": 0.1, "precision": "fp8_e4m3", "staleness": 8},
     "quick": {"steps": 200, "seeds": 24},
     "full": {"steps": 300, "seeds": 96},
 }
@@ -160,8 +160,7 @@ def dynamics_figures(out: str | Path, formats: Sequence[str] = ("png",)) -> list
 # Phase diagram and threshold sensitivity (issue 4): the tabular task of the convergence figure,
 # Gaussian engine noise on the logits (no rounding, so the corner (0, 0) is exactly on-policy)
 # against staleness (optimiser updates; 4 mini-batch updates per batch).
-PHASE_METHODS = ("pg_is", "grpo", "spo", "dppo_tv", "drpo")
-PHASE_BASE = {"env": "tabular", "vocab_size": 256, "n_prompts": 8, "horizon": 4, "updates_per_batch": 4}
+PHASE_METHODS = CONVERGENCE_METHODS
 PHASE = {
     "quick": {"steps": 150, "seeds": 8, "noise_std": [0.0, 0.3, 1.0], "staleness": [0, 8, 16]},
     "full": {"steps": 200, "seeds": 32, "noise_std": [0.0, 0.1, 0.3, 0.6, 1.0], "staleness": [0, 4, 8, 16, 32]},
@@ -190,7 +189,7 @@ def phase_figures(out: str | Path, profile: str = "quick", formats: Sequence[str
 
     t0 = time.perf_counter()
     ph = PHASE[profile]
-    doc = {"methods": list(PHASE_METHODS), "seeds": ph["seeds"], **_sections({**PHASE_BASE, "steps": ph["steps"]}),
+    doc = {"methods": list(PHASE_METHODS), "seeds": ph["seeds"], **_sections({**TABULAR_TASK, "steps": ph["steps"]}),
            "grid": {"noise_std": ph["noise_std"], "staleness": ph["staleness"]}}
     spec = sweep.parse_sweep(doc, source=f"phase diagram ({profile})")
     df = sweep.run_sweep(spec, out / "sweeps" / f"phase_{profile}", n_jobs=n_jobs, progress=False)
@@ -209,7 +208,7 @@ def phase_figures(out: str | Path, profile: str = "quick", formats: Sequence[str
     t0 = time.perf_counter()
     se = SENSITIVITY[profile]
     doc = {"methods": ["dppo_tv", "drpo"], "seeds": se["seeds"],
-           **_sections({**PHASE_BASE, "steps": se["steps"], "staleness": SENSITIVITY["staleness"]}),
+           **_sections({**TABULAR_TASK, "steps": se["steps"], "staleness": SENSITIVITY["staleness"]}),
            "grid": {"noise_std": SENSITIVITY["noise_std"], "dppo_tv.delta": SENSITIVITY["dppo_tv.delta"], "drpo.delta": SENSITIVITY["drpo.delta"]}}
     spec = sweep.parse_sweep(doc, source=f"threshold sensitivity ({profile})")
     df = sweep.run_sweep(spec, out / "sweeps" / f"sensitivity_{profile}", n_jobs=n_jobs, progress=False)

@@ -680,6 +680,35 @@ def parse_param(spec: str) -> tuple[str, str, Any]:
     return method, name.strip(), parse_value(value)
 
 
+def split_experiment(doc: dict[str, Any], source: str, *, also: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(run keys, flat configuration fields)`` of a parsed experiment file.
+
+    Configuration fields may sit at the top level or in their section's table; ``also`` names
+    further top-level keys the caller handles itself (they must already be removed from ``doc``;
+    they only appear in the error listing the valid keys). Errors name ``source`` and the key.
+    """
+    where = SimConfig.field_sections()
+    run: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key in SimConfig.SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: [{key}] must be a table")
+            for k, v in value.items():
+                if where.get(k) != key:
+                    valid = sorted(f for f, s in where.items() if s == key)
+                    raise ValueError(f"{source}: [{key}] has no field {k!r}; valid: {', '.join(valid)}")
+                config[k] = v
+        elif key in RUN_KEYS:
+            run[key] = value
+        elif key in where:
+            config[key] = value
+        else:
+            valid = ", ".join((*RUN_KEYS, *SimConfig.SECTIONS, *also))
+            raise ValueError(f"{source}: unknown key {key!r}; valid: {valid} or a configuration field")
+    return run, config
+
+
 def read_experiment(path: str) -> dict[str, Any]:
     """An experiment TOML file -> ``{"config": flat overrides, "methods", "seeds", "seed_start",
     "preset", "params"}`` (absent keys left out).
@@ -704,23 +733,8 @@ def read_experiment(path: str) -> dict[str, Any]:
             doc = tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
-    where = SimConfig.field_sections()
-    out: dict[str, Any] = {"config": {}}
-    for key, value in doc.items():
-        if key in SimConfig.SECTIONS:
-            if not isinstance(value, dict):
-                raise ValueError(f"{path}: [{key}] must be a table")
-            for k, v in value.items():
-                if where.get(k) != key:
-                    valid = sorted(f for f, s in where.items() if s == key)
-                    raise ValueError(f"{path}: [{key}] has no field {k!r}; valid: {', '.join(valid)}")
-                out["config"][k] = v
-        elif key in RUN_KEYS:
-            out[key] = value
-        elif key in where:
-            out["config"][key] = value
-        else:
-            raise ValueError(f"{path}: unknown key {key!r}; valid: {', '.join(RUN_KEYS + SimConfig.SECTIONS)} or a configuration field")
+    run, config = split_experiment(doc, path)
+    out: dict[str, Any] = {"config": config, **run}
     if "params" in out and not all(isinstance(v, dict) for v in out["params"].values()):
         raise ValueError(f"{path}: [params] must hold one table per method, e.g. [params.drpo]")
     return out

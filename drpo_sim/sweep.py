@@ -95,7 +95,7 @@ from drpo_sim import __version__, objectives
 from drpo_sim._io import write_text
 from drpo_sim.offpolicy import NOISE_PRESETS
 from drpo_sim.results import read_results, write_results
-from drpo_sim.sim import RUN_KEYS, SimConfig, simulate
+from drpo_sim.sim import SimConfig, simulate, split_experiment
 
 CELLS_DIR = "cells"
 RESULTS_FILE = "results.parquet"
@@ -249,7 +249,7 @@ def parse_sweep(doc: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     grid_doc = doc.pop(GRID_KEY, {})
     if not isinstance(grid_doc, dict):
         raise ValueError(f"{source}: [{GRID_KEY}] must be a table of lists")
-    run, config = _split(doc, source)
+    run, config = split_experiment(doc, source, also=(GRID_KEY,))
     methods = _methods(run.get("methods"), source)
     seeds = _seeds(run.get("seeds", 8), run.get("seed_start"), source)
     preset = run.get("preset")
@@ -269,30 +269,6 @@ def parse_sweep(doc: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     spec = SweepSpec(source, methods, seeds, base, preset, params, grid, param_grid)
     spec.cells()  # build and check every cell before anything runs
     return spec
-
-
-def _split(doc: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The run keys and the flat configuration fields of an experiment file (as ``read_experiment``)."""
-    where = SimConfig.field_sections()
-    run: dict[str, Any] = {}
-    config: dict[str, Any] = {}
-    for key, value in doc.items():
-        if key in SimConfig.SECTIONS:
-            if not isinstance(value, dict):
-                raise ValueError(f"{source}: [{key}] must be a table")
-            for k, v in value.items():
-                if where.get(k) != key:
-                    valid = sorted(f for f, s in where.items() if s == key)
-                    raise ValueError(f"{source}: [{key}] has no field {k!r}; valid: {', '.join(valid)}")
-                config[k] = v
-        elif key in RUN_KEYS:
-            run[key] = value
-        elif key in where:
-            config[key] = value
-        else:
-            valid = ", ".join((*RUN_KEYS, *SimConfig.SECTIONS, GRID_KEY))
-            raise ValueError(f"{source}: unknown key {key!r}; valid: {valid} or a configuration field")
-    return run, config
 
 
 def _methods(value: Any, source: str) -> tuple[str, ...]:
