@@ -179,7 +179,7 @@ STABLE_FRACTION = 0.9  # a cell is in a method's stable region: no collapse, and
 def phase_figures(out: str | Path, profile: str = "quick", formats: Sequence[str] = ("png",), *, n_jobs: int | None = None) -> list[FigureRecord]:
     """Collapse rate and final reward over engine noise x staleness, and DPPO's / DRPO's threshold
     sensitivity at two noise levels (REFERENCE.md claim 7), each from a resumable sweep whose cell
-    store is kept under ``out/sweeps/``."""
+    store is kept under ``out/sweeps/`` (:func:`_sweep_dir`)."""
     from drpo_sim import stats, sweep
 
     if profile not in PHASE:
@@ -192,7 +192,7 @@ def phase_figures(out: str | Path, profile: str = "quick", formats: Sequence[str
     doc = {"methods": list(PHASE_METHODS), "seeds": ph["seeds"], **_sections({**TABULAR_TASK, "steps": ph["steps"]}),
            "grid": {"noise_std": ph["noise_std"], "staleness": ph["staleness"]}}
     spec = sweep.parse_sweep(doc, source=f"phase diagram ({profile})")
-    df = sweep.run_sweep(spec, out / "sweeps" / f"phase_{profile}", n_jobs=n_jobs, progress=False)
+    df = sweep.run_sweep(spec, _sweep_dir(out, f"phase_{profile}"), n_jobs=n_jobs, progress=False)
     summary = stats.summarize_runs(df, group=("method", "noise_std", "staleness"), nan_policy="omit")
     summary = summary.merge(stable_region(summary), on=["method", "noise_std", "staleness"])
     write_csv(summary, out / "phase_diagram.csv")
@@ -211,7 +211,7 @@ def phase_figures(out: str | Path, profile: str = "quick", formats: Sequence[str
            **_sections({**TABULAR_TASK, "steps": se["steps"], "staleness": SENSITIVITY["staleness"]}),
            "grid": {"noise_std": SENSITIVITY["noise_std"], "dppo_tv.delta": SENSITIVITY["dppo_tv.delta"], "drpo.delta": SENSITIVITY["drpo.delta"]}}
     spec = sweep.parse_sweep(doc, source=f"threshold sensitivity ({profile})")
-    df = sweep.run_sweep(spec, out / "sweeps" / f"sensitivity_{profile}", n_jobs=n_jobs, progress=False)
+    df = sweep.run_sweep(spec, _sweep_dir(out, f"sensitivity_{profile}"), n_jobs=n_jobs, progress=False)
     summary = stats.summarize_runs(df, group=("method", "noise_std", "param_delta"), nan_policy="omit")
     summary = summary.rename(columns={"param_delta": "delta"}).assign(level=lambda d: [f"noise {v:g}" for v in d["noise_std"]])
     write_csv(summary, out / "threshold_sensitivity.csv")
@@ -223,6 +223,23 @@ def phase_figures(out: str | Path, profile: str = "quick", formats: Sequence[str
     records.append(FigureRecord("threshold_sensitivity", _names(files), "threshold_sensitivity.csv", "sweep.run_sweep",
                                 spec.describe(), time.perf_counter() - t0, list(spec.seeds)))
     return records
+
+
+def _sweep_dir(out: Path, name: str) -> Path:
+    """``out/sweeps/<name>-<code>``: a cell store that resumes an interrupted ``reproduce`` but is
+    never reused by different code. ``<code>`` hashes the package's source files, so an edit that
+    changes the numbers starts a fresh store (stores of other code versions are removed)."""
+    import hashlib
+    import shutil
+
+    digest = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(f.relative_to(Path(__file__).parent).as_posix().encode() + b"\0" + f.read_bytes())
+    path = out / "sweeps" / f"{name}-{digest.hexdigest()[:12]}"
+    for stale in (out / "sweeps").glob(f"{name}-*"):
+        if stale != path and stale.is_dir():
+            shutil.rmtree(stale)
+    return path
 
 
 def _sections(flat: dict) -> dict:
