@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit, logit
 
 from drpo_sim import objectives
 from drpo_sim.objectives import binary_kl
@@ -55,10 +56,6 @@ class FlowConfig:
     max_steps: int = 20000
     tol: float = 1e-11
     fd_step: float = 1e-5
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    return np.log(p) - np.log1p(-p)
 
 
 def velocity(obj: objectives.Objective, z: np.ndarray, mu: np.ndarray, adv: np.ndarray) -> np.ndarray:
@@ -91,13 +88,13 @@ def iterate(obj: objectives.Objective, mu: np.ndarray, adv: np.ndarray, cfg: Flo
         z_before[active] = np.where(dz != 0, za, z_before[active])  # the last point of the flow before it stopped
         z[active] = za + dz
         steps[active] += 1
-        pi = 1.0 / (1.0 + np.exp(-z[active]))
+        pi = expit(z[active])
         rest = np.abs(dz) < cfg.tol
         edge = (pi < RUNAWAY_EDGE) | (pi > 1 - RUNAWAY_EDGE)
         idx = np.flatnonzero(active)
         converged[idx[rest & ~edge]] = True
         active[idx[rest | edge]] = False
-    return 1.0 / (1.0 + np.exp(-z)), 1.0 / (1.0 + np.exp(-z_before)), steps, converged
+    return expit(z), expit(z_before), steps, converged
 
 
 def derivative(obj: objectives.Objective, z: np.ndarray, mu: np.ndarray, adv: np.ndarray, eps: float) -> np.ndarray:
@@ -219,7 +216,7 @@ def flow_field(
     whether it came to rest there, and REFERENCE.md's prediction (``expected_pi``, NaN where it
     makes none).
     """
-    grid = 1.0 / (1.0 + np.exp(-np.linspace(logit(1e-3), logit(1 - 1e-3), n)))
+    grid = expit(np.linspace(logit(1e-3), logit(1 - 1e-3), n))
     mu_g, pi_g = np.meshgrid(grid, grid)
     fields, rests = [], []
     for name, params in specs:
