@@ -7,6 +7,7 @@ Subcommands::
     drpo-sim simulate --out FILE.parquet  train objectives in the bandit / tabular environments
     drpo-sim summarize FILE.parquet       per-method statistics of a result file (and --plot)
     drpo-sim sweep CONFIG.toml --out DIR  a grid of simulations, resumable, locally or on a Dask cluster
+    drpo-sim replay LOG... --out DIR      per-token analysis of token logs (real, simulated or from the LM lab)
     drpo-sim reproduce [--out DIR]        every figure from the built-in defaults, and MANIFEST.json
 
 Errors in the input (a bad option value, an unknown objective) print one line and exit with 2.
@@ -19,6 +20,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from drpo_sim import __version__, objectives
 
@@ -153,8 +155,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if args.save_tokens:
             if cfg.train.mode != "sampled":
                 raise ValueError("--save-tokens needs sampled mode: exact mode samples no tokens")
-            from pathlib import Path
-
             for m in methods:
                 path = Path(args.save_tokens) / f"{m}.parquet"
                 writers[m] = stack.enter_context(TokenLogWriter(path, metadata={**meta, "method": m}))
@@ -192,8 +192,6 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
 
         write_csv(summary, args.csv)
     if args.plot:
-        from pathlib import Path
-
         from drpo_sim import plots
 
         plot = Path(args.plot)
@@ -209,8 +207,6 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from drpo_sim import sweep
 
     if args.jobs is not None and args.jobs < 1:
@@ -222,6 +218,46 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     run = sweep.read_index(args.out)["last_run"]
     print(f"sweep: {run['ran']} cells run, {run['skipped']} skipped, {run['total']} in all ({len(df)} rows; "
           f"{run['executor']}) in {run['wall_s']:.1f} s -> {Path(args.out) / sweep.RESULTS_FILE}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# replay
+# ----------------------------------------------------------------------------------------------
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from drpo_sim import analysis, figures, logs
+    from drpo_sim.sim import parse_param
+
+    names = [n.strip() for n in args.objectives.split(",") if n.strip()] if args.objectives else None
+    params: dict[str, dict] = {}
+    for text in args.param or []:
+        method, name, value = parse_param(text)
+        params.setdefault(method, {})[name] = value
+    objs = analysis.objective_specs(names, params)
+    mapping = logs.parse_mapping(args.map) if args.map else None
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    src = logs.open_log(args.logs, fmt=args.format, mapping=mapping, on_invalid=args.on_invalid,
+                        batch_size=args.batch_size, **({"group_size": args.group_size} if args.group_size else {}))
+    t0 = time.perf_counter()
+    result = analysis.replay(src, objs, device=args.device, progress=not args.no_progress, source=src.describe())
+    report = src.report
+    result.totals["dropped"] = report.to_dict()
+    label = args.label or ", ".join(Path(p).name for p in args.logs)
+    records = figures.replay_figures(result, args.out, label=label, formats=_formats(args.formats),
+                                     wall_time_s=time.perf_counter() - t0)
+    t = result.totals
+    print(f"{t['tokens']:,} tokens replayed ({t['excluded_tokens']:,} with mask false), "
+          f"{t['rare_share']:.1%} with mu <= {t['rare_threshold']:g}; mean |pi-mu| {t['abs_shift_mean']:.3g}, "
+          f"max {t['abs_shift_max']:.3g}")
+    if report.total:
+        print(f"dropped (--on-invalid drop): {report}")
+    cols = ["objective", "masked_frac", "attenuated_frac", "corrective_frac", "grad_mass_share", "rare_masked_frac",
+            "rare_weight_min", "rare_weight_max"]
+    print(result.objectives[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"{len(records)} figures and their tables in {args.out}")
     return 0
 
 
@@ -268,6 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at ADDRESS (e.g. tcp://host:8786)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("replay", help="per-token analysis of token logs: mismatch, masks and weights of every objective")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="token log files or directories (see --format)")
+    p.add_argument("--out", required=True, help="output directory for the tables (CSV, JSON) and figures")
+    p.add_argument("--format", default="auto", help="log format: auto (default), tokens, nemo_rl, slime, generic, trainer_dump")
+    p.add_argument("--map", metavar="OURS=THEIRS,...", help="column mapping for --format generic, e.g. logp=lp,logp_behavior=engine_lp")
+    p.add_argument("--group-size", type=int, help="samples per prompt group where the format does not record groups")
+    p.add_argument("--on-invalid", choices=("raise", "drop"), default="raise",
+                   help="bad rows: stop with an error naming them (default), or drop them and report how many and why")
+    p.add_argument("--objectives", help="comma-separated objectives (default: the papers' methods, "
+                   "drpo_sim.analysis.DEFAULT_OBJECTIVES)")
+    p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE", help="objective parameter, e.g. drpo.delta=2.5 (repeatable)")
+    p.add_argument("--batch-size", type=int, default=1 << 20, help="tokens per batch; bounds the memory (default 1048576)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    p.add_argument("--formats", default="png", help="comma-separated image formats (default png)")
+    p.add_argument("--label", help="name of the log in the figure titles (default: the file names)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("reproduce", help="regenerate every figure from the built-in defaults")
     p.add_argument("--out", default="figures", help="output directory (default figures/)")

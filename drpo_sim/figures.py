@@ -296,3 +296,48 @@ def _git_commit() -> str | None:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+# ----------------------------------------------------------------------------------------------
+# token-log replay
+
+
+def replay_figures(result, out: str | Path, *, label: str, prefix: str = "", formats: Sequence[str] = ("png",),
+                   wall_time_s: float = 0.0) -> list[FigureRecord]:
+    """Write a :class:`drpo_sim.analysis.ReplayResult`'s tables and draw its figures into ``out``.
+
+    Figures (each ``{prefix}<name>.<fmt>``): ``mismatch`` (ratio and ``abs(pi - mu)`` against
+    ``mu``), ``regions`` (masked / attenuated / corrective fractions and gradient mass kept per
+    objective against ``mu``), ``weights`` (weight distributions against ``mu``), ``rare_tokens``
+    (``mu <= 0.01`` against all tokens) and, for logs with several steps, ``by_step``. ``label``
+    names the log in the titles.
+    """
+    out = Path(out)
+    t0 = time.perf_counter()
+    result.write(out, prefix)
+    totals = result.totals
+    n = totals["tokens"]
+    head = f"{label}: {n:,} tokens"
+    config = {"source": totals.get("source", {}), "objectives": totals["objectives"], "tokens": n,
+              "excluded_tokens": totals["excluded_tokens"], "device": totals["device"]}
+    jobs = [
+        ("mismatch", "mismatch_by_mu.csv", lambda stem: plots.mismatch_figure(
+            result.mismatch, stem, formats=formats,
+            title=f"{head}; mean |pi-mu| {totals['abs_shift_mean']:.2g}, max {totals['abs_shift_max']:.2g}")),
+        ("regions", "regions_by_mu.csv", lambda stem: plots.regions_figure(result.regions, stem, formats=formats, title=head)),
+        ("weights", "regions_by_mu.csv", lambda stem: plots.replay_weights_figure(result.regions, stem, formats=formats, title=head)),
+        ("rare_tokens", "objectives.csv", lambda stem: plots.rare_tokens_figure(
+            result.objectives, stem, formats=formats,
+            title=f"{head}; {totals['rare_share']:.1%} of them have mu <= {totals['rare_threshold']:g}")),
+    ]
+    if len(result.by_step) > 1:
+        jobs.append(("by_step", "by_step.csv", lambda stem: plots.by_step_figure(result.by_step, stem, formats=formats, title=head)))
+    records = []
+    for name, data, draw in jobs:
+        t = time.perf_counter()
+        files = draw(out / f"{prefix}{name}")
+        records.append(FigureRecord(f"{prefix}{name}", _names(files), f"{prefix}{data}", "analysis.replay", config,
+                                    time.perf_counter() - t))
+    # the replay itself and the tables are booked on the first figure
+    records[0].wall_time_s += wall_time_s + (time.perf_counter() - t0) - sum(r.wall_time_s for r in records)
+    return records

@@ -1,7 +1,7 @@
 """Figure functions, one per figure kind. Each takes a tidy table and writes image files atomically.
 
-The tables come from :mod:`drpo_sim.geometry` (and later from simulations and logs); no plot
-computes an objective itself.
+The tables come from :mod:`drpo_sim.geometry`, the simulations, :mod:`drpo_sim.dynamics` and the
+token-log replay (:mod:`drpo_sim.analysis`); no plot computes an objective itself.
 """
 
 from __future__ import annotations
@@ -339,5 +339,184 @@ def sensitivity_figure(summary: pd.DataFrame, stem: str | Path, *, title: str, f
             ax.legend(title="engine noise", fontsize="small")
         axes[0, 0].set_ylabel("final reward (IQM, 95% CI)")
         fig.suptitle(title, y=1.03)
+        fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+# ----------------------------------------------------------------------------------------------
+# replay of token logs (tables of drpo_sim.analysis.ReplayResult)
+
+_MU_XLABEL = r"$\mu$ (behaviour probability of the sampled token)"
+
+
+def _mu_axis(ax: plt.Axes, rare: float | None = 0.01) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel(_MU_XLABEL)
+    if rare is not None:
+        ax.axvline(rare, color="0.6", lw=0.8, ls="--")
+
+
+def mismatch_figure(mismatch: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+    """The training-inference mismatch picture (DPPO paper, Figure 2), from binned quantiles.
+
+    Left: the ratio ``pi / mu`` against ``mu``: median, 25-75% and 5-95% bands, mean. Right:
+    ``abs(pi - mu)`` against ``mu``: mean and maximum per bin, and the 5-95% band of the signed
+    shift's magnitude. ``mismatch`` is :attr:`drpo_sim.analysis.ReplayResult.mismatch`; empty
+    bins are left out. The dashed line marks ``mu = 0.01``.
+    """
+    d = mismatch[mismatch["tokens"] > 0]
+    with paper_style():
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.0, 4.4))
+        x = d["mu_mid"]
+        a1.fill_between(x, d["ratio_q05"], d["ratio_q95"], color="#1f77b4", alpha=0.15, lw=0, label="5-95%")
+        a1.fill_between(x, d["ratio_q25"], d["ratio_q75"], color="#1f77b4", alpha=0.35, lw=0, label="25-75%")
+        a1.plot(x, d["ratio_q50"], color="#1f77b4", marker="o", ms=3, label="median")
+        a1.plot(x, d["ratio_mean"], color="k", ls=":", lw=1.2, label="mean")
+        a1.axhline(1.0, color="0.3", lw=0.8)
+        _mu_axis(a1)
+        a1.set_ylabel(r"ratio $\pi/\mu$")
+        a1.set_title("importance ratio")
+        a1.legend(fontsize=8, loc="best")
+        lo = np.minimum(d["shift_q05"].abs(), d["shift_q95"].abs())
+        hi = np.maximum(d["shift_q05"].abs(), d["shift_q95"].abs())
+        crosses = (d["shift_q05"] < 0) & (d["shift_q95"] > 0)
+        a2.fill_between(x, np.where(crosses, 0, lo), hi, color="#d62728", alpha=0.15, lw=0, label=r"5-95% of $|\pi-\mu|$ (bounds)")
+        a2.plot(x, d["abs_shift_mean"], color="#d62728", marker="o", ms=3, label="mean")
+        a2.plot(x, d["abs_shift_max"], color="#d62728", ls="--", lw=1.0, label="max")
+        _mu_axis(a2)
+        a2.set_yscale("symlog", linthresh=1e-6)
+        a2.set_ylim(0, 1.05)
+        a2.set_ylabel(r"$|\pi-\mu|$")
+        a2.set_title("probability shift")
+        a2.legend(fontsize=8, loc="upper left")
+        fig.suptitle(title, y=1.02)
+        fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+def regions_figure(regions: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+    """How each objective treats the tokens of a log, against ``mu``, for each advantage sign.
+
+    Rows: fraction masked (``w = 0``), attenuated (``0 < w < 1``), corrective (``w < 0``), and
+    the share of the importance-sampled gradient mass ``sum abs(A r w) / sum abs(A r)`` kept;
+    columns: ``A > 0`` and ``A < 0``. ``regions`` is :attr:`ReplayResult.regions`.
+    """
+    rows = (("masked_frac", "fraction masked (w = 0)"), ("attenuated_frac", "fraction attenuated (0 < w < 1)"),
+            ("corrective_frac", "fraction corrective (w < 0)"), ("grad_mass_share", "gradient mass kept"))
+    signs = ("A>0", "A<0")
+    names = list(dict.fromkeys(regions["objective"]))
+    d = regions[regions["tokens"] > 0]
+    with paper_style():
+        fig, axes = plt.subplots(len(rows), 2, figsize=(11.5, 3.0 * len(rows)), sharex=True, squeeze=False)
+        for j, sign in enumerate(signs):
+            for i, (col, label) in enumerate(rows):
+                ax = axes[i, j]
+                for name in names:
+                    dd = d[(d["objective"] == name) & (d["adv_sign"] == sign)]
+                    ax.plot(dd["mu_mid"], dd[col], marker="o", ms=2.5, label=name, **STYLE.get(name, {}))
+                _mu_axis(ax)
+                if col == "grad_mass_share":
+                    ax.axhline(1.0, color="0.3", lw=0.8)
+                else:
+                    ax.set_ylim(-0.02, 1.02)
+                if j == 0:
+                    ax.set_ylabel(label)
+                if i == 0:
+                    ax.set_title(sign.replace(">", " > ").replace("<", " < "))
+                if i < len(rows) - 1:
+                    ax.set_xlabel("")
+        axes[0, 1].legend(fontsize=8, loc="upper right", ncol=2)
+        fig.suptitle(title, y=1.01)
+        fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+def replay_weights_figure(regions: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",),
+                          linthresh: float = 1e-5) -> list[Path]:
+    """Each objective's weight distribution against ``mu``: median and 5-95% band of ``w - 1``.
+
+    ``w - 1`` is the objective's departure from the plain importance-sampled gradient (``pg_is``,
+    ``w = 1``): ``-1`` is a masked token, below ``-1`` a corrective one. The y axis is symlog,
+    linear within ``linthresh``, so DRPO's small bounded departures and SPO's ``1 / mu`` growth
+    show on one scale. ``regions`` is :attr:`ReplayResult.regions`.
+    """
+    names = [n for n in dict.fromkeys(regions["objective"]) if n != "pg_is"]
+    d = regions[regions["tokens"] > 0]
+    with paper_style():
+        fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.8), sharey=True, squeeze=False)
+        for ax, sign in zip(axes[0], ("A>0", "A<0")):
+            for name in names:
+                dd = d[(d["objective"] == name) & (d["adv_sign"] == sign)]
+                style = STYLE.get(name, {})
+                ax.plot(dd["mu_mid"], dd["weight_q50"] - 1, marker="o", ms=2.5, label=name, **style)
+                ax.fill_between(dd["mu_mid"], dd["weight_q05"] - 1, dd["weight_q95"] - 1, color=style.get("color"), alpha=0.12, lw=0)
+            ax.axhline(0.0, color="0.3", lw=0.8)
+            ax.axhline(-1.0, color="0.6", lw=0.8, ls=":")
+            _mu_axis(ax)
+            ax.set_yscale("symlog", linthresh=linthresh)
+            ax.set_title(sign.replace(">", " > ").replace("<", " < "))
+        axes[0, 0].set_ylabel("w - 1 (median, 5-95% band)")
+        axes[0, 1].legend(fontsize=8, ncol=2)
+        fig.suptitle(title, y=1.02)
+        fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+def rare_tokens_figure(objectives: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+    """Rare tokens (``mu <= 0.01``) against all tokens, per objective.
+
+    Left: the range of ``w - 1`` on rare tokens (min-max as a thin bar, 5-95% as a thick bar,
+    median as a dot; symlog, linear within ``1e-5``), with the same for all tokens beside it:
+    ``-1`` is a masked token, below it a corrective one. Right: the fraction of
+    tokens masked and the gradient mass kept, rare against all. ``objectives`` is
+    :attr:`ReplayResult.objectives`.
+    """
+    names = list(objectives["objective"])
+    y = np.arange(len(names))
+    with paper_style():
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.5, 0.45 * len(names) + 2.2))
+        for off, prefix, label in ((-0.17, "", "all tokens"), (0.17, "rare_", r"$\mu \leq 0.01$")):
+            color = "0.45" if not prefix else "#d62728"
+            r = objectives
+            a1.hlines(y + off, r[f"{prefix}weight_min"] - 1, r[f"{prefix}weight_max"] - 1, color=color, lw=1.0)
+            a1.hlines(y + off, r[f"{prefix}weight_q05"] - 1, r[f"{prefix}weight_q95"] - 1, color=color, lw=5.0, alpha=0.6, label=label)
+            a1.plot(r[f"{prefix}weight_q50"] - 1, y + off, "o", color=color, ms=4)
+            a2.barh(y + off, r[f"{prefix}masked_frac"], height=0.3, color=color, alpha=0.7, label=f"masked, {label}")
+            a2.plot(r[f"{prefix}grad_mass_share"], y + off, "D", color=color, ms=5, mfc="w", label=f"gradient mass kept, {label}")
+        a1.axvline(0.0, color="0.3", lw=0.8)
+        a1.set_xscale("symlog", linthresh=1e-5)
+        a1.set_yticks(y, names)
+        a1.invert_yaxis()
+        a1.set_xlabel("w - 1 (min-max, 5-95%, median)")
+        a1.legend(fontsize=8, loc="lower right")
+        a2.set_yticks(y, names)
+        a2.invert_yaxis()
+        a2.set_xlabel("fraction of tokens / share of gradient mass")
+        a2.axvline(1.0, color="0.3", lw=0.8)
+        a2.legend(fontsize=8, loc="lower right")
+        fig.suptitle(title, y=1.02)
+        fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+def by_step_figure(by_step: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+    """Mismatch and masking over training: mean and max ``abs(pi - mu)`` per step (left), and
+    each objective's masked fraction per step (right). ``by_step`` is :attr:`ReplayResult.by_step`."""
+    masked = [c for c in by_step.columns if c.endswith("_masked_frac")]
+    with paper_style():
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.0, 4.2))
+        a1.plot(by_step["step"], by_step["abs_shift_mean"], color="#d62728", label="mean")
+        a1.plot(by_step["step"], by_step["abs_shift_max"], color="#d62728", ls="--", lw=1.0, label="max")
+        a1.set_yscale("log")
+        a1.set_xlabel("step")
+        a1.set_ylabel(r"$|\pi-\mu|$")
+        a1.legend(fontsize=8)
+        for c in masked:
+            name = c[: -len("_masked_frac")]
+            a2.plot(by_step["step"], by_step[c], label=name, **STYLE.get(name, {}))
+        a2.set_xlabel("step")
+        a2.set_ylabel("fraction of tokens masked")
+        a2.legend(fontsize=8, ncol=2)
+        fig.suptitle(title, y=1.02)
         fig.tight_layout()
     return save(fig, stem, formats)

@@ -1,0 +1,567 @@
+"""Per-token analyses shared by simulations and real token logs: the replay.
+
+Every token log (a simulator's ``--save-tokens``, the tiny LM lab's, or a real training run's
+through :mod:`drpo_sim.logs`) goes through this one code path (``../shared/DESIGN.md``, "One
+path for the data"). :class:`ReplayAccumulator` takes :class:`~drpo_sim.tokens.TokenBatch` es one
+at a time, evaluates every objective's closed-form weight on every token with torch (on the CPU,
+or on a GPU with ``device="cuda"``), and folds the results into fixed-size histograms and sums.
+Memory is therefore bounded by the batch size, never by the log; the accumulators hold a few
+megabytes whatever the number of tokens.
+
+What is measured, on the tokens with ``mask == True`` (notation of ``../shared/REFERENCE.md``:
+``mu = exp(logp_behavior)`` the behaviour/inference probability, ``pi = exp(logp)``):
+
+* **Mismatch** per ``mu`` bin (DPPO paper, Qi et al. 2026, Figure 2): the distribution of the
+  ratio ``r = pi / mu`` (through ``log r``) and of the shift ``pi - mu = mu * (r - 1)``; quantile
+  bands, means, the maximum ``abs(pi - mu)``.
+* **Regions** per objective, ``mu`` bin and advantage sign: the fraction of tokens whose weight
+  ``w`` (``dJ/dlogp = A r w``, REFERENCE.md "Notation") is ``0`` (masked), in ``(0, 1)``
+  (attenuated), ``< 0`` (corrective), ``> 1`` (amplified) or exactly ``1``; the distribution of
+  ``w``; and the **gradient mass** the objective keeps, ``sum abs(A r w) / sum abs(A r)``: the
+  share of the unregularised importance-sampled gradient's per-token magnitude that survives
+  (``> 1`` where weights amplify).
+* **Rare tokens**: the share of tokens with ``mu <= 0.01`` (about 7.8% in the published runs,
+  REFERENCE.md "Published sizes") and every objective's weights on them, where SPO's weight
+  ``1 - sign(A)(r - 1)/eps`` is unbounded while DRPO's ``1 - sign(A)(pi - mu)/delta`` is not.
+* **Per step** (when the log has a ``step`` column): tokens, mean and max ``abs(pi - mu)``, mean
+  log-ratio and each objective's masked fraction.
+
+Quantiles come from fixed histograms whose bins are uniform in ``asinh(x / scale)``: linear near
+zero (resolution ``scale``), logarithmic far from it (relative resolution about 2%); the tables
+say so in their column names (``_q05`` ... ``_q95``). Exact values (means, maxima, counts, sums)
+are accumulated exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from drpo_sim import objectives as objectives_mod
+from drpo_sim._io import write_csv, write_text
+from drpo_sim.tokens import TokenBatch
+
+__all__ = [
+    "DEFAULT_OBJECTIVES",
+    "MU_EDGES",
+    "QUANTILES",
+    "RARE_MU",
+    "REGION_NAMES",
+    "ReplayAccumulator",
+    "ReplayResult",
+    "FloatBins",
+    "objective_specs",
+    "replay",
+]
+
+#: Objectives replayed by default: the five the DRPO paper compares, plus PPO, CISPO and DPPO-KL,
+#: each with the registry's defaults (the papers' settings, REFERENCE.md "Settings").
+DEFAULT_OBJECTIVES: tuple[str, ...] = ("pg_is", "ppo", "grpo", "cispo", "spo", "dppo_tv", "dppo_kl", "drpo")
+
+#: ``mu <= RARE_MU`` is a rare token (the DPPO paper's threshold for its 7.8% statistic).
+RARE_MU = 0.01
+
+#: Bin edges on ``mu``: decades below ``RARE_MU`` (so rare tokens are whole bins), finer above.
+MU_EDGES: np.ndarray = np.array(
+    [0.0, 1e-6, 1e-5, 1e-4, 1e-3, RARE_MU, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.97, 0.99, 1.0]
+)
+
+#: Quantiles reported for every distribution.
+QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+#: Region codes, in the order of the accumulator's last axis (see :func:`_region_codes`).
+REGION_NAMES: tuple[str, ...] = ("corrective", "masked", "attenuated", "unit", "amplified")
+
+#: Advantage sign buckets.
+SIGN_NAMES: tuple[str, ...] = ("A<0", "A=0", "A>0")
+
+
+# ----------------------------------------------------------------------------------------------
+# fixed bins for streaming quantiles
+
+
+@dataclass(frozen=True)
+class FloatBins:
+    """Histogram bins that are the floating-point numbers themselves, at reduced precision.
+
+    A value's bin is the top ``9 + mantissa_bits`` bits of its float32 encoding (sign, exponent
+    and the leading ``mantissa_bits`` mantissa bits): a cast, a bit view and a shift, about a
+    tenth of the cost of computing a transcendental bin index. Every finite float lands in one of
+    ``2 ** (9 + mantissa_bits)`` bins whose width is a fixed fraction ``2 ** -mantissa_bits`` of
+    the magnitude (3% for 5 bits, 0.8% for 7), from 1e-38 to 3e38; exact zeros have their own
+    bin; infinities and NaN land in bins that :meth:`quantiles` treats as beyond every finite
+    value. Bins are stored in bit order; :meth:`bounds` gives them in value order.
+    """
+
+    mantissa_bits: int = 5
+
+    @property
+    def shift(self) -> int:
+        return 23 - self.mantissa_bits
+
+    @property
+    def size(self) -> int:
+        return 1 << (32 - self.shift)
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        """The bin of every element of ``x`` (int64 in ``[0, size)``, same shape)."""
+        bits = x.to(torch.float32).view(torch.int32)
+        return (bits >> self.shift).to(torch.int64) + (self.size >> 1)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(order, low, high)``: bin indices in increasing value and each one's value interval.
+
+        NaN bins come last, with NaN bounds.
+        """
+        code = np.arange(self.size, dtype=np.int64) - (self.size >> 1)
+        with np.errstate(invalid="ignore"):  # the NaN bins
+            start = (code << self.shift).astype(np.int32).view(np.float32).astype(np.float64)
+            nxt = (((code + 1) << self.shift) - 1).astype(np.int32).view(np.float32).astype(np.float64)
+        low, high = np.minimum(start, nxt), np.maximum(start, nxt)
+        with np.errstate(invalid="ignore"):
+            mid = np.where(np.isnan(low) | np.isnan(high), np.inf, 0.5 * (low + high))
+        mid = np.where(np.isinf(low) & ~np.isnan(low), low, mid)  # the infinity bins
+        order = np.argsort(mid, kind="stable")
+        return order, low[order], high[order]
+
+    def quantiles(self, counts: np.ndarray, qs: Sequence[float] = QUANTILES) -> np.ndarray:
+        """Quantiles of histograms ``counts[..., size]``: shape ``counts.shape[:-1] + (len(qs),)``.
+
+        Linear interpolation inside the bin where the cumulative count crosses ``q`` (so the
+        error is below one bin's width); empty histograms give NaN.
+        """
+        order, low, high = self._bounds
+        counts = np.asarray(counts, dtype=np.float64)
+        lead = counts.shape[:-1]
+        flat = counts.reshape(-1, self.size)[:, order]
+        total = flat.sum(axis=1)
+        cdf = np.cumsum(flat, axis=1)
+        rows = np.arange(flat.shape[0])
+        out = np.full((flat.shape[0], len(qs)), np.nan)
+        for j, q in enumerate(qs):
+            target = q * total
+            k = np.array([np.searchsorted(cdf[r], target[r], side="left") for r in rows]).astype(np.int64)
+            k = np.minimum(k, self.size - 1)
+            below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
+            inbin = flat[rows, k]
+            frac = np.divide(target - below, inbin, out=np.zeros_like(target), where=inbin > 0)
+            lo, hi = low[k], high[k]
+            with np.errstate(invalid="ignore"):
+                val = np.where(np.isfinite(lo) & np.isfinite(hi), lo + frac * (hi - lo), lo)
+            out[:, j] = np.where(total > 0, val, np.nan)
+        return out.reshape(*lead, len(qs))
+
+    @property
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cached = _BOUNDS.get(self.mantissa_bits)
+        if cached is None:
+            cached = _BOUNDS[self.mantissa_bits] = self.bounds()
+        return cached
+
+    def nonfinite(self, counts: np.ndarray) -> np.ndarray:
+        """Counts in the infinity and NaN bins, summed over the last axis."""
+        order, low, high = self._bounds
+        bad = order[~(np.isfinite(low) & np.isfinite(high))]
+        return np.asarray(counts)[..., bad].sum(axis=-1)
+
+
+_BOUNDS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+#: ``log r`` and ``pi - mu``, per mu bin: 0.8% relative resolution.
+LOG_RATIO_BINS = FloatBins(mantissa_bits=7)
+SHIFT_BINS = FloatBins(mantissa_bits=7)
+#: ``w - 1`` per objective, mu bin and sign: 3% of ``abs(w - 1)`` (DRPO's weight at delta = 12.5
+#: differs from 1 by less than 0.08; SPO's grows like 1 / mu).
+WEIGHT_BINS = FloatBins(mantissa_bits=5)
+
+
+def _region_codes(w: torch.Tensor, w_minus_one: torch.Tensor) -> torch.Tensor:
+    """Code of each weight in :data:`REGION_NAMES` order: ``<0, ==0, (0,1), ==1, >1`` -> 0..4.
+
+    ``sign(w) + sign(w - 1) + 2`` is 0 below 0, 1 at 0, 2 between, 3 at 1 and 4 above: the
+    classification of :class:`objectives.Regions`, plus the tokens it leaves out (``w == 1``).
+    NaN weights give NaN here and are counted from the weight histogram instead.
+    """
+    return (torch.sign(w) + torch.sign(w_minus_one) + 2).to(torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# objectives to replay
+
+
+def objective_specs(names: Sequence[str] | None = None,
+                    params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, objectives_mod.Objective]:
+    """``label -> Objective`` for the named objectives (default :data:`DEFAULT_OBJECTIVES`).
+
+    ``params`` maps an objective name to keyword arguments for :func:`drpo_sim.objectives.get`
+    (``{"drpo": {"delta": 2.5}}``); a name in ``params`` that is not replayed is an error.
+    """
+    names = list(DEFAULT_OBJECTIVES if names is None else names)
+    if not names:
+        raise ValueError("no objectives to replay")
+    if len(set(names)) != len(names):
+        raise ValueError(f"objectives listed twice: {names}")
+    params = {k: dict(v) for k, v in (params or {}).items()}
+    stray = [k for k in params if k not in names]
+    if stray:
+        raise ValueError(f"parameters given for {stray}, which are not replayed (replayed: {', '.join(names)})")
+    return {n: objectives_mod.get(n, **params.get(n, {})) for n in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# the accumulator
+
+
+@dataclass
+class _StepStats:
+    """Per-step sums, kept in a dict keyed by step (steps are few compared with tokens)."""
+
+    n_obj: int
+    tokens: float = 0.0
+    abs_shift_sum: float = 0.0
+    abs_shift_max: float = 0.0
+    log_ratio_sum: float = 0.0
+    masked: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.masked is None:
+            self.masked = np.zeros(self.n_obj)
+
+
+class ReplayAccumulator:
+    """Streaming per-token analysis of token batches; see the module docstring for what it measures.
+
+    ``update(batch)`` folds one :class:`TokenBatch` in; ``result()`` returns the tables. Tokens
+    with ``mask == False`` are counted (``excluded_tokens``) and otherwise ignored. All arithmetic
+    is torch float64 on ``device``.
+    """
+
+    def __init__(self, objectives: Mapping[str, objectives_mod.Objective] | None = None, *,
+                 device: str | torch.device = "cpu", mu_edges: np.ndarray = MU_EDGES) -> None:
+        self.objectives = dict(objectives) if objectives is not None else objective_specs()
+        self.device = _device(device)
+        self.mu_edges = np.asarray(mu_edges, dtype=np.float64)
+        if not (self.mu_edges[0] == 0.0 and self.mu_edges[-1] == 1.0 and np.all(np.diff(self.mu_edges) > 0)):
+            raise ValueError("mu_edges must increase from 0 to 1")
+        k, n_mu, n_s = len(self.objectives), len(self.mu_edges) - 1, len(SIGN_NAMES)
+        dev, f64, i64 = self.device, torch.float64, torch.int64
+        # inner edges; torch.bucketize puts mu == edge into the lower bin (bins are (lo, hi]).
+        self._mu_inner = torch.tensor(self.mu_edges[1:-1], dtype=f64, device=dev)
+        self.n_mu, self.n_sign = n_mu, n_s
+        # mismatch, per mu bin
+        self.tokens = torch.zeros(n_mu * n_s, dtype=f64, device=dev)
+        self.ratio_sum = torch.zeros(n_mu, dtype=f64, device=dev)
+        self.log_ratio_sum = torch.zeros(n_mu, dtype=f64, device=dev)
+        self.abs_shift_sum = torch.zeros(n_mu, dtype=f64, device=dev)
+        self.abs_shift_max = torch.zeros(n_mu, dtype=f64, device=dev)
+        self.log_ratio_hist = torch.zeros(n_mu * LOG_RATIO_BINS.size, dtype=i64, device=dev)
+        self.shift_hist = torch.zeros(n_mu * SHIFT_BINS.size, dtype=i64, device=dev)
+        # per objective x mu bin x sign
+        self.is_mass = torch.zeros(n_mu * n_s, dtype=f64, device=dev)  # sum abs(A r)
+        self.regions = torch.zeros(k, n_mu * n_s * len(REGION_NAMES), dtype=i64, device=dev)
+        self.mass = torch.zeros(k, n_mu * n_s, dtype=f64, device=dev)  # sum abs(A r w)
+        self.weight_sum = torch.zeros(k, n_mu * n_s, dtype=f64, device=dev)
+        self.weight_min = torch.full((k, n_mu * n_s), math.inf, dtype=f64, device=dev)
+        self.weight_max = torch.full((k, n_mu * n_s), -math.inf, dtype=f64, device=dev)
+        self.weight_hist = torch.zeros(k, n_mu * n_s * WEIGHT_BINS.size, dtype=i64, device=dev)
+        self.excluded_tokens = 0
+        self.batches = 0
+        self.steps: dict[int, _StepStats] = {}
+        self.has_step = None
+
+    # -- folding one batch in ------------------------------------------------------------------
+
+    def update(self, batch: TokenBatch) -> None:
+        """Fold one batch in (any size, including zero rows)."""
+        if not isinstance(batch, TokenBatch):
+            raise TypeError(f"update needs a TokenBatch, got {type(batch).__name__}")
+        self.batches += 1
+        keep = batch.mask
+        n_keep = int(np.count_nonzero(keep))
+        self.excluded_tokens += len(batch) - n_keep
+        has_step = batch.step is not None
+        if self.has_step is None:
+            self.has_step = has_step
+        elif self.has_step != has_step:
+            raise ValueError("some batches have a step column and others do not")
+        if n_keep == 0:
+            return
+        all_kept = n_keep == len(batch)
+
+        def col(a: np.ndarray) -> torch.Tensor:
+            a = a if all_kept else a[keep]
+            with warnings.catch_warnings():  # read-only Arrow buffers: torch only reads them here
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+
+        logp, logp_b, adv = col(batch.logp), col(batch.logp_behavior), col(batch.advantage)
+        self._fold(logp, logp_b, adv, col(batch.step) if has_step else None)
+
+    @torch.no_grad()
+    def _fold(self, logp: torch.Tensor, logp_b: torch.Tensor, adv: torch.Tensor, step: torch.Tensor | None) -> None:
+        n_s, n_r = self.n_sign, len(REGION_NAMES)
+        log_ratio = torch.clamp(logp - logp_b, max=objectives_mod.LOG_RATIO_MAX)
+        ratio = torch.exp(log_ratio)
+        mu = torch.exp(logp_b)
+        shift = mu * torch.expm1(log_ratio)  # pi - mu without cancellation
+        abs_shift = shift.abs()
+        mu_bin = torch.bucketize(mu, self._mu_inner)
+        cell = mu_bin * n_s + (torch.sign(adv).to(torch.int64) + 1)  # (mu bin, sign)
+        n_cells = self.n_mu * n_s
+
+        self.tokens += torch.bincount(cell, minlength=n_cells).to(torch.float64)
+        self.ratio_sum += torch.bincount(mu_bin, weights=ratio, minlength=self.n_mu)
+        self.log_ratio_sum += torch.bincount(mu_bin, weights=log_ratio, minlength=self.n_mu)
+        self.abs_shift_sum += torch.bincount(mu_bin, weights=abs_shift, minlength=self.n_mu)
+        self.abs_shift_max = torch.maximum(
+            self.abs_shift_max,
+            torch.zeros_like(self.abs_shift_max).scatter_reduce(0, mu_bin, abs_shift, reduce="amax"),
+        )
+        self.log_ratio_hist += torch.bincount(mu_bin * LOG_RATIO_BINS.size + LOG_RATIO_BINS.index(log_ratio),
+                                              minlength=self.log_ratio_hist.numel())
+        self.shift_hist += torch.bincount(mu_bin * SHIFT_BINS.size + SHIFT_BINS.index(shift),
+                                          minlength=self.shift_hist.numel())
+        is_mag = adv.abs() * ratio
+        self.is_mass += torch.bincount(cell, weights=is_mag, minlength=n_cells)
+
+        step_masked = []
+        if step is not None:
+            steps, step_idx = torch.unique(step, return_inverse=True)
+        for k, obj in enumerate(self.objectives.values()):
+            w = obj.weight(logp, logp_b, adv)
+            w_minus_one = w - 1.0
+            code = _region_codes(w, w_minus_one).clamp_(0, n_r - 1)
+            self.regions[k] += torch.bincount(cell * n_r + code, minlength=self.regions.shape[1])
+            self.mass[k] += torch.bincount(cell, weights=is_mag * w.abs(), minlength=n_cells)
+            self.weight_sum[k] += torch.bincount(cell, weights=w, minlength=n_cells)
+            self.weight_min[k] = torch.minimum(
+                self.weight_min[k], torch.full_like(self.weight_min[k], math.inf).scatter_reduce(0, cell, w, reduce="amin"))
+            self.weight_max[k] = torch.maximum(
+                self.weight_max[k], torch.full_like(self.weight_max[k], -math.inf).scatter_reduce(0, cell, w, reduce="amax"))
+            self.weight_hist[k] += torch.bincount(cell * WEIGHT_BINS.size + WEIGHT_BINS.index(w_minus_one),
+                                                  minlength=self.weight_hist.shape[1])
+            if step is not None:
+                step_masked.append(torch.bincount(step_idx, weights=(w == 0).to(torch.float64), minlength=len(steps)))
+
+        if step is not None:
+            m = len(steps)
+            per = torch.stack([
+                torch.bincount(step_idx, minlength=m).to(torch.float64),
+                torch.bincount(step_idx, weights=abs_shift, minlength=m),
+                torch.zeros(m, dtype=torch.float64, device=self.device).scatter_reduce(0, step_idx, abs_shift, reduce="amax"),
+                torch.bincount(step_idx, weights=log_ratio, minlength=m),
+                *step_masked,
+            ]).cpu().numpy()
+            for j, s in enumerate(steps.cpu().tolist()):
+                st = self.steps.get(s)
+                if st is None:
+                    st = self.steps[s] = _StepStats(len(self.objectives))
+                st.tokens += per[0, j]
+                st.abs_shift_sum += per[1, j]
+                st.abs_shift_max = max(st.abs_shift_max, per[2, j])
+                st.log_ratio_sum += per[3, j]
+                st.masked += per[4:, j]
+
+    # -- results -------------------------------------------------------------------------------
+
+    def result(self, source: Mapping[str, Any] | None = None) -> ReplayResult:
+        """The tables (see :class:`ReplayResult`)."""
+        return ReplayResult.from_accumulator(self, dict(source or {}))
+
+
+def _device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: torch finds no CUDA GPU here (use the default, cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r}: use cpu or cuda")
+    return dev
+
+
+def _qcols(prefix: str) -> list[str]:
+    return [f"{prefix}_q{round(q * 100):02d}" for q in QUANTILES]
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.full(np.broadcast_shapes(np.shape(a), np.shape(b)), np.nan), where=b > 0)
+
+
+@dataclass
+class ReplayResult:
+    """The replay's tables (pandas DataFrames) and totals.
+
+    * ``mismatch``: one row per ``mu`` bin: ``tokens``, ratio quantiles and mean, ``abs(pi-mu)``
+      mean and max, signed-shift quantiles, mean log-ratio.
+    * ``regions``: one row per (objective, ``mu`` bin, advantage sign): token count, the fraction
+      in each region, weight mean/min/max/quantiles, gradient-mass share.
+    * ``objectives``: one row per objective over all tokens, and over rare tokens (``rare_`` columns).
+    * ``by_step``: one row per step (empty when the log has no ``step`` column).
+    * ``totals``: counts and the source description (JSON-able).
+    """
+
+    mismatch: pd.DataFrame
+    regions: pd.DataFrame
+    objectives: pd.DataFrame
+    by_step: pd.DataFrame
+    totals: dict[str, Any]
+    weight_hist: np.ndarray  # [objective, mu bin, sign, bins] counts, for figures
+    weight_bins: FloatBins = WEIGHT_BINS
+
+    @classmethod
+    def from_accumulator(cls, acc: ReplayAccumulator, source: dict[str, Any]) -> ReplayResult:
+        names = list(acc.objectives)
+        k, n_mu, n_s, n_r = len(names), acc.n_mu, acc.n_sign, len(REGION_NAMES)
+        cpu = lambda t: t.detach().cpu().numpy()  # noqa: E731
+        tokens = cpu(acc.tokens).reshape(n_mu, n_s)
+        tok_mu = tokens.sum(axis=1)
+        edges = acc.mu_edges
+        lo, hi = edges[:-1], edges[1:]
+        mid = np.where(lo > 0, np.sqrt(lo * hi), hi / 10)
+
+        lr_hist = cpu(acc.log_ratio_hist).reshape(n_mu, LOG_RATIO_BINS.size)
+        sh_hist = cpu(acc.shift_hist).reshape(n_mu, SHIFT_BINS.size)
+        mismatch = pd.DataFrame({"mu_low": lo, "mu_high": hi, "mu_mid": mid, "tokens": tok_mu.astype(np.int64)})
+        mismatch[_qcols("ratio")] = np.exp(LOG_RATIO_BINS.quantiles(lr_hist))
+        mismatch["ratio_mean"] = _div(cpu(acc.ratio_sum), tok_mu)
+        mismatch["log_ratio_mean"] = _div(cpu(acc.log_ratio_sum), tok_mu)
+        mismatch[_qcols("shift")] = SHIFT_BINS.quantiles(sh_hist)
+        mismatch["abs_shift_mean"] = _div(cpu(acc.abs_shift_sum), tok_mu)
+        mismatch["abs_shift_max"] = np.where(tok_mu > 0, cpu(acc.abs_shift_max), np.nan)
+
+        reg = cpu(acc.regions).reshape(k, n_mu, n_s, n_r)
+        mass = cpu(acc.mass).reshape(k, n_mu, n_s)
+        is_mass = cpu(acc.is_mass).reshape(n_mu, n_s)
+        wsum = cpu(acc.weight_sum).reshape(k, n_mu, n_s)
+        wmin = cpu(acc.weight_min).reshape(k, n_mu, n_s)
+        wmax = cpu(acc.weight_max).reshape(k, n_mu, n_s)
+        whist = cpu(acc.weight_hist).reshape(k, n_mu, n_s, WEIGHT_BINS.size)
+        wq = WEIGHT_BINS.quantiles(whist) + 1.0
+
+        idx = pd.MultiIndex.from_product([names, range(n_mu), SIGN_NAMES], names=["objective", "mu_bin", "adv_sign"])
+        regions = idx.to_frame(index=False)
+        regions["mu_low"] = np.tile(np.repeat(lo, n_s), k)
+        regions["mu_high"] = np.tile(np.repeat(hi, n_s), k)
+        regions["mu_mid"] = np.tile(np.repeat(mid, n_s), k)
+        t = np.broadcast_to(tokens, (k, n_mu, n_s))
+        regions["tokens"] = t.reshape(-1).astype(np.int64)
+        for j, r in enumerate(REGION_NAMES):
+            regions[f"{r}_frac"] = _div(reg[..., j], t).reshape(-1)
+        regions["weight_mean"] = _div(wsum, t).reshape(-1)
+        regions["weight_min"] = np.where(t > 0, wmin, np.nan).reshape(-1)
+        regions["weight_max"] = np.where(t > 0, wmax, np.nan).reshape(-1)
+        regions[_qcols("weight")] = wq.reshape(-1, len(QUANTILES))
+        regions["grad_mass_share"] = _div(mass, np.broadcast_to(is_mass, mass.shape)).reshape(-1)
+
+        rare = hi <= RARE_MU + 1e-15
+        total = tokens.sum()
+        rows = []
+        for i, (name, obj) in enumerate(acc.objectives.items()):
+            row: dict[str, Any] = {"objective": name, "params": _params_text(obj)}
+            for prefix, sel in (("", slice(None)), ("rare_", rare)):
+                n = tokens[sel].sum()
+                row[f"{prefix}tokens"] = int(n)
+                for j, r in enumerate(REGION_NAMES):
+                    row[f"{prefix}{r}_frac"] = float(_div(reg[i][sel][..., j].sum(), n))
+                row[f"{prefix}grad_mass_share"] = float(_div(mass[i][sel].sum(), is_mass[sel].sum()))
+                row[f"{prefix}weight_mean"] = float(_div(wsum[i][sel].sum(), n))
+                row[f"{prefix}weight_min"] = float(wmin[i][sel].min()) if n else np.nan
+                row[f"{prefix}weight_max"] = float(wmax[i][sel].max()) if n else np.nan
+                qs = WEIGHT_BINS.quantiles(whist[i][sel].sum(axis=(0, 1))) + 1.0
+                for q, v in zip(_qcols(f"{prefix}weight"), qs):
+                    row[q] = float(v)
+            row["nonfinite_weights"] = int(WEIGHT_BINS.nonfinite(whist[i]).sum())
+            rows.append(row)
+        objectives = pd.DataFrame(rows)
+
+        step_rows = [
+            {"step": s, "tokens": int(st.tokens), "abs_shift_mean": st.abs_shift_sum / st.tokens,
+             "abs_shift_max": st.abs_shift_max, "log_ratio_mean": st.log_ratio_sum / st.tokens,
+             **{f"{n}_masked_frac": st.masked[i] / st.tokens for i, n in enumerate(names)}}
+            for s, st in sorted(acc.steps.items())
+        ]
+        by_step = pd.DataFrame(step_rows, columns=["step", "tokens", "abs_shift_mean", "abs_shift_max", "log_ratio_mean",
+                                                   *[f"{n}_masked_frac" for n in names]])
+
+        n_total = int(total)
+        totals = {
+            "tokens": n_total,
+            "excluded_tokens": int(acc.excluded_tokens),
+            "batches": int(acc.batches),
+            "rare_tokens": int(tokens[rare].sum()),
+            "rare_share": float(_div(tokens[rare].sum(), total)),
+            "rare_threshold": RARE_MU,
+            "abs_shift_mean": float(_div(cpu(acc.abs_shift_sum).sum(), total)),
+            "abs_shift_max": float(cpu(acc.abs_shift_max).max()) if n_total else float("nan"),
+            "log_ratio_mean": float(_div(cpu(acc.log_ratio_sum).sum(), total)),
+            "objectives": {n: _params_text(o) for n, o in acc.objectives.items()},
+            "device": str(acc.device),
+            "source": source,
+        }
+        return cls(mismatch, regions, objectives, by_step, totals, whist)
+
+    def write(self, out: str | Path, prefix: str = "") -> list[Path]:
+        """Write the tables as CSV and the totals as JSON into ``out``, each atomically.
+
+        Files: ``{prefix}mismatch_by_mu.csv``, ``{prefix}regions_by_mu.csv``,
+        ``{prefix}objectives.csv``, ``{prefix}by_step.csv`` (when the log has steps) and
+        ``{prefix}replay.json``.
+        """
+        import json
+
+        out = Path(out)
+        paths = [
+            write_csv(self.mismatch, out / f"{prefix}mismatch_by_mu.csv"),
+            write_csv(self.regions, out / f"{prefix}regions_by_mu.csv"),
+            write_csv(self.objectives, out / f"{prefix}objectives.csv"),
+        ]
+        if len(self.by_step):
+            paths.append(write_csv(self.by_step, out / f"{prefix}by_step.csv"))
+        text = json.dumps(_jsonable(self.totals), indent=2, sort_keys=True) + "\n"
+        paths.append(write_text(text, out / f"{prefix}replay.json"))
+        return paths
+
+
+def _params_text(obj: objectives_mod.Objective) -> str:
+    return ", ".join(f"{k}={v}" for k, v in obj.params.items() if v is not None)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    return x
+
+
+def replay(batches: Iterable[TokenBatch], objectives: Mapping[str, objectives_mod.Objective] | None = None, *,
+           device: str | torch.device = "cpu", progress: bool = False, total_rows: int | None = None,
+           source: Mapping[str, Any] | None = None) -> ReplayResult:
+    """Stream ``batches`` through a :class:`ReplayAccumulator` and return its tables.
+
+    ``progress`` shows a tqdm bar counting tokens (out of ``total_rows`` when known). A stream
+    with no token, or none with ``mask == True``, is a ``ValueError``.
+    """
+    from tqdm.auto import tqdm
+
+    acc = ReplayAccumulator(objectives, device=device)
+    with tqdm(total=total_rows, unit="tok", unit_scale=True, disable=not progress, desc="replay") as bar:
+        for b in batches:
+            acc.update(b)
+            bar.update(len(b))
+    if acc.batches == 0 or int(acc.tokens.sum()) + acc.excluded_tokens == 0:
+        raise ValueError("no tokens to replay: the log is empty")
+    if int(acc.tokens.sum()) == 0:
+        raise ValueError(f"no tokens to replay: all {acc.excluded_tokens} tokens have mask false")
+    return acc.result(source)
