@@ -242,8 +242,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     src = logs.open_log(args.logs, fmt=args.format, mapping=mapping, on_invalid=args.on_invalid,
                         batch_size=args.batch_size, **({"group_size": args.group_size} if args.group_size else {}))
     t0 = time.perf_counter()
-    result = analysis.replay(src, objs, device=args.device, progress=not args.no_progress, source=src.describe())
+    result = analysis.replay(src, objs, device=args.device, progress=not args.no_progress)
     report = src.report
+    result.totals["source"] = src.describe()  # after the pass: it includes what was dropped
     result.totals["dropped"] = report.to_dict()
     label = args.label or ", ".join(Path(p).name for p in args.logs)
     records = figures.replay_figures(result, args.out, label=label, formats=_formats(args.formats),

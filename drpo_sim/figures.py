@@ -341,3 +341,41 @@ def replay_figures(result, out: str | Path, *, label: str, prefix: str = "", for
     # the replay itself and the tables are booked on the first figure
     records[0].wall_time_s += wall_time_s + (time.perf_counter() - t0) - sum(r.wall_time_s for r in records)
     return records
+
+
+#: The simulator run whose token log ``replay_sim`` replays: DRPO trained in the convergence
+#: figure's setting (fp8-like engine, rollouts 8 updates stale, 4 mini-batch updates per batch).
+REPLAY_SIM = {"method": "drpo", "quick": {"steps": 100, "seeds": 4}, "full": {"steps": 300, "seeds": 16}}
+
+
+def replay_sim_figures(out: str | Path, profile: str = "quick", formats: Sequence[str] = ("png",)) -> list[FigureRecord]:
+    """Save a simulator run's token log and replay it like a real one (one code path).
+
+    The log is written to ``out/token_logs/sim_fp8_stale_drpo.parquet`` with
+    :class:`~drpo_sim.tokens.TokenLogWriter`, read back with :func:`drpo_sim.logs.open_log` and
+    analysed by :func:`drpo_sim.analysis.replay`; figures ``replay_sim_*``.
+    """
+    from drpo_sim import analysis, logs
+    from drpo_sim.sim import SimConfig, simulate
+    from drpo_sim.tokens import TokenLogWriter
+
+    if profile not in ("quick", "full"):
+        raise ValueError(f"unknown profile {profile!r}; valid: quick, full")
+    out = Path(out)
+    t0 = time.perf_counter()
+    method, run = REPLAY_SIM["method"], REPLAY_SIM[profile]
+    cfg = SimConfig.from_flat({**CONVERGENCE["base"], "steps": run["steps"]})
+    seeds = list(range(run["seeds"]))
+    log = out / "token_logs" / f"sim_fp8_stale_{method}.parquet"
+    meta = {"config": cfg.flat(), "method": method, "seeds": seeds}
+    with TokenLogWriter(log, metadata=meta) as writer:
+        simulate(cfg, [method], seeds, token_sink_for=lambda m: writer.write)
+    src = logs.open_log(log, fmt="tokens")
+    result = analysis.replay(src)
+    result.totals["source"] = {**src.describe(), "simulation": meta}
+    label = f"simulator, {method} trained with an fp8-like engine and staleness {cfg.offpolicy.staleness} ({len(seeds)} seeds)"
+    records = replay_figures(result, out, label=label, prefix="replay_sim_", formats=formats,
+                             wall_time_s=time.perf_counter() - t0)
+    for r in records:
+        r.seeds = seeds
+    return records

@@ -44,7 +44,10 @@ Validation (at construction, so every ``TokenBatch`` in the toolkit satisfies it
   (padding, NaN).
 
 Errors are ``ValueError`` naming the column and the first offending rows; when reading a file,
-prefixed with the file's path and counting rows from the start of the file.
+prefixed with the file's path and counting rows from the start of the file. The per-row value
+checks (the third point) live in one function, :func:`row_problems`, which returns the offending
+rows per (column, reason): ``TokenBatch`` raises on the first, the log loaders of
+``drpo_sim.logs`` raise or drop the rows with it.
 
 Token log files
 ---------------
@@ -100,6 +103,7 @@ __all__ = [
     "concat",
     "load_token_log",
     "read_token_log",
+    "row_problems",
     "read_token_log_metadata",
     "write_token_log",
 ]
@@ -256,8 +260,12 @@ def _cast(name: str, arr: np.ndarray, offset: int) -> np.ndarray:
     return arr.astype(want)
 
 
-def _check_columns(given: Mapping[str, Any], offset: int = 0) -> dict[str, np.ndarray]:
-    """Convert and validate columns (``None`` = absent); return them in schema order."""
+def _convert_columns(given: Mapping[str, Any], offset: int = 0) -> dict[str, np.ndarray]:
+    """Convert columns (``None`` = absent) to the schema's dtypes; check names, shapes and lengths.
+
+    Type problems (strings where numbers belong, non-integral ids, ...) raise ``ValueError``; the
+    value checks of :func:`row_problems` are not run here.
+    """
     unknown = [n for n in given if n not in _COLUMNS]
     if unknown:
         raise ValueError(f"unknown column(s) {unknown}; valid columns are {list(ALL_COLUMNS)}")
@@ -276,26 +284,63 @@ def _check_columns(given: Mapping[str, Any], offset: int = 0) -> dict[str, np.nd
         if len(a) != n_ref:
             raise ValueError(f"{n} has length {len(a)} but logp has length {n_ref}; all columns need one length")
 
-    arrays = {n: _cast(n, a, offset) for n, a in arrays.items()}
+    return {n: _cast(n, a, offset) for n, a in arrays.items()}
 
+
+#: Reasons reported by :func:`row_problems`.
+NOT_FINITE = "not finite"
+POSITIVE = "positive"
+
+
+def row_problems(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+    """The per-row value checks of the schema, as boolean masks of the offending rows.
+
+    ``arrays`` are converted columns (schema dtypes, e.g. from :func:`_convert_columns`). Returns
+    ``(column, reason, bad)`` for each failing check, in the order errors are reported: for each of
+    ``logp``, ``logp_behavior``, ``logp_old`` (when present) and ``advantage``, first
+    :data:`NOT_FINITE` then (log-probabilities only) :data:`POSITIVE`, both only on rows with
+    ``mask == True``. This is the one place these checks live: :class:`TokenBatch` raises on the
+    first problem, the log loaders (``drpo_sim.logs``) raise or drop the rows.
+    """
     mask = arrays["mask"]
+    out: list[tuple[str, str, np.ndarray]] = []
     for n in _LOGPROB_COLUMNS + _FINITE_COLUMNS:
-        if n not in arrays:
+        x = arrays.get(n)
+        if x is None:
             continue
-        x = arrays[n]
-        bad = np.flatnonzero(mask & ~np.isfinite(x))
-        if bad.size:
-            raise ValueError(
-                f"{n}: {_count(bad.size, 'not finite')} ({_val(x[bad[0]])}) on masked-in tokens "
-                f"at rows {_rows(bad, offset)}"
-            )
+        bad = mask & ~np.isfinite(x)
+        if bad.any():
+            out.append((n, NOT_FINITE, bad))
         if n in _LOGPROB_COLUMNS:
-            bad = np.flatnonzero(mask & (x > 0))
-            if bad.size:
-                raise ValueError(
-                    f"{n}: {_count(bad.size, 'positive')} (max {x[bad].max():.3g}) at rows {_rows(bad, offset)}; "
-                    "log-probabilities must be <= 0 on masked-in tokens"
-                )
+            bad = mask & (x > 0)
+            if bad.any():
+                out.append((n, POSITIVE, bad))
+    return out
+
+
+def row_problem_message(column: str, reason: str, x: np.ndarray, bad: np.ndarray, where: str,
+                        noun: str = "row") -> str:
+    """One-line message for a :func:`row_problems` entry.
+
+    ``bad`` holds the offending row indices (into ``x``), ``where`` says where they are (e.g.
+    ``"rows [4, 9]"`` or ``"line 3 index 17"``), ``noun`` what a row is called.
+    """
+    k = bad.size
+    count = f"{k} {noun} is {reason}" if k == 1 else f"{k} {noun}s are {reason}"
+    if reason == NOT_FINITE:
+        return f"{column}: {count} ({_val(x[bad[0]])}) on masked-in tokens at {where}"
+    if reason == POSITIVE:
+        return (f"{column}: {count} (max {x[bad].max():.3g}) at {where}; "
+                "log-probabilities must be <= 0 on masked-in tokens")
+    raise ValueError(f"unknown row problem {reason!r}")
+
+
+def _check_columns(given: Mapping[str, Any], offset: int = 0) -> dict[str, np.ndarray]:
+    """Convert and validate columns (``None`` = absent); return them in schema order."""
+    arrays = _convert_columns(given, offset)
+    for n, reason, bad in row_problems(arrays):
+        idx = np.flatnonzero(bad)
+        raise ValueError(row_problem_message(n, reason, arrays[n], idx, f"rows {_rows(idx, offset)}"))
     return arrays
 
 

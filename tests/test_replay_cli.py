@@ -1,0 +1,123 @@
+"""`drpo-sim replay` end to end: simulator logs, real-format fixtures, bad input, drop mode."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from drpo_sim import cli
+import logs_fixtures as fx
+
+TABLES = ("mismatch_by_mu.csv", "regions_by_mu.csv", "objectives.csv", "replay.json")
+FIGURES = ("mismatch.png", "regions.png", "weights.png", "rare_tokens.png")
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_outputs(out_dir, by_step=False):
+    for name in TABLES + FIGURES + (("by_step.csv", "by_step.png") if by_step else ()):
+        path = out_dir / name
+        assert path.exists() and path.stat().st_size > 0, name
+
+
+@pytest.fixture(scope="module")
+def sim_log(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sim")
+    code = cli.main(["simulate", "--env", "tabular", "--vocab-size", "64", "--n-prompts", "4", "--horizon", "3",
+                     "--preset", "fp8", "--staleness", "2", "--methods", "drpo,grpo", "--seeds", "2", "--steps", "12",
+                     "--out", str(d / "sim.parquet"), "--save-tokens", str(d / "tok"), "--no-progress"])
+    assert code == 0
+    return d / "tok"
+
+
+def test_replay_a_simulator_log(tmp_path, capsys, sim_log):
+    code, out, err = run(capsys, "replay", str(sim_log / "grpo.parquet"), "--out", str(tmp_path), "--no-progress",
+                         "--param", "drpo.delta=0.5")
+    assert code == 0, err
+    assert_outputs(tmp_path, by_step=True)
+    assert "tokens replayed" in out and "drpo" in out
+    totals = json.loads((tmp_path / "replay.json").read_text())
+    assert totals["source"]["format"] == "tokens"
+    assert totals["objectives"]["drpo"] == "delta=0.5"
+    obj = pd.read_csv(tmp_path / "objectives.csv").set_index("objective")
+    n = sum(len(b) for b in __import__("drpo_sim.tokens", fromlist=["x"]).read_token_log(sim_log / "grpo.parquet"))
+    assert obj.loc["pg_is", "tokens"] + totals["excluded_tokens"] == n
+    assert obj.loc["pg_is", "grad_mass_share"] == pytest.approx(1.0)
+
+
+def test_replay_two_logs_and_a_subset_of_objectives(tmp_path, capsys, sim_log):
+    code, out, err = run(capsys, "replay", str(sim_log), "--out", str(tmp_path), "--objectives", "spo,drpo",
+                         "--no-progress", "--formats", "png,pdf")
+    assert code == 0, err
+    assert (tmp_path / "regions.pdf").exists()
+    obj = pd.read_csv(tmp_path / "objectives.csv")
+    assert list(obj["objective"]) == ["spo", "drpo"]
+    totals = json.loads((tmp_path / "replay.json").read_text())
+    assert totals["source"]["files"] == 2
+
+
+def test_replay_a_nemo_rl_dump(tmp_path, capsys):
+    d = tmp_path / "nemo"
+    d.mkdir()
+    fx.write_nemo(d / "train_data_step1.jsonl", fx.make_samples(0, 8))
+    fx.write_nemo(d / "train_data_step2.jsonl", fx.make_samples(1, 8), seed=1)
+    code, out, err = run(capsys, "replay", str(d), "--group-size", "4", "--out", str(tmp_path / "out"), "--no-progress")
+    assert code == 0, err
+    assert_outputs(tmp_path / "out", by_step=True)
+    totals = json.loads((tmp_path / "out" / "replay.json").read_text())
+    assert totals["source"]["format"] == "nemo_rl"
+    by_step = pd.read_csv(tmp_path / "out" / "by_step.csv")
+    assert list(by_step["step"]) == [1, 2]
+
+
+def test_bad_rows_error_in_one_line_or_are_dropped_and_counted(tmp_path, capsys):
+    path = tmp_path / "train_data_step1.jsonl"
+    lines = fx.nemo_lines(fx.make_samples(0, 6))
+    bad = json.loads(lines[2])
+    p = bad["input_lengths"][0] - 1
+    bad["prev_logprobs"][0][p] = 0.5  # a positive log-prob on a masked-in response token
+    lines[2] = json.dumps(bad)
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = run(capsys, "replay", str(path), "--out", str(tmp_path / "a"), "--no-progress")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "train_data_step1.jsonl" in err and "prev_logprobs" in err and "line 3" in err
+    assert not (tmp_path / "a" / "replay.json").exists()
+
+    code, out, err = run(capsys, "replay", str(path), "--out", str(tmp_path / "b"), "--on-invalid", "drop", "--no-progress")
+    assert code == 0, err
+    assert "dropped" in out and "positive" in out
+    totals = json.loads((tmp_path / "b" / "replay.json").read_text())
+    assert totals["dropped"]["total_rows"] == 1 and totals["source"]["format"] == "nemo_rl"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda"], "CUDA"),
+    (["--objectives", "drpo,nope"], "nope"),
+    (["--param", "spo.eps=1"], "not replayed"),
+    (["--format", "parquet"], "format"),
+    (["--map", "lgp=x"], "logp"),
+    (["--batch-size", "0"], "batch-size"),
+])
+def test_bad_options_exit_2(tmp_path, capsys, sim_log, argv, message):
+    if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    extra = ["--objectives", "drpo"] if argv[0] == "--param" else []
+    code, out, err = run(capsys, "replay", str(sim_log / "drpo.parquet"), "--out", str(tmp_path), "--no-progress", *argv, *extra)
+    assert code == 2, (out, err)
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_empty_and_missing_logs_exit_2(tmp_path, capsys):
+    empty = tmp_path / "train_data_step1.jsonl"
+    empty.write_text("")
+    code, out, err = run(capsys, "replay", str(empty), "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 2 and "train_data_step1.jsonl" in err
+    code, out, err = run(capsys, "replay", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 2 and "nope.parquet" in err
