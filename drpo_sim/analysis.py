@@ -334,7 +334,11 @@ class ReplayAccumulator:
 
         step_masked = []
         if step is not None:
-            steps, step_idx = torch.unique(step, return_inverse=True)
+            lo, hi = int(step.min()), int(step.max())
+            if lo == hi:  # the usual case: loaders never mix steps in a batch
+                steps, step_idx = step[:1], torch.zeros_like(step)
+            else:
+                steps, step_idx = torch.unique(step, return_inverse=True)
         for k, obj in enumerate(self.objectives.values()):
             w = obj.weight(logp, logp_b, adv)
             w_minus_one = w - 1.0
@@ -547,21 +551,36 @@ def _jsonable(x: Any) -> Any:
 
 def replay(batches: Iterable[TokenBatch], objectives: Mapping[str, objectives_mod.Objective] | None = None, *,
            device: str | torch.device = "cpu", progress: bool = False, total_rows: int | None = None,
-           source: Mapping[str, Any] | None = None) -> ReplayResult:
+           source: Mapping[str, Any] | None = None, updates: Sequence[int] | None = None) -> ReplayResult:
     """Stream ``batches`` through a :class:`ReplayAccumulator` and return its tables.
 
-    ``progress`` shows a tqdm bar counting tokens (out of ``total_rows`` when known). A stream
-    with no token, or none with ``mask == True``, is a ``ValueError``.
+    ``updates`` keeps only the tokens of those mini-batch updates within each step (the
+    ``update`` column; ``[0]`` gives the first update, where ``logp`` is still the rollout-time
+    policy, so the ratio measures the training-inference mismatch alone). Tokens left out are
+    counted in ``totals["filtered_tokens"]``; a log without an ``update`` column is a
+    ``ValueError``. ``progress`` shows a tqdm bar counting tokens (out of ``total_rows`` when
+    known). A stream with no token, or none with ``mask == True``, is a ``ValueError``.
     """
     from tqdm.auto import tqdm
 
     acc = ReplayAccumulator(objectives, device=device)
+    keep_updates = None if updates is None else np.asarray(sorted(set(int(u) for u in updates)), dtype=np.int64)
+    filtered = 0
     with tqdm(total=total_rows, unit="tok", unit_scale=True, disable=not progress, desc="replay") as bar:
         for b in batches:
-            acc.update(b)
             bar.update(len(b))
+            if keep_updates is not None:
+                if b.update is None:
+                    raise ValueError("--updates needs an update column in the log, which this log does not have")
+                keep = np.isin(b.update, keep_updates)
+                filtered += int(len(b) - np.count_nonzero(keep))
+                b = TokenBatch._trusted({n: a[keep] for n, a in b.columns.items()})
+            acc.update(b)
     if acc.batches == 0 or int(acc.tokens.sum()) + acc.excluded_tokens == 0:
-        raise ValueError("no tokens to replay: the log is empty")
+        raise ValueError("no tokens to replay: the log is empty" + (" (or no token is in the selected updates)" if filtered else ""))
     if int(acc.tokens.sum()) == 0:
         raise ValueError(f"no tokens to replay: all {acc.excluded_tokens} tokens have mask false")
-    return acc.result(source)
+    result = acc.result(source)
+    result.totals["filtered_tokens"] = filtered
+    result.totals["updates"] = None if keep_updates is None else keep_updates.tolist()
+    return result

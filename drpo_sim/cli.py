@@ -67,6 +67,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         ("dynamics", lambda: figures.dynamics_figures(args.out, formats=fmts)),
         ("convergence", lambda: figures.convergence_figures(args.out, args.profile, formats=fmts)),
         ("phase", lambda: figures.phase_figures(args.out, args.profile, formats=fmts)),
+        ("replay_sim", lambda: figures.replay_sim_figures(args.out, args.profile, formats=fmts)),
+        ("lm", lambda: figures.lm_figures(args.out, args.profile, formats=fmts)),
     ]
     records = []
     for name, job in tqdm(jobs, desc="reproduce", unit="job", disable=None):
@@ -242,7 +244,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     src = logs.open_log(args.logs, fmt=args.format, mapping=mapping, on_invalid=args.on_invalid,
                         batch_size=args.batch_size, **({"group_size": args.group_size} if args.group_size else {}))
     t0 = time.perf_counter()
-    result = analysis.replay(src, objs, device=args.device, progress=not args.no_progress)
+    updates = None
+    if args.updates is not None:
+        try:
+            updates = [int(u) for u in args.updates.split(",") if u.strip()]
+        except ValueError:
+            raise ValueError(f"--updates {args.updates!r}: expected comma-separated update indices, e.g. 0") from None
+    result = analysis.replay(src, objs, device=args.device, progress=not args.no_progress, updates=updates)
     report = src.report
     result.totals["source"] = src.describe()  # after the pass: it includes what was dropped
     result.totals["dropped"] = report.to_dict()
@@ -250,7 +258,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     records = figures.replay_figures(result, args.out, label=label, formats=_formats(args.formats),
                                      wall_time_s=time.perf_counter() - t0)
     t = result.totals
-    print(f"{t['tokens']:,} tokens replayed ({t['excluded_tokens']:,} with mask false), "
+    print(f"{t['tokens']:,} tokens replayed ({t['excluded_tokens']:,} with mask false"
+          + (f", {t['filtered_tokens']:,} outside --updates" if t["filtered_tokens"] else "") + "), "
           f"{t['rare_share']:.1%} with mu <= {t['rare_threshold']:g}; mean |pi-mu| {t['abs_shift_mean']:.3g}, "
           f"max {t['abs_shift_max']:.3g}")
     if report.total:
@@ -317,12 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", help="comma-separated objectives (default: the papers' methods, "
                    "drpo_sim.analysis.DEFAULT_OBJECTIVES)")
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE", help="objective parameter, e.g. drpo.delta=2.5 (repeatable)")
+    p.add_argument("--updates", metavar="K,...", help="keep only these mini-batch updates of each step (the update "
+                   "column); 0 isolates the training-inference mismatch from the policy's drift within a step")
     p.add_argument("--batch-size", type=int, default=1 << 20, help="tokens per batch; bounds the memory (default 1048576)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     p.add_argument("--formats", default="png", help="comma-separated image formats (default png)")
     p.add_argument("--label", help="name of the log in the figure titles (default: the file names)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_replay)
+
+    from drpo_sim.lm.cli import add_parser as add_lm_parser
+
+    add_lm_parser(sub)
 
     p = sub.add_parser("reproduce", help="regenerate every figure from the built-in defaults")
     p.add_argument("--out", default="figures", help="output directory (default figures/)")

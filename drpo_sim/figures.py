@@ -379,3 +379,33 @@ def replay_sim_figures(out: str | Path, profile: str = "quick", formats: Sequenc
     for r in records:
         r.seeds = seeds
     return records
+
+
+#: The lab run whose token logs ``lm_figures`` replays (``lm_tokens/<objective>_<precision>_seed0``).
+REPLAY_LM = {"objective": "drpo", "precisions": ("bf16", "fp8")}
+
+
+def lm_figures(out: str | Path, profile: str = "quick", formats: Sequence[str] = ("png",)) -> list[FigureRecord]:
+    """The tiny transformer lab (:func:`drpo_sim.lm.experiment.compare`) and the replay of its logs.
+
+    After the comparison (figures ``lm_reward``, ``lm_mismatch``), the token logs of one seed of
+    DRPO with bf16 and with fp8 rollouts are replayed, first mini-batch update of each step only
+    (``updates=[0]``: ``logp`` is then the fp32 trainer at rollout time, so the ratio is the real
+    training-inference mismatch of the reduced-precision engine, as in a NeMo RL or slime dump);
+    figures ``replay_lm_bf16_*`` and ``replay_lm_fp8_*``.
+    """
+    from drpo_sim import analysis, logs
+    from drpo_sim.lm import experiment
+
+    out = Path(out)
+    records = experiment.compare(profile=profile, out=out, formats=formats)
+    for precision in REPLAY_LM["precisions"]:
+        t0 = time.perf_counter()
+        log = out / "lm_tokens" / f"{REPLAY_LM['objective']}_{precision}_seed0.parquet"
+        src = logs.open_log(log, fmt="tokens")
+        result = analysis.replay(src, updates=[0])
+        result.totals["source"] = src.describe()
+        label = f"tiny LM lab, {REPLAY_LM['objective']} with {precision} rollouts (fp32 trainer), first update of each step"
+        records += replay_figures(result, out, label=label, prefix=f"replay_lm_{precision}_", formats=formats,
+                                  wall_time_s=time.perf_counter() - t0)
+    return records

@@ -1,0 +1,15 @@
+"""The tiny transformer lab: a small causal transformer pretrained on a verifiable task, then
+fine-tuned with RL from rollouts sampled by a reduced-precision copy of itself.
+
+Modules, in the order the data flows:
+
+* :mod:`~drpo_sim.lm.task`: sorting six digits; prompts, targets, the checked reward;
+* :mod:`~drpo_sim.lm.model`: the transformer, response log-probs, autoregressive sampling;
+* :mod:`~drpo_sim.lm.precision`: engine copies in fp32, bf16, fp16 and fp8 (float8 weights);
+* :mod:`~drpo_sim.lm.pretrain`: supervised pretraining, the checkpoint cache, evaluation;
+* :mod:`~drpo_sim.lm.rl`: the RL loop (:class:`~drpo_sim.lm.rl.LabConfig`, :func:`~drpo_sim.lm.rl.train`);
+* :mod:`~drpo_sim.lm.experiment`: objectives x precisions x seeds, figures, summary, token logs;
+* :mod:`~drpo_sim.lm.cli`: ``drpo-sim lm pretrain | train | compare``.
+
+Everything is generated locally; nothing is downloaded.
+"""
