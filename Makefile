@@ -21,10 +21,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-bench: setup              ## throughput of the objectives and the simulator against physical floors
+bench: setup              ## throughput of the objectives, simulator, sweeps, replay and LM lab against physical floors
 	$(PY) benchmarks/bench_objectives.py
 	$(PY) benchmarks/bench_sim.py
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_replay.py
+	$(PY) benchmarks/bench_lm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -93,7 +93,7 @@ def _stage(stage: str, path: str, batch_size: int, objectives: str | None, threa
         import pyarrow.parquet as pq
 
         n = 0
-        with pq.ParquetFile(path) as pf:
+        with pq.ParquetFile(path, pre_buffer=False) as pf:  # as the loaders read: bounded memory
             for rb in pf.iter_batches(batch_size=batch_size, columns=READ_COLUMNS):
                 n += rb.num_rows
     elif stage == "validate":

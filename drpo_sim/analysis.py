@@ -139,24 +139,26 @@ class FloatBins:
         error is below one bin's width); empty histograms give NaN.
         """
         order, low, high = self._bounds
-        counts = np.asarray(counts, dtype=np.float64)
+        counts = np.asarray(counts)
         lead = counts.shape[:-1]
-        flat = counts.reshape(-1, self.size)[:, order]
-        total = flat.sum(axis=1)
-        cdf = np.cumsum(flat, axis=1)
-        rows = np.arange(flat.shape[0])
-        out = np.full((flat.shape[0], len(qs)), np.nan)
-        for j, q in enumerate(qs):
-            target = q * total
-            k = np.array([np.searchsorted(cdf[r], target[r], side="left") for r in rows]).astype(np.int64)
-            k = np.minimum(k, self.size - 1)
-            below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
-            inbin = flat[rows, k]
-            frac = np.divide(target - below, inbin, out=np.zeros_like(target), where=inbin > 0)
-            lo, hi = low[k], high[k]
-            with np.errstate(invalid="ignore"):
-                val = np.where(np.isfinite(lo) & np.isfinite(hi), lo + frac * (hi - lo), lo)
-            out[:, j] = np.where(total > 0, val, np.nan)
+        flat_all = counts.reshape(-1, self.size)
+        out = np.full((flat_all.shape[0], len(qs)), np.nan)
+        for start in range(0, flat_all.shape[0], 64):  # 64 histograms at a time: bounded temporaries
+            flat = flat_all[start : start + 64][:, order].astype(np.float64)
+            total = flat.sum(axis=1)
+            cdf = np.cumsum(flat, axis=1)
+            rows = np.arange(flat.shape[0])
+            for j, q in enumerate(qs):
+                target = q * total
+                k = np.array([np.searchsorted(cdf[r], target[r], side="left") for r in rows], dtype=np.int64)
+                k = np.minimum(k, self.size - 1)
+                below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
+                inbin = flat[rows, k]
+                frac = np.divide(target - below, inbin, out=np.zeros_like(target), where=inbin > 0)
+                lo, hi = low[k], high[k]
+                with np.errstate(invalid="ignore"):
+                    val = np.where(np.isfinite(lo) & np.isfinite(hi), lo + frac * (hi - lo), lo)
+                out[start + rows, j] = np.where(total > 0, val, np.nan)
         return out.reshape(*lead, len(qs))
 
     @property

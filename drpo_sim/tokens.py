@@ -673,7 +673,7 @@ def read_token_log(path: str | os.PathLike, batch_size: int = 65536) -> Iterator
 def _iter_batches(path: Path, names: list[str], batch_size: int) -> Iterator[TokenBatch]:
     offset = 0
     try:
-        with pq.ParquetFile(path) as pf:
+        with pq.ParquetFile(path, pre_buffer=False) as pf:  # pre-buffering holds ~the file: unbounded memory
             for rb in pf.iter_batches(batch_size=batch_size, columns=names):
                 batch = TokenBatch._from_arrow(rb, offset)
                 offset += rb.num_rows

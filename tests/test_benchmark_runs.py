@@ -50,3 +50,16 @@ def test_sweep_benchmark_writes_its_table(tmp_path):
     table = pd.read_csv(out)
     assert list(table["mode"]) == ["single", "local", "dask"] and (table["cells"] == 4).all()
     assert (table[["seconds", "cold_seconds", "cells_per_min", "cluster_start_seconds"]] > 0).all().all()
+
+
+def test_replay_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "replay.csv"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_replay.py"), "--tokens", "20000", "--batch-size", "8192",
+         "--path", str(tmp_path / "log.parquet"), "--threads", "1", "--csv", str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "x_bare_read" in res.stdout
+    table = pd.read_csv(out)
+    assert list(table["stage"]) == ["bare", "validate", "replay"]
+    assert (table["tokens"] == 20000).all() and (table["seconds"] > 0).all() and (table["peak_rss_mb"] > 0).all()

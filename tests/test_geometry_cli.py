@@ -85,7 +85,9 @@ def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert manifest["package"] == "drpo_sim" and manifest["profile"] == "quick"
     named = {f for rec in manifest["figures"] for f in rec["files"]}
-    extra = ("fixed_point_flows", "convergence_fp8_stale", "phase_diagram", "threshold_sensitivity")
+    replay = ("mismatch", "regions", "weights", "rare_tokens", "by_step")
+    extra = ("fixed_point_flows", "convergence_fp8_stale", "phase_diagram", "threshold_sensitivity", "lm_reward", "lm_mismatch",
+             *(f"{prefix}_{name}" for prefix in ("replay_sim", "replay_lm_bf16", "replay_lm_fp8") for name in replay))
     assert named == {f"{fig}.png" for fig in FIGURES + extra}
     for rec in manifest["figures"]:
         assert (rec["config"].get("objectives") or rec["config"].get("methods")) and rec["wall_time_s"] > 0
@@ -103,6 +105,15 @@ def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
     bands = pd.read_csv(tmp_path / "convergence_fp8_stale.csv")
     assert set(bands["method"]) == {"pg_is", "grpo", "spo", "dppo_tv", "drpo"}
     assert (bands["low"] <= bands["iqm"] + 1e-12).all() and (bands["iqm"] <= bands["high"] + 1e-12).all()
+    # the token-log replays: a simulator log and the lab's real bf16 / fp8 rollouts, one code path
+    sim = json.loads((tmp_path / "replay_sim_replay.json").read_text())
+    assert sim["source"]["format"] == "tokens" and sim["tokens"] > 0 and sim["abs_shift_mean"] > 0
+    lm = {p: json.loads((tmp_path / f"replay_lm_{p}_replay.json").read_text()) for p in ("bf16", "fp8")}
+    for p, totals in lm.items():
+        assert totals["updates"] == [0] and totals["filtered_tokens"] > 0 and 0 < totals["abs_shift_mean"] < 0.05, p
+    summary = pd.read_csv(tmp_path / "lm_summary.csv")
+    assert set(summary["method"]) == {"pg_is", "grpo", "dppo_tv", "drpo"}
+    assert set(summary["precision"]) == {"fp32", "bf16", "fp8"}
 
 
 def test_list_shows_every_objective(capsys):

@@ -121,3 +121,30 @@ def test_empty_and_missing_logs_exit_2(tmp_path, capsys):
     assert code == 2 and "train_data_step1.jsonl" in err
     code, out, err = run(capsys, "replay", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "o"), "--no-progress")
     assert code == 2 and "nope.parquet" in err
+
+
+def test_replay_memory_is_bounded_by_the_batch_not_the_file(tmp_path):
+    """Stream a 1- and a 4-million-token log (about 45 and 180 MB decoded) in batches of 65,536
+    tokens, each in a fresh process: the peak memory (``resource``'s RSS, Linux) is the same
+    within a few tens of MB, so it does not grow with the file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_replay.py"
+
+    def peak(n):
+        log = tmp_path / f"log{n}.parquet"
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(script.parent)!r}); import bench_replay; "
+                        f"bench_replay.write_log(__import__('pathlib').Path({str(log)!r}), {n})"], check=True)
+        code = (
+            "import resource, torch, drpo_sim.analysis as a, drpo_sim.logs as l; torch.set_num_threads(1); "
+            f"r = a.replay(l.open_log({str(log)!r}, fmt='tokens', batch_size=65536)); "
+            "print(r.totals['tokens'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        assert int(out[0]) == n
+        return int(out[1])
+
+    small, large = peak(1_000_000), peak(4_000_000)
+    assert large - small < 40e6, f"peak memory {small / 1e6:.0f} MB for 1M tokens, {large / 1e6:.0f} MB for 4M"

@@ -223,7 +223,7 @@ class _RaggedIds:
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds ~the file: unbounded memory
     except _READ_ERRORS as e:
         raise ValueError(f"{path}: not a readable Parquet file (truncated or not Parquet: {e})") from None
 

@@ -58,7 +58,7 @@ def _read(path: Path, ctx: Context) -> Iterator[TokenBatch]:
         read = [n for n in ALL_COLUMNS if n in names]
         offset = 0
         try:
-            with pq.ParquetFile(path) as pf:
+            with pq.ParquetFile(path, pre_buffer=False) as pf:  # pre-buffering holds ~the file: unbounded memory
                 for rb in pf.iter_batches(batch_size=ctx.batch_size, columns=read):
                     cols = {}
                     for n in read:
