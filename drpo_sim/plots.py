@@ -380,7 +380,7 @@ def mismatch_figure(mismatch: pd.DataFrame, stem: str | Path, *, title: str, for
         lo = np.minimum(d["shift_q05"].abs(), d["shift_q95"].abs())
         hi = np.maximum(d["shift_q05"].abs(), d["shift_q95"].abs())
         crosses = (d["shift_q05"] < 0) & (d["shift_q95"] > 0)
-        a2.fill_between(x, np.where(crosses, 0, lo), hi, color="#d62728", alpha=0.15, lw=0, label=r"5-95% of $|\pi-\mu|$ (bounds)")
+        a2.fill_between(x, np.where(crosses, 0, lo), hi, color="#d62728", alpha=0.15, lw=0, label=r"5-95% interval of $\pi-\mu$, in magnitude")
         a2.plot(x, d["abs_shift_mean"], color="#d62728", marker="o", ms=3, label="mean")
         a2.plot(x, d["abs_shift_max"], color="#d62728", ls="--", lw=1.0, label="max")
         _mu_axis(a2)

@@ -13,3 +13,10 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests marked ``slow`` first: with ``pytest -n 2`` the longest test (the end-to-end
+    ``reproduce --quick``) then starts at once on one worker while the other works through the
+    rest, instead of starting last and setting the suite's wall time on its own."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -80,6 +80,7 @@ def test_plane_masks_and_delta_ranges_match_the_math(geometry_out):
     assert (ranges["weight_max"] <= ranges["bound_high"] + 1e-12).all()
 
 
+@pytest.mark.slow
 def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
     assert cli.main(["reproduce", "--quick", "--out", str(tmp_path), "--formats", "png"]) == 0
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())

@@ -123,6 +123,7 @@ def test_empty_and_missing_logs_exit_2(tmp_path, capsys):
     assert code == 2 and "nope.parquet" in err
 
 
+@pytest.mark.slow
 def test_replay_memory_is_bounded_by_the_batch_not_the_file(tmp_path):
     """Stream a 1- and a 4-million-token log (about 45 and 180 MB decoded) in batches of 65,536
     tokens, each in a fresh process: the peak memory (``resource``'s RSS, Linux) is the same
