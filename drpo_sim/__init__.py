@@ -11,7 +11,7 @@ from drpo_sim import objectives
 
 __version__ = "0.1.0"
 
-_LAZY = ("advantages", "analysis", "envs", "figures", "geometry", "lm", "logs", "offpolicy", "plots", "policies", "results", "sim", "stats",
+_LAZY = ("advantages", "analysis", "claims", "envs", "figures", "geometry", "lm", "logs", "offpolicy", "plots", "policies", "results", "sim", "stats",
          "sweep", "tokens", "dynamics")
 
 __all__ = ["objectives", "__version__", *_LAZY]

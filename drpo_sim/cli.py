@@ -74,6 +74,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     for name, job in tqdm(jobs, desc="reproduce", unit="job", disable=None):
         records.extend(job())
     path = figures.write_manifest(args.out, records, profile=args.profile)
+    verdicts = figures.claims_file(args.out)
+    print("claims: " + ", ".join(f"{r.number} {r.verdict}" for r in verdicts) + f" ({Path(args.out) / 'claims.json'})")
     print(f"{len(records)} figures in {args.out} ({time.perf_counter() - t0:.1f} s); manifest: {path}")
     return 0
 

@@ -409,3 +409,18 @@ def lm_figures(out: str | Path, profile: str = "quick", formats: Sequence[str] =
         records += replay_figures(result, out, label=label, prefix=f"replay_lm_{precision}_", formats=formats,
                                   wall_time_s=time.perf_counter() - t0)
     return records
+
+
+def claims_file(out: str | Path) -> list:
+    """Test the claims that are implemented (:mod:`drpo_sim.claims`) and write ``out/claims.json``.
+
+    Claim 5 reads the simulator replay's ``replay_sim_regions_by_mu.csv`` written by
+    :func:`replay_sim_figures` into the same directory.
+    """
+    from drpo_sim import claims
+
+    out = Path(out)
+    results = [claims.claim_1(), claims.claim_2(), claims.claim_3(),
+               claims.claim_5(out / "replay_sim_regions_by_mu.csv", source="replay_sim_regions_by_mu.csv")]
+    claims.write_claims(results, out / "claims.json")
+    return results

@@ -1,0 +1,60 @@
+"""The claim tests (drpo_sim.claims): the geometric claims hold; claim 5 reads a replay table."""
+
+import json
+
+import numpy as np
+import pytest
+
+from drpo_sim import analysis, claims
+from drpo_sim.tokens import TokenBatch
+
+
+def test_geometric_claims_are_supported_on_cpu():
+    c1, c2, c3 = claims.claim_1(n_plane=200), claims.claim_2(vocab_sizes=(8, 4096), trials=5), claims.claim_3(n_plane=200)
+    assert (c1.verdict, c2.verdict, c3.verdict) == ("supported",) * 3
+    assert all(v <= 1 + 1e-12 for k, v in c1.numbers.items() if k.startswith("drpo_"))
+    assert c1.numbers["spo_log_peak_vs_log_mu_slope"] == pytest.approx(-1.0, abs=0.05)
+    assert c2.numbers["chi2_max_rel_error"] < 1e-9 and c2.numbers["l2_max_rel_error"] < 1e-9
+    assert c3.numbers["delta12.5_corrective_fraction"] == 0.0 and c3.numbers["delta0.15_corrective_fraction"] > 0.3
+
+
+def test_claim_1_fails_when_the_bound_is_wrong_on_cpu(monkeypatch):
+    """The test can fail: scale DRPO's weight departure beyond 1/delta and the verdict flips."""
+    real = claims.objectives.get
+
+    class Loose:
+        def __init__(self, obj):
+            self.obj = obj
+
+        def weight(self, *a):
+            return 1 + 2 * (self.obj.weight(*a) - 1)
+
+    monkeypatch.setattr(claims.objectives, "get", lambda name, **kw: Loose(real(name, **kw)) if name == "drpo" else real(name, **kw))
+    assert claims.claim_1(n_plane=100).verdict == "not supported"
+
+
+def replay_regions(rare_clip: bool):
+    """A replay of tokens where the ratio moves by 8% either way, on rare and on frequent tokens;
+    with ``rare_clip`` the rare tokens move by 40% instead, past GRPO's clip."""
+    rng = np.random.default_rng(0)
+    n = 40000
+    mu = np.where(np.arange(n) % 2 == 0, 10 ** rng.uniform(-4, -2.1, n), rng.uniform(0.2, 0.9, n))
+    move = np.where(mu < 0.01, 0.4 if rare_clip else 0.08, 0.08)
+    logp = np.log(mu) + rng.choice([-1, 1], n) * move
+    adv = rng.choice([-1.0, 1.0], n)
+    b = TokenBatch.from_arrays(logp=np.minimum(logp, 0), logp_behavior=np.log(mu), advantage=adv, mask=np.ones(n, bool),
+                               sample_id=np.arange(n), group_id=np.arange(n), position=np.zeros(n, int))
+    return analysis.replay([b]).regions
+
+
+def test_claim_5_verdicts_follow_the_log_on_cpu(tmp_path):
+    supported = claims.claim_5(replay_regions(rare_clip=True))
+    assert supported.verdict == "supported" and supported.numbers["grpo_masked_rare"] > 0.3
+    assert supported.numbers["ratio_099_to_080"] == pytest.approx(0.80 / 0.99)
+    quiet = claims.claim_5(replay_regions(rare_clip=False))
+    assert quiet.verdict == "inconclusive" and quiet.numbers["grpo_masked_rare"] == 0.0
+    path = claims.write_claims([supported, quiet], tmp_path / "claims.json")
+    doc = json.loads(path.read_text())
+    assert [d["number"] for d in doc] == [5, 5] and doc[0]["statement"].startswith("Ratio clipping")
+    with pytest.raises(ValueError, match="verdict"):
+        claims.ClaimResult(1, "maybe", "", {})
