@@ -7,9 +7,13 @@ statement, the measured numbers, a verdict (``supported``, ``not supported`` or 
 and the reason, so that a report can quote them and a test can check that every quoted number is
 in the result file (:func:`write_claims`).
 
-Implemented so far: the geometric claims (1, 2, 3), which need no training, and claim 5 read off
-a replay (:mod:`drpo_sim.analysis`) of a token log. The training claims (4, 6-12) need the
+Implemented so far: the geometric claims (1, 2, 3), which need no training; claim 5, read off a
+replay (:mod:`drpo_sim.analysis`) of a token log; claims 7 and 12, read off the summaries of the
+threshold-sensitivity sweep and the convergence figure. Claims 4, 6 and 8-11 need the dedicated
 simulation analyses of issue 6 and come with them.
+
+"Overlap" below is of 95% stratified-bootstrap intervals of the final-reward IQM
+(:func:`drpo_sim.stats.summarize_runs`); non-overlapping intervals are a measured difference.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from drpo_sim import objectives
 from drpo_sim._io import write_text
 from drpo_sim.geometry import plane_axis
 
-__all__ = ["STATEMENTS", "VERDICTS", "ClaimResult", "claim_1", "claim_2", "claim_3", "claim_5", "write_claims"]
+__all__ = ["STATEMENTS", "VERDICTS", "ClaimResult", "claim_1", "claim_2", "claim_3", "claim_5", "claim_7", "claim_12",
+           "write_claims"]
 
 VERDICTS = ("supported", "not supported", "inconclusive")
 
@@ -39,6 +44,8 @@ STATEMENTS: dict[int, str] = {
        "pulled back; with delta = 12.5 this never happens.",
     5: "Ratio clipping over-masks rare tokens (clip fraction concentrated at low mu) and under-constrains shifts "
        "of frequent tokens (0.99 to 0.80 is a ratio of 0.81, inside the clip).",
+    7: "DPPO's best delta grows with the noise level; DRPO is flat across delta in {2.5, 12.5}.",
+    12: "At delta = 12.5, DRPO behaves measurably differently from pg_is (or it does not).",
 }
 
 
@@ -187,9 +194,8 @@ def claim_5(regions: pd.DataFrame | str | Path, *, clip: str = "grpo", rare: flo
     and the 0.99 -> 0.80 move stays inside the clip; inconclusive when the clip masks nothing in
     this log (no mismatch to judge by); not supported otherwise.
     """
-    if not isinstance(regions, pd.DataFrame):
-        source = source or str(regions)
-        regions = pd.read_csv(regions)
+    regions, name = _table(regions)
+    source = source or name
     numbers: dict[str, float] = {}
 
     def masked(name: str, sel: pd.Series) -> float:
@@ -219,6 +225,77 @@ def claim_5(regions: pd.DataFrame | str | Path, *, clip: str = "grpo", rare: flo
     elif not over:
         reason += "; the clip's masking is not concentrated on rare tokens in this log"
     return ClaimResult(5, verdict, reason, numbers, [source or "regions table"])
+
+
+def _table(data: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, str | None]:
+    if isinstance(data, pd.DataFrame):
+        return data, None
+    return pd.read_csv(data), Path(data).name
+
+
+def _overlap(a: pd.Series, b: pd.Series) -> bool:
+    return bool(a["final_low"] <= b["final_high"] and b["final_low"] <= a["final_high"])
+
+
+def claim_7(sensitivity: pd.DataFrame | str | Path, *, dppo: str = "dppo_tv", drpo_deltas: Sequence[float] = (2.5, 12.5),
+            source: str | None = None) -> ClaimResult:
+    """Claim 7, from the threshold-sensitivity summary (``threshold_sensitivity.csv``: one row per
+    method, ``delta`` and noise ``level``, with the final-reward IQM and its interval).
+
+    DPPO: at each noise level, the smallest ``delta`` whose interval overlaps the best ``delta``'s
+    (the threshold needed to do about as well as the best); the claim holds if it grows from the
+    lowest noise level to the highest. DRPO: flat if the intervals at ``drpo_deltas`` overlap at
+    every level.
+    """
+    table, name = _table(sensitivity)
+    levels = list(dict.fromkeys(table.sort_values("noise_std")["level"]))
+    numbers: dict[str, float] = {}
+    needed = []
+    for lev in levels:
+        d = table[(table["method"] == dppo) & (table["level"] == lev)].sort_values("delta")
+        best = d.loc[d["final_iqm"].idxmax()]
+        near = d[[_overlap(r, best) for _, r in d.iterrows()]]
+        numbers[f"{dppo}_best_delta_noise{best['noise_std']:g}"] = best["delta"]
+        numbers[f"{dppo}_best_iqm_noise{best['noise_std']:g}"] = best["final_iqm"]
+        numbers[f"{dppo}_smallest_near_best_delta_noise{best['noise_std']:g}"] = near["delta"].min()
+        needed.append(near["delta"].min())
+    flat = True
+    for lev in levels:
+        d = table[(table["method"] == "drpo") & (table["level"] == lev)].set_index("delta")
+        rows = [d.loc[x] for x in drpo_deltas]
+        noise = rows[0]["noise_std"]
+        for x, r in zip(drpo_deltas, rows):
+            numbers[f"drpo_delta{x:g}_iqm_noise{noise:g}"] = r["final_iqm"]
+        flat &= all(_overlap(rows[0], r) for r in rows[1:])
+    grows = needed[-1] > needed[0]
+    verdict = "supported" if grows and flat else "not supported"
+    reason = (f"DPPO-TV needs delta >= {needed[0]:g} to come within the best's interval at the lowest noise and "
+              f">= {needed[-1]:g} at the highest ({'grows' if grows else 'does not grow'}); DRPO's intervals at delta "
+              f"{' and '.join(f'{x:g}' for x in drpo_deltas)} {'overlap' if flat else 'do not overlap'} at every noise level")
+    return ClaimResult(7, verdict, reason, numbers, [source or name or "sensitivity table"])
+
+
+def claim_12(summary: pd.DataFrame | str | Path, *, source: str | None = None) -> ClaimResult:
+    """Claim 12, from a convergence summary with ``reference="pg_is"`` (one row per method: the
+    final-reward IQM and interval, ``p_improve`` of the method over pg_is and its interval).
+
+    Verdict "supported" (DRPO at delta = 12.5 is measurably different from pg_is) when the
+    final-reward intervals do not overlap or the probability-of-improvement interval excludes
+    0.5; "not supported" (no measurable difference at this scale) otherwise.
+    """
+    table, name = _table(summary)
+    t = table.set_index("method")
+    drpo, base = t.loc["drpo"], t.loc["pg_is"]
+    numbers = {"drpo_final_iqm": drpo["final_iqm"], "drpo_final_low": drpo["final_low"], "drpo_final_high": drpo["final_high"],
+               "pg_is_final_iqm": base["final_iqm"], "pg_is_final_low": base["final_low"], "pg_is_final_high": base["final_high"],
+               "p_improve": drpo["p_improve"], "p_improve_low": drpo["p_improve_low"], "p_improve_high": drpo["p_improve_high"],
+               "n_seeds": drpo["n_seeds"]}
+    separate = not _overlap(drpo, base) or not (drpo["p_improve_low"] <= 0.5 <= drpo["p_improve_high"])
+    reason = (f"final reward {drpo['final_iqm']:.3f} [{drpo['final_low']:.3f}, {drpo['final_high']:.3f}] for DRPO against "
+              f"{base['final_iqm']:.3f} [{base['final_low']:.3f}, {base['final_high']:.3f}] for pg_is over {int(drpo['n_seeds'])} "
+              f"seeds; P(DRPO > pg_is) = {drpo['p_improve']:.2f} [{drpo['p_improve_low']:.2f}, {drpo['p_improve_high']:.2f}]: "
+              + ("a measurable difference" if separate else "no measurable difference at this scale"))
+    return ClaimResult(12, "supported" if separate else "not supported", reason, numbers, [source or name or "summary"])
 
 
 def write_claims(results: Sequence[ClaimResult], path: str | Path) -> Path:

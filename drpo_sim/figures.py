@@ -414,13 +414,16 @@ def lm_figures(out: str | Path, profile: str = "quick", formats: Sequence[str] =
 def claims_file(out: str | Path) -> list:
     """Test the claims that are implemented (:mod:`drpo_sim.claims`) and write ``out/claims.json``.
 
-    Claim 5 reads the simulator replay's ``replay_sim_regions_by_mu.csv`` written by
-    :func:`replay_sim_figures` into the same directory.
+    Claim 5 reads the simulator replay's ``replay_sim_regions_by_mu.csv`` (:func:`replay_sim_figures`),
+    claim 7 ``threshold_sensitivity.csv`` (:func:`phase_figures`) and claim 12
+    ``convergence_fp8_stale_summary.csv`` (:func:`convergence_figures`), from the same directory.
     """
     from drpo_sim import claims
 
     out = Path(out)
     results = [claims.claim_1(), claims.claim_2(), claims.claim_3(),
-               claims.claim_5(out / "replay_sim_regions_by_mu.csv", source="replay_sim_regions_by_mu.csv")]
+               claims.claim_5(out / "replay_sim_regions_by_mu.csv"),
+               claims.claim_7(out / "threshold_sensitivity.csv"),
+               claims.claim_12(out / "convergence_fp8_stale_summary.csv")]
     claims.write_claims(results, out / "claims.json")
     return results

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from drpo_sim import analysis, claims
@@ -58,3 +59,40 @@ def test_claim_5_verdicts_follow_the_log_on_cpu(tmp_path):
     assert [d["number"] for d in doc] == [5, 5] and doc[0]["statement"].startswith("Ratio clipping")
     with pytest.raises(ValueError, match="verdict"):
         claims.ClaimResult(1, "maybe", "", {})
+
+
+def sensitivity_table(dppo_high_needs_more=True, drpo_flat=True):
+    rows = []
+    for noise, level in ((0.1, "noise 0.1"), (1.0, "noise 1")):
+        for d in (0.05, 0.15, 0.6):
+            good = d >= (0.6 if (noise == 1.0 and dppo_high_needs_more) else 0.15)
+            iqm = 0.8 if good else 0.5
+            rows.append(dict(method="dppo_tv", noise_std=noise, level=level, delta=d, final_iqm=iqm,
+                             final_low=iqm - 0.02, final_high=iqm + 0.02))
+        for d in (2.5, 12.5):
+            iqm = 0.8 if (drpo_flat or d == 12.5) else 0.6
+            rows.append(dict(method="drpo", noise_std=noise, level=level, delta=d, final_iqm=iqm,
+                             final_low=iqm - 0.02, final_high=iqm + 0.02))
+    return pd.DataFrame(rows)
+
+
+def test_claim_7_verdicts_on_cpu():
+    c = claims.claim_7(sensitivity_table())
+    assert c.verdict == "supported"
+    assert c.numbers["dppo_tv_smallest_near_best_delta_noise0.1"] == 0.15
+    assert c.numbers["dppo_tv_smallest_near_best_delta_noise1"] == 0.6
+    assert claims.claim_7(sensitivity_table(dppo_high_needs_more=False)).verdict == "not supported"
+    assert claims.claim_7(sensitivity_table(drpo_flat=False)).verdict == "not supported"
+
+
+def test_claim_12_verdicts_on_cpu():
+    def summary(drpo_iqm, p):
+        return pd.DataFrame([
+            dict(method="pg_is", n_seeds=24, final_iqm=0.9, final_low=0.88, final_high=0.92, p_improve=np.nan,
+                 p_improve_low=np.nan, p_improve_high=np.nan),
+            dict(method="drpo", n_seeds=24, final_iqm=drpo_iqm, final_low=drpo_iqm - 0.02, final_high=drpo_iqm + 0.02,
+                 p_improve=p, p_improve_low=p - 0.15, p_improve_high=p + 0.15),
+        ])
+    assert claims.claim_12(summary(0.89, 0.45)).verdict == "not supported"
+    assert claims.claim_12(summary(0.80, 0.10)).verdict == "supported"
+    assert claims.claim_12(summary(0.89, 0.80)).verdict == "supported"  # P(improve) interval excludes 0.5

@@ -113,7 +113,8 @@ def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
     for p, totals in lm.items():
         assert totals["updates"] == [0] and totals["filtered_tokens"] > 0 and 0 < totals["abs_shift_mean"] < 0.05, p
     verdicts = {c["number"]: c["verdict"] for c in json.loads((tmp_path / "claims.json").read_text())}
-    assert verdicts == {1: "supported", 2: "supported", 3: "supported", 5: "supported"}
+    assert set(verdicts) == {1, 2, 3, 5, 7, 12} and set(verdicts.values()) <= {"supported", "not supported", "inconclusive"}
+    assert verdicts[1] == verdicts[2] == verdicts[3] == "supported"  # exact math, whatever the simulations say
     summary = pd.read_csv(tmp_path / "lm_summary.csv")
     assert set(summary["method"]) == {"pg_is", "grpo", "dppo_tv", "drpo"}
     assert set(summary["precision"]) == {"fp32", "bf16", "fp8"}
