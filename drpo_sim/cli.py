@@ -8,6 +8,7 @@ Subcommands::
     drpo-sim summarize FILE.parquet       per-method statistics of a result file (and --plot)
     drpo-sim sweep CONFIG.toml --out DIR  a grid of simulations, resumable, locally or on a Dask cluster
     drpo-sim replay LOG... --out DIR      per-token analysis of token logs (real, simulated or from the LM lab)
+    drpo-sim lm pretrain|train|compare    the tiny transformer lab (drpo_sim.lm.cli)
     drpo-sim reproduce [--out DIR]        every figure from the built-in defaults, and MANIFEST.json
 
 Errors in the input (a bad option value, an unknown objective) print one line and exit with 2.
@@ -244,7 +245,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     src = logs.open_log(args.logs, fmt=args.format, mapping=mapping, on_invalid=args.on_invalid,
-                        batch_size=args.batch_size, **({"group_size": args.group_size} if args.group_size else {}))
+                        batch_size=args.batch_size, group_size=1 if args.group_size is None else args.group_size)
     t0 = time.perf_counter()
     updates = None
     if args.updates is not None:

@@ -104,6 +104,8 @@ def test_bad_rows_error_in_one_line_or_are_dropped_and_counted(tmp_path, capsys)
     (["--format", "parquet"], "format"),
     (["--map", "lgp=x"], "logp"),
     (["--batch-size", "0"], "batch-size"),
+    (["--group-size", "0"], "group_size"),
+    (["--updates", "first"], "--updates"),
 ])
 def test_bad_options_exit_2(tmp_path, capsys, sim_log, argv, message):
     if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
