@@ -34,7 +34,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _formats(text: str) -> tuple[str, ...]:
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``--formats png,pdf`` -> ``("png", "pdf")``; ``ValueError`` for anything but png, pdf, svg."""
     fmts = tuple(f.strip().lower() for f in text.split(",") if f.strip())
     bad = [f for f in fmts if f not in ("png", "pdf", "svg")]
     if bad or not fmts:
@@ -50,7 +51,7 @@ def _cmd_geometry(args: argparse.Namespace) -> int:
         if args.n_plane < 10:
             raise ValueError(f"--n-plane must be at least 10, got {args.n_plane}")
         cfg = dataclasses.replace(cfg, n_plane=args.n_plane)
-    records = figures.geometry_figures(args.out, cfg, formats=_formats(args.formats))
+    records = figures.geometry_figures(args.out, cfg, formats=parse_formats(args.formats))
     for r in records:
         print(f"{r.figure:<26} {', '.join(r.files)}  (data: {r.data}, {r.wall_time_s:.1f} s)")
     return 0
@@ -62,7 +63,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from drpo_sim import figures
 
     t0 = time.perf_counter()
-    fmts = _formats(args.formats)
+    fmts = parse_formats(args.formats)
     jobs = [
         ("geometry", lambda: figures.geometry_figures(args.out, formats=fmts)),
         ("dynamics", lambda: figures.dynamics_figures(args.out, formats=fmts)),
@@ -107,7 +108,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 def _experiment(args: argparse.Namespace):
     """Configuration, methods, seeds and objective parameters: defaults < --config < --preset < flags."""
     from drpo_sim.offpolicy import NOISE_PRESETS
-    from drpo_sim.sim import SimConfig, parse_param
+    from drpo_sim.sim import SimConfig, parse_params
 
     spec = {"config": {}}
     if args.config:
@@ -130,9 +131,8 @@ def _experiment(args: argparse.Namespace):
     if not (isinstance(n_seeds, int) and n_seeds >= 1):
         raise ValueError(f"--seeds must be a positive number of seeds, got {n_seeds!r}")
     params = {m: dict(v) for m, v in spec.get("params", {}).items()}
-    for text in args.param or []:
-        method, name, value = parse_param(text)
-        params.setdefault(method, {})[name] = value
+    for method, given in parse_params(args.param).items():
+        params.setdefault(method, {}).update(given)
     return cfg, methods, list(range(start, start + n_seeds)), params, preset
 
 
@@ -206,7 +206,7 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
             panels.append(("mean abs(pi - mu), sampled tokens", stats.curve_bands(df, "shift_mean")))
         cfg = meta.get("config", {})
         title = f"{cfg.get('env', '?')} V={cfg.get('vocab_size', '?')}" + (f", preset {meta['preset']}" if meta.get("preset") else "")
-        files = plots.curves_figure(panels, stem, title=title, formats=_formats(fmt), logy=[False, True])
+        files = plots.curves_figure(panels, stem, title=title, formats=parse_formats(fmt), logy=[False, True])
         print(f"plot: {', '.join(str(f) for f in files)}")
     return 0
 
@@ -233,14 +233,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from drpo_sim import analysis, figures, logs
-    from drpo_sim.sim import parse_param
+    from drpo_sim.sim import parse_params
 
     names = [n.strip() for n in args.objectives.split(",") if n.strip()] if args.objectives else None
-    params: dict[str, dict] = {}
-    for text in args.param or []:
-        method, name, value = parse_param(text)
-        params.setdefault(method, {})[name] = value
-    objs = analysis.objective_specs(names, params)
+    objs = analysis.objective_specs(names, parse_params(args.param))
     mapping = logs.parse_mapping(args.map) if args.map else None
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -258,7 +254,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     result.totals["source"] = src.describe()  # after the pass: it includes what was dropped
     result.totals["dropped"] = report.to_dict()
     label = args.label or ", ".join(Path(p).name for p in args.logs)
-    records = figures.replay_figures(result, args.out, label=label, formats=_formats(args.formats),
+    records = figures.replay_figures(result, args.out, label=label, formats=parse_formats(args.formats),
                                      wall_time_s=time.perf_counter() - t0)
     t = result.totals
     print(f"{t['tokens']:,} tokens replayed ({t['excluded_tokens']:,} with mask false"

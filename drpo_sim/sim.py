@@ -680,6 +680,15 @@ def parse_param(spec: str) -> tuple[str, str, Any]:
     return method, name.strip(), parse_value(value)
 
 
+def parse_params(specs: Iterable[str] | None) -> dict[str, dict[str, Any]]:
+    """``["drpo.delta=2.5", "spo.eps=5"]`` -> ``{"drpo": {"delta": 2.5}, "spo": {"eps": 5}}``."""
+    params: dict[str, dict[str, Any]] = {}
+    for text in specs or []:
+        method, name, value = parse_param(text)
+        params.setdefault(method, {})[name] = value
+    return params
+
+
 def split_experiment(doc: dict[str, Any], source: str, *, also: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(run keys, flat configuration fields)`` of a parsed experiment file.
 

@@ -88,16 +88,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _params(specs: list[str] | None) -> dict[str, dict[str, Any]]:
-    from drpo_sim.sim import parse_param
-
-    params: dict[str, dict[str, Any]] = {}
-    for text in specs or []:
-        method, name, value = parse_param(text)
-        params.setdefault(method, {})[name] = value
-    return params
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import contextlib
     import dataclasses
@@ -107,7 +97,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from drpo_sim.results import write_results
     from drpo_sim.tokens import TokenLogWriter
 
-    params = _params(args.param)
+    from drpo_sim.sim import parse_params
+
+    params = parse_params(args.param)
     other = sorted(set(params) - {args.objective})
     if other:
         raise ValueError(f"--param names {', '.join(other)}, but the objective is {args.objective!r}")
@@ -138,12 +130,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from drpo_sim.cli import parse_formats
     from drpo_sim.lm import experiment
+    from drpo_sim.sim import parse_params
 
-    fmts = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
-    bad = [f for f in fmts if f not in ("png", "pdf", "svg")]
-    if bad or not fmts:
-        raise ValueError(f"--formats: unsupported {', '.join(bad) or 'empty list'}; choose from png, pdf, svg")
+    fmts = parse_formats(args.formats)
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be a positive number of seeds, got {args.seeds}")
     if args.steps is not None and args.steps < 1:
@@ -155,7 +146,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         profile=args.profile,
         out=args.out,
         jobs=args.jobs,
-        params=_params(args.param),
+        params=parse_params(args.param),
         steps=args.steps,
         formats=fmts,
         progress=not args.no_progress,
