@@ -60,6 +60,7 @@ __all__ = [
     "FloatBins",
     "objective_specs",
     "replay",
+    "replay_log",
 ]
 
 #: Objectives replayed by default: the five the DRPO paper compares, plus PPO, CISPO and DPPO-KL,
@@ -585,4 +586,16 @@ def replay(batches: Iterable[TokenBatch], objectives: Mapping[str, objectives_mo
     result = acc.result(source)
     result.totals["filtered_tokens"] = filtered
     result.totals["updates"] = None if keep_updates is None else keep_updates.tolist()
+    return result
+
+
+def replay_log(src: Any, objectives: Mapping[str, objectives_mod.Objective] | None = None, **kwargs: Any) -> ReplayResult:
+    """:func:`replay` a :class:`drpo_sim.logs.LogSource` and record where its tokens came from.
+
+    ``totals["source"]`` is the source's description and ``totals["dropped"]`` its drop report,
+    both taken after the pass, so they include what ``on_invalid="drop"`` dropped.
+    """
+    result = replay(src, objectives, **kwargs)
+    result.totals["source"] = src.describe()
+    result.totals["dropped"] = src.report.to_dict()
     return result

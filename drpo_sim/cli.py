@@ -249,10 +249,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             updates = [int(u) for u in args.updates.split(",") if u.strip()]
         except ValueError:
             raise ValueError(f"--updates {args.updates!r}: expected comma-separated update indices, e.g. 0") from None
-    result = analysis.replay(src, objs, device=args.device, progress=not args.no_progress, updates=updates)
+    result = analysis.replay_log(src, objs, device=args.device, progress=not args.no_progress, updates=updates)
     report = src.report
-    result.totals["source"] = src.describe()  # after the pass: it includes what was dropped
-    result.totals["dropped"] = report.to_dict()
     label = args.label or ", ".join(Path(p).name for p in args.logs)
     records = figures.replay_figures(result, args.out, label=label, formats=parse_formats(args.formats),
                                      wall_time_s=time.perf_counter() - t0)

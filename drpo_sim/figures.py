@@ -370,9 +370,8 @@ def replay_sim_figures(out: str | Path, profile: str = "quick", formats: Sequenc
     meta = {"config": cfg.flat(), "method": method, "seeds": seeds}
     with TokenLogWriter(log, metadata=meta) as writer:
         simulate(cfg, [method], seeds, token_sink_for=lambda m: writer.write)
-    src = logs.open_log(log, fmt="tokens")
-    result = analysis.replay(src)
-    result.totals["source"] = {**src.describe(), "simulation": meta}
+    result = analysis.replay_log(logs.open_log(log, fmt="tokens"))
+    result.totals["source"]["simulation"] = meta
     label = f"simulator, {method} trained with an fp8-like engine and staleness {cfg.offpolicy.staleness} ({len(seeds)} seeds)"
     records = replay_figures(result, out, label=label, prefix="replay_sim_", formats=formats,
                              wall_time_s=time.perf_counter() - t0)
@@ -402,9 +401,7 @@ def lm_figures(out: str | Path, profile: str = "quick", formats: Sequence[str] =
     for precision in REPLAY_LM["precisions"]:
         t0 = time.perf_counter()
         log = out / "lm_tokens" / f"{REPLAY_LM['objective']}_{precision}_seed0.parquet"
-        src = logs.open_log(log, fmt="tokens")
-        result = analysis.replay(src, updates=[0])
-        result.totals["source"] = src.describe()
+        result = analysis.replay_log(logs.open_log(log, fmt="tokens"), updates=[0])
         label = f"tiny LM lab, {REPLAY_LM['objective']} with {precision} rollouts (fp32 trainer), first update of each step"
         records += replay_figures(result, out, label=label, prefix=f"replay_lm_{precision}_", formats=formats,
                                   wall_time_s=time.perf_counter() - t0)
