@@ -98,6 +98,7 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "SCHEMA",
     "VERSION_KEY",
+    "arrow_columns",
     "TokenBatch",
     "TokenLogWriter",
     "concat",
@@ -344,6 +345,25 @@ def _check_columns(given: Mapping[str, Any], offset: int = 0) -> dict[str, np.nd
     return arrays
 
 
+def arrow_columns(table: pa.Table | pa.RecordBatch, offset: int = 0) -> dict[str, np.ndarray]:
+    """The schema columns an Arrow table holds, as NumPy arrays (unconverted, unchecked).
+
+    Columns outside the schema are left out. A null in any of them is a ``ValueError`` naming
+    the column and the first rows (counted from ``offset``): the schema has no nullable column.
+    """
+    names = set(table.schema.names)
+    columns = {}
+    for n in ALL_COLUMNS:
+        if n not in names:
+            continue
+        col = table.column(n)
+        if col.null_count:
+            bad = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
+            raise ValueError(f"{n}: {_count(bad.size, 'null')} at rows {_rows(bad, offset)}")
+        columns[n] = col.to_numpy(zero_copy_only=False)
+    return columns
+
+
 # ----------------------------------------------------------------------------------------------
 # the record
 
@@ -425,16 +445,7 @@ class TokenBatch:
             raise ValueError(
                 f"missing required column(s) {missing}; required columns are {list(REQUIRED_COLUMNS)}"
             )
-        columns = {}
-        for n in ALL_COLUMNS:
-            if n not in names:
-                continue
-            col = table.column(n)
-            if col.null_count:
-                bad = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
-                raise ValueError(f"{n}: {_count(bad.size, 'null')} at rows {_rows(bad, offset)}")
-            columns[n] = col.to_numpy(zero_copy_only=False)
-        return cls._trusted(_check_columns(columns, offset))
+        return cls._trusted(_check_columns(arrow_columns(table, offset), offset))
 
     @classmethod
     def empty(cls, optional: Iterable[str] = ()) -> TokenBatch:

@@ -60,13 +60,10 @@ def _read(path: Path, ctx: Context) -> Iterator[TokenBatch]:
         try:
             with pq.ParquetFile(path, pre_buffer=False) as pf:  # pre-buffering holds ~the file: unbounded memory
                 for rb in pf.iter_batches(batch_size=ctx.batch_size, columns=read):
-                    cols = {}
-                    for n in read:
-                        col = rb.column(n)
-                        if col.null_count:
-                            bad = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
-                            raise ValueError(f"{path}: {n}: {bad.size} rows are null at rows {tokens._rows(bad, offset)}")
-                        cols[n] = col.to_numpy(zero_copy_only=False)
+                    try:
+                        cols = tokens.arrow_columns(rb, offset)
+                    except ValueError as e:
+                        raise ValueError(f"{path}: {e}") from None
                     piece = Piece(cols, offset + np.arange(rb.num_rows, dtype=np.int64))
                     offset += rb.num_rows
                     yield from batcher.add(check_piece(piece, ctx, path, "row", {}, noun="row"))
