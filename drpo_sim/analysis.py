@@ -151,8 +151,7 @@ class FloatBins:
             rows = np.arange(flat.shape[0])
             for j, q in enumerate(qs):
                 target = q * total
-                k = np.array([np.searchsorted(cdf[r], target[r], side="left") for r in rows], dtype=np.int64)
-                k = np.minimum(k, self.size - 1)
+                k = np.minimum((cdf < target[:, None]).sum(axis=1), self.size - 1)  # searchsorted, per row
                 below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
                 inbin = flat[rows, k]
                 frac = np.divide(target - below, inbin, out=np.zeros_like(target), where=inbin > 0)

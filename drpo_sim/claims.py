@@ -75,6 +75,12 @@ def _plane(n: int) -> tuple[np.ndarray, np.ndarray]:
     return mu.ravel(), pi.ravel()
 
 
+def _weights_by_sign(obj: objectives.Objective, pi: np.ndarray, mu: np.ndarray) -> dict[float, np.ndarray]:
+    """The objective's weight at ``(mu, pi)`` for ``A = +1`` and ``A = -1``."""
+    lp, lb = np.log(pi), np.log(mu)
+    return {s: obj.weight(lp, lb, np.full_like(lp, s)) for s in (1.0, -1.0)}
+
+
 def claim_1(deltas: Sequence[float] = (12.5, 2.5, 0.5), eps: float = 12.5, n_plane: int = 400,
             mus: Sequence[float] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)) -> ClaimResult:
     """Claim 1, over the ``(mu, pi)`` grid of the geometry figures and both signs of ``A``.
@@ -84,21 +90,19 @@ def claim_1(deltas: Sequence[float] = (12.5, 2.5, 0.5), eps: float = 12.5, n_pla
     logarithm against ``log mu`` (``-1`` is growth like ``1 / mu``).
     """
     mu, pi = _plane(n_plane)
-    lp, lb = np.log(pi), np.log(mu)
     numbers: dict[str, float] = {}
     bounded = True
     for d in deltas:
-        obj = objectives.get("drpo", delta=d)
-        worst = max(float(np.max(np.abs(obj.weight(lp, lb, np.full_like(lp, s)) - 1.0))) for s in (1.0, -1.0))
+        w = _weights_by_sign(objectives.get("drpo", delta=d), pi, mu)
+        worst = max(float(np.max(np.abs(x - 1.0))) for x in w.values())
         numbers[f"drpo_delta{d:g}_max_abs_w_minus_1_times_delta"] = worst * d
         bounded &= worst * d <= 1.0 + 1e-12
     spo = objectives.get("spo", eps=eps)
-    pis = np.concatenate([np.geomspace(1e-9, 1.0, 2001)])
+    pis = np.geomspace(1e-9, 1.0, 2001)
     peaks = []
     for m in mus:
-        lpm = np.log(pis)
-        lbm = np.full_like(lpm, np.log(m))
-        peak = max(float(np.max(np.abs(spo.weight(lpm, lbm, np.full_like(lpm, s)) - 1.0))) for s in (1.0, -1.0))
+        w = _weights_by_sign(spo, pis, np.full_like(pis, m))
+        peak = max(float(np.max(np.abs(x - 1.0))) for x in w.values())
         numbers[f"spo_mu{m:g}_max_abs_w_minus_1"] = peak
         peaks.append(peak)
     slope = float(np.polyfit(np.log(mus), np.log(peaks), 1)[0])
@@ -153,14 +157,11 @@ def claim_3(small_deltas: Sequence[float] = (0.15, 0.5), n_plane: int = 400) -> 
     weight is 0 up to rounding) are left out of the comparison and counted.
     """
     mu, pi = _plane(n_plane)
-    lp, lb = np.log(pi), np.log(mu)
     numbers: dict[str, float] = {}
     exact = True
     for d in small_deltas:
-        obj = objectives.get("drpo", delta=d)
         mismatched, corrective, boundary = 0, 0, 0
-        for s in (1.0, -1.0):
-            w = obj.weight(lp, lb, np.full_like(lp, s))
+        for s, w in _weights_by_sign(objectives.get("drpo", delta=d), pi, mu).items():
             excess = s * (pi - mu) - d
             off = np.abs(excess) >= 1e-9
             mismatched += int(np.sum(((w < 0) != (excess > 0)) & off))
@@ -170,7 +171,7 @@ def claim_3(small_deltas: Sequence[float] = (0.15, 0.5), n_plane: int = 400) -> 
         numbers[f"delta{d:g}_points_where_w_lt_0_disagrees"] = mismatched
         numbers[f"delta{d:g}_boundary_points_left_out"] = boundary
         exact &= mismatched == 0
-    w125 = [objectives.get("drpo", delta=12.5).weight(lp, lb, np.full_like(lp, s)) for s in (1.0, -1.0)]
+    w125 = list(_weights_by_sign(objectives.get("drpo", delta=12.5), pi, mu).values())
     numbers["delta12.5_corrective_fraction"] = float(np.mean(np.concatenate(w125) < 0))
     numbers["delta12.5_min_weight"] = float(min(x.min() for x in w125))
     ok = exact and numbers["delta12.5_corrective_fraction"] == 0.0
