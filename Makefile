@@ -4,11 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= figures
+PROFILE ?= full
 
 .PHONY: reproduce test setup bench clean
 
-reproduce: setup          ## set up, then regenerate the figures from the built-in defaults
-	$(VENV)/bin/drpo-sim reproduce --out $(OUT)
+reproduce: setup          ## set up, then regenerate figures/ and paper/ (the full profile; PROFILE=quick: under 10 minutes)
+	$(VENV)/bin/drpo-sim reproduce --$(PROFILE) --out $(OUT)
 
 test: setup               ## set up, then run the whole test suite
 	$(PY) -m pytest -n 2

@@ -7,13 +7,15 @@ statement, the measured numbers, a verdict (``supported``, ``not supported`` or 
 and the reason, so that a report can quote them and a test can check that every quoted number is
 in the result file (:func:`write_claims`).
 
-Implemented so far: the geometric claims (1, 2, 3), which need no training; claim 5, read off a
-replay (:mod:`drpo_sim.analysis`) of a token log; claims 7 and 12, read off the summaries of the
-threshold-sensitivity sweep and the convergence figure. Claims 4, 6 and 8-11 need the dedicated
-simulation analyses of issue 6 and come with them.
+The geometric claims (1, 2, 3) need no training; claim 5 is read off a replay
+(:mod:`drpo_sim.analysis`) of a token log; the others off the summaries the analyses of
+``analyses/`` write: the threshold-sensitivity sweep (7), the convergence figure (12), the six
+settings (4, 6), the ablations (8, 9, 10) and the anchor comparison (4, 11).
+:func:`claims_from_results` runs them all on a results directory.
 
-"Overlap" below is of 95% stratified-bootstrap intervals of the final-reward IQM
-(:func:`drpo_sim.stats.summarize_runs`); non-overlapping intervals are a measured difference.
+"Overlap" below is of 95% stratified-bootstrap intervals of an IQM over seeds
+(:func:`drpo_sim.stats.summarize_runs`); non-overlapping intervals are a measured difference,
+overlapping ones are not (at this number of seeds).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from drpo_sim import objectives
 from drpo_sim._io import write_text
 from drpo_sim.geometry import plane_axis
 
-__all__ = ["STATEMENTS", "VERDICTS", "ClaimResult", "claim_1", "claim_2", "claim_3", "claim_5", "claim_7", "claim_12",
-           "write_claims"]
+__all__ = ["STATEMENTS", "VERDICTS", "ClaimResult", "claim_1", "claim_2", "claim_3", "claim_4", "claim_5", "claim_6",
+           "claim_7", "claim_8", "claim_9", "claim_10", "claim_11", "claim_12", "claims_from_results", "write_claims"]
 
 VERDICTS = ("supported", "not supported", "inconclusive")
 
@@ -42,9 +44,17 @@ STATEMENTS: dict[int, str] = {
     2: "The chi-square and l2 identities hold exactly when enumerated over the vocabulary.",
     3: "With delta < 1, tokens pushed past abs(pi - mu) > delta in the diverging direction get w < 0 and are "
        "pulled back; with delta = 12.5 this never happens.",
+    4: "Without a trust region (pg_is, cispo), the mismatch abs(pi - mu) grows until the reward collapses; masking "
+       "only large-divergence updates on negative-advantage tokens is enough to stabilise it.",
     5: "Ratio clipping over-masks rare tokens (clip fraction concentrated at low mu) and under-constrains shifts "
        "of frequent tokens (0.99 to 0.80 is a ratio of 0.81, inside the clip).",
+    6: "DRPO converges faster than DPPO at the same geometry (smooth weight against hard mask).",
     7: "DPPO's best delta grows with the noise level; DRPO is flat across delta in {2.5, 12.5}.",
+    8: "Dropping abs(A) destabilises training when advantages vary widely in size.",
+    9: "mask_drpo performs about as well as drpo.",
+    10: "KL, TV and K3 regularisers of the sampled token do worse than DRPO's.",
+    11: "Anchoring the ratio to a recomputed trainer policy lets the engine mismatch accumulate; anchoring to the "
+        "rollout policy does not.",
     12: "At delta = 12.5, DRPO behaves measurably differently from pg_is (or it does not).",
 }
 
@@ -58,6 +68,7 @@ class ClaimResult:
     reason: str
     numbers: dict[str, float]
     sources: list[str] = dataclasses.field(default_factory=list)
+    figures: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -112,7 +123,7 @@ def claim_1(deltas: Sequence[float] = (12.5, 2.5, 0.5), eps: float = 12.5, n_pla
     reason = (f"over a {n_plane}x{n_plane} (mu, pi) grid DRPO's abs(w - 1) * delta peaks at "
               f"{max(numbers[f'drpo_delta{d:g}_max_abs_w_minus_1_times_delta'] for d in deltas):.4g} (bound 1) for "
               f"delta in {list(deltas)}; SPO's largest abs(w - 1) grows with slope {slope:.3f} in log mu (1/mu is -1)")
-    return ClaimResult(1, verdict, reason, numbers, ["drpo_sim.objectives"])
+    return ClaimResult(1, verdict, reason, numbers, ["drpo_sim.objectives"], ["drpo_delta_range", "weight_vs_pi"])
 
 
 def claim_2(vocab_sizes: Sequence[int] = (8, 256, 65536), trials: int = 20, delta: float = 12.5, eps: float = 12.5,
@@ -179,7 +190,8 @@ def claim_3(small_deltas: Sequence[float] = (0.15, 0.5), n_plane: int = 400) -> 
               f"in {list(small_deltas)} (corrective on {numbers[f'delta{small_deltas[0]:g}_corrective_fraction']:.1%} of the "
               f"plane at delta = {small_deltas[0]:g}); at delta = 12.5 the smallest weight is "
               f"{numbers['delta12.5_min_weight']:.3f}, never negative")
-    return ClaimResult(3, "supported" if ok else "not supported", reason, numbers, ["drpo_sim.objectives"])
+    return ClaimResult(3, "supported" if ok else "not supported", reason, numbers, ["drpo_sim.objectives"],
+                       ["weight_plane", "fixed_point_flows"])
 
 
 def claim_5(regions: pd.DataFrame | str | Path, *, clip: str = "grpo", rare: float = 0.01, frequent: float = 0.1,
@@ -225,7 +237,8 @@ def claim_5(regions: pd.DataFrame | str | Path, *, clip: str = "grpo", rare: flo
         reason += "; the clip masks no token in this log, so it cannot show where it would"
     elif not over:
         reason += "; the clip's masking is not concentrated on rare tokens in this log"
-    return ClaimResult(5, verdict, reason, numbers, [source or "regions table"])
+    return ClaimResult(5, verdict, reason, numbers, [source or "regions table"],
+                       ["replay_sim_regions", "replay_sim_rare_tokens", "replay_sim_mismatch"])
 
 
 def _table(data: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, str | None]:
@@ -273,7 +286,7 @@ def claim_7(sensitivity: pd.DataFrame | str | Path, *, dppo: str = "dppo_tv", dr
     reason = (f"DPPO-TV needs delta >= {needed[0]:g} to come within the best's interval at the lowest noise and "
               f">= {needed[-1]:g} at the highest ({'grows' if grows else 'does not grow'}); DRPO's intervals at delta "
               f"{' and '.join(f'{x:g}' for x in drpo_deltas)} {'overlap' if flat else 'do not overlap'} at every noise level")
-    return ClaimResult(7, verdict, reason, numbers, [source or name or "sensitivity table"])
+    return ClaimResult(7, verdict, reason, numbers, [source or name or "sensitivity table"], ["threshold_sensitivity"])
 
 
 def claim_12(summary: pd.DataFrame | str | Path, *, source: str | None = None) -> ClaimResult:
@@ -296,7 +309,279 @@ def claim_12(summary: pd.DataFrame | str | Path, *, source: str | None = None) -
               f"{base['final_iqm']:.3f} [{base['final_low']:.3f}, {base['final_high']:.3f}] for pg_is over {int(drpo['n_seeds'])} "
               f"seeds; P(DRPO > pg_is) = {drpo['p_improve']:.2f} [{drpo['p_improve_low']:.2f}, {drpo['p_improve_high']:.2f}]: "
               + ("a measurable difference" if separate else "no measurable difference at this scale"))
-    return ClaimResult(12, "supported" if separate else "not supported", reason, numbers, [source or name or "summary"])
+    return ClaimResult(12, "supported" if separate else "not supported", reason, numbers, [source or name or "summary"],
+                       ["convergence_fp8_stale"])
+
+
+# ----------------------------------------------------------------------------------------------
+# claims read off the panel summaries (figures.panel_summary: one row per setting and variant)
+
+
+def _panel(data: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, str | None]:
+    table, name = _table(data)
+    return table.set_index(["setting", "variant"]).sort_index(), name
+
+
+def _side(t: pd.DataFrame, setting: str, a: str, b: str, metric: str) -> int:
+    """+1 if ``a``'s ``metric`` interval lies above ``b``'s in ``setting``, -1 below, 0 overlap."""
+    x, y = t.loc[(setting, a)], t.loc[(setting, b)]
+    if x[f"{metric}_low"] > y[f"{metric}_high"]:
+        return 1
+    if x[f"{metric}_high"] < y[f"{metric}_low"]:
+        return -1
+    return 0
+
+
+def _tally(sides: dict[str, int]) -> tuple[list[str], list[str]]:
+    return [k for k, v in sides.items() if v > 0], [k for k, v in sides.items() if v < 0]
+
+
+def _key(*parts: str) -> str:
+    return "_".join(p.replace(" ", "").replace("(", "").replace(")", "").replace("<", "lt") for p in parts)
+
+
+def claim_4(settings: pd.DataFrame | str | Path, anchor: pd.DataFrame | str | Path, *, free: Sequence[str] = ("pg_is", "cispo"),
+            neg_only: str = "dppo_tv (A<0 only)", stress: str = "stress_rollout") -> ClaimResult:
+    """Claim 4, from the six-setting summary (``settings_summary.csv``) and the anchor summary
+    (``anchor_summary.csv``; its rollout-anchored settings, the claim's setting).
+
+    For the methods without a trust region (``free``) in every rollout-anchored setting: the
+    collapse rate (:class:`drpo_sim.stats.CollapseRule`) and whether the mismatch grows (its
+    final value against its peak). In ``stress``: the final reward of each free method and of
+    DPPO-TV masking only negative-advantage tokens (``neg_only``).
+
+    Verdict: supported when a free method collapses somewhere (a seed lost more than half its
+    best reward) and the negative-only mask collapses less there; not supported when no free
+    method collapses in any setting (nothing to stabilise at this scale); inconclusive otherwise.
+    """
+    s, s_name = _panel(settings)
+    a, a_name = _panel(anchor)
+    cells = [("settings", s, k) for k in s.index.get_level_values(0).unique()]
+    cells += [("anchor", a, k) for k in a.index.get_level_values(0).unique() if k.endswith("_rollout")]
+    numbers: dict[str, float] = {}
+    worst, growth, where = 0.0, 0.0, ""
+    for _, t, setting in cells:
+        for m in free:
+            if (setting, m) not in t.index:
+                continue
+            r = t.loc[(setting, m)]
+            numbers[_key(m, setting, "collapse_rate")] = r["collapse_rate"]
+            ratio = r["shift_final_iqm"] / r["shift_peak"]
+            numbers[_key(m, setting, "shift_final_over_peak")] = ratio
+            if r["collapse_rate"] > worst:
+                worst, where = r["collapse_rate"], setting
+            growth = max(growth, ratio)
+    numbers["free_collapse_rate_max"] = worst
+    numbers["free_shift_final_over_peak_max"] = growth
+    numbers["settings_examined"] = len(cells)
+    for m in (*free, neg_only):
+        r = a.loc[(stress, m)]
+        numbers[_key(m, stress, "final_iqm")] = r["final_iqm"]
+        numbers[_key(m, stress, "final_low")] = r["final_low"]
+        numbers[_key(m, stress, "final_high")] = r["final_high"]
+    neg = a.loc[(stress, neg_only)] if where == stress else None
+    if worst == 0:
+        verdict = "not supported"
+        reason = (f"no seed of {', '.join(free)} collapsed in any of {len(cells)} rollout-anchored settings; the "
+                  f"mismatch at the last step is at most {growth:.2f} of its peak (it falls as the policy sharpens, "
+                  f"it does not grow). Under stress {free[0]} ends at {numbers[_key(free[0], stress, 'final_iqm')]:.3f} "
+                  f"and the negative-only mask at {numbers[_key(neg_only, stress, 'final_iqm')]:.3f}: nothing to stabilise "
+                  "at this scale")
+    else:
+        better = neg is not None and neg["collapse_rate"] < worst
+        verdict = "supported" if better else "inconclusive"
+        reason = (f"{worst:.0%} of seeds of a method without trust region collapsed (in {where}); "
+                  + ("the negative-only mask collapsed less there" if better else
+                     "the negative-only mask was not measured to collapse less in that setting"))
+    return ClaimResult(4, verdict, reason, numbers, [s_name or "settings summary", a_name or "anchor summary"],
+                       ["convergence_settings", "anchor_stress"])
+
+
+def claim_6(settings: pd.DataFrame | str | Path, *, drpo: Sequence[str] = ("drpo (delta 0.15)", "drpo"),
+            dppo: str = "dppo_tv") -> ClaimResult:
+    """Claim 6, from the six-setting summary: speed is the area under the reward curve (AUC, the
+    mean expected reward over training), compared setting by setting between DPPO-TV and DRPO at
+    the same threshold (``drpo[0]``: DRPO with DPPO-TV's delta, the same geometry) and at the
+    paper's delta (``drpo[1]``).
+
+    Verdict (on the same-geometry comparison): supported when DRPO's AUC interval lies above
+    DPPO-TV's in at least half the settings and below in none; not supported when it lies above
+    in none; inconclusive otherwise.
+    """
+    t, name = _panel(settings)
+    settings_ = list(t.index.get_level_values(0).unique())
+    numbers: dict[str, float] = {}
+    sides: dict[str, dict[str, int]] = {d: {} for d in drpo}
+    for setting in settings_:
+        numbers[_key(dppo, setting, "auc_iqm")] = t.loc[(setting, dppo), "auc_iqm"]
+        for d in drpo:
+            numbers[_key(d, setting, "auc_iqm")] = t.loc[(setting, d), "auc_iqm"]
+            sides[d][setting] = _side(t, setting, d, dppo, "auc")
+    same = sides[drpo[0]]
+    faster, slower = _tally(same)
+    numbers["settings"] = len(settings_)
+    numbers["same_geometry_faster"], numbers["same_geometry_slower"] = len(faster), len(slower)
+    f2, s2 = _tally(sides[drpo[1]])
+    numbers["paper_delta_faster"], numbers["paper_delta_slower"] = len(f2), len(s2)
+    if len(faster) * 2 >= len(settings_) and not slower:
+        verdict = "supported"
+    elif not faster:
+        verdict = "not supported"
+    else:
+        verdict = "inconclusive"
+    reason = (f"{drpo[0]} learns faster than {dppo} (AUC interval above) in {len(faster)} of {len(settings_)} settings"
+              + (f" ({', '.join(faster)})" if faster else "") + f" and slower in {len(slower)}"
+              + (f" ({', '.join(slower)})" if slower else "")
+              + f"; at the paper's delta, {drpo[1]} is faster in {len(f2)} and slower in {len(s2)}")
+    return ClaimResult(6, verdict, reason, numbers, [name or "settings summary"], ["convergence_settings"])
+
+
+def _ablation_sides(t: pd.DataFrame, variant: str, base: str, delta: float) -> tuple[dict[str, int], dict[str, float]]:
+    """Final-reward sides of ``variant`` against ``base`` in every setting, at the paper's delta
+    (labels as given) and at ``delta`` (labels ``"<name> (delta <delta>)"``)."""
+    sides, numbers = {}, {}
+    for setting in t.index.get_level_values(0).unique():
+        for suffix in ("", f" (delta {delta:g})"):
+            v, b = variant + suffix, base + suffix
+            cell = f"{setting}{suffix}"
+            sides[cell] = _side(t, setting, v, b, "final")
+            numbers[_key(v, setting, "final_iqm")] = t.loc[(setting, v), "final_iqm"]
+            numbers[_key(b, setting, "final_iqm")] = t.loc[(setting, b), "final_iqm"]
+            numbers[_key(v, setting, "collapse_rate")] = t.loc[(setting, v), "collapse_rate"]
+    return sides, numbers
+
+
+def claim_8(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5) -> ClaimResult:
+    """Claim 8, from the ablation summary (``ablations_summary.csv``): ``drpo_no_abs_adv``
+    against ``drpo`` at the paper's delta and at ``delta``, in every setting (final reward).
+
+    Verdict: supported when dropping abs(A) is worse (interval below, or more collapses) in some
+    cell and better in none; not supported when it is worse in none; inconclusive otherwise.
+    """
+    t, name = _panel(ablations)
+    sides, numbers = _ablation_sides(t, "drpo_no_abs_adv", "drpo", delta)
+    better, worse = _tally(sides)
+    collapses = [c for c in t.index.get_level_values(0).unique() for sfx in ("", f" (delta {delta:g})")
+                 if t.loc[(c, "drpo_no_abs_adv" + sfx), "collapse_rate"] > t.loc[(c, "drpo" + sfx), "collapse_rate"]]
+    worse = sorted(set(worse) | {c for c in collapses})
+    numbers["cells"], numbers["worse"], numbers["better"] = len(sides), len(worse), len(better)
+    verdict = "supported" if worse and not better else ("not supported" if not worse else "inconclusive")
+    reason = (f"without abs(A), final reward is below DRPO's in {len(worse)} of {len(sides)} cells (settings x delta)"
+              + (f" ({', '.join(worse)})" if worse else "") + f" and above in {len(better)}"
+              + (f" ({', '.join(better)})" if better else ""))
+    return ClaimResult(8, verdict, reason, numbers, [name or "ablation summary"], ["ablation_abs_adv"])
+
+
+def claim_9(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5) -> ClaimResult:
+    """Claim 9, from the ablation summary: ``mask_drpo`` against ``drpo`` (final reward).
+
+    Verdict: supported when the intervals overlap in every cell (settings x delta); not
+    supported otherwise.
+    """
+    t, name = _panel(ablations)
+    sides, numbers = _ablation_sides(t, "mask_drpo", "drpo", delta)
+    better, worse = _tally(sides)
+    numbers["cells"], numbers["worse"], numbers["better"] = len(sides), len(worse), len(better)
+    same = not better and not worse
+    reason = (f"mask_drpo's final-reward interval overlaps DRPO's in {len(sides) - len(better) - len(worse)} of "
+              f"{len(sides)} cells (settings x delta)" + (f"; below in {', '.join(worse)}" if worse else "")
+              + (f"; above in {', '.join(better)}" if better else ""))
+    return ClaimResult(9, "supported" if same else "not supported", reason, numbers, [name or "ablation summary"],
+                       ["ablation_mask"])
+
+
+def claim_10(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5,
+             others: Sequence[str] = ("drpo_kl", "drpo_tv", "drpo_k3")) -> ClaimResult:
+    """Claim 10, from the ablation summary: each of the KL, TV and K3 penalties against DRPO's.
+
+    Verdict: supported when each is below DRPO (final-reward interval) in some cell and above in
+    none; not supported when none is below anywhere; inconclusive otherwise.
+    """
+    t, name = _panel(ablations)
+    numbers: dict[str, float] = {}
+    parts, below_any, above_any, all_below = [], False, False, True
+    for o in others:
+        sides, nums = _ablation_sides(t, o, "drpo", delta)
+        numbers.update(nums)
+        better, worse = _tally(sides)
+        numbers[_key(o, "worse")], numbers[_key(o, "better")] = len(worse), len(better)
+        below_any |= bool(worse)
+        above_any |= bool(better)
+        all_below &= bool(worse)
+        parts.append(f"{o} below in {len(worse)}, above in {len(better)}")
+    numbers["cells"] = len(sides)
+    verdict = "supported" if all_below and not above_any else ("not supported" if not below_any else "inconclusive")
+    reason = f"against DRPO over {len(sides)} cells (settings x delta), final reward: " + "; ".join(parts)
+    return ClaimResult(10, verdict, reason, numbers, [name or "ablation summary"], ["ablation_divergences"])
+
+
+def claim_11(anchor: pd.DataFrame | str | Path) -> ClaimResult:
+    """Claim 11, from the anchor summary (``anchor_summary.csv``: settings ``<name>_rollout`` and
+    ``<name>_recompute``): the mismatch at the last step (IQM of mean abs(pi - mu) over seeds,
+    with its interval) under the recomputed anchor against the rollout anchor, per method and
+    setting; the final reward beside it.
+
+    Verdict: supported when the recomputed anchor ends with more mismatch (interval above) in at
+    least half the pairs and less in none; not supported when more in none; inconclusive otherwise.
+    """
+    t, name = _panel(anchor)
+    numbers: dict[str, float] = {}
+    sides: dict[str, int] = {}
+    reward: dict[str, int] = {}
+    bases = sorted({s.rsplit("_", 1)[0] for s in t.index.get_level_values(0) if s.endswith("_rollout")})
+    for base in bases:
+        ro, rc = f"{base}_rollout", f"{base}_recompute"
+        for v in t.loc[ro].index:
+            x, y = t.loc[(rc, v)], t.loc[(ro, v)]
+            pair = f"{v} {base}"
+            sides[pair] = 1 if x["shift_final_low"] > y["shift_final_high"] else (-1 if x["shift_final_high"] < y["shift_final_low"] else 0)
+            reward[pair] = 1 if x["final_low"] > y["final_high"] else (-1 if x["final_high"] < y["final_low"] else 0)
+            for anchor_, r in (("recompute", x), ("rollout", y)):
+                numbers[_key(v, base, anchor_, "shift_final")] = r["shift_final_iqm"]
+                numbers[_key(v, base, anchor_, "final_iqm")] = r["final_iqm"]
+    more, less = _tally(sides)
+    up, down = _tally(reward)
+    numbers["pairs"], numbers["more_mismatch"], numbers["less_mismatch"] = len(sides), len(more), len(less)
+    numbers["higher_reward"], numbers["lower_reward"] = len(up), len(down)
+    if len(more) * 2 >= len(sides) and not less:
+        verdict = "supported"
+    elif not more:
+        verdict = "not supported"
+    else:
+        verdict = "inconclusive"
+    reason = (f"with the recomputed anchor the final mismatch is higher in {len(more)} of {len(sides)} (method, setting) "
+              f"pairs and lower in {len(less)}" + (f" ({', '.join(less)})" if less else "")
+              + f"; its final reward is higher in {len(up)} and lower in {len(down)}"
+              + (f" (higher: {', '.join(up)})" if up else ""))
+    return ClaimResult(11, verdict, reason, numbers, [name or "anchor summary"], ["anchor_fp8", "anchor_stress"])
+
+
+#: The result file each claim reads, relative to the results directory.
+CLAIM_FILES = {
+    4: ("settings_summary.csv", "anchor_summary.csv"),
+    5: ("replay_sim_regions_by_mu.csv",),
+    6: ("settings_summary.csv",),
+    7: ("threshold_sensitivity.csv",),
+    8: ("ablations_summary.csv",),
+    9: ("ablations_summary.csv",),
+    10: ("ablations_summary.csv",),
+    11: ("anchor_summary.csv",),
+    12: ("convergence_fp8_stale_summary.csv",),
+}
+
+
+def claims_from_results(results: str | Path) -> list[ClaimResult]:
+    """Every claim, in order: the geometric ones from the registry, the others from the result
+    files of :data:`CLAIM_FILES` in ``results`` (a missing file is an error naming it)."""
+    results = Path(results)
+    tests = {4: claim_4, 5: claim_5, 6: claim_6, 7: claim_7, 8: claim_8, 9: claim_9, 10: claim_10, 11: claim_11, 12: claim_12}
+    for number, names in sorted(CLAIM_FILES.items()):
+        missing = [str(results / f) for f in names if not (results / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"claim {number} reads {', '.join(missing)}, which does not exist; run its analysis first")
+    out = [claim_1(), claim_2(), claim_3()]
+    out += [test(*(results / f for f in CLAIM_FILES[number])) for number, test in sorted(tests.items())]
+    return out
 
 
 def write_claims(results: Sequence[ClaimResult], path: str | Path) -> Path:

@@ -9,7 +9,8 @@ Subcommands::
     drpo-sim sweep CONFIG.toml --out DIR  a grid of simulations, resumable, locally or on a Dask cluster
     drpo-sim replay LOG... --out DIR      per-token analysis of token logs (real, simulated or from the LM lab)
     drpo-sim lm pretrain|train|compare    the tiny transformer lab (drpo_sim.lm.cli)
-    drpo-sim reproduce [--out DIR]        every figure from the built-in defaults, and MANIFEST.json
+    drpo-sim reproduce [--quick|--full]   every analysis of analyses/: figures, MANIFEST.json, claims.json, paper/
+    drpo-sim report                       regenerate paper/ from the result files and check its numbers
 
 Errors in the input (a bad option value, an unknown objective) print one line and exit with 2.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -58,28 +60,26 @@ def _cmd_geometry(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from drpo_sim.reproduce import reproduce
 
-    from drpo_sim import figures
-
-    t0 = time.perf_counter()
-    fmts = parse_formats(args.formats)
-    jobs = [
-        ("geometry", lambda: figures.geometry_figures(args.out, formats=fmts)),
-        ("dynamics", lambda: figures.dynamics_figures(args.out, formats=fmts)),
-        ("convergence", lambda: figures.convergence_figures(args.out, args.profile, formats=fmts)),
-        ("phase", lambda: figures.phase_figures(args.out, args.profile, formats=fmts)),
-        ("replay_sim", lambda: figures.replay_sim_figures(args.out, args.profile, formats=fmts)),
-        ("lm", lambda: figures.lm_figures(args.out, args.profile, formats=fmts)),
-    ]
-    records = []
-    for name, job in tqdm(jobs, desc="reproduce", unit="job", disable=None):
-        records.extend(job())
-    path = figures.write_manifest(args.out, records, profile=args.profile)
-    verdicts = figures.claims_file(args.out)
-    print("claims: " + ", ".join(f"{r.number} {r.verdict}" for r in verdicts) + f" ({Path(args.out) / 'claims.json'})")
-    print(f"{len(records)} figures in {args.out} ({time.perf_counter() - t0:.1f} s); manifest: {path}")
+    only = [s for s in (args.only or "").split(",") if s]
+    res = reproduce(args.out, args.profile, parse_formats(args.formats), paper=args.paper, only=only)
+    claims = json.loads((Path(args.out) / "claims.json").read_text())
+    print("claims: " + ", ".join(f"{c['number']} {c['verdict']}" for c in claims))
+    print(f"{len(res['records'])} figures in {args.out} ({res['wall_time_s']:.1f} s); manifest: {res['manifest']}; "
+          f"report: {res['report']}")
     return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from drpo_sim import report
+
+    path = report.write_report(args.results, args.paper)
+    problems = report.check_numbers(path.read_text(), args.results, include=report.report_inputs(args.results))
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"report: {path}" + (f"; {len(problems)} number(s) not found in the result files" if problems else ""))
+    return 1 if problems else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,13 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lm_parser(sub)
 
-    p = sub.add_parser("reproduce", help="regenerate every figure from the built-in defaults")
+    p = sub.add_parser("reproduce", help="run every analysis of analyses/: figures, MANIFEST.json, claims.json, the report")
     p.add_argument("--out", default="figures", help="output directory (default figures/)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--quick", dest="profile", action="store_const", const="quick", help="the fast profile the tests run")
-    group.add_argument("--full", dest="profile", action="store_const", const="full", help="the full profile")
+    group.add_argument("--quick", dest="profile", action="store_const", const="quick",
+                       help="the fast profile the tests run (default; under 10 minutes on 2 cores)")
+    group.add_argument("--full", dest="profile", action="store_const", const="full",
+                       help="the full profile: enough seeds to separate the methods (about an hour on 2 cores)")
     p.add_argument("--formats", default="png,pdf", help="comma-separated image formats (default png,pdf)")
+    p.add_argument("--paper", help="where the report goes (default: paper/ beside --out)")
+    p.add_argument("--only", help="comma-separated parts of analysis script names to run (default: all)")
     p.set_defaults(func=_cmd_reproduce, profile="quick")
+
+    p = sub.add_parser("report", help="regenerate the report from the result files and check its numbers")
+    p.add_argument("--results", default="figures", help="directory of the result files (default figures/)")
+    p.add_argument("--paper", default="paper", help="where the report goes (default paper/)")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

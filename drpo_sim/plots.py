@@ -216,6 +216,57 @@ def curves_figure(
     return save(fig, stem, formats)
 
 
+def variant_style(label: str, method: str, k: int = 0) -> dict:
+    """A variant's look: its objective's :data:`STYLE`; a second parameter set of one objective
+    (``label != method``) keeps the colour with a thinner, dash-dotted line."""
+    style = dict(STYLE.get(method, {"lw": 1.6}))
+    if label != method:
+        style.update(ls=(0, (5, 1, 1, 1)), lw=1.5)
+        if "color" not in style:
+            style["color"] = sns.color_palette("colorblind", 10)[k % 10]
+    return style
+
+
+def panels_figure(bands: pd.DataFrame, stem: str | Path, *, settings: dict[str, str], variants: Sequence[str],
+                  methods: dict[str, str], metrics: Sequence[tuple[str, str, bool]], title: str,
+                  formats=("png",)) -> list[Path]:
+    """Curves of several variants in several settings: one column per setting (``settings``:
+    name to panel title), one row per metric (``(metric, ylabel, logy)``), IQM lines with 95%
+    bootstrap bands, from :func:`drpo_sim.stats.curve_bands` tables with ``setting``, ``variant``
+    and ``metric`` columns. ``methods`` maps each variant label to its objective (for the style).
+    """
+    cols = [s for s in settings if s in set(bands["setting"])]
+    with paper_style():
+        fig, axes = plt.subplots(len(metrics), len(cols), figsize=(max(4.2 * len(cols), 8.0), 3.3 * len(metrics)),
+                                 sharex=True, squeeze=False)
+        for j, setting in enumerate(cols):
+            for i, (metric, ylabel, logy) in enumerate(metrics):
+                ax = axes[i, j]
+                d = bands[(bands["setting"] == setting) & (bands["metric"] == metric)]
+                for k, label in enumerate(variants):
+                    c = d[d["variant"] == label]
+                    if c.empty:
+                        continue
+                    style = variant_style(label, methods[label], k)
+                    ax.plot(c["step"], c["iqm"], label=label, **style)
+                    ax.fill_between(c["step"], c["low"], c["high"], color=style.get("color"), alpha=0.15, lw=0)
+                if logy:
+                    ax.set_yscale("log")
+                if i == 0:
+                    ax.set_title(settings[setting], fontsize="medium")
+                if j == 0:
+                    ax.set_ylabel(ylabel)
+                if i == len(metrics) - 1:
+                    ax.set_xlabel("step")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        ncol = min(len(labels), max(3, 2 * len(cols)))  # no wider than the panels
+        rows = -(-len(labels) // ncol)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, -0.03 * rows))
+        fig.suptitle(f"{title}\n(IQM over seeds, 95% bootstrap band)", y=1.0)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return save(fig, stem, formats)
+
+
 def flow_figure(field: pd.DataFrame, rest: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
     """The frozen-``mu`` flow of ``pi`` over the ``(mu, pi)`` plane, one column per objective.
 

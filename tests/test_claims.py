@@ -96,3 +96,101 @@ def test_claim_12_verdicts_on_cpu():
     assert claims.claim_12(summary(0.89, 0.45)).verdict == "not supported"
     assert claims.claim_12(summary(0.80, 0.10)).verdict == "supported"
     assert claims.claim_12(summary(0.89, 0.80)).verdict == "supported"  # P(improve) interval excludes 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# claims read off panel summaries (figures.panel_summary): synthetic tables where each verdict flips
+
+
+def panel(rows: dict[tuple[str, str], float], *, width: float = 0.02, collapse: dict | None = None,
+          shift: dict | None = None, auc: dict | None = None) -> pd.DataFrame:
+    """A panel summary: final reward ``rows[(setting, variant)]`` with an interval of +-width;
+    AUC, final mismatch and collapse rate from the optional dicts (defaults: the reward, 0.01, 0)."""
+    out = []
+    for (setting, variant), v in rows.items():
+        a = (auc or {}).get((setting, variant), v)
+        s = (shift or {}).get((setting, variant), 0.01)
+        out.append(dict(setting=setting, variant=variant, method=variant.split(" ")[0], n_seeds=8,
+                        final_iqm=v, final_low=v - width, final_high=v + width,
+                        auc_iqm=a, auc_low=a - width, auc_high=a + width,
+                        collapse_rate=(collapse or {}).get((setting, variant), 0.0),
+                        shift_final_iqm=s, shift_final_low=s * 0.9, shift_final_high=s * 1.1,
+                        shift_peak=0.05, reward_peak=v, kept_of_peak=1.0))
+    return pd.DataFrame(out)
+
+
+SETTINGS = ("bf16", "fp8_rollout", "stale")
+
+
+def test_claim_6_compares_speed_at_the_same_threshold_on_cpu():
+    def table(delta015_auc):
+        rows = {}
+        for s in SETTINGS:
+            rows.update({(s, "dppo_tv"): 0.5, (s, "drpo"): 0.5, (s, "drpo (delta 0.15)"): 0.5})
+        return panel(rows, auc={(s, "drpo (delta 0.15)"): delta015_auc[i] for i, s in enumerate(SETTINGS)})
+    c = claims.claim_6(table([0.6, 0.6, 0.5]))
+    assert c.verdict == "supported" and c.numbers["same_geometry_faster"] == 2 and c.numbers["same_geometry_slower"] == 0
+    assert claims.claim_6(table([0.6, 0.5, 0.4])).verdict == "inconclusive"
+    c = claims.claim_6(table([0.5, 0.4, 0.5]))
+    assert c.verdict == "not supported" and "slower in 1 (fp8_rollout)" in c.reason
+
+
+ABLATED = ("drpo", "drpo_no_abs_adv", "drpo_kl", "drpo_tv", "drpo_k3", "mask_drpo")
+
+
+def ablation_table(changes: dict[str, float], collapse: dict | None = None) -> pd.DataFrame:
+    rows = {}
+    for s in ("fp8_stale", "stress"):
+        for v in ABLATED:
+            for sfx in ("", " (delta 0.5)"):
+                rows[(s, v + sfx)] = 0.7 + changes.get(f"{s}:{v}{sfx}", 0.0)
+    return panel(rows, collapse=collapse)
+
+
+def test_ablation_claims_verdicts_on_cpu():
+    same = ablation_table({})
+    assert claims.claim_8(same).verdict == "not supported"
+    assert claims.claim_9(same).verdict == "supported"
+    assert claims.claim_10(same).verdict == "not supported"
+    c8 = claims.claim_8(ablation_table({"stress:drpo_no_abs_adv (delta 0.5)": -0.2}))
+    assert c8.verdict == "supported" and c8.numbers["worse"] == 1 and "stress (delta 0.5)" in c8.reason
+    assert claims.claim_8(ablation_table({"stress:drpo_no_abs_adv": -0.2, "fp8_stale:drpo_no_abs_adv": 0.2})).verdict == "inconclusive"
+    # more collapses count as worse even where the rewards' intervals overlap
+    collapsing = ablation_table({}, collapse={("stress", "drpo_no_abs_adv"): 0.25})
+    assert claims.claim_8(collapsing).verdict == "supported"
+    assert claims.claim_9(ablation_table({"fp8_stale:mask_drpo": 0.1})).verdict == "not supported"
+    worse_all = {f"stress:{m}": -0.2 for m in ("drpo_kl", "drpo_tv", "drpo_k3")}
+    assert claims.claim_10(ablation_table(worse_all)).verdict == "supported"
+    assert claims.claim_10(ablation_table({"stress:drpo_kl": -0.2})).verdict == "inconclusive"  # TV, K3 never worse
+
+
+def anchor_table(recompute_shift: float, neg_collapse: float = 0.0, free_collapse: float = 0.0) -> pd.DataFrame:
+    rows, shift, collapse = {}, {}, {}
+    for base in ("fp8_stale", "stress"):
+        for anchor in ("rollout", "recompute"):
+            for v in ("pg_is", "cispo", "dppo_tv (A<0 only)", "drpo"):
+                rows[(f"{base}_{anchor}", v)] = 0.6
+                shift[(f"{base}_{anchor}", v)] = recompute_shift if anchor == "recompute" else 0.01
+    collapse[("stress_rollout", "pg_is")] = free_collapse
+    collapse[("stress_rollout", "dppo_tv (A<0 only)")] = neg_collapse
+    return panel(rows, shift=shift, collapse=collapse)
+
+
+def test_claim_11_compares_the_final_mismatch_of_the_two_anchors_on_cpu():
+    c = claims.claim_11(anchor_table(0.03))
+    assert c.verdict == "supported" and c.numbers["more_mismatch"] == c.numbers["pairs"] == 8
+    assert claims.claim_11(anchor_table(0.01)).verdict == "not supported"
+    assert claims.claim_11(anchor_table(0.005)).verdict == "not supported"
+
+
+def test_claim_4_needs_a_collapse_without_trust_region_on_cpu():
+    settings = panel({(s, "pg_is"): 0.8 for s in SETTINGS})
+    c = claims.claim_4(settings, anchor_table(0.01))
+    assert c.verdict == "not supported" and c.numbers["free_collapse_rate_max"] == 0
+    assert claims.claim_4(settings, anchor_table(0.01, free_collapse=0.5)).verdict == "supported"
+    assert claims.claim_4(settings, anchor_table(0.01, free_collapse=0.5, neg_collapse=0.5)).verdict == "inconclusive"
+
+
+def test_claims_from_results_names_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="settings_summary.csv"):
+        claims.claims_from_results(tmp_path)

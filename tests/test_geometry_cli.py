@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 from matplotlib import image
 
-from drpo_sim import cli, geometry
+from drpo_sim import cli, geometry, report
 
 FIGURES = ("weight_vs_pi", "weight_vs_pi_ablations", "weight_plane", "drpo_delta_range")
 DATA = ("weight_vs_pi.csv", "weight_plane.csv", "drpo_delta_range.csv", "drpo_delta_curves.csv")
@@ -81,43 +82,69 @@ def test_plane_masks_and_delta_ranges_match_the_math(geometry_out):
 
 
 @pytest.mark.slow
-def test_reproduce_writes_a_manifest_naming_every_figure(tmp_path):
-    assert cli.main(["reproduce", "--quick", "--out", str(tmp_path), "--formats", "png"]) == 0
-    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+def test_reproduce_quick_runs_every_analysis_and_writes_the_report(tmp_path):
+    out = tmp_path / "figures"
+    assert cli.main(["reproduce", "--quick", "--out", str(out), "--formats", "png"]) == 0
+    manifest = json.loads((out / "MANIFEST.json").read_text())
     assert manifest["package"] == "drpo_sim" and manifest["profile"] == "quick"
     named = {f for rec in manifest["figures"] for f in rec["files"]}
     replay = ("mismatch", "regions", "weights", "rare_tokens", "by_step")
-    extra = ("fixed_point_flows", "convergence_fp8_stale", "phase_diagram", "threshold_sensitivity", "lm_reward", "lm_mismatch",
+    extra = ("fixed_point_flows", "convergence_fp8_stale", "convergence_settings", "phase_diagram", "threshold_sensitivity",
+             "ablation_abs_adv", "ablation_divergences", "ablation_mask", "anchor_fp8", "anchor_stress",
+             "lm_reward", "lm_mismatch",
              *(f"{prefix}_{name}" for prefix in ("replay_sim", "replay_lm_bf16", "replay_lm_fp8") for name in replay))
     assert named == {f"{fig}.png" for fig in FIGURES + extra}
+    assert set(p.name for p in out.glob("*.png")) == named  # every image is in the manifest
     for rec in manifest["figures"]:
         assert (rec["config"].get("objectives") or rec["config"].get("methods")) and rec["wall_time_s"] > 0
-        assert (tmp_path / rec["data"]).is_file()
+        assert (out / rec["data"]).is_file()
         for f in rec["files"]:
-            assert_real_image(tmp_path / f)
+            assert_real_image(out / f)
     conv = next(r for r in manifest["figures"] if r["figure"] == "convergence_fp8_stale")
     assert conv["seeds"] and conv["config"]["precision"] == "fp8_e4m3" and conv["config"]["staleness"] > 0
-    phase = pd.read_csv(tmp_path / "phase_diagram.csv")
+    phase = pd.read_csv(out / "phase_diagram.csv")
     assert set(phase["method"]) == {"pg_is", "grpo", "spo", "dppo_tv", "drpo"} and phase["stable"].dtype == bool
     assert len(phase) == 5 * phase["noise_std"].nunique() * phase["staleness"].nunique()
-    assert (tmp_path / "sweeps").is_dir()  # the cell stores, so a second run resumes
-    sens = pd.read_csv(tmp_path / "threshold_sensitivity.csv")
+    assert (out / "sweeps").is_dir()  # the cell stores, so a second run resumes
+    sens = pd.read_csv(out / "threshold_sensitivity.csv")
     assert sorted(sens.loc[sens["method"] == "drpo", "delta"].unique()) == [0.15, 0.5, 1.0, 2.5, 5.0, 12.5]
-    bands = pd.read_csv(tmp_path / "convergence_fp8_stale.csv")
+    bands = pd.read_csv(out / "convergence_fp8_stale.csv")
     assert set(bands["method"]) == {"pg_is", "grpo", "spo", "dppo_tv", "drpo"}
     assert (bands["low"] <= bands["iqm"] + 1e-12).all() and (bands["iqm"] <= bands["high"] + 1e-12).all()
+    # six settings x six variants, each with its interval; the ablations and anchors likewise
+    settings = pd.read_csv(out / "settings_summary.csv")
+    assert settings["setting"].nunique() == 6 and len(settings) == 36
+    assert (settings["final_low"] <= settings["final_iqm"]).all() and (settings["auc_iqm"] <= settings["auc_high"]).all()
+    ablations = pd.read_csv(out / "ablations_summary.csv")
+    assert {"drpo_no_abs_adv", "drpo_kl", "drpo_tv", "drpo_k3", "mask_drpo (delta 0.5)"} <= set(ablations["variant"])
+    anchor = pd.read_csv(out / "anchor_summary.csv")
+    assert {"fp8_stale_rollout", "fp8_stale_recompute", "stress_rollout", "stress_recompute"} == set(anchor["setting"])
+    assert (anchor["shift_final_low"] <= anchor["shift_final_high"]).all()
     # the token-log replays: a simulator log and the lab's real bf16 / fp8 rollouts, one code path
-    sim = json.loads((tmp_path / "replay_sim_replay.json").read_text())
+    sim = json.loads((out / "replay_sim_replay.json").read_text())
     assert sim["source"]["format"] == "tokens" and sim["tokens"] > 0 and sim["abs_shift_mean"] > 0
-    lm = {p: json.loads((tmp_path / f"replay_lm_{p}_replay.json").read_text()) for p in ("bf16", "fp8")}
+    lm = {p: json.loads((out / f"replay_lm_{p}_replay.json").read_text()) for p in ("bf16", "fp8")}
     for p, totals in lm.items():
         assert totals["updates"] == [0] and totals["filtered_tokens"] > 0 and 0 < totals["abs_shift_mean"] < 0.05, p
-    verdicts = {c["number"]: c["verdict"] for c in json.loads((tmp_path / "claims.json").read_text())}
-    assert set(verdicts) == {1, 2, 3, 5, 7, 12} and set(verdicts.values()) <= {"supported", "not supported", "inconclusive"}
-    assert verdicts[1] == verdicts[2] == verdicts[3] == "supported"  # exact math, whatever the simulations say
-    summary = pd.read_csv(tmp_path / "lm_summary.csv")
+    summary = pd.read_csv(out / "lm_summary.csv")
     assert set(summary["method"]) == {"pg_is", "grpo", "dppo_tv", "drpo"}
     assert set(summary["precision"]) == {"fp32", "bf16", "fp8"}
+    # every claim has a verdict, with its figures drawn
+    claims = json.loads((out / "claims.json").read_text())
+    assert [c["number"] for c in claims] == list(range(1, 13))
+    assert {c["verdict"] for c in claims} <= {"supported", "not supported", "inconclusive"}
+    assert claims[0]["verdict"] == claims[1]["verdict"] == claims[2]["verdict"] == "supported"  # exact math
+    for c in claims:
+        assert c["numbers"] and c["reason"] and c["figures"], c["number"]
+        assert all((out / f"{f}.png").is_file() for f in c["figures"]), c["number"]
+    # the report: beside figures/, every claim, every image link resolves, every number traceable
+    paper = (tmp_path / "paper" / "README.md").read_text()
+    for c in claims:
+        assert f"## Claim {c['number']}: " in paper and c["reason"] in paper
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", paper)
+    assert {Path(link).name for link in links} >= {f"{f}.png" for c in claims for f in c["figures"]}
+    assert all((tmp_path / "paper" / link).resolve().is_file() for link in links)
+    assert report.check_numbers(paper, out, include=report.report_inputs(out)) == []
 
 
 def test_list_shows_every_objective(capsys):
