@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,8 @@ def _table(data: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, str | None]:
 
 
 def _overlap(a: pd.Series, b: pd.Series) -> bool:
-    return bool(a["final_low"] <= b["final_high"] and b["final_low"] <= a["final_high"])
+    """Whether two rows' final-reward intervals overlap."""
+    return _above(a, b, "final") == 0
 
 
 def claim_7(sensitivity: pd.DataFrame | str | Path, *, dppo: str = "dppo_tv", drpo_deltas: Sequence[float] = (2.5, 12.5),
@@ -322,9 +324,9 @@ def _panel(data: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, str | None]:
     return table.set_index(["setting", "variant"]).sort_index(), name
 
 
-def _side(t: pd.DataFrame, setting: str, a: str, b: str, metric: str) -> int:
-    """+1 if ``a``'s ``metric`` interval lies above ``b``'s in ``setting``, -1 below, 0 overlap."""
-    x, y = t.loc[(setting, a)], t.loc[(setting, b)]
+def _above(x: pd.Series, y: pd.Series, metric: str) -> int:
+    """+1 if row ``x``'s ``metric`` interval (``<metric>_low``, ``<metric>_high``) lies above row
+    ``y``'s, -1 below, 0 if they overlap."""
     if x[f"{metric}_low"] > y[f"{metric}_high"]:
         return 1
     if x[f"{metric}_high"] < y[f"{metric}_low"]:
@@ -332,12 +334,28 @@ def _side(t: pd.DataFrame, setting: str, a: str, b: str, metric: str) -> int:
     return 0
 
 
+def _side(t: pd.DataFrame, setting: str, a: str, b: str, metric: str) -> int:
+    """:func:`_above` for variants ``a`` and ``b`` of one setting."""
+    return _above(t.loc[(setting, a)], t.loc[(setting, b)], metric)
+
+
+def _majority(for_: list[str], against: list[str], total: int) -> str:
+    """Supported when the claim's direction is measured in at least half the ``total`` cells and
+    the opposite in none; not supported when it is measured in none; inconclusive otherwise."""
+    if len(for_) * 2 >= total and not against:
+        return "supported"
+    return "not supported" if not for_ else "inconclusive"
+
+
 def _tally(sides: dict[str, int]) -> tuple[list[str], list[str]]:
     return [k for k, v in sides.items() if v > 0], [k for k, v in sides.items() if v < 0]
 
 
 def _key(*parts: str) -> str:
-    return "_".join(p.replace(" ", "").replace("(", "").replace(")", "").replace("<", "lt") for p in parts)
+    """A number's name from variant and setting labels: ``"dppo_tv (A<0 only)", "stress"`` ->
+    ``dppo_tv_neg_only_stress``; ``"drpo (delta 0.15)"`` -> ``drpo_delta0.15``."""
+    clean = (p.replace("A<0 only", "neg only").replace("delta ", "delta") for p in parts)
+    return "_".join(re.sub(r"[^\w.]+", "_", p).strip("_") for p in clean)
 
 
 def claim_4(settings: pd.DataFrame | str | Path, anchor: pd.DataFrame | str | Path, *, free: Sequence[str] = ("pg_is", "cispo"),
@@ -423,12 +441,7 @@ def claim_6(settings: pd.DataFrame | str | Path, *, drpo: Sequence[str] = ("drpo
     numbers["same_geometry_faster"], numbers["same_geometry_slower"] = len(faster), len(slower)
     f2, s2 = _tally(sides[drpo[1]])
     numbers["paper_delta_faster"], numbers["paper_delta_slower"] = len(f2), len(s2)
-    if len(faster) * 2 >= len(settings_) and not slower:
-        verdict = "supported"
-    elif not faster:
-        verdict = "not supported"
-    else:
-        verdict = "inconclusive"
+    verdict = _majority(faster, slower, len(settings_))
     reason = (f"{drpo[0]} learns faster than {dppo} (AUC interval above) in {len(faster)} of {len(settings_)} settings"
               + (f" ({', '.join(faster)})" if faster else "") + f" and slower in {len(slower)}"
               + (f" ({', '.join(slower)})" if slower else "")
@@ -534,8 +547,8 @@ def claim_11(anchor: pd.DataFrame | str | Path) -> ClaimResult:
         for v in t.loc[ro].index:
             x, y = t.loc[(rc, v)], t.loc[(ro, v)]
             pair = f"{v} {base}"
-            sides[pair] = 1 if x["shift_final_low"] > y["shift_final_high"] else (-1 if x["shift_final_high"] < y["shift_final_low"] else 0)
-            reward[pair] = 1 if x["final_low"] > y["final_high"] else (-1 if x["final_high"] < y["final_low"] else 0)
+            sides[pair] = _above(x, y, "shift_final")
+            reward[pair] = _above(x, y, "final")
             for anchor_, r in (("recompute", x), ("rollout", y)):
                 numbers[_key(v, base, anchor_, "shift_final")] = r["shift_final_iqm"]
                 numbers[_key(v, base, anchor_, "final_iqm")] = r["final_iqm"]
@@ -543,12 +556,7 @@ def claim_11(anchor: pd.DataFrame | str | Path) -> ClaimResult:
     up, down = _tally(reward)
     numbers["pairs"], numbers["more_mismatch"], numbers["less_mismatch"] = len(sides), len(more), len(less)
     numbers["higher_reward"], numbers["lower_reward"] = len(up), len(down)
-    if len(more) * 2 >= len(sides) and not less:
-        verdict = "supported"
-    elif not more:
-        verdict = "not supported"
-    else:
-        verdict = "inconclusive"
+    verdict = _majority(more, less, len(sides))
     reason = (f"with the recomputed anchor the final mismatch is higher in {len(more)} of {len(sides)} (method, setting) "
               f"pairs and lower in {len(less)}" + (f" ({', '.join(less)})" if less else "")
               + f"; its final reward is higher in {len(up)} and lower in {len(down)}"

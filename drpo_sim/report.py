@@ -883,14 +883,16 @@ def _claim_section(ctx: _Context, number: int) -> str:
         parts.append("**Not tested in this run**: `claims.json` holds no result for this claim"
                      + ("." if statement else "; its statement is in `shared/REFERENCE.md`."))
         return "\n\n".join(parts)
-    parts.append(f"**Verdict: {claim['verdict']}.**")
+    parts.append(f"**Verdict: {claim['verdict']}.** Why: {claim['reason']}.")
     parts += [ctx.figure(name) for name in claim.get("figures", [])]
     numbers = claim["numbers"]
     if numbers:
+        parts.append("The numbers behind the verdict:")
         parts.append(_table(["measured", "value"], [[f"`{k}`", format_number(v)] for k, v in numbers.items()]))
-    parts.append(f"**Why:** {claim['reason']}")
+    how = (f"How it is tested and when each verdict is given: the docstring of `drpo_sim.claims.claim_{number}`")
     if claim["sources"]:
-        parts.append("Sources: " + ", ".join(ctx.source(s) for s in claim["sources"]) + ".")
+        how += "; it reads " + ", ".join(ctx.source(s) for s in claim["sources"])
+    parts.append(how + ".")
     return "\n\n".join(parts)
 
 

@@ -188,17 +188,18 @@ def test_report_numbers_all_come_from_the_result_files(results: Path, tmp_path: 
     assert report.check_numbers(text, results, include=narrow) == []
 
 
-def test_report_from_the_repository_figures_or_a_synthetic_run(tmp_path: Path) -> None:
-    """Regenerate from the repository's ``figures/`` when it holds a run, else from a synthetic one."""
-    have_run = (REPO_FIGURES / "claims.json").is_file() and (REPO_FIGURES / "MANIFEST.json").is_file()
-    source = REPO_FIGURES if have_run else make_results(tmp_path / "synthetic")
-    paper = tmp_path / "paper"
-    text = report.write_report(source, paper).read_text()
-    assert report.check_numbers(text, source) == []
-    assert all((paper / t).resolve().is_file() for t in _image_targets(text))
-    claims = json.loads((source / "claims.json").read_text())
+def test_committed_report_is_what_the_committed_results_give(tmp_path: Path) -> None:
+    """``paper/README.md`` is regenerated from the committed ``figures/`` and is identical; every
+    number it quotes is in the result files it reads; every image it embeds is committed."""
+    committed = (REPO_FIGURES.parent / "paper" / "README.md").read_text()
+    fresh = report.render_report(REPO_FIGURES, REPO_FIGURES.parent / "paper")
+    assert fresh == committed, "paper/README.md is stale: run drpo-sim report"
+    assert report.check_numbers(committed, REPO_FIGURES, include=report.report_inputs(REPO_FIGURES)) == []
+    assert all((REPO_FIGURES.parent / "paper" / t).resolve().is_file() for t in _image_targets(committed))
+    claims = json.loads((REPO_FIGURES / "claims.json").read_text())
+    assert [c["number"] for c in claims] == list(range(1, 13))
     for claim in claims:
-        assert f"**Verdict: {claim['verdict']}.**" in _section(text, f"## Claim {claim['number']}:")
+        assert f"**Verdict: {claim['verdict']}.**" in _section(committed, f"## Claim {claim['number']}:")
 
 
 def test_write_report_refuses_a_number_it_cannot_trace(results: Path, tmp_path: Path, monkeypatch) -> None:

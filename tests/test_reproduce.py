@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from drpo_sim import figures, reproduce
@@ -72,6 +73,9 @@ def test_panel_experiment_runs_variants_of_one_objective_side_by_side_on_cpu(tmp
     # setting a is exactly on-policy: both deltas give the same run (weight 1 at r = 1)
     a = df[df["setting"] == "a"].pivot_table(index=["seed", "step"], columns="variant", values="expected_reward")
     assert (a["drpo"] == a["drpo (delta 0.15)"]).all()
+    # the same seeds give the same numbers, whatever the number of processes
+    again = figures.panel_experiment(spec, "quick", n_jobs=2)
+    pd.testing.assert_frame_equal(df, again)
     summary = figures.panel_summary(df)
     assert len(summary) == 4 and (summary["shift_final_low"] <= summary["shift_final_high"]).all()
     assert (summary.loc[summary["setting"] == "a", "shift_final_iqm"] == 0).all()
