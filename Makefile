@@ -6,13 +6,17 @@ STAMP  := $(VENV)/.installed
 OUT    ?= figures
 PROFILE ?= full
 
-.PHONY: reproduce test setup bench clean
+.PHONY: reproduce test setup browser bench clean
 
 reproduce: setup          ## set up, then regenerate figures/ and paper/ (the full profile; PROFILE=quick: under 10 minutes)
 	$(VENV)/bin/drpo-sim reproduce --$(PROFILE) --out $(OUT)
 
-test: setup               ## set up, then run the whole test suite
+test: setup browser       ## set up, then run the whole test suite
 	$(PY) -m pytest -n 2
+
+browser:                  ## Debian's chromium and chromedriver, for the explorer's browser tests
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
 
 setup: $(STAMP)
 

@@ -11,8 +11,8 @@ from drpo_sim import objectives
 
 __version__ = "0.1.0"
 
-_LAZY = ("advantages", "analysis", "claims", "envs", "figures", "geometry", "lm", "logs", "offpolicy", "plots", "policies", "results", "sim", "stats",
-         "sweep", "tokens", "dynamics")
+_LAZY = ("advantages", "analysis", "claims", "dynamics", "envs", "figures", "geometry", "lm", "logs", "offpolicy", "plots",
+         "policies", "report", "reproduce", "results", "sim", "stats", "sweep", "tokens", "tutorials")
 
 __all__ = ["objectives", "__version__", *_LAZY]
 

@@ -11,6 +11,7 @@ Subcommands::
     drpo-sim lm pretrain|train|compare    the tiny transformer lab (drpo_sim.lm.cli)
     drpo-sim reproduce [--quick|--full]   every analysis of analyses/: figures, MANIFEST.json, claims.json, paper/
     drpo-sim report                       regenerate paper/ from the result files and check its numbers
+    drpo-sim explore [--port N]           the interactive trust-region explorer in the browser (--export FILE.html)
 
 Errors in the input (a bad option value, an unknown objective) print one line and exit with 2.
 """
@@ -332,9 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_replay)
 
+    from drpo_sim.explore.cli import add_parser as add_explore_parser
     from drpo_sim.lm.cli import add_parser as add_lm_parser
 
     add_lm_parser(sub)
+    add_explore_parser(sub)
 
     p = sub.add_parser("reproduce", help="run every analysis of analyses/: figures, MANIFEST.json, claims.json, the report")
     p.add_argument("--out", default="figures", help="output directory (default figures/)")

@@ -1,0 +1,183 @@
+"""Every number the explorer shows, computed by drpo_sim's own functions.
+
+* Weight curves: ``Objective.weight`` over a ``pi`` grid (:func:`drpo_sim.geometry.pi_grid`, evenly
+  spaced in logit, ``mu`` included) at a fixed ``mu`` and advantage.
+* Regions: :meth:`Objective.regions` (``masked`` ``w = 0``, ``attenuated`` ``0 < w < 1``,
+  ``corrective`` ``w < 0``, ``amplified`` ``w > 1``), coded as small integers for images.
+* Boundaries: the ``pi`` where an objective's region changes along the curve, located by
+  bisection on the registry's weight (so the clip at ``r = 1 + eps``, the TV mask at
+  ``pi - mu = delta``, DRPO's zero at ``pi = mu + sign(A) delta`` all come out of the objects, not
+  out of a formula written again here).
+* The ``(mu, pi)`` plane: region codes over a grid, evenly spaced in logit on both axes.
+
+Everything is vectorised over cases (rows: one ``(mu, A)`` each) and grid points; the only
+Python loops run over bisection iterations, the four regions and objectives, never over points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy.special import expit, logit
+
+from drpo_sim import geometry, objectives
+
+PI_MIN = 1e-4
+"""The ``pi`` (and ``mu``) range shown: ``[PI_MIN, 1 - PI_MIN]``."""
+N_PI = 400
+"""Points of a weight curve (plus ``mu`` itself)."""
+N_PLANE = 120
+"""Cells per axis of a ``(mu, pi)`` region image."""
+BISECT_ITERS = 48
+"""Bisection steps in logit space: a grid interval (0.046 wide) shrinks to 1.6e-16."""
+
+REGION_NAMES: tuple[str, ...] = ("w = 1", *objectives.Regions.NAMES)
+"""Region codes: 0 ``w == 1`` (no region), then :data:`drpo_sim.objectives.Regions.NAMES` in order."""
+REGION_HELP: tuple[str, ...] = ("w = 1 (plain IS gradient)", "masked (w = 0)", "attenuated (0 < w < 1)",
+                                "corrective (w < 0)", "amplified (w > 1)")
+"""Legend text of each region code."""
+REGION_COLORS: tuple[str, ...] = ("#f4f4f4", "#4d4d4d", "#9ecae1", "#d62728", "#fdae6b")
+"""Colours of the region codes: unchanged, masked, attenuated, corrective, amplified."""
+PI_TICKS: tuple[float, ...] = (0.0001, 0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
+
+
+def to_logit(p: np.ndarray | float) -> np.ndarray:
+    """The axis coordinate of a probability: the views draw ``pi`` and ``mu`` on a logit scale."""
+    return logit(np.asarray(p, dtype=float))
+
+
+@lru_cache(maxsize=64)
+def pi_axis(mu: float, n: int = N_PI) -> np.ndarray:
+    """The ``pi`` grid of a weight curve at ``mu`` (:func:`drpo_sim.geometry.pi_grid`)."""
+    cfg = geometry.GeometryConfig(n_pi=n, pi_min=PI_MIN)
+    out = geometry.pi_grid(cfg, float(mu))
+    out.flags.writeable = False
+    return out
+
+
+def region_codes(w: np.ndarray) -> np.ndarray:
+    """The region of each weight (:meth:`Regions.from_weight`) as a code 0..4 (:data:`REGION_NAMES`)."""
+    return codes_of(objectives.Regions.from_weight(np.asarray(w)))
+
+
+def codes_of(reg: objectives.Regions) -> np.ndarray:
+    """:class:`drpo_sim.objectives.Regions` as one array of codes 0..4 (:data:`REGION_NAMES`)."""
+    codes = np.zeros(np.shape(reg.masked), dtype=np.uint8)
+    for code, name in enumerate(objectives.Regions.NAMES, start=1):
+        codes[getattr(reg, name)] = code  # the regions are disjoint
+    return codes
+
+
+def weights(obj: objectives.Objective, pi: np.ndarray, mu: np.ndarray, adv: np.ndarray) -> np.ndarray:
+    """``obj.weight`` at probabilities ``pi [C, P]`` for cases ``mu [C]``, ``adv [C]``."""
+    pi = np.atleast_2d(pi)
+    return obj.weight(np.log(pi), np.log(np.asarray(mu, float))[:, None], np.asarray(adv, float)[:, None])
+
+
+def _log_expit(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -x)
+
+
+@dataclass(frozen=True)
+class Boundaries:
+    """Where regions change along weight curves: one entry per boundary.
+
+    ``case``: the row of the curve it belongs to; ``pi``: the boundary; ``inner`` / ``outer``: the
+    region codes on the side of ``mu`` and on the far side.
+    """
+
+    case: np.ndarray
+    pi: np.ndarray
+    inner: np.ndarray
+    outer: np.ndarray
+
+    def of(self, case: int) -> Boundaries:
+        """The boundaries of one curve."""
+        sel = self.case == case
+        return Boundaries(self.case[sel], self.pi[sel], self.inner[sel], self.outer[sel])
+
+    def descriptions(self) -> list[str]:
+        """One line per boundary, e.g. ``pi = 0.16, attenuated -> corrective``."""
+        return [f"pi = {p:.4g}, {REGION_NAMES[i]} \u2192 {REGION_NAMES[o]}"
+                for p, i, o in zip(self.pi, self.inner, self.outer)]
+
+    def labels(self, name: str) -> list[str]:
+        """:meth:`descriptions` prefixed with the objective's name: ``drpo: pi = 0.16, ...``."""
+        return [f"{name}: {d}" for d in self.descriptions()]
+
+
+def boundaries(obj: objectives.Objective, pi: np.ndarray, mu: np.ndarray, adv: np.ndarray,
+               w: np.ndarray | None = None, iters: int = BISECT_ITERS) -> Boundaries:
+    """The boundaries of ``obj``'s regions along the curves ``pi [C, P]`` (ascending, ``mu`` included).
+
+    Every grid interval whose end points lie in different regions is bisected in logit space
+    against ``obj.weight`` until it is ``~1e-16`` wide; the change of region at ``pi = mu`` itself
+    (the on-policy point, where ``w = 1`` for every objective but the ablations) is left out. A
+    region narrower than the grid spacing (about 5% in ``pi / (1 - pi)``) can be missed.
+    """
+    pi = np.atleast_2d(pi)
+    mu, adv = np.asarray(mu, float), np.asarray(adv, float)
+    if w is None:
+        w = weights(obj, pi, mu, adv)
+    codes = region_codes(w)
+    case, k = np.nonzero(codes[:, 1:] != codes[:, :-1])
+    lo, hi = to_logit(pi[case, k]), to_logit(pi[case, k + 1])
+    code_lo = codes[case, k]
+    lb, a = np.log(mu[case]), adv[case]
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        same = region_codes(obj.weight(_log_expit(mid), lb, a)) == code_lo
+        lo, hi = np.where(same, mid, lo), np.where(same, hi, mid)
+    x = 0.5 * (lo + hi)
+    at_mu = np.abs(x - to_logit(mu[case])) < 1e-9
+    case, x, code_lo, code_hi = case[~at_mu], x[~at_mu], code_lo[~at_mu], codes[case, k + 1][~at_mu]
+    p = expit(x)
+    above = p > mu[case]
+    inner, outer = np.where(above, code_lo, code_hi), np.where(above, code_hi, code_lo)
+    return Boundaries(case=case, pi=p, inner=inner, outer=outer)
+
+
+@lru_cache(maxsize=4)
+def plane_axis(n: int = N_PLANE) -> np.ndarray:
+    """Cell centres, evenly spaced in logit over ``[PI_MIN, 1 - PI_MIN]``, as probabilities."""
+    edge = float(to_logit(PI_MIN))
+    step = -2.0 * edge / n
+    out = expit(edge + step * (np.arange(n) + 0.5))
+    out.flags.writeable = False
+    return out
+
+
+def plane_extent() -> tuple[float, float]:
+    """``(start, width)`` of the plane images in logit coordinates, on both axes."""
+    edge = float(to_logit(PI_MIN))
+    return edge, -2.0 * edge
+
+
+def plane_codes(obj: objectives.Objective, adv: np.ndarray, n: int = N_PLANE) -> np.ndarray:
+    """Region codes over the ``(mu, pi)`` plane, ``[len(adv), n, n]`` (rows: ``pi``, columns: ``mu``)."""
+    axis = plane_axis(n)
+    lp = np.log(axis)[None, :, None]
+    lb = np.log(axis)[None, None, :]
+    a = np.asarray(adv, float)[:, None, None]
+    return codes_of(obj.regions(lp, lb, a))
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One objective's weight against ``pi`` at one ``(mu, A)``, with its boundaries."""
+
+    name: str
+    label: str
+    pi: np.ndarray
+    w: np.ndarray
+    bounds: Boundaries
+
+
+def curve(obj: objectives.Objective, mu: float, adv: float) -> Curve:
+    """:class:`Curve` of ``obj`` at ``mu`` and advantage ``adv``."""
+    pi = pi_axis(float(mu))[None, :]
+    m, a = np.array([mu], float), np.array([adv], float)
+    w = weights(obj, pi, m, a)
+    return Curve(obj.name, str(obj), pi[0], w[0], boundaries(obj, pi, m, a, w=w))
