@@ -15,7 +15,7 @@ SPEC = {
     # the tabular task; fp8 e4m3 engine with logit noise 0.1 (offpolicy.NOISE_PRESETS["fp8"],
     # calibrated against the published mismatch sizes); rollouts 8 optimiser updates stale
     "config": {**figures.TABULAR_TASK, "noise_std": 0.1, "precision": "fp8_e4m3", "staleness": 8},
-    "quick": {"steps": 200, "seeds": 24},
+    "quick": {"steps": 150, "seeds": 16},
     "full": {"steps": 300, "seeds": 96},
 }
 

@@ -29,7 +29,7 @@ SPEC = {
     "figures": {"convergence_settings": {
         "title": "Six settings mirroring DRPO paper Figure 3 (tabular task, 8 prompts x 4 tokens, prefix reward)",
         "variants": ["pg_is", "grpo", "spo", "dppo_tv", "drpo", "drpo (delta 0.15)"]}},
-    "quick": {"steps": 150, "seeds": 8},
+    "quick": {"steps": 120, "seeds": 6},
     "full": {"steps": 250, "seeds": 32},
 }
 

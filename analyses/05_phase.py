@@ -13,7 +13,7 @@ SPEC = {
     "methods": ("pg_is", "grpo", "spo", "dppo_tv", "drpo"),
     # Gaussian engine noise on the logits, no rounding: the corner (0, 0) is exactly on-policy
     "config": {**figures.TABULAR_TASK},
-    "quick": {"steps": 150, "seeds": 8, "noise_std": [0.0, 0.3, 1.0], "staleness": [0, 8, 16]},
+    "quick": {"steps": 120, "seeds": 6, "noise_std": [0.0, 0.3, 1.0], "staleness": [0, 8, 16]},
     "full": {"steps": 200, "seeds": 24, "noise_std": [0.0, 0.1, 0.3, 0.6, 1.0], "staleness": [0, 4, 8, 16, 32]},
 }
 

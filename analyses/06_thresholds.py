@@ -14,7 +14,7 @@ SPEC = {
     "noise_std": [0.1, 1.0],
     "dppo_tv.delta": [0.05, 0.1, 0.15, 0.3, 0.6],
     "drpo.delta": [12.5, 5.0, 2.5, 1.0, 0.5, 0.15],
-    "quick": {"steps": 150, "seeds": 8},
+    "quick": {"steps": 120, "seeds": 6},
     "full": {"steps": 200, "seeds": 32},
 }
 

@@ -41,7 +41,7 @@ SPEC = {
                           "variants": ["drpo", "mask_drpo", f"drpo (delta {BINDING_DELTA:g})",
                                        f"mask_drpo (delta {BINDING_DELTA:g})", "dppo_tv"]},
     },
-    "quick": {"steps": 150, "seeds": 8},
+    "quick": {"steps": 120, "seeds": 6},
     "full": {"steps": 200, "seeds": 32},
 }
 

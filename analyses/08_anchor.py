@@ -32,7 +32,7 @@ SPEC = {
         "anchor_stress": {"title": "The same under stress: engine bias 1, noise 0.3, 16 stale, lr 0.2",
                           "variants": VARIANTS, "settings": ["stress_rollout", "stress_recompute"]},
     },
-    "quick": {"steps": 150, "seeds": 8},
+    "quick": {"steps": 120, "seeds": 6},
     "full": {"steps": 200, "seeds": 32},
 }
 

@@ -16,7 +16,7 @@ SPEC = {
     "precisions": ("fp32", "bf16", "fp8"),
     "replay_objective": "drpo",
     "replay_precisions": ("bf16", "fp8"),
-    "quick": {"seeds": 2, "steps": 40},
+    "quick": {"seeds": 2, "steps": 30},
     "full": {"seeds": 8, "steps": 100},
 }
 

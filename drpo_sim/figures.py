@@ -33,6 +33,7 @@ class FigureRecord:
     config: dict
     wall_time_s: float
     seeds: list[int] | None = None
+    script: str | None = None  # the analyses/ script that ran the job (set by drpo_sim.reproduce)
 
 
 def geometry_figures(out: str | Path, cfg: geometry.GeometryConfig | None = None, formats: Sequence[str] = ("png",)) -> list[FigureRecord]:
@@ -256,7 +257,7 @@ def stable_region(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_manifest(out: str | Path, records: list[FigureRecord], *, profile: str, merge: bool = False) -> Path:
-    """``MANIFEST.json``: every figure, its job and configuration, the package version and git commit.
+    """``MANIFEST.json``: every figure, its script, job and configuration, the package version and git commit.
 
     With ``merge``, figures already listed in an existing manifest and not among ``records`` are
     kept (one analysis script run on its own updates its own entries); the profile is then

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import sys
 import time
@@ -73,11 +74,18 @@ def reproduce(out: str | Path = "figures", profile: str = "quick", formats: Sequ
     bar = tqdm(todo, desc="reproduce", unit="analysis", disable=not progress or None)
     for path in bar:
         bar.set_postfix_str(path.stem)
-        records.extend(load(path).run(out, profile, formats))
+        records.extend(_stamped(load(path).run(out, profile, formats), path.name))
     manifest = figures.write_manifest(out, records, profile=profile, merge=bool(only))
     paper = Path(paper) if paper is not None else out.parent / "paper"
     doc = report.write_report(out, paper)
     return {"records": records, "manifest": manifest, "report": doc, "wall_time_s": time.perf_counter() - t0}
+
+
+def _stamped(records: list, script: str) -> list:
+    """The records with the name of the script that produced them (for ``MANIFEST.json``)."""
+    for r in records:
+        r.script = script
+    return records
 
 
 def script_main(run: Runner, doc: str | None, argv: Sequence[str] | None = None) -> int:
@@ -98,7 +106,8 @@ def script_main(run: Runner, doc: str | None, argv: Sequence[str] | None = None)
     args = p.parse_args(argv)
     try:
         t0 = time.perf_counter()
-        records = run(Path(args.out), args.profile, parse_formats(args.formats))
+        records = _stamped(run(Path(args.out), args.profile, parse_formats(args.formats)),
+                           Path(inspect.getsourcefile(run) or "?").name)
         if records:
             figures.write_manifest(args.out, records, profile=args.profile, merge=True)
     except (ValueError, TypeError, OSError) as err:

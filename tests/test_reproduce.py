@@ -38,6 +38,7 @@ def test_an_analysis_script_runs_on_its_own_and_merges_into_the_manifest(tmp_pat
     assert {r["figure"] for r in manifest["figures"]} == {
         "weight_vs_pi", "weight_vs_pi_ablations", "weight_plane", "drpo_delta_range", "fixed_point_flows"}
     assert manifest["profile"] == "quick"
+    assert {r["figure"]: r["script"] for r in manifest["figures"]}["fixed_point_flows"] == "02_fixed_points.py"
     # a rerun of one script replaces its own entries and keeps the others
     records = [figures.FigureRecord("fixed_point_flows", ["fixed_point_flows.png"], "rest_points.csv", "x", {}, 1.0)]
     figures.write_manifest(tmp_path, records, profile="full", merge=True)

@@ -3,10 +3,9 @@
 * Every notebook executes top to bottom as handed out (kernel ``python3``, a fresh temporary
   working directory), with no error, at least one figure, and every check cell reporting the
   exercise as not attempted.
-* With the reference solutions of ``tests/tutorial_solutions.py`` injected in place of the
-  exercise cells' placeholder line, every check cell prints ``correct: ...``; then, in the same
-  kernel, each exercise cell is run again with a wrong answer and its check cell must raise
-  ``AssertionError``.
+* Then, in the same kernel, each exercise cell runs again with the reference solution of
+  ``tests/tutorial_solutions.py`` in place of its placeholder line (its check cell prints
+  ``correct: ...``) and with a wrong answer (its check cell must raise ``AssertionError``).
 * Fast tests of :func:`drpo_sim.tutorials.check` itself: unknown names, unanswered exercises,
   wrong types, and hints that do not give the answer away.
 
@@ -186,31 +185,25 @@ def test_a_wrong_answer_raises_with_a_hint_that_keeps_the_answer(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_runs_as_handed_out(path, tmp_path):
+def test_notebook_runs_as_handed_out_and_checks_solutions(path, tmp_path):
+    """One kernel per notebook (each execution costs 10 to 30 s): the notebook top to bottom as
+    handed out (every check says "not attempted"), then each exercise cell again with the reference
+    solution (its check prints "correct") and with a wrong answer (its check raises)."""
     nb = _read(path)
-    _client(nb, tmp_path).execute()  # raises CellExecutionError on the first failing cell
-    assert _has_figure(nb), f"{path.name} draws no figure"
-    for name, _, j in _exercises(nb):
-        assert "not attempted" in _text(nb.cells[j]), f"{path.name}: the check of {name} printed {_text(nb.cells[j])!r}"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_exercises_solved_and_wrong(path, tmp_path):
-    nb = _read(path)
+    client = _client(nb, tmp_path)
     exercises = _exercises(nb)
     solutions = SOLUTIONS[path.stem]
-    for name, i, _ in exercises:
-        nb.cells[i] = _inject(nb.cells[i], solutions[name]["solution"])
-    client = _client(nb, tmp_path)
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
-            client.execute_cell(cell, index)
+            client.execute_cell(cell, index)  # raises CellExecutionError on the first failing cell
+        assert _has_figure(nb), f"{path.name} draws no figure"
+        for name, _, j in exercises:
+            assert "not attempted" in _text(nb.cells[j]), f"{path.name}: the check of {name} printed {_text(nb.cells[j])!r}"
         for name, i, j in exercises:
-            printed = _text(nb.cells[j])
-            assert printed.startswith("correct"), f"{path.name}: the reference solution of {name} got {printed!r}"
-        # the same kernel, each exercise answered wrongly: its check cell must raise AssertionError
-        for name, i, j in exercises:
+            client.execute_cell(_inject(_read(path).cells[i], solutions[name]["solution"]), i)
+            check = copy.deepcopy(nb.cells[j])
+            client.execute_cell(check, j)
+            assert _text(check).startswith("correct"), f"{path.name}: the reference solution of {name} got {_text(check)!r}"
             client.execute_cell(_inject(_read(path).cells[i], solutions[name]["wrong"]), i)
             with pytest.raises(CellExecutionError) as err:
                 client.execute_cell(copy.deepcopy(nb.cells[j]), j)
