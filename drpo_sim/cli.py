@@ -73,14 +73,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    """Regenerate the report; :func:`drpo_sim.report.write_report` refuses (exit 2, nothing
+    written) if a number it quotes is not in the result files it reads."""
     from drpo_sim import report
 
     path = report.write_report(args.results, args.paper)
-    problems = report.check_numbers(path.read_text(), args.results, include=report.report_inputs(args.results))
-    for p in problems:
-        print(p, file=sys.stderr)
-    print(f"report: {path}" + (f"; {len(problems)} number(s) not found in the result files" if problems else ""))
-    return 1 if problems else 0
+    print(f"report: {path} (every number checked against {', '.join(report.report_inputs(args.results))})")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
