@@ -449,10 +449,12 @@ def claim_6(settings: pd.DataFrame | str | Path, *, drpo: Sequence[str] = ("drpo
     return ClaimResult(6, verdict, reason, numbers, [name or "settings summary"], ["convergence_settings"])
 
 
-def _ablation_sides(t: pd.DataFrame, variant: str, base: str, delta: float) -> tuple[dict[str, int], dict[str, float]]:
-    """Final-reward sides of ``variant`` against ``base`` in every setting, at the paper's delta
-    (labels as given) and at ``delta`` (labels ``"<name> (delta <delta>)"``)."""
-    sides, numbers = {}, {}
+def _ablation_sides(t: pd.DataFrame, variant: str, base: str,
+                    delta: float) -> tuple[dict[str, int], dict[str, float], list[str]]:
+    """Final-reward sides of ``variant`` against ``base`` in every cell (setting x delta: the
+    paper's, labels as given, and ``delta``, labels ``"<name> (delta <delta>)"``), the numbers
+    quoted, and the cells where ``variant`` collapses more often than ``base``."""
+    sides, numbers, collapses_more = {}, {}, []
     for setting in t.index.get_level_values(0).unique():
         for suffix in ("", f" (delta {delta:g})"):
             v, b = variant + suffix, base + suffix
@@ -461,7 +463,9 @@ def _ablation_sides(t: pd.DataFrame, variant: str, base: str, delta: float) -> t
             numbers[_key(v, setting, "final_iqm")] = t.loc[(setting, v), "final_iqm"]
             numbers[_key(b, setting, "final_iqm")] = t.loc[(setting, b), "final_iqm"]
             numbers[_key(v, setting, "collapse_rate")] = t.loc[(setting, v), "collapse_rate"]
-    return sides, numbers
+            if t.loc[(setting, v), "collapse_rate"] > t.loc[(setting, b), "collapse_rate"]:
+                collapses_more.append(cell)
+    return sides, numbers, collapses_more
 
 
 def claim_8(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5) -> ClaimResult:
@@ -472,11 +476,9 @@ def claim_8(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5) -> Clai
     cell and better in none; not supported when it is worse in none; inconclusive otherwise.
     """
     t, name = _panel(ablations)
-    sides, numbers = _ablation_sides(t, "drpo_no_abs_adv", "drpo", delta)
+    sides, numbers, collapses_more = _ablation_sides(t, "drpo_no_abs_adv", "drpo", delta)
     better, worse = _tally(sides)
-    collapses = [c for c in t.index.get_level_values(0).unique() for sfx in ("", f" (delta {delta:g})")
-                 if t.loc[(c, "drpo_no_abs_adv" + sfx), "collapse_rate"] > t.loc[(c, "drpo" + sfx), "collapse_rate"]]
-    worse = sorted(set(worse) | {c for c in collapses})
+    worse = sorted(set(worse) | set(collapses_more))
     numbers["cells"], numbers["worse"], numbers["better"] = len(sides), len(worse), len(better)
     verdict = "supported" if worse and not better else ("not supported" if not worse else "inconclusive")
     reason = (f"without abs(A), final reward is below DRPO's in {len(worse)} of {len(sides)} cells (settings x delta)"
@@ -492,7 +494,7 @@ def claim_9(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5) -> Clai
     supported otherwise.
     """
     t, name = _panel(ablations)
-    sides, numbers = _ablation_sides(t, "mask_drpo", "drpo", delta)
+    sides, numbers, _ = _ablation_sides(t, "mask_drpo", "drpo", delta)
     better, worse = _tally(sides)
     numbers["cells"], numbers["worse"], numbers["better"] = len(sides), len(worse), len(better)
     same = not better and not worse
@@ -514,7 +516,7 @@ def claim_10(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5,
     numbers: dict[str, float] = {}
     parts, below_any, above_any, all_below = [], False, False, True
     for o in others:
-        sides, nums = _ablation_sides(t, o, "drpo", delta)
+        sides, nums, _ = _ablation_sides(t, o, "drpo", delta)
         numbers.update(nums)
         better, worse = _tally(sides)
         numbers[_key(o, "worse")], numbers[_key(o, "better")] = len(worse), len(better)

@@ -158,6 +158,10 @@ def test_ablation_claims_verdicts_on_cpu():
     # more collapses count as worse even where the rewards' intervals overlap
     collapsing = ablation_table({}, collapse={("stress", "drpo_no_abs_adv"): 0.25})
     assert claims.claim_8(collapsing).verdict == "supported"
+    # named by its cell, delta included, and counted once
+    c8 = claims.claim_8(ablation_table({"stress:drpo_no_abs_adv (delta 0.5)": -0.2},
+                                       collapse={("stress", "drpo_no_abs_adv (delta 0.5)"): 0.25}))
+    assert c8.numbers["worse"] == 1 and "(stress (delta 0.5))" in c8.reason
     assert claims.claim_9(ablation_table({"fp8_stale:mask_drpo": 0.1})).verdict == "not supported"
     worse_all = {f"stress:{m}": -0.2 for m in ("drpo_kl", "drpo_tv", "drpo_k3")}
     assert claims.claim_10(ablation_table(worse_all)).verdict == "supported"
