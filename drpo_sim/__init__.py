@@ -1,8 +1,9 @@
 """drpo_sim: stability analysis of the policy objectives used to train LLMs with RL.
 
-See ``README.md`` for the tour; the math lives in :mod:`drpo_sim.objectives`. The other modules
-(``sim``, ``offpolicy``, ``envs``, ``stats``, ``tokens``, ...) are imported on first use
-(``ds.sim.simulate``), so ``import drpo_sim`` stays light for code that only needs the objectives.
+See ``README.md`` for the tour and ``docs/layout.md`` for the package's layers; the math lives in
+:mod:`drpo_sim.objectives`. The other modules (``sim``, ``offpolicy``, ``stats``, ``run``,
+``paper``, ...) are imported on first use (``ds.sim.simulate``), so ``import drpo_sim`` stays light
+for code that only needs the objectives.
 """
 
 import importlib
@@ -11,8 +12,9 @@ from drpo_sim import objectives
 
 __version__ = "0.1.0"
 
-_LAZY = ("advantages", "analysis", "claims", "dynamics", "envs", "figures", "geometry", "lm", "logs", "offpolicy", "plots",
-         "policies", "report", "reproduce", "results", "sim", "stats", "sweep", "tokens", "tutorials")
+_LAZY = ("advantages", "analysis", "config", "dynamics", "envs", "explore", "geometry", "lm", "logs", "offpolicy",
+         "paper", "plots", "policies", "provenance", "results", "run", "sim", "stats", "summaries", "tokens",
+         "tutorials")
 
 __all__ = ["objectives", "__version__", *_LAZY]
 

@@ -34,6 +34,7 @@ exact zeros apart. Means, minima, maxima, counts and sums are accumulated exactl
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,13 +45,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from drpo_sim import objectives as objectives_mod
 from drpo_sim._io import write_csv, write_text
+from drpo_sim.config import REPLAY_OBJECTIVES
 from drpo_sim.tokens import TokenBatch
 
 __all__ = [
-    "DEFAULT_OBJECTIVES",
     "MU_EDGES",
     "QUANTILES",
     "RARE_MU",
@@ -62,10 +64,6 @@ __all__ = [
     "replay",
     "replay_log",
 ]
-
-#: Objectives replayed by default: the five the DRPO paper compares, plus PPO, CISPO and DPPO-KL,
-#: each with the registry's defaults (the papers' settings, REFERENCE.md "Settings").
-DEFAULT_OBJECTIVES: tuple[str, ...] = ("pg_is", "ppo", "grpo", "cispo", "spo", "dppo_tv", "dppo_kl", "drpo")
 
 #: ``mu <= RARE_MU`` is a rare token (the DPPO paper's threshold for its 7.8% statistic).
 RARE_MU = 0.01
@@ -201,12 +199,12 @@ def _region_codes(w: torch.Tensor, w_minus_one: torch.Tensor) -> torch.Tensor:
 
 def objective_specs(names: Sequence[str] | None = None,
                     params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, objectives_mod.Objective]:
-    """``label -> Objective`` for the named objectives (default :data:`DEFAULT_OBJECTIVES`).
+    """``label -> Objective`` for the named objectives (default :data:`drpo_sim.config.REPLAY_OBJECTIVES`).
 
     ``params`` maps an objective name to keyword arguments for :func:`drpo_sim.objectives.get`
     (``{"drpo": {"delta": 2.5}}``); a name in ``params`` that is not replayed is an error.
     """
-    names = list(DEFAULT_OBJECTIVES if names is None else names)
+    names = list(REPLAY_OBJECTIVES if names is None else names)
     if not names:
         raise ValueError("no objectives to replay")
     if len(set(names)) != len(names):
@@ -520,7 +518,6 @@ class ReplayResult:
         ``{prefix}objectives.csv``, ``{prefix}by_step.csv`` (when the log has steps) and
         ``{prefix}replay.json``.
         """
-        import json
 
         out = Path(out)
         paths = [
@@ -563,7 +560,6 @@ def replay(batches: Iterable[TokenBatch], objectives: Mapping[str, objectives_mo
     ``ValueError``. ``progress`` shows a tqdm bar counting tokens (out of ``total_rows`` when
     known). A stream with no token, or none with ``mask == True``, is a ``ValueError``.
     """
-    from tqdm.auto import tqdm
 
     acc = ReplayAccumulator(objectives, device=device)
     keep_updates = None if updates is None else np.asarray(sorted(set(int(u) for u in updates)), dtype=np.int64)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import brentq
 from scipy.special import expit, logit
 
 from drpo_sim import objectives
@@ -124,8 +125,6 @@ def expected_rest_point(name: str, params: dict, mu: float, sign: float) -> tupl
         p = mu + hi if sign > 0 else mu - lo
         return ("boundary", p) if 0 < p < 1 else ("runaway", edge)
     if name == "dppo_kl":
-        from scipy.optimize import brentq
-
         hi = params["delta_high"] if params.get("delta_high") is not None else params["delta"]
         lo = params["delta_low"] if params.get("delta_low") is not None else params["delta"]
         d = hi if sign > 0 else lo

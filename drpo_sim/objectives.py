@@ -51,7 +51,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from drpo_sim._xp import Array, as_float_arrays, compute_dtype, device, is_torch, namespace, requires_grad, stop_gradient
+from drpo_sim._xp import (
+    Array,
+    as_float_arrays,
+    compute_dtype,
+    device,
+    is_torch,
+    namespace,
+    requires_grad,
+    stop_gradient,
+)
 
 LOG_RATIO_MAX = 20.0
 """Cap on ``log(pi / mu)``; see the module docstring."""
@@ -311,6 +320,18 @@ def _evaluate(fn: Callable[[TokenTerms], Array], logp: Array, logp_behavior: Arr
     return xp.reshape(out, shape)
 
 
+@dataclass(frozen=True)
+class Formula:
+    """An objective's math as text: the surrogate ``J`` and weight ``w`` it implements, its idea
+    in a few words and its source. The report's and the reference page's tables and
+    ``drpo-sim list`` are generated from these (the code below them is what the tests check)."""
+
+    surrogate: str
+    weight: str
+    idea: str
+    source: str
+
+
 _REGISTRY: dict[str, type[Objective]] = {}
 
 
@@ -352,6 +373,7 @@ class Objective:
     """
 
     name: ClassVar[str] = ""
+    formula: ClassVar[Formula]
 
     # public API --------------------------------------------------------------------------
     def surrogate(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
@@ -457,6 +479,12 @@ class PgIS(Objective):
     """
 
     name: ClassVar[str] = "pg_is"
+    formula: ClassVar[Formula] = Formula(
+        "r*A",
+        "1",
+        "plain importance-sampled policy gradient, no trust region",
+        "the unregularised importance-sampled policy gradient",
+    )
 
     def _surrogate(self, t):
         return t.ratio * t.advantage
@@ -478,6 +506,12 @@ class PPO(Objective):
     """
 
     name: ClassVar[str] = "ppo"
+    formula: ClassVar[Formula] = Formula(
+        "min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)",
+        "0 if the clip is active else 1",
+        "ratio clipping",
+        "Schulman et al. 2017 (arXiv:1707.06347); dual clip: Ye et al. 2020 (arXiv:1912.09729)",
+    )
     eps_low: float = 0.2
     eps_high: float = 0.2
     dual_clip: float | None = None
@@ -512,6 +546,12 @@ class GRPO(PPO):
     """
 
     name: ClassVar[str] = "grpo"
+    formula: ClassVar[Formula] = Formula(
+        "min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)",
+        "0 if the clip is active else 1",
+        "ratio clipping with clip-higher, group-relative advantages",
+        "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300); Yu et al. 2025, DAPO (arXiv:2503.14476)",
+    )
     eps_low: float = 0.2
     eps_high: float = 0.28
     dual_clip: float | None = None
@@ -524,12 +564,18 @@ class CISPO(Objective):
 
     ``J = sg(min(r, 1+eps_high) A) * u`` with ``u = exp(logp - sg(logp))`` (value 1, derivative 1);
     ``w = min(r, 1+eps_high) / r``. The paper writes ``sg(min(r, 1+eps_high)) A logp``: same
-    gradient; our form only shifts the value by a constant so it reads as the truncated
+    gradient; our form changes the value only by a term without gradient, so it reads as the truncated
     importance-weighted advantage and stays finite as ``logp -> -inf``. MiniMax-M1 tunes
     ``eps_high`` and sets no lower bound; the default 0.28 is GRPO's upper clip.
     """
 
     name: ClassVar[str] = "cispo"
+    formula: ClassVar[Formula] = Formula(
+        "sg(min(r, 1+eps_high)) * A * log pi",
+        "min(r, 1+eps_high) / r",
+        "clipped, stop-gradient importance weight",
+        "MiniMax 2025, MiniMax-M1 (arXiv:2506.13585)",
+    )
     eps_high: float = 0.28
 
     def __post_init__(self):
@@ -556,6 +602,12 @@ class SPO(Objective):
     """
 
     name: ClassVar[str] = "spo"
+    formula: ClassVar[Formula] = Formula(
+        "r*A - abs(A) * (r-1)^2 / (2*eps)",
+        "1 - sign(A)(r-1)/eps",
+        "quadratic penalty on the ratio",
+        "Xie et al. 2024, Simple Policy Optimization (arXiv:2401.16025)",
+    )
     eps: float = 12.5
 
     def __post_init__(self):
@@ -580,6 +632,12 @@ class DPPOTV(_DeltaPair, Objective):
     """
 
     name: ClassVar[str] = "dppo_tv"
+    formula: ClassVar[Formula] = Formula(
+        "sg(r) * M * A * log pi",
+        "M = 0 if sign(A)(pi - mu) > delta else 1",
+        "hard mask on the absolute shift",
+        "Qi et al. 2026, DPPO (Binary-TV)",
+    )
     delta: float = 0.15
     delta_low: float | None = None
     delta_high: float | None = None
@@ -608,6 +666,12 @@ class DPPOKL(DPPOTV):
     """
 
     name: ClassVar[str] = "dppo_kl"
+    formula: ClassVar[Formula] = Formula(
+        "sg(r) * M * A * log pi",
+        "M = 0 if sign(A)(pi - mu) > 0 and D(mu, pi) > delta else 1",
+        "hard mask on the binary KL",
+        "Qi et al. 2026, DPPO (Binary-KL)",
+    )
     delta: float = 0.05
     delta_low: float | None = None
     delta_high: float | None = None
@@ -634,6 +698,12 @@ class DRPO(Objective):
     """
 
     name: ClassVar[str] = "drpo"
+    formula: ClassVar[Formula] = Formula(
+        "r*A - abs(A) * mu * (r-1)^2 / (2*delta)",
+        "1 - sign(A)(pi - mu)/delta",
+        "quadratic penalty on the absolute shift",
+        "Yao et al. 2026, DRPO (Eq. 8 and Table 1)",
+    )
     delta: float = 12.5
 
     def __post_init__(self):
@@ -658,6 +728,12 @@ class MaskDRPO(_DeltaPair, Objective):
     """
 
     name: ClassVar[str] = "mask_drpo"
+    formula: ClassVar[Formula] = Formula(
+        "r*A - (1-M) * abs(A) * mu * (r-1)^2 / (2*delta)",
+        "1 if M else 1 - sign(A)(pi - mu)/delta",
+        "DRPO's penalty only where DPPO-TV masks",
+        "Yao et al. 2026, ablation (form chosen here)",
+    )
     delta: float = 12.5
     delta_low: float | None = 0.15
     delta_high: float | None = 0.15
@@ -687,6 +763,12 @@ class DRPONoAbsAdv(Objective):
     """
 
     name: ClassVar[str] = "drpo_no_abs_adv"
+    formula: ClassVar[Formula] = Formula(
+        "r*A - adv_scale * mu * (r-1)^2 / (2*delta)",
+        "1 - adv_scale (pi - mu) / (A delta)",
+        "DRPO without the abs(A) factor on its penalty",
+        "Yao et al. 2026, ablation (form chosen here)",
+    )
     delta: float = 12.5
     adv_scale: float = 1.0
     adv_floor: float = 1e-6
@@ -722,6 +804,12 @@ class DRPOKL(Objective):
     """
 
     name: ClassVar[str] = "drpo_kl"
+    formula: ClassVar[Formula] = Formula(
+        "r*A - abs(A) * log(mu/pi) / delta",
+        "1 + sign(A) / (r delta)",
+        "the sampled token's k1 KL estimate as penalty",
+        "Yao et al. 2026, ablation (form chosen here)",
+    )
     delta: float = 12.5
 
     def __post_init__(self):
@@ -744,6 +832,12 @@ class DRPOTV(Objective):
     """
 
     name: ClassVar[str] = "drpo_tv"
+    formula: ClassVar[Formula] = Formula(
+        "r*A - abs(A) * abs(pi - mu) / delta",
+        "1 - sign(A) sign(pi - mu) mu / delta",
+        "the sampled token's TV as penalty",
+        "Yao et al. 2026, ablation (form chosen here)",
+    )
     delta: float = 12.5
 
     def __post_init__(self):
@@ -767,6 +861,12 @@ class DRPOK3(Objective):
     """
 
     name: ClassVar[str] = "drpo_k3"
+    formula: ClassVar[Formula] = Formula(
+        "r*A - abs(A) * ((r-1) - log r) / delta",
+        "1 - sign(A) (1 - 1/r) / delta",
+        "the sampled token's k3 KL estimate as penalty",
+        'Yao et al. 2026, ablation (form chosen here); k3: Schulman 2020, "Approximating KL divergence"',
+    )
     delta: float = 12.5
 
     def __post_init__(self):

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from drpo_sim.config import NOISE_PRESETS
+from drpo_sim.envs.bandit import zipf_logits
 from drpo_sim.policies import log_softmax
 
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -55,18 +57,6 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 }
 NOISE_DISTS = ("gaussian", "student_t")
 ANCHORS = ("rollout", "recompute")
-
-# Engine-noise levels calibrated against the published mismatch sizes (REFERENCE.md, "Published
-# sizes"); see `calibration` below and tests/test_offpolicy.py, which re-measures them.
-# On a Zipf(1.1) policy over 32,768 tokens: "bf16" gives mean abs(pi - mu) about 0.0014 (healthy
-# runs: below 0.005), a mean log-ratio drift of about -1e-3 nats per token (published for BF16) and
-# ratios within about [0.91, 1.09] for mu < 0.2; "fp8" widens that ratio spread to about
-# [0.72, 1.32] (published: roughly [0.8, 1.3]) with mean abs(pi - mu) about 0.003.
-NOISE_PRESETS: dict[str, dict[str, float | str]] = {
-    "bf16": {"noise_std": 0.05, "precision": "bf16"},
-    "fp8": {"noise_std": 0.1, "precision": "fp8_e4m3"},
-}
-
 
 @dataclass(frozen=True)
 class OffPolicyConfig:
@@ -261,12 +251,11 @@ def mismatch_stats(logp_pi: np.ndarray, logp_mu: np.ndarray, *, rare: float = 0.
 
 
 def calibration(vocab_size: int = 32768, zipf_exponent: float = 1.1, *, presets: dict | None = None, seed: int = 0, n_draws: int = 8) -> dict[str, dict[str, float]]:
-    """Mismatch statistics of each noise preset on a Zipf policy (the bandit's initial policy).
+    """Mismatch statistics of each noise preset (:data:`drpo_sim.config.NOISE_PRESETS`) on a Zipf
+    policy (the bandit's initial policy); ``tests/test_offpolicy.py`` holds them to the published sizes.
 
     The trainer computes in float64; the engine applies the preset's noise and precision.
     """
-    from drpo_sim.envs.bandit import zipf_logits
-
     z = np.broadcast_to(zipf_logits(vocab_size, zipf_exponent), (n_draws, vocab_size))
     rng = np.random.default_rng(seed)
     out = {}

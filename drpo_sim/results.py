@@ -16,22 +16,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from drpo_sim import __version__
 from drpo_sim._io import atomic_path
 
 META_KEY = b"drpo_sim"
-
-
-def package_version() -> str:
-    from drpo_sim import __version__
-
-    return __version__
 
 
 def write_results(df: pd.DataFrame, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write the tidy table ``df`` to ``path`` (Parquet) with ``metadata`` and the package version."""
     if df.empty:
         raise ValueError(f"{path}: refusing to write an empty result table")
-    meta = {"version": package_version(), **(metadata or {})}
+    meta = {"version": __version__, **(metadata or {})}
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()})
     path = Path(path)

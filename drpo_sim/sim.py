@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from drpo_sim import advantages, objectives, stats
 from drpo_sim.envs import ENVIRONMENTS, LongTailBandit, TabularSequence
@@ -630,8 +632,6 @@ def simulate(
     frames = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(methods) * cfg.train.steps, unit="step", desc="simulate")
     try:
         for m in methods:
@@ -642,11 +642,26 @@ def simulate(
     finally:
         if bar is not None:
             bar.close()
-    df = pd.concat(frames, ignore_index=True)
-    param_names = sorted({k for m in methods for k in objectives.get(m, **method_params.get(m, {})).params})
-    for k in param_names:
-        df[f"param_{k}"] = [json.loads(p).get(k) for p in df["method_params"]]
+    return with_param_columns(pd.concat(frames, ignore_index=True))
+
+
+def with_param_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with one ``param_<name>`` column per objective parameter of any of its methods, read
+    from the ``method_params`` JSON (empty where a method has no such parameter); existing
+    ``param_`` columns are replaced. The layout of :func:`simulate`'s table, also for tables
+    joined from runs of one method each."""
+    df = df.drop(columns=[c for c in df.columns if c.startswith("param_")])
+    params = {p: json.loads(p) for p in df["method_params"].unique()}
+    for k in sorted({k for d in params.values() for k in d}):
+        df[f"param_{k}"] = [params[p].get(k) for p in df["method_params"]]
     return df
+
+
+def run_cell(spec: dict[str, Any]) -> pd.DataFrame:
+    """One cell of a sweep or a panel (:mod:`drpo_sim.run.cells`): ``spec`` holds the full flat
+    ``config``, the ``method``, its full objective ``params`` and the ``seeds``."""
+    method = spec["method"]
+    return simulate(SimConfig.from_flat(spec["config"]), [method], spec["seeds"], method_params={method: spec["params"]})
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,39 +669,7 @@ def simulate(
 # --------------------------------------------------------------------------------------------
 
 RUN_KEYS = ("methods", "seeds", "seed_start", "preset", "params")
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value: int, float, true/false, none, or the string itself."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_param(spec: str) -> tuple[str, str, Any]:
-    """``"drpo.delta=2.5"`` -> ``("drpo", "delta", 2.5)``."""
-    head, eq, value = spec.partition("=")
-    method, dot, name = head.strip().partition(".")
-    if not (eq and dot and method and name):
-        raise ValueError(f"--param {spec!r}: expected METHOD.NAME=VALUE, e.g. drpo.delta=2.5")
-    return method, name.strip(), parse_value(value)
-
-
-def parse_params(specs: Iterable[str] | None) -> dict[str, dict[str, Any]]:
-    """``["drpo.delta=2.5", "spo.eps=5"]`` -> ``{"drpo": {"delta": 2.5}, "spo": {"eps": 5}}``."""
-    params: dict[str, dict[str, Any]] = {}
-    for text in specs or []:
-        method, name, value = parse_param(text)
-        params.setdefault(method, {})[name] = value
-    return params
+"""Keys of an experiment file that are not configuration fields."""
 
 
 def split_experiment(doc: dict[str, Any], source: str, *, also: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -735,7 +718,6 @@ def read_experiment(path: str) -> dict[str, Any]:
         [params.drpo]
         delta = 2.5
     """
-    import tomllib
 
     try:
         with open(path, "rb") as fh:

@@ -89,6 +89,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from drpo_sim import __version__
 from drpo_sim._io import atomic_path
 
 __all__ = [
@@ -183,8 +184,7 @@ def _is_torch(x: Any) -> bool:
 
 def _to_numpy(name: str, x: Any) -> np.ndarray:
     if _is_torch(x):
-        import torch
-
+        torch = sys.modules["torch"]  # loaded: x is a tensor (tokens never imports torch itself)
         x = x.detach().cpu()
         if x.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
             x = x.to(torch.float32)
@@ -515,15 +515,6 @@ def concat(batches: Iterable[TokenBatch]) -> TokenBatch:
 # token log files
 
 
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("drpo_sim")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 class TokenLogWriter:
     """Stream :class:`TokenBatch` es into one Parquet token log, atomically.
 
@@ -591,7 +582,7 @@ class TokenLogWriter:
     def _open_writer(self) -> pq.ParquetWriter:
         if self._writer is None:
             schema = _schema_for(REQUIRED_COLUMNS + (self._optional or ())).with_metadata(
-                {METADATA_KEY: self._metadata_json, VERSION_KEY: _package_version()}
+                {METADATA_KEY: self._metadata_json, VERSION_KEY: __version__}
             )
             self._writer = pq.ParquetWriter(self._tmp, schema, compression=self.compression)
         return self._writer

@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.optimize import brentq
 
-from drpo_sim import objectives
+from drpo_sim import analysis, objectives, offpolicy, sim, stats, tokens
+from drpo_sim.envs.bandit import zipf_logits
 
 __all__ = ["EXERCISES", "Exercise", "check", "exercises", "task"]
 
@@ -107,8 +109,6 @@ def _solve_is_gradient(p: dict) -> float:
 
 def _engine_and_trainer(p: dict) -> tuple[np.ndarray, np.ndarray]:
     """``(log mu, log pi)`` of the exercise: a Zipf trainer and a noisy engine (drpo_sim.offpolicy)."""
-    from drpo_sim import offpolicy
-    from drpo_sim.envs.bandit import zipf_logits
 
     z = zipf_logits(p["vocab_size"], p["zipf_exponent"])[None, :]
     logpi = offpolicy.trainer_logp(z, offpolicy.OffPolicyConfig())
@@ -150,7 +150,6 @@ def _solve_tv_boundary(p: dict) -> float:
 
 def _solve_kl_boundary(p: dict) -> float:
     """The ``pi`` above ``mu`` where ``binary_kl(mu, pi)`` reaches ``delta`` (DPPO-KL's mask)."""
-    from scipy.optimize import brentq
 
     mu = p["mu"]
     f = lambda pi: float(objectives.binary_kl(_log(mu), _log(pi))) - p["delta"]
@@ -179,7 +178,6 @@ def _solve_drpo_bounds(p: dict) -> tuple[float, float]:
 @functools.lru_cache(maxsize=4)
 def _bandit_runs(key: str):
     """The simulation of an exercise of notebook 05 (cached for the kernel's life)."""
-    from drpo_sim import sim
 
     p = _SETTINGS[key]
     cfg = sim.SimConfig.from_flat(p["config"])
@@ -196,8 +194,6 @@ def _solve_collapse_step(p: dict) -> float:
 
 
 def _solve_best_method(p: dict) -> str:
-    from drpo_sim import stats
-
     s = stats.summarize_runs(_bandit_runs(p["_key"]), n_resamples=200)
     return str(s.loc[s["final_iqm"].idxmax(), "method"])
 
@@ -208,7 +204,6 @@ def _solve_best_method(p: dict) -> str:
 @functools.lru_cache(maxsize=2)
 def _replayed_log(key: str):
     """Rebuild notebook 06's token log in memory (the same simulation) and replay it."""
-    from drpo_sim import analysis, sim, tokens
 
     p = _SETTINGS[key]
     batches = []

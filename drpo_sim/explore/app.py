@@ -17,10 +17,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import Div, TabPanel, Tabs
+from bokeh.server.server import Server
 
+from drpo_sim.config import PAPER_METHODS
 from drpo_sim.explore import controls as ctl
 from drpo_sim.explore.live import LiveRun
 from drpo_sim.explore.views import build_geometry, build_live, section
@@ -190,13 +194,10 @@ def make_document(doc: Document, selected: list[str]) -> None:
 def serve(port: int = 5006, *, open_browser: bool = True, selected: list[str] | None = None,
           announce: Callable[[str], None] = print) -> int:
     """Serve the explorer on ``localhost:port`` (0: a free port) until interrupted; announce its address."""
-    from bokeh.application import Application
-    from bokeh.application.handlers.function import FunctionHandler
-    from bokeh.server.server import Server
 
     if not (isinstance(port, int) and 0 <= port <= 65535):
         raise ValueError(f"--port must be an integer in 0..65535, got {port!r}")
-    chosen = ctl.check_objectives(list(selected or ctl.DEFAULT_OBJECTIVES))
+    chosen = ctl.check_objectives(list(selected or PAPER_METHODS))
     app = Application(FunctionHandler(partial(make_document, selected=chosen)))
     # Bokeh warns once per queued message after a browser closes its tab; harmless ("on_close() is / will be
     # called anyway", bokeh.server.views.ws), but a running live run would print hundreds of lines

@@ -76,8 +76,6 @@ LIVE_CONTROLS: tuple[Choice, ...] = (
 ADV_SIGNS: tuple[float, ...] = (1.0, -1.0)
 SIGN_LABELS: tuple[str, ...] = ("A > 0", "A < 0")
 
-DEFAULT_OBJECTIVES: tuple[str, ...] = ("pg_is", "grpo", "spo", "dppo_tv", "drpo")
-
 # which control sets which parameter of which objective (objectives not listed keep their defaults)
 _CLIP = {"eps_low": "eps_low", "eps_high": "eps_high"}
 _DRPO = {"delta": "drpo_delta"}

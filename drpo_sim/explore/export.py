@@ -20,12 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bokeh.embed import file_html
+from bokeh.layouts import row
+from bokeh.models import ColumnDataSource, CustomJS, Tabs
+from bokeh.resources import INLINE
 
 from drpo_sim import objectives
 from drpo_sim._io import atomic_path
+from drpo_sim.config import PAPER_METHODS
 from drpo_sim.explore import controls as ctl
 from drpo_sim.explore import data
 from drpo_sim.explore.views import (
+    BOUND_Y,
     BOUNDS_HEAD,
     BOUNDS_NONE,
     GeometryViews,
@@ -33,6 +39,7 @@ from drpo_sim.explore.views import (
     build_geometry,
     region_legend_html,
     short_label,
+    styles,
 )
 
 NOTE = ("<h3 style='margin:4px 0'>Trust-region explorer (static page)</h3>Precomputed by <code>drpo-sim explore "
@@ -162,9 +169,6 @@ bounds_text.text = B.label.length ? S.bounds_head + B.label.join("<br>") : S.bou
 
 def attach(views: GeometryViews, store: Store, spec: dict[str, Any]) -> None:
     """Wire the widgets to the one CustomJS callback that picks among the precomputed arrays."""
-    from bokeh.models import ColumnDataSource, CustomJS
-
-    from drpo_sim.explore.views import BOUND_Y, styles
 
     by = views.choices
     mus = by["mu"].values
@@ -194,8 +198,6 @@ def attach(views: GeometryViews, store: Store, spec: dict[str, Any]) -> None:
 
 def build_page(selected: list[str]) -> tuple[Any, GeometryViews]:
     """The page's layout: the geometry controls and two tabs (weight against pi; the plane)."""
-    from bokeh.layouts import row
-    from bokeh.models import Tabs
 
     choices = ctl.export_controls()
     views = build_geometry(choices, selected)
@@ -223,12 +225,10 @@ def export_page(path: str | os.PathLike, selected: list[str] | None = None) -> t
 
     ``OSError`` when ``path`` cannot be written (its directory is created if missing).
     """
-    from bokeh.embed import file_html
-    from bokeh.resources import INLINE
 
     path = Path(path)
     check_writable(path)
-    layout, _ = build_page(ctl.check_objectives(list(selected or ctl.DEFAULT_OBJECTIVES)))
+    layout, _ = build_page(ctl.check_objectives(list(selected or PAPER_METHODS)))
     html = file_html(layout, INLINE, title="drpo_sim: trust-region explorer")
     try:
         with atomic_path(path) as tmp:

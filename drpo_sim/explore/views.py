@@ -45,10 +45,12 @@ from bokeh.models import (
     TabPanel,
 )
 from bokeh.plotting import figure
+from matplotlib.colors import to_hex
 
 from drpo_sim import objectives
 from drpo_sim.explore import controls as ctl
 from drpo_sim.explore import data
+from drpo_sim.plots import STYLE
 
 _DASH = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dashdot"}
 BOUND_Y = 1e4  # boundary segments run from -BOUND_Y to BOUND_Y (the weight axis is a fixed range)
@@ -58,9 +60,6 @@ PLANE_TICKS = (0.001, 0.1, 0.9, 0.999)
 @lru_cache(maxsize=1)
 def styles() -> dict[str, dict[str, Any]]:
     """Colour, dash and width of each objective: :data:`drpo_sim.plots.STYLE` in Bokeh's terms."""
-    from matplotlib.colors import to_hex
-
-    from drpo_sim.plots import STYLE
 
     out = {}
     for i, name in enumerate(objectives.available()):

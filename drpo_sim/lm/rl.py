@@ -148,7 +148,30 @@ def train(
         return _train(config, checkpoint, token_log, progress)
 
 
-def _train(config: LabConfig, checkpoint: Checkpoint | str, token_log: TokenLogWriter | None, progress: bool) -> pd.DataFrame:
+class _Collect(list):
+    """A token sink that keeps the batches in memory (a worker returns them to the driver)."""
+
+    write = list.append
+
+
+def run_cell(spec: dict[str, Any], checkpoint: Checkpoint) -> tuple[pd.DataFrame, list[TokenBatch] | None, dict]:
+    """One lab run as a cell of :mod:`drpo_sim.run.cells`: ``spec`` holds the ``lab``
+    configuration's fields (:class:`LabConfig`), the ``pretrain`` configuration the checkpoint
+    was made with, and whether to keep a ``token_log``. Returns the table, the token batches
+    (None without a token log) and the token log's metadata."""
+    config = LabConfig(**spec["lab"])
+    if dataclasses.asdict(checkpoint.config) != spec["pretrain"]:
+        raise ValueError(f"the checkpoint was pretrained with {dataclasses.asdict(checkpoint.config)}, "
+                         f"the cell asks for {spec['pretrain']}")
+    sink = _Collect() if spec["token_log"] else None
+    table = train(config, checkpoint, sink)
+    meta = {"source": "drpo_sim.lm", "config": config.flat(),
+            "checkpoint": checkpoint.path.name if checkpoint.path else None}
+    return table, (list(sink) if sink is not None else None), meta
+
+
+def _train(config: LabConfig, checkpoint: Checkpoint | str, token_log: TokenLogWriter | _Collect | None,
+           progress: bool) -> pd.DataFrame:
     ckpt = load_checkpoint(checkpoint) if not isinstance(checkpoint, Checkpoint) else checkpoint
     task = ckpt.task
     obj = config.build_objective()

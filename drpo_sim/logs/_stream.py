@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from drpo_sim.logs.validate import Context, SampleError
 from drpo_sim.tokens import TokenBatch
@@ -95,10 +97,6 @@ def load_torch(path: Path, weights_only: bool = True) -> Any:
     strings only, so a file cannot run code when loaded; pass ``weights_only=False`` only for
     files you trust.
     """
-    import pickle
-
-    import torch
-
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as e:

@@ -26,31 +26,30 @@ configuration, method and parameters, plus a leading ``cell`` column.
 
 Cell identity
 -------------
-A cell's id is the first 16 hex digits of the SHA-256 of the canonical JSON (sorted keys, no
-spaces) of what determines its numbers: the full flat configuration (every field, defaults
-included), the method, its full objective parameters (defaults included) and the seeds. Values
-are normalised first (an integer given for a float field or parameter becomes a float), so
-``noise_std = 0`` and ``noise_std = 0.0`` are one cell, and so is a parameter written out at its
-default value and one left out. The package version is *not* part of the id: ids stay comparable
-across versions. Each cell file records the version that wrote it instead, and resuming a store
-written by another version is an error (the simulator's numbers may have changed; mixing them
-silently would corrupt the sweep): start a fresh ``--out`` directory.
+Each cell is a ``sim`` cell of :mod:`drpo_sim.run.cells`: its id hashes the full flat
+configuration (every field, defaults included), the method, its full objective parameters
+(defaults included), the seeds and the code digest of the simulator
+(:func:`drpo_sim.provenance.code_digest`). Values are normalised first (an integer given for a
+float field or parameter becomes a float), so ``noise_std = 0`` and ``noise_std = 0.0`` are one
+cell, and so is a parameter written out at its default value and one left out. A store written
+by other simulator code holds other ids: its cells are never reused, and they are never mixed
+with the new ones.
 
 Store (``OUT/``)
 ----------------
-``cells/<id>.parquet``
-    One result file per finished cell (:func:`drpo_sim.results.write_results`; metadata: the
-    cell's id, configuration, method, parameters, seeds, grid coordinates, package version),
-    written by the driver, atomically, as soon as the cell's result arrives.
+``cells/``
+    A :class:`~drpo_sim.run.store.CellStore`: one result file per finished cell, written by the
+    driver, atomically, as soon as the cell's result arrives (metadata: the cell's id,
+    configuration, method, parameters, seeds, grid coordinates, code digest, package version).
 ``results.parquet``
-    Every cell of the sweep in grid order, with a ``param_<name>`` column per objective parameter
-    of any method (empty where a method has none), as :func:`drpo_sim.sim.simulate` lays them
-    out. Written only once every cell is done; removed when a sweep (re)starts, so it exists only
-    for a finished sweep.
+    Every cell of the sweep in grid order, with a leading ``cell`` column and a
+    ``param_<name>`` column per objective parameter of any method (empty where a method has
+    none), as :func:`drpo_sim.sim.simulate` lays them out. Written only once every cell is done;
+    removed when a sweep (re)starts, so it exists only for a finished sweep.
 ``sweep.json``
     The grid, the cells (index, id, method, coordinates, parameters, file, status) and the last
     invocation's counts and wall times; ``complete`` says whether ``results.parquet`` is current.
-``.lock``
+``cells/.lock``
     Held (``flock``) by the one driver writing into the directory.
 
 Resuming
@@ -65,25 +64,21 @@ shared by sweeps over overlapping grids: extending a grid runs only the new cell
 
 Execution
 ---------
-Locally with joblib processes (``n_jobs``, default: the usable CPUs), or on a Dask cluster
-(``scheduler="tcp://host:port"``, :class:`dask.distributed.Client`), whose workers need the same
-``drpo_sim`` version installed (checked on every result). Either way the workers only compute;
-the driver writes every file as results arrive, in whatever order cells finish. Runs are
-deterministic per seed (:mod:`drpo_sim.sim`), so the results do not depend on where or in which
-order the cells ran.
+By :class:`drpo_sim.run.executor.Runner`: locally with joblib processes (``n_jobs``, default:
+the usable CPUs), or on a Dask cluster (``scheduler="tcp://host:port"``) whose workers run the
+same drpo_sim code (checked on every result). Either way the workers only compute; the driver
+writes every file as results arrive, in whatever order cells finish. Runs are deterministic per
+seed (:mod:`drpo_sim.sim`), so the results do not depend on where or in which order the cells ran.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import hashlib
 import itertools
 import json
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -93,62 +88,24 @@ import pandas as pd
 
 from drpo_sim import __version__, objectives
 from drpo_sim._io import write_text
-from drpo_sim.offpolicy import NOISE_PRESETS
+from drpo_sim.config import resolve
 from drpo_sim.results import read_results, write_results
-from drpo_sim.sim import SimConfig, simulate, split_experiment
+from drpo_sim.run.cells import Cell, sim_cell
+from drpo_sim.run.executor import Runner
+from drpo_sim.run.store import CellStore
+from drpo_sim.sim import SimConfig, split_experiment, with_param_columns
 
 CELLS_DIR = "cells"
 RESULTS_FILE = "results.parquet"
 INDEX_FILE = "sweep.json"
-LOCK_FILE = ".lock"
-ID_DIGITS = 16
 GRID_KEY = "grid"
 
 _FIELD_DEFAULTS: dict[str, Any] = SimConfig().flat()
-
-# (cell id, its table, seconds the worker spent, the worker's drpo_sim version)
-CellOutput = tuple[str, pd.DataFrame, float, str]
 
 
 # --------------------------------------------------------------------------------------------
 # Specification
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One grid cell: a configuration, a method with its full parameters, the sweep's seeds."""
-
-    index: int
-    id: str
-    method: str
-    config: SimConfig
-    params: dict[str, Any]
-    seeds: tuple[int, ...]
-    coords: dict[str, Any]
-
-    @property
-    def file(self) -> str:
-        """The cell's result file, relative to the sweep directory."""
-        return f"{CELLS_DIR}/{self.id}.parquet"
-
-    def spec(self) -> dict[str, Any]:
-        """What determines the cell's numbers (hashed into its id)."""
-        return {"config": self.config.flat(), "method": self.method, "params": self.params, "seeds": list(self.seeds)}
-
-    def task(self) -> dict[str, Any]:
-        """The picklable work item a worker runs (:func:`run_cell`)."""
-        return {"cell": self.id, **self.spec()}
-
-    def metadata(self) -> dict[str, Any]:
-        """The cell file's metadata."""
-        return {"cell": self.id, **self.spec(), "grid": self.coords}
-
-
-def cell_id(spec: dict[str, Any]) -> str:
-    """The first :data:`ID_DIGITS` hex digits of the SHA-256 of ``spec``'s canonical JSON."""
-    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:ID_DIGITS]
 
 
 @dataclass(frozen=True)
@@ -172,7 +129,8 @@ class SweepSpec:
     param_grid: tuple[tuple[str, str, tuple[Any, ...]], ...] = ()
 
     def cells(self) -> list[Cell]:
-        """Every cell, in grid order (configuration grid, then method, then its parameter grid)."""
+        """Every cell, in grid order (configuration grid, then method, then its parameter grid);
+        each cell's ``labels`` are its grid coordinates."""
         return list(self._cells)
 
     @cached_property
@@ -184,14 +142,14 @@ class SweepSpec:
             cfg = self._config(coords)
             for method in self.methods:
                 for pcoords, params in self._method_params(method, coords):
-                    full = _objective_params(method, params, f"{self.source}: {_where({**coords, **pcoords})}")
-                    cell = Cell(len(cells), "", method, cfg, full, self.seeds, {**coords, **pcoords})
+                    where = f"{self.source}: {_where({**coords, **pcoords})}"
+                    full = _objective_params(method, params, where)
+                    cell = sim_cell(cfg.flat(), method, full, self.seeds, **coords, **pcoords)
                     try:
-                        cells.append(dataclasses.replace(cell, id=cell_id(cell.spec())))
+                        cell.id
                     except ValueError:
-                        raise ValueError(
-                            f"{self.source}: {_where(cell.coords)}: values must be finite numbers"
-                        ) from None
+                        raise ValueError(f"{where}: values must be finite numbers") from None
+                    cells.append(cell)
         ids = [c.id for c in cells]
         if len(set(ids)) != len(ids):
             raise ValueError(f"{self.source}: two cells have the same configuration; remove the duplicate grid values")
@@ -232,8 +190,6 @@ def _where(coords: dict[str, Any]) -> str:
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
     """Read and validate a sweep file (module docstring); every cell is built and checked."""
-    import tomllib
-
     path = str(path)
     try:
         with open(path, "rb") as fh:
@@ -253,11 +209,8 @@ def parse_sweep(doc: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     methods = _methods(run.get("methods"), source)
     seeds = _seeds(run.get("seeds", 8), run.get("seed_start"), source)
     preset = run.get("preset")
-    base = {k: _coerce_field(k, v, f"{source}: {k}") for k, v in config.items()}
-    if preset is not None:
-        if preset not in NOISE_PRESETS:
-            raise ValueError(f"{source}: preset {preset!r}: valid presets are {', '.join(NOISE_PRESETS)}")
-        base.update(NOISE_PRESETS[preset])
+    base = resolve({k: _coerce_field(k, v, f"{source}: {k}") for k, v in config.items()}, preset,
+                   where=f"{source}: preset")
     params = _fixed_params(run.get("params", {}), methods, source)
     grid, param_grid = _grid(grid_doc, methods, source)
     for field, _ in grid:
@@ -407,133 +360,29 @@ def _distinct(values: tuple[Any, ...], where: str) -> tuple[Any, ...]:
 
 
 # --------------------------------------------------------------------------------------------
-# Workers
+# The driver
 # --------------------------------------------------------------------------------------------
 
 
-def run_cell(task: dict[str, Any]) -> CellOutput:
-    """Run one cell (a :meth:`Cell.task`) in this process: ``(id, table, seconds, version)``."""
-    t0 = time.perf_counter()
-    cfg = SimConfig.from_flat(task["config"])
-    method = task["method"]
-    df = simulate(cfg, [method], task["seeds"], method_params={method: task["params"]})
-    df.insert(0, "cell", task["cell"])
-    return task["cell"], df, time.perf_counter() - t0, __version__
-
-
-def _local(tasks: list[dict[str, Any]], n_jobs: int) -> Iterator[CellOutput]:
-    """Cells on ``n_jobs`` joblib processes (at most one per cell), yielded as each finishes."""
-    from joblib import Parallel, delayed
-
-    parallel = Parallel(n_jobs=min(n_jobs, len(tasks)), return_as="generator_unordered")
-    yield from parallel(delayed(run_cell)(t) for t in tasks)
-
-
-def _dask(tasks: list[dict[str, Any]], address: str) -> Iterator[CellOutput]:
-    """Cells on the Dask cluster at ``address``, yielded as each finishes.
-
-    Each result is released on the cluster once yielded; leaving the generator early (an error
-    in the driver) closes the client, which cancels the cells still queued.
-    """
-    from dask.distributed import Client, as_completed
-
-    with Client(address, set_as_default=False) as client:
-        keys = [f"drpo-sim-cell-{t['cell']}" for t in tasks]
-        pending = as_completed(client.map(run_cell, tasks, key=keys), loop=client.loop)
-        for future in pending:
-            out = future.result()
-            future.release()
-            yield out
-
-
-# --------------------------------------------------------------------------------------------
-# The store and the driver
-# --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Hold ``OUT/.lock`` for the block; another driver on the same directory is an error."""
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OSError(f"{out}: another sweep is writing into this directory (it holds {out / LOCK_FILE})") from None
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock, as does the process's death
-
-
-def _remove_stale(out: Path) -> int:
-    """Delete the temporary files of interrupted atomic writes, and the results of a previous run."""
-    stale = [*out.glob(".*.tmp"), *(out / CELLS_DIR).glob(".*.tmp")]
-    for p in stale:
-        p.unlink()
-    (out / RESULTS_FILE).unlink(missing_ok=True)
-    return len(stale)
-
-
-def _cell_done(out: Path, cell: Cell) -> bool:
-    """Whether ``cell``'s file exists and is a readable result file for this cell and version.
-
-    An unreadable file (which atomic writes cannot leave, but a damaged disk can) counts as
-    not done; a readable file of another cell or another package version is an error.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = out / cell.file
-    if not path.is_file():
-        return False
-    try:
-        raw = (pq.read_schema(path).metadata or {}).get(b"drpo_sim")
-        meta = json.loads(raw) if raw else {}
-    except (pa.ArrowInvalid, OSError, ValueError):
-        return False
-    if meta.get("cell") != cell.id:
-        raise ValueError(f"{path}: holds cell {meta.get('cell')!r}, not {cell.id!r}; remove the file")
-    if meta.get("version") != __version__:
-        raise ValueError(
-            f"{path}: written by drpo_sim {meta.get('version')}, this is {__version__}; "
-            "sweep into a fresh directory (results of two versions must not mix)"
-        )
-    return True
-
-
-def _check_output(cell: Cell, df: pd.DataFrame, version: str) -> None:
-    """A worker's table has one row per seed and step, from the same package version."""
-    if version != __version__:
-        raise RuntimeError(
-            f"cell {cell.id}: a worker runs drpo_sim {version}, the driver {__version__}; install one version"
-        )
-    expected = len(cell.seeds) * cell.config.train.steps
+def _check_output(cell: Cell, df: pd.DataFrame) -> None:
+    """A cell's table has one row per seed and step."""
+    expected = len(cell.spec["seeds"]) * cell.spec["config"]["steps"]
     keys = df[["seed", "step"]].drop_duplicates()
-    if len(df) != expected or len(keys) != expected or not (df["cell"] == cell.id).all():
-        raise RuntimeError(
-            f"cell {cell.id}: the worker returned {len(df)} rows, expected {expected} distinct (seed, step)"
-        )
+    if len(df) != expected or len(keys) != expected:
+        raise RuntimeError(f"cell {cell.id}: {len(df)} rows, expected {expected} distinct (seed, step)")
 
 
-def _collect(out: Path, cells: Sequence[Cell]) -> pd.DataFrame:
-    """Every cell's table in grid order, with the ``param_<name>`` columns of :func:`simulate`."""
-    frames = []
-    for cell in cells:
-        df, meta = read_results(out / cell.file)
-        if meta.get("cell") != cell.id:
-            raise ValueError(f"{out / cell.file}: holds cell {meta.get('cell')!r}, not {cell.id!r}")
-        frames.append(df.drop(columns=[c for c in df.columns if c.startswith("param_")]))
-    df = pd.concat(frames, ignore_index=True)
-    names = sorted({k for c in cells for k in c.params})
-    for k in names:
-        df[f"param_{k}"] = [json.loads(p).get(k) for p in df["method_params"]]
-    return df
+def table(cells: Sequence[Cell], tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The cells' tables in grid order as one, with a leading ``cell`` column and the
+    ``param_<name>`` columns of :func:`drpo_sim.sim.simulate` (one per parameter of any method)."""
+    for cell, df in zip(cells, tables):
+        _check_output(cell, df)
+    return with_param_columns(pd.concat([df.assign(cell=c.id)[["cell", *df.columns]] for c, df in zip(cells, tables)],
+                                        ignore_index=True))
 
 
-def _index(
-    spec: SweepSpec, cells: Sequence[Cell], done: set[str], runs: dict[str, dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
+def _index(spec: SweepSpec, cells: Sequence[Cell], done: set[str], runs: dict[str, dict[str, Any]],
+           **extra: Any) -> dict[str, Any]:
     """The content of ``sweep.json``."""
     return {
         "version": __version__,
@@ -541,16 +390,16 @@ def _index(
         **spec.describe(),
         "cells": [
             {
-                "index": c.index,
+                "index": i,
                 "cell": c.id,
-                "method": c.method,
-                "grid": c.coords,
-                "params": c.params,
-                "file": c.file,
+                "method": c.spec["method"],
+                "grid": dict(c.labels),
+                "params": c.spec["params"],
+                "file": f"{CELLS_DIR}/{c.id}.parquet",
                 "status": "done" if c.id in done else "pending",
                 **runs.get(c.id, {}),
             }
-            for c in cells
+            for i, c in enumerate(cells)
         ],
         **extra,
     }
@@ -558,39 +407,6 @@ def _index(
 
 def _write_index(out: Path, content: dict[str, Any]) -> None:
     write_text(json.dumps(content, indent=1, allow_nan=False) + "\n", out / INDEX_FILE)
-
-
-def _check_address(address: Any) -> None:
-    """A TCP/TLS scheduler address must have a host and a port (checked before connecting: a
-    ``Client`` given a malformed one fails, then hangs for a minute while it is collected)."""
-    from distributed.comm import get_address_host_port, parse_address
-
-    if not isinstance(address, str) or not address.strip():
-        raise ValueError(f"scheduler: expected a Dask scheduler address such as tcp://host:8786, got {address!r}")
-    scheme, _ = parse_address(address)
-    if scheme in ("tcp", "tls"):
-        try:
-            get_address_host_port(address)
-        except ValueError as err:
-            raise ValueError(f"scheduler {address!r}: {err}; expected e.g. tcp://host:8786") from None
-
-
-def _executor(
-    n_jobs: int | None, scheduler: str | None
-) -> tuple[Callable[[list[dict[str, Any]]], Iterator[CellOutput]], str]:
-    """The function that runs a list of tasks, yielding results as they finish, and its description."""
-    if scheduler is not None:
-        if n_jobs is not None:
-            raise ValueError("n_jobs and scheduler exclude each other: a Dask cluster has its own workers")
-        _check_address(scheduler)
-        return (lambda tasks: _dask(tasks, scheduler)), f"dask {scheduler}"
-    if n_jobs is None:
-        from joblib import cpu_count
-
-        n_jobs = cpu_count()
-    if not (isinstance(n_jobs, int) and not isinstance(n_jobs, bool) and n_jobs >= 1):
-        raise ValueError(f"n_jobs must be a number of processes >= 1, got {n_jobs!r}")
-    return (lambda tasks: _local(tasks, n_jobs)), f"local, {n_jobs} process{'es' if n_jobs > 1 else ''}"
 
 
 def run_sweep(
@@ -605,53 +421,32 @@ def run_sweep(
 
     ``n_jobs`` local joblib processes (default: the usable CPUs), or the Dask cluster at
     ``scheduler``. Cells already stored are skipped (module docstring: Resuming); each new cell is
-    written as soon as it finishes. The progress bar counts cells (done, left, time left) and
-    starts from the cells already done. ``sweep.json`` records what this call ran and skipped.
+    written as soon as it finishes. The progress bar counts cells and starts from the cells
+    already done. ``sweep.json`` records what this call ran and skipped.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
     cells = spec.cells()
-    t0 = time.perf_counter()
-    execute, where = _executor(n_jobs, scheduler)
-    with _locked(out):
-        stale = _remove_stale(out)
-        done = {c.id for c in cells if _cell_done(out, c)}
-        replaced = sum(1 for c in cells if c.id not in done and (out / c.file).exists())
-        todo = [c for c in cells if c.id not in done]
-        by_id = {c.id: c for c in todo}
-        runs: dict[str, dict[str, Any]] = {c.id: {"this_run": "skipped"} for c in cells if c.id in done}
-        _write_index(out, _index(spec, cells, done, runs, complete=False))
-        results = execute([c.task() for c in todo]) if todo else iter(())
-        bar = tqdm(total=len(cells), initial=len(done), unit="cell", desc="sweep", disable=not progress)
-        bar.set_postfix_str(f"left {len(cells) - len(done)}")
-        try:
-            for cid, df, seconds, version in results:
-                cell = by_id[cid]
-                _check_output(cell, df, version)
-                write_results(df, out / cell.file, cell.metadata())
-                done.add(cid)
-                runs[cid] = {"this_run": "ran", "wall_s": round(seconds, 3)}
-                bar.set_postfix_str(f"left {len(cells) - len(done)}", refresh=False)
-                bar.update(1)
-        finally:
-            bar.close()
-        missing = [c.id for c in todo if c.id not in done]
-        if missing:
-            raise RuntimeError(f"{out}: {len(missing)} cell(s) never returned a result (first: {missing[0]})")
-        df = _collect(out, cells)
-        write_results(df, out / RESULTS_FILE, {"sweep": spec.describe(), "cells": [c.id for c in cells]})
-        last_run = {
-            "ran": len(todo),
-            "skipped": len(cells) - len(todo),
-            "rerun_unreadable": replaced,
-            "stale_tmp_removed": stale,
-            "total": len(cells),
-            "rows": len(df),
-            "executor": where if todo else "none (every cell was done)",
-            "wall_s": round(time.perf_counter() - t0, 3),
-        }
-        _write_index(out, _index(spec, cells, done, runs, complete=True, results=RESULTS_FILE, last_run=last_run))
+    store = CellStore(out / CELLS_DIR)
+    runner = Runner(store=store, n_jobs=n_jobs, scheduler=scheduler, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_FILE).unlink(missing_ok=True)
+    _write_index(out, _index(spec, cells, {c.id for c in cells if store.path(c).is_file()}, {}, complete=False))
+    tables = runner.run(cells, desc="sweep")
+    report = runner.last
+    df = table(cells, tables)
+    write_results(df, out / RESULTS_FILE, {"sweep": spec.describe(), "cells": [c.id for c in cells]})
+    last_run = {
+        "ran": report.ran,
+        "skipped": report.skipped,
+        "rerun_unreadable": report.rerun_unreadable,
+        "stale_tmp_removed": report.stale_tmp_removed,
+        "total": report.total,
+        "rows": len(df),
+        "executor": report.executor,
+        "wall_s": round(report.wall_s, 3),
+    }
+    _write_index(out, _index(spec, cells, {c.id for c in cells}, report.cells, complete=True, results=RESULTS_FILE,
+                             last_run=last_run))
     return df
 
 

@@ -1,4 +1,4 @@
-"""The claims of ``../shared/REFERENCE.md`` ("Claims the toolkit must be able to test"), each put
+"""The twelve claims of the reference (``docs/reference.md``, "Claims the toolkit tests"), each put
 to a test that returns its numbers and a verdict.
 
 Every test here computes from the registry (:mod:`drpo_sim.objectives`) or from a result table
@@ -9,9 +9,10 @@ in the result file (:func:`write_claims`).
 
 The geometric claims (1, 2, 3) need no training; claim 5 is read off a replay
 (:mod:`drpo_sim.analysis`) of a token log; the others off the summaries the analyses of
-``analyses/`` write: the threshold-sensitivity sweep (7), the convergence figure (12), the six
-settings (4, 6), the ablations (8, 9, 10) and the anchor comparison (4, 11).
-:func:`claims_from_results` runs them all on a results directory.
+:mod:`drpo_sim.paper.analyses` write: the threshold-sensitivity sweep (7), the convergence figure
+(12), the six settings (4, 6), the ablations (8, 9, 10) and the anchor comparison (4, 11). The
+settings, variants and result files a claim reads are imported from those analyses' specs, never
+retyped here. :func:`claims_from_results` runs them all on a results directory.
 
 "Overlap" below is of 95% stratified-bootstrap intervals of an IQM over seeds
 (:func:`drpo_sim.stats.summarize_runs`); non-overlapping intervals are a measured difference,
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,27 @@ import pandas as pd
 
 from drpo_sim import objectives
 from drpo_sim._io import write_text
+from drpo_sim.config import VERDICTS
 from drpo_sim.geometry import plane_axis
+from drpo_sim.paper.analyses import (
+    ablations,
+    anchor,
+    convergence,
+    fixed_points,
+    replay_sim,
+    settings,
+    thresholds,
+    weight_table,
+)
+from drpo_sim.paper.manifest import required_json
+from drpo_sim.paper.specs import param_suffix
 
-__all__ = ["STATEMENTS", "VERDICTS", "ClaimResult", "claim_1", "claim_2", "claim_3", "claim_4", "claim_5", "claim_6",
-           "claim_7", "claim_8", "claim_9", "claim_10", "claim_11", "claim_12", "claims_from_results", "write_claims"]
+__all__ = ["CLAIMS_FILE", "STATEMENTS", "ClaimResult", "claim_1", "claim_2", "claim_3", "claim_4", "claim_5", "claim_6",
+           "claim_7", "claim_8", "claim_9", "claim_10", "claim_11", "claim_12", "claims_from_results", "load_claims", "write_claims"]
 
-VERDICTS = ("supported", "not supported", "inconclusive")
+CLAIMS_FILE = "claims.json"
 
-#: The claims as REFERENCE.md states them.
+#: The claims as the reference states them.
 STATEMENTS: dict[int, str] = {
     1: "DRPO's weight stays bounded by 1 + 1/delta for every token; SPO's grows like 1 / mu_min.",
     2: "The chi-square and l2 identities hold exactly when enumerated over the vocabulary.",
@@ -124,7 +138,8 @@ def claim_1(deltas: Sequence[float] = (12.5, 2.5, 0.5), eps: float = 12.5, n_pla
     reason = (f"over a {n_plane}x{n_plane} (mu, pi) grid DRPO's abs(w - 1) * delta peaks at "
               f"{max(numbers[f'drpo_delta{d:g}_max_abs_w_minus_1_times_delta'] for d in deltas):.4g} (bound 1) for "
               f"delta in {list(deltas)}; SPO's largest abs(w - 1) grows with slope {slope:.3f} in log mu (1/mu is -1)")
-    return ClaimResult(1, verdict, reason, numbers, ["drpo_sim.objectives"], ["drpo_delta_range", "weight_vs_pi"])
+    return ClaimResult(1, verdict, reason, numbers, ["drpo_sim.objectives"],
+                       [weight_table.SPEC.delta_range_figure, weight_table.SPEC.weight_figure])
 
 
 def claim_2(vocab_sizes: Sequence[int] = (8, 256, 65536), trials: int = 20, delta: float = 12.5, eps: float = 12.5,
@@ -192,7 +207,7 @@ def claim_3(small_deltas: Sequence[float] = (0.15, 0.5), n_plane: int = 400) -> 
               f"plane at delta = {small_deltas[0]:g}); at delta = 12.5 the smallest weight is "
               f"{numbers['delta12.5_min_weight']:.3f}, never negative")
     return ClaimResult(3, "supported" if ok else "not supported", reason, numbers, ["drpo_sim.objectives"],
-                       ["weight_plane", "fixed_point_flows"])
+                       [weight_table.SPEC.plane_figure, fixed_points.SPEC.figure])
 
 
 def claim_5(regions: pd.DataFrame | str | Path, *, clip: str = "grpo", rare: float = 0.01, frequent: float = 0.1,
@@ -239,7 +254,7 @@ def claim_5(regions: pd.DataFrame | str | Path, *, clip: str = "grpo", rare: flo
     elif not over:
         reason += "; the clip's masking is not concentrated on rare tokens in this log"
     return ClaimResult(5, verdict, reason, numbers, [source or "regions table"],
-                       ["replay_sim_regions", "replay_sim_rare_tokens", "replay_sim_mismatch"])
+                       [replay_sim.SPEC.file(f) for f in ("regions", "rare_tokens", "mismatch")])
 
 
 def _table(data: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, str | None]:
@@ -288,7 +303,8 @@ def claim_7(sensitivity: pd.DataFrame | str | Path, *, dppo: str = "dppo_tv", dr
     reason = (f"DPPO-TV needs delta >= {needed[0]:g} to come within the best's interval at the lowest noise and "
               f">= {needed[-1]:g} at the highest ({'grows' if grows else 'does not grow'}); DRPO's intervals at delta "
               f"{' and '.join(f'{x:g}' for x in drpo_deltas)} {'overlap' if flat else 'do not overlap'} at every noise level")
-    return ClaimResult(7, verdict, reason, numbers, [source or name or "sensitivity table"], ["threshold_sensitivity"])
+    return ClaimResult(7, verdict, reason, numbers, [source or name or "sensitivity table"],
+                       [thresholds.SPEC.name])
 
 
 def claim_12(summary: pd.DataFrame | str | Path, *, source: str | None = None) -> ClaimResult:
@@ -312,7 +328,7 @@ def claim_12(summary: pd.DataFrame | str | Path, *, source: str | None = None) -
               f"seeds; P(DRPO > pg_is) = {drpo['p_improve']:.2f} [{drpo['p_improve_low']:.2f}, {drpo['p_improve_high']:.2f}]: "
               + ("a measurable difference" if separate else "no measurable difference at this scale"))
     return ClaimResult(12, "supported" if separate else "not supported", reason, numbers, [source or name or "summary"],
-                       ["convergence_fp8_stale"])
+                       [convergence.SPEC.name])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,10 +374,12 @@ def _key(*parts: str) -> str:
     return "_".join(re.sub(r"[^\w.]+", "_", p).strip("_") for p in clean)
 
 
-def claim_4(settings: pd.DataFrame | str | Path, anchor: pd.DataFrame | str | Path, *, free: Sequence[str] = ("pg_is", "cispo"),
-            neg_only: str = "dppo_tv (A<0 only)", stress: str = "stress_rollout") -> ClaimResult:
-    """Claim 4, from the six-setting summary (``settings_summary.csv``) and the anchor summary
-    (``anchor_summary.csv``; its rollout-anchored settings, the claim's setting).
+def claim_4(settings_table: pd.DataFrame | str | Path, anchor_table: pd.DataFrame | str | Path, *,
+            free: Sequence[str] = anchor.FREE, neg_only: str = anchor.NEG_ONLY.label,
+            stress: str = anchor.STRESS_PAIR[0].name) -> ClaimResult:
+    """Claim 4, from the six-setting summary (:mod:`~drpo_sim.paper.analyses.settings`) and the
+    anchor summary (:mod:`~drpo_sim.paper.analyses.anchor`; its rollout-anchored settings, the
+    claim's setting).
 
     For the methods without a trust region (``free``) in every rollout-anchored setting: the
     collapse rate (:class:`drpo_sim.stats.CollapseRule`) and whether the mismatch grows (its
@@ -372,10 +390,11 @@ def claim_4(settings: pd.DataFrame | str | Path, anchor: pd.DataFrame | str | Pa
     best reward) and the negative-only mask collapses less there; not supported when no free
     method collapses in any setting (nothing to stabilise at this scale); inconclusive otherwise.
     """
-    s, s_name = _panel(settings)
-    a, a_name = _panel(anchor)
+    s, s_name = _panel(settings_table)
+    a, a_name = _panel(anchor_table)
+    rollout = {r.name for _, r, _ in anchor.PAIRS}
     cells = [("settings", s, k) for k in s.index.get_level_values(0).unique()]
-    cells += [("anchor", a, k) for k in a.index.get_level_values(0).unique() if k.endswith("_rollout")]
+    cells += [("anchor", a, k) for k in a.index.get_level_values(0).unique() if k in rollout]
     numbers: dict[str, float] = {}
     worst, growth, where = 0.0, 0.0, ""
     for _, t, setting in cells:
@@ -403,8 +422,8 @@ def claim_4(settings: pd.DataFrame | str | Path, anchor: pd.DataFrame | str | Pa
         reason = (f"no seed of {', '.join(free)} collapsed in any of {len(cells)} rollout-anchored settings; the "
                   f"mismatch at the last step is at most {growth:.2f} of its peak (it falls as the policy sharpens, "
                   f"it does not grow). Under stress {free[0]} ends at {numbers[_key(free[0], stress, 'final_iqm')]:.3f} "
-                  f"and the negative-only mask at {numbers[_key(neg_only, stress, 'final_iqm')]:.3f}: nothing to stabilise "
-                  "at this scale")
+                  f"and the negative-only mask at {numbers[_key(neg_only, stress, 'final_iqm')]:.3f}: nothing to "
+                  "stabilise at this scale")
     else:
         better = neg is not None and neg["collapse_rate"] < worst
         verdict = "supported" if better else "inconclusive"
@@ -412,11 +431,12 @@ def claim_4(settings: pd.DataFrame | str | Path, anchor: pd.DataFrame | str | Pa
                   + ("the negative-only mask collapsed less there" if better else
                      "the negative-only mask was not measured to collapse less in that setting"))
     return ClaimResult(4, verdict, reason, numbers, [s_name or "settings summary", a_name or "anchor summary"],
-                       ["convergence_settings", "anchor_stress"])
+                       [settings.FIGURE.name, anchor.STRESS_FIGURE.name])
 
 
-def claim_6(settings: pd.DataFrame | str | Path, *, drpo: Sequence[str] = ("drpo (delta 0.15)", "drpo"),
-            dppo: str = "dppo_tv") -> ClaimResult:
+def claim_6(settings_table: pd.DataFrame | str | Path, *,
+            drpo: Sequence[str] = (settings.DRPO_AT_DPPO_DELTA.label, settings.SPEC.label("drpo")),
+            dppo: str = settings.SPEC.label("dppo_tv")) -> ClaimResult:
     """Claim 6, from the six-setting summary: speed is the area under the reward curve (AUC, the
     mean expected reward over training), compared setting by setting between DPPO-TV and DRPO at
     the same threshold (``drpo[0]``: DRPO with DPPO-TV's delta, the same geometry) and at the
@@ -426,7 +446,7 @@ def claim_6(settings: pd.DataFrame | str | Path, *, drpo: Sequence[str] = ("drpo
     DPPO-TV's in at least half the settings and below in none; not supported when it lies above
     in none; inconclusive otherwise.
     """
-    t, name = _panel(settings)
+    t, name = _panel(settings_table)
     settings_ = list(t.index.get_level_values(0).unique())
     numbers: dict[str, float] = {}
     sides: dict[str, dict[str, int]] = {d: {} for d in drpo}
@@ -446,19 +466,20 @@ def claim_6(settings: pd.DataFrame | str | Path, *, drpo: Sequence[str] = ("drpo
               + (f" ({', '.join(faster)})" if faster else "") + f" and slower in {len(slower)}"
               + (f" ({', '.join(slower)})" if slower else "")
               + f"; at the paper's delta, {drpo[1]} is faster in {len(f2)} and slower in {len(s2)}")
-    return ClaimResult(6, verdict, reason, numbers, [name or "settings summary"], ["convergence_settings"])
+    return ClaimResult(6, verdict, reason, numbers, [name or "settings summary"], [settings.FIGURE.name])
 
 
 def _ablation_sides(t: pd.DataFrame, variant: str, base: str,
                     delta: float) -> tuple[dict[str, int], dict[str, float], list[str]]:
-    """Final-reward sides of ``variant`` against ``base`` in every cell (setting x delta: the
-    paper's, labels as given, and ``delta``, labels ``"<name> (delta <delta>)"``), the numbers
-    quoted, and the cells where ``variant`` collapses more often than ``base``."""
+    """Final-reward sides of the ablation ``variant`` against ``base`` in every cell (setting x
+    threshold: the paper's, and ``delta``), the numbers quoted, and the cells where ``variant``
+    collapses more often than ``base``. Labels come from the ablations' spec."""
+    spec = ablations.SPEC
     sides, numbers, collapses_more = {}, {}, []
     for setting in t.index.get_level_values(0).unique():
-        for suffix in ("", f" (delta {delta:g})"):
-            v, b = variant + suffix, base + suffix
-            cell = f"{setting}{suffix}"
+        for params in ({}, {"delta": delta}):
+            v, b = spec.label(variant, **params), spec.label(base, **params)
+            cell = f"{setting}{param_suffix(params)}"
             sides[cell] = _side(t, setting, v, b, "final")
             numbers[_key(v, setting, "final_iqm")] = t.loc[(setting, v), "final_iqm"]
             numbers[_key(b, setting, "final_iqm")] = t.loc[(setting, b), "final_iqm"]
@@ -468,14 +489,15 @@ def _ablation_sides(t: pd.DataFrame, variant: str, base: str,
     return sides, numbers, collapses_more
 
 
-def claim_8(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5) -> ClaimResult:
-    """Claim 8, from the ablation summary (``ablations_summary.csv``): ``drpo_no_abs_adv``
-    against ``drpo`` at the paper's delta and at ``delta``, in every setting (final reward).
+def claim_8(ablation_table: pd.DataFrame | str | Path, *, delta: float = ablations.BINDING_DELTA) -> ClaimResult:
+    """Claim 8, from the ablation summary (:mod:`~drpo_sim.paper.analyses.ablations`):
+    ``drpo_no_abs_adv`` against ``drpo`` at the paper's delta and at ``delta``, in every setting
+    (final reward).
 
     Verdict: supported when dropping abs(A) is worse (interval below, or more collapses) in some
     cell and better in none; not supported when it is worse in none; inconclusive otherwise.
     """
-    t, name = _panel(ablations)
+    t, name = _panel(ablation_table)
     sides, numbers, collapses_more = _ablation_sides(t, "drpo_no_abs_adv", "drpo", delta)
     better, worse = _tally(sides)
     worse = sorted(set(worse) | set(collapses_more))
@@ -484,16 +506,16 @@ def claim_8(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5) -> Clai
     reason = (f"without abs(A), final reward is below DRPO's in {len(worse)} of {len(sides)} cells (settings x delta)"
               + (f" ({', '.join(worse)})" if worse else "") + f" and above in {len(better)}"
               + (f" ({', '.join(better)})" if better else ""))
-    return ClaimResult(8, verdict, reason, numbers, [name or "ablation summary"], ["ablation_abs_adv"])
+    return ClaimResult(8, verdict, reason, numbers, [name or "ablation summary"], [ablations.ABS_ADV_FIGURE.name])
 
 
-def claim_9(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5) -> ClaimResult:
+def claim_9(ablation_table: pd.DataFrame | str | Path, *, delta: float = ablations.BINDING_DELTA) -> ClaimResult:
     """Claim 9, from the ablation summary: ``mask_drpo`` against ``drpo`` (final reward).
 
     Verdict: supported when the intervals overlap in every cell (settings x delta); not
     supported otherwise.
     """
-    t, name = _panel(ablations)
+    t, name = _panel(ablation_table)
     sides, numbers, _ = _ablation_sides(t, "mask_drpo", "drpo", delta)
     better, worse = _tally(sides)
     numbers["cells"], numbers["worse"], numbers["better"] = len(sides), len(worse), len(better)
@@ -502,17 +524,17 @@ def claim_9(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5) -> Clai
               f"{len(sides)} cells (settings x delta)" + (f"; below in {', '.join(worse)}" if worse else "")
               + (f"; above in {', '.join(better)}" if better else ""))
     return ClaimResult(9, "supported" if same else "not supported", reason, numbers, [name or "ablation summary"],
-                       ["ablation_mask"])
+                       [ablations.MASK_FIGURE.name])
 
 
-def claim_10(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5,
-             others: Sequence[str] = ("drpo_kl", "drpo_tv", "drpo_k3")) -> ClaimResult:
+def claim_10(ablation_table: pd.DataFrame | str | Path, *, delta: float = ablations.BINDING_DELTA,
+             others: Sequence[str] = ablations.DIVERGENCES[1:]) -> ClaimResult:
     """Claim 10, from the ablation summary: each of the KL, TV and K3 penalties against DRPO's.
 
     Verdict: supported when each is below DRPO (final-reward interval) in some cell and above in
     none; not supported when none is below anywhere; inconclusive otherwise.
     """
-    t, name = _panel(ablations)
+    t, name = _panel(ablation_table)
     numbers: dict[str, float] = {}
     parts, below_any, above_any, all_below = [], False, False, True
     for o in others:
@@ -527,27 +549,25 @@ def claim_10(ablations: pd.DataFrame | str | Path, *, delta: float = 0.5,
     numbers["cells"] = len(sides)
     verdict = "supported" if all_below and not above_any else ("not supported" if not below_any else "inconclusive")
     reason = f"against DRPO over {len(sides)} cells (settings x delta), final reward: " + "; ".join(parts)
-    return ClaimResult(10, verdict, reason, numbers, [name or "ablation summary"], ["ablation_divergences"])
+    return ClaimResult(10, verdict, reason, numbers, [name or "ablation summary"], [ablations.DIVERGENCES_FIGURE.name])
 
 
-def claim_11(anchor: pd.DataFrame | str | Path) -> ClaimResult:
-    """Claim 11, from the anchor summary (``anchor_summary.csv``: settings ``<name>_rollout`` and
-    ``<name>_recompute``): the mismatch at the last step (IQM of mean abs(pi - mu) over seeds,
-    with its interval) under the recomputed anchor against the rollout anchor, per method and
-    setting; the final reward beside it.
+def claim_11(anchor_table: pd.DataFrame | str | Path) -> ClaimResult:
+    """Claim 11, from the anchor summary (:mod:`~drpo_sim.paper.analyses.anchor`: each condition of
+    ``anchor.PAIRS`` under the rollout and the recomputed anchor): the mismatch at the last step
+    (IQM of mean abs(pi - mu) over seeds, with its interval) under the recomputed anchor against
+    the rollout anchor, per method and condition; the final reward beside it.
 
     Verdict: supported when the recomputed anchor ends with more mismatch (interval above) in at
     least half the pairs and less in none; not supported when more in none; inconclusive otherwise.
     """
-    t, name = _panel(anchor)
+    t, name = _panel(anchor_table)
     numbers: dict[str, float] = {}
     sides: dict[str, int] = {}
     reward: dict[str, int] = {}
-    bases = sorted({s.rsplit("_", 1)[0] for s in t.index.get_level_values(0) if s.endswith("_rollout")})
-    for base in bases:
-        ro, rc = f"{base}_rollout", f"{base}_recompute"
-        for v in t.loc[ro].index:
-            x, y = t.loc[(rc, v)], t.loc[(ro, v)]
+    for base, rollout, recompute in sorted(anchor.PAIRS, key=lambda p: p[0]):
+        for v in t.loc[rollout.name].index:
+            x, y = t.loc[(recompute.name, v)], t.loc[(rollout.name, v)]
             pair = f"{v} {base}"
             sides[pair] = _above(x, y, "shift_final")
             reward[pair] = _above(x, y, "final")
@@ -563,20 +583,22 @@ def claim_11(anchor: pd.DataFrame | str | Path) -> ClaimResult:
               f"pairs and lower in {len(less)}" + (f" ({', '.join(less)})" if less else "")
               + f"; its final reward is higher in {len(up)} and lower in {len(down)}"
               + (f" (higher: {', '.join(up)})" if up else ""))
-    return ClaimResult(11, verdict, reason, numbers, [name or "anchor summary"], ["anchor_fp8", "anchor_stress"])
+    return ClaimResult(11, verdict, reason, numbers, [name or "anchor summary"],
+                       [anchor.FP8_FIGURE.name, anchor.STRESS_FIGURE.name])
 
 
-#: The result file each claim reads, relative to the results directory.
+#: The result files each claim reads, relative to the results directory, from the specs of the
+#: analyses that write them.
 CLAIM_FILES = {
-    4: ("settings_summary.csv", "anchor_summary.csv"),
-    5: ("replay_sim_regions_by_mu.csv",),
-    6: ("settings_summary.csv",),
-    7: ("threshold_sensitivity.csv",),
-    8: ("ablations_summary.csv",),
-    9: ("ablations_summary.csv",),
-    10: ("ablations_summary.csv",),
-    11: ("anchor_summary.csv",),
-    12: ("convergence_fp8_stale_summary.csv",),
+    4: (settings.SPEC.summary_file, anchor.SPEC.summary_file),
+    5: (replay_sim.SPEC.file("regions_by_mu.csv"),),
+    6: (settings.SPEC.summary_file,),
+    7: (thresholds.SPEC.data_file,),
+    8: (ablations.SPEC.summary_file,),
+    9: (ablations.SPEC.summary_file,),
+    10: (ablations.SPEC.summary_file,),
+    11: (anchor.SPEC.summary_file,),
+    12: (convergence.SPEC.summary_file,),
 }
 
 
@@ -584,11 +606,13 @@ def claims_from_results(results: str | Path) -> list[ClaimResult]:
     """Every claim, in order: the geometric ones from the registry, the others from the result
     files of :data:`CLAIM_FILES` in ``results`` (a missing file is an error naming it)."""
     results = Path(results)
-    tests = {4: claim_4, 5: claim_5, 6: claim_6, 7: claim_7, 8: claim_8, 9: claim_9, 10: claim_10, 11: claim_11, 12: claim_12}
+    tests = {4: claim_4, 5: claim_5, 6: claim_6, 7: claim_7, 8: claim_8, 9: claim_9, 10: claim_10, 11: claim_11,
+             12: claim_12}
     for number, names in sorted(CLAIM_FILES.items()):
         missing = [str(results / f) for f in names if not (results / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"claim {number} reads {', '.join(missing)}, which does not exist; run its analysis first")
+            raise FileNotFoundError(f"claim {number} reads {', '.join(missing)}, which does not exist; "
+                                    "run its analysis first")
     out = [claim_1(), claim_2(), claim_3()]
     out += [test(*(results / f for f in CLAIM_FILES[number])) for number, test in sorted(tests.items())]
     return out
@@ -598,3 +622,63 @@ def write_claims(results: Sequence[ClaimResult], path: str | Path) -> Path:
     """Write the results as JSON (atomically): one object per claim with its statement."""
     doc: list[dict[str, Any]] = [{**dataclasses.asdict(r), "statement": r.statement} for r in results]
     return write_text(json.dumps(doc, indent=2) + "\n", path)
+
+
+def load_claims(results: Path | str) -> list[dict]:
+    """``results/claims.json``, validated: a list of claims, each with an integer ``number``
+    (unique), a ``verdict`` among :data:`VERDICTS`, a ``reason`` and a ``statement`` (strings),
+    ``numbers`` (name to number), ``sources`` (names) and optionally ``figures`` (figure names).
+    Missing file: :class:`FileNotFoundError`; anything malformed: :class:`ValueError`, one line
+    naming the file and the claim."""
+    results = Path(results)
+    path = results / CLAIMS_FILE
+    data = required_json(results, CLAIMS_FILE)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of claims, got {type(data).__name__}")
+    seen: set[int] = set()
+    for i, claim in enumerate(data):
+        where = f"{path}: entry {i}"
+        if not isinstance(claim, dict):
+            raise ValueError(f"{where}: expected an object, got {type(claim).__name__}")
+        for key, kind in (("number", int), ("verdict", str), ("reason", str), ("statement", str),
+                          ("numbers", dict), ("sources", list)):
+            if key not in claim:
+                raise ValueError(f"{where}: missing {key!r}")
+            if not isinstance(claim[key], kind) or isinstance(claim[key], bool):
+                raise ValueError(f"{where}: {key!r} should be {kind.__name__}, got {type(claim[key]).__name__}")
+        where = f"{path}: claim {claim['number']}"
+        if claim["number"] in seen:
+            raise ValueError(f"{where}: appears twice")
+        seen.add(claim["number"])
+        if claim["verdict"] not in VERDICTS:
+            raise ValueError(f"{where}: verdict {claim['verdict']!r} is not one of {VERDICTS}")
+        bad = [k for k, v in claim["numbers"].items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise ValueError(f"{where}: numbers {bad} are not numbers")
+        figures = claim.get("figures", [])
+        if not isinstance(figures, list) or not all(isinstance(f, str) for f in figures):
+            raise ValueError(f"{where}: 'figures' should be a list of figure names")
+    return data
+
+
+def verdict_table(ours: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] | None = None, *,
+                  labels: tuple[str, str] = ("this run", "reference")) -> str:
+    """The claims' verdicts as a text table, one line per claim; with ``reference`` (another
+    run's claims, e.g. the committed full run's), side by side with a last column saying where
+    they differ. Both are lists of claims as :func:`load_claims` returns them."""
+    theirs = {c["number"]: c["verdict"] for c in reference or []}
+    width = max(len(labels[0]), *(len(v) for v in VERDICTS))
+    head = f"{'claim':>5}  {labels[0]:<{width}}"
+    if reference is not None:
+        head += f"  {labels[1]:<{width}}  agree"
+    lines = [head]
+    for c in sorted(ours, key=lambda c: c["number"]):
+        line = f"{c['number']:>5}  {c['verdict']:<{width}}"
+        if reference is not None:
+            other = theirs.get(c["number"], "not tested")
+            line += f"  {other:<{width}}  {'yes' if other == c['verdict'] else 'NO'}"
+        lines.append(line)
+    if reference is not None:
+        same = sum(theirs.get(c["number"]) == c["verdict"] for c in ours)
+        lines.append(f"{same} of {len(ours)} verdicts agree")
+    return "\n".join(lines)

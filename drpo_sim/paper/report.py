@@ -3,25 +3,23 @@
 :func:`write_report` reads a results directory (normally ``figures/``, what ``drpo-sim reproduce``
 writes: ``claims.json``, ``MANIFEST.json``, the figures' CSVs and PNGs, the replays' JSON) and writes
 a Markdown report for a reader who has never seen the issue tracker: what DRPO is, how the toolkit
-tests it, one section per claim of ``../shared/REFERENCE.md`` with its verdict, figure, numbers and
-reason, what the results do not show, and how to reproduce them.
+tests it, one section per claim of the reference (``docs/reference.md``) with its verdict, figure,
+numbers and reason, what the results do not show, and how to reproduce them.
 
 The rule it keeps: **no number in the report is typed by hand**; every number it shows is read from
-a result file. :func:`check_numbers` enforces the rule on any Markdown text (the generated report,
-or one edited by hand) against the numbers of a results directory, and :func:`write_report` runs it
-on what it wrote (``check=True``). The exact rules are in :func:`check_numbers`'s docstring; the
-numbers the report itself shows are formatted by :func:`format_number`, whose output the check
-always accepts for the value it came from.
+a result file, and :func:`write_report` checks what it wrote with
+:func:`drpo_sim.paper.numbers.check_numbers`. The objectives' formulas come from the registry
+(:attr:`drpo_sim.objectives.Objective.formula`), the file and figure names from the analyses'
+specs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,441 +27,25 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from drpo_sim import objectives
 from drpo_sim._io import write_text
-
-__all__ = ["CLAIM_NUMBERS", "NumberPool", "NumericLiteral", "VERDICTS", "check_numbers", "checked_text",
-           "format_number", "format_percent", "load_claims", "load_manifest", "number_pool", "numeric_literals",
-           "render_report", "total_wall_time", "write_report"]
-
-VERDICTS = ("supported", "not supported", "inconclusive")
-
-#: The claims of REFERENCE.md ("Claims the toolkit must be able to test"); each gets a section,
-#: the ones absent from ``claims.json`` a "not tested in this run" one.
-CLAIM_NUMBERS = tuple(range(1, 13))
-
-#: Numbers always accepted by :func:`check_numbers`: zero and the claim numbers (they are how the
-#: report names claims, and they cover the small constants of symbolic formulas such as ``(r-1)^2``).
-STRUCTURAL_NUMBERS = (0, *CLAIM_NUMBERS)
-
-SIGNIFICANT_DIGITS = 4
-
-# ----------------------------------------------------------------------------------------------
-# numeric literals in text
-
-_ALNUM = r"[^\W_]"  # a letter or digit (a word character other than the underscore)
-
-#: A numeric literal as the report shows it: an optional minus sign attached to the digits, digits
-#: with optional thousands commas (``1,024``) and decimals, an optional exponent (``1.2e-03``) and
-#: an optional percent sign. It must not be glued to a letter, a digit or a dot on either side
-#: (``fp8``, ``bf16``, ``e4m3``, ``delta12.5_max``, a git hash, a version ``0.1.0`` are not numeric
-#: literals), nor to an underscore that joins it to a word (``ratio_099_to_080``); an underscore
-#: alone is Markdown emphasis (``_0.5_`` is checked). ``400x400`` and ``3x3`` are two literals.
-_NUM = re.compile(
-    rf"(?:(?<!{_ALNUM})(?<!\.)(?<!{_ALNUM}_)|(?<=\dx))"
-    r"(?P<sign>[-\u2212](?=\.?\d))?"
-    r"(?P<body>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-    r"(?P<exp>[eE][-+\u2212]?\d+)?"
-    r"(?P<pct>\s?%)?"
-    rf"(?!(?!x){_ALNUM}|_{_ALNUM}|\.{_ALNUM})"
+from drpo_sim.config import REPLAY_OBJECTIVES
+from drpo_sim.paper.analyses import replay_sim, weight_table
+from drpo_sim.paper.claims import CLAIMS_FILE, STATEMENTS, load_claims
+from drpo_sim.paper.manifest import MANIFEST_FILE, load_manifest, read_json, total_wall_time
+from drpo_sim.paper.numbers import (
+    CLAIM_NUMBERS,
+    STRUCTURAL_NUMBERS,
+    check_numbers,
+    checked_text,
+    format_number,
+    format_percent,
+    numeric_literals,
 )
 
-#: Dotted multi-part numbers (versions such as ``3.11.7``): checked as whole strings against the
-#: strings of the results' JSON files, never as numbers.
-_DOTTED = re.compile(rf"(?<!{_ALNUM})(?<!\.)\d+(?:\.\d+){{2,}}(?!{_ALNUM}|\.\d)")
+__all__ = ["objectives_table", "render_report", "report_inputs", "write_report"]
 
-
-@dataclasses.dataclass(frozen=True)
-class NumericLiteral:
-    """One number as written in a text, with the precision it shows.
-
-    ``value`` is the signed number shown (``13.1`` for ``13.1%``); ``tolerance`` is half a unit in
-    its last shown digit (``0.0005`` for ``0.884``, ``5e-5`` for ``1.2e-03``), or 0 for an integer
-    shown without decimals, exponent or percent sign, which must match exactly.
-    """
-
-    text: str
-    value: float
-    tolerance: float
-    percent: bool
-    start: int
-    end: int
-
-    def candidates(self) -> list[tuple[float, float]]:
-        """The ``(value, tolerance)`` pairs a known number may match: a percentage matches its
-        value as shown or divided by 100 (``13.1%`` matches 13.1 and 0.131)."""
-        pairs = [(self.value, self.tolerance)]
-        if self.percent:
-            pairs.append((self.value / 100.0, self.tolerance / 100.0))
-        return pairs
-
-
-def numeric_literals(text: str) -> Iterator[NumericLiteral]:
-    """Every numeric literal of ``text`` (see ``_NUM`` above for what counts as one), in order."""
-    for m in _NUM.finditer(text):
-        body, exp, pct = m["body"].replace(",", ""), m["exp"] or "", bool(m["pct"])
-        sign = "-" if m["sign"] else ""
-        value = float(sign + body + exp.replace("\u2212", "-"))
-        decimals = len(body.partition(".")[2])
-        exponent = int(exp[1:].replace("\u2212", "-")) if exp else 0
-        exact = not (decimals or exp or pct)
-        tolerance = 0.0 if exact else 0.5 * 10.0 ** (exponent - decimals)
-        yield NumericLiteral(m.group(0), value, tolerance, pct, m.start(), m.end())
-
-
-def _dotted(text: str) -> Iterator[re.Match]:
-    return _DOTTED.finditer(text)
-
-
-# ----------------------------------------------------------------------------------------------
-# formatting: one rule for every number the report shows
-
-
-def format_number(x: float, digits: int = SIGNIFICANT_DIGITS) -> str:
-    """Format a number the one way the report shows numbers.
-
-    - an integer value (``24.0``, ``65536``) in full, with thousands commas: ``24``, ``65,536``;
-    - otherwise ``digits`` significant digits, trailing zeros dropped but at least one decimal kept
-      (so a non-integer never reads as an integer): ``0.9975``, ``0.35``, ``-1.01``, ``7999.9``;
-    - in scientific notation below ``1e-3`` or from ``1e4`` on: ``5.277e-15``, ``3e-4``;
-    - ``nan`` as ``n/a``, infinities as ``inf`` / ``-inf``.
-
-    :func:`check_numbers` accepts the result for ``x`` by construction (tested).
-    """
-    x = float(x)
-    if math.isnan(x):
-        return "n/a"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x.is_integer() and abs(x) < 1e15:
-        return f"{int(x):,}"
-    ax = abs(x)
-    if 1e-3 <= ax < 1e4:
-        decimals = max(1, digits - 1 - math.floor(math.log10(ax)))
-        text = f"{x:.{decimals}f}".rstrip("0")
-        return text + "0" if text.endswith(".") else text
-    mantissa, _, exponent = f"{x:.{digits - 1}e}".partition("e")
-    if "." in mantissa:
-        mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
-
-
-def format_percent(x: float, digits: int = SIGNIFICANT_DIGITS - 1) -> str:
-    """A fraction as a percentage with ``digits`` significant digits: ``0.1308`` as ``13.1%``."""
-    if not math.isfinite(float(x)):
-        return format_number(x)
-    return format_number(round(100.0 * float(x), 10), digits) + "%"
-
-
-# ----------------------------------------------------------------------------------------------
-# the pool of known numbers
-
-
-@dataclasses.dataclass(frozen=True)
-class NumberPool:
-    """The numbers of a results directory: ``values`` sorted, unique and finite, and the dotted
-    strings (versions) of its JSON files."""
-
-    values: np.ndarray
-    dotted: frozenset[str]
-
-    def matches(self, literals: Sequence[NumericLiteral]) -> np.ndarray:
-        """For each literal, whether a known number lies within its shown precision (vectorised)."""
-        out = np.zeros(len(literals), dtype=bool)
-        if not literals or not self.values.size:
-            return out
-        owner, centre, tol = [], [], []
-        for i, lit in enumerate(literals):
-            for value, t in lit.candidates():
-                owner.append(i)
-                centre.append(value)
-                tol.append(t)
-        centre_a, tol_a = np.asarray(centre), np.asarray(tol)
-        # inclusive half-unit bounds, widened by a relative 1e-9 for binary floating point
-        slack = tol_a * 1e-9 + np.abs(centre_a) * 1e-12
-        low, high = centre_a - tol_a - slack, centre_a + tol_a + slack
-        idx = np.searchsorted(self.values, low, side="left")
-        hit = (idx < self.values.size) & (self.values[np.minimum(idx, self.values.size - 1)] <= high)
-        np.logical_or.at(out, np.asarray(owner), hit)
-        return out
-
-
-def number_pool(results: Path | str, include: Sequence[str] | None = None) -> NumberPool:
-    """Every number the results directory ``results`` holds (its top level, not subdirectories):
-
-    - every number in every ``*.json`` file, recursively through objects and lists (``claims.json``
-      and ``MANIFEST.json`` included, configurations and seeds included), the length of every JSON
-      list (so "24 seeds" matches a 24-element ``seeds`` list), and every numeric literal inside a
-      JSON string (the claims' ``reason`` and ``statement``, parameter strings like ``eps=0.2``);
-    - every numeric cell of every ``*.csv`` file, and every numeric literal inside its text cells
-      (``"0.467 [0.465, 0.468]"``), read column-wise with pandas (text cells: unique values only);
-    - the manifest's total wall time (:func:`total_wall_time`), which the report's first line shows;
-    - zero and the claim numbers 1-12 (``STRUCTURAL_NUMBERS``).
-
-    Percentages in strings enter as shown and divided by 100. ``include`` narrows the files read to
-    those matching any of its glob patterns (``["claims.json", "MANIFEST.json", "*_summary.csv"]``):
-    the full pool of a real run is dense (tens of thousands of curve points in ``[0, 1]``), so that
-    almost any short decimal is near one of them; a narrower pool makes the check bite.
-    """
-    results = Path(results)
-    chunks: list[np.ndarray] = [np.asarray(STRUCTURAL_NUMBERS, dtype=float)]
-    dotted: set[str] = set()
-    json_files, csv_files = _pool_files(results, "*.json", include), _pool_files(results, "*.csv", include)
-    for path in json_files:
-        data = _read_json(path)
-        numbers, strings = _json_numbers(data)
-        chunks.append(np.asarray(numbers, dtype=float))
-        text = "\n".join(strings)
-        chunks.append(_string_numbers(text))
-        dotted.update(m.group(0) for m in _dotted(text))
-        if path.name == "MANIFEST.json" and isinstance(data, dict):
-            chunks.append(np.asarray([total_wall_time(data)], dtype=float))
-    for path in csv_files:
-        chunks.extend(_csv_numbers(path))
-    values = np.concatenate([np.ravel(c).astype(float) for c in chunks])
-    values = np.unique(values[np.isfinite(values)])
-    return NumberPool(values, frozenset(dotted))
-
-
-def _pool_files(results: Path, kind: str, include: Sequence[str] | None) -> list[Path]:
-    """The top-level files of ``results`` matching ``kind``, and one of ``include`` if given."""
-    files = sorted(p for p in results.glob(kind) if p.is_file())
-    if include is None:
-        return files
-    return [p for p in files if any(p.match(pattern) for pattern in include)]
-
-
-def _json_numbers(data: Any) -> tuple[list[float], list[str]]:
-    """The numbers (list lengths included) and the strings of a JSON document, walked iteratively."""
-    numbers: list[float] = []
-    strings: list[str] = []
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, bool) or item is None:
-            continue
-        if isinstance(item, (int, float)):
-            numbers.append(float(item))
-        elif isinstance(item, str):
-            strings.append(item)
-        elif isinstance(item, dict):
-            strings.extend(k for k in item if isinstance(k, str))
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            numbers.append(float(len(item)))
-            stack.extend(item)
-    return numbers, strings
-
-
-def _string_numbers(text: str) -> np.ndarray:
-    """The values of the numeric literals in ``text`` (a percentage also divided by 100)."""
-    values = [v for lit in numeric_literals(text) for v, _ in lit.candidates()]
-    return np.asarray(values, dtype=float)
-
-
-def _csv_numbers(path: Path) -> list[np.ndarray]:
-    """A CSV's numeric cells, as whole columns, and the numbers written inside its text cells."""
-    try:
-        frame = pd.read_csv(path, low_memory=False)
-    except pd.errors.EmptyDataError:
-        return []
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable CSV ({exc})") from None
-    numeric = frame.select_dtypes(include="number")
-    out = [numeric.to_numpy(dtype=float).ravel()]
-    text = frame.select_dtypes(include=["object", "string"])
-    if text.shape[1]:
-        uniques = pd.unique(text.to_numpy().ravel())
-        joined = "\n".join(str(u) for u in uniques if isinstance(u, str))
-        out.append(_string_numbers(joined))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# the check
-
-
-def _blank(text: str, start: int, end: int) -> str:
-    """``text`` with ``[start, end)`` replaced by spaces (newlines kept, so line numbers hold)."""
-    return text[:start] + re.sub(r"[^\n]", " ", text[start:end]) + text[end:]
-
-
-def _blank_all(text: str, pattern: re.Pattern, group: int | str = 0) -> str:
-    for m in reversed(list(pattern.finditer(text))):
-        if m.group(group) is not None:
-            text = _blank(text, m.start(group), m.end(group))
-    return text
-
-
-_FENCE = re.compile(r"^ {0,3}(```|~~~)")
-_COMMENT = re.compile(r"<!--.*?-->", re.S)
-_LINK_TARGET = re.compile(r"\]\((?P<t>[^)\s]*(?:\s+\"[^\"]*\")?)\)")
-_REF_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(?P<t>\S+.*)$", re.M)
-_URL = re.compile(r"<?(?P<t>https?://[^\s>)]+)>?")
-_HEADING_NUMBER = re.compile(r"^(?: {0,3}#{1,6}[ \t]+)(?P<t>\d+(?:\.\d+)*\.?)(?=[ \t])", re.M)
-_CLAIM_NUMBER = re.compile(r"\b[Cc]laims?[ \t]+(?P<t>\d+)(?![\d.]\d)")
-
-
-def _without_fences(text: str) -> str:
-    """``text`` with fenced code blocks (fences included) blanked to spaces (an unclosed fence runs
-    to the end, as in CommonMark)."""
-    lines = text.split("\n")
-    fence: str | None = None
-    for i, line in enumerate(lines):
-        inside = fence is not None
-        m = _FENCE.match(line)
-        if not inside and m:
-            fence = m.group(1)
-        elif inside and line.strip().startswith(fence):
-            fence = None
-        elif not inside:
-            continue
-        lines[i] = " " * len(line)
-    return "\n".join(lines)
-
-
-def checked_text(markdown: str) -> str:
-    """The part of ``markdown`` that :func:`check_numbers` checks, other parts blanked to spaces:
-    fenced code blocks, HTML comments, link and image targets, URLs, heading numbers (``## 3.``)
-    and the number that follows the word "claim" ("Claim 7", "claims 4")."""
-    text = _without_fences(markdown)
-    text = _blank_all(text, _COMMENT)
-    text = _blank_all(text, _LINK_TARGET, "t")
-    text = _blank_all(text, _REF_DEFINITION, "t")
-    text = _blank_all(text, _URL, "t")
-    text = _blank_all(text, _HEADING_NUMBER, "t")
-    return _blank_all(text, _CLAIM_NUMBER, "t")
-
-
-def check_numbers(markdown: str, results: Path | str, *, pool: NumberPool | None = None,
-                  include: Sequence[str] | None = None) -> list[str]:
-    """The numbers of ``markdown`` that are not in the result files of ``results``; empty when fine.
-
-    **What is checked.** All of the text, Markdown tables, inline code spans and ``$...$`` math
-    included, except (:func:`checked_text`): fenced code blocks (the commands to run), HTML comments,
-    link and image targets (``](../figures/x.png)``; the link text is checked), URLs, heading
-    numbers (``## 3.``) and the number right after the word "claim" ("Claim 7"). Symbolic formulas
-    are checked too: their constants (``1 - sign(A)(pi - mu)/delta``, ``(r-1)^2``) are small
-    integers, always known (see below).
-
-    **What a numeric literal is.** An optional minus sign attached to the digits (``-1.01``, not
-    the ``- 1`` of ``1 - x`` nor the ``-1`` of ``r-1``), digits with optional thousands commas and
-    decimals, an optional exponent and an optional percent sign, not glued to a letter, digit,
-    dot, or to an underscore joining it to a word: ``fp8``, ``e4m3``, ``delta12.5_max``,
-    ``ratio_099_to_080`` and git hashes hold none. Dotted versions (``3.11.7``) must appear as such
-    in a string of the results' JSON files.
-
-    **The known numbers** are :func:`number_pool`'s: every number of every top-level ``*.json``
-    (recursively, with list lengths and the numbers written inside strings such as the claims'
-    reasons) and ``*.csv`` (every cell), the manifest's total wall time, zero and the claim numbers
-    1-12.
-
-    **Matching respects the shown precision**: a literal matches a known number within half a unit
-    of its last shown digit (``0.884`` matches 0.88445; ``1.2e-03`` matches 0.00123); an integer
-    shown without decimals, exponent or percent sign must match exactly (``1,024`` is 1024, ``24``
-    does not match 24.3); a percentage matches its value as shown or divided by 100 (``13.1%``
-    matches 0.131 or 13.1); signs must agree (``-0.3`` does not match 0.3).
-
-    Each problem is one line: ``line N: '0.777' is not in the result files (... context ...)``.
-    ``pool`` reuses a :func:`number_pool` already built for ``results``; ``include`` narrows the
-    files the pool is read from (see :func:`number_pool`: the full pool of a real run is so dense
-    that short decimals in ``[0, 1]`` nearly always match something).
-    """
-    pool = number_pool(results, include) if pool is None else pool
-    text = checked_text(markdown)
-    literals = list(numeric_literals(text))
-    found = pool.matches(literals)
-    problems = [(lit.start, lit.text.strip()) for lit, ok in zip(literals, found) if not ok]
-    problems += [(m.start(), m.group(0)) for m in _dotted(text) if m.group(0) not in pool.dotted]
-    return [_problem(markdown, start, shown) for start, shown in sorted(problems)]
-
-
-def _problem(markdown: str, start: int, shown: str) -> str:
-    line = markdown.count("\n", 0, start) + 1
-    context = markdown[max(0, start - 40):start + len(shown) + 40].replace("\n", " ").strip()
-    return f"line {line}: {shown!r} is not in the result files (... {context} ...)"
-
-
-# ----------------------------------------------------------------------------------------------
-# reading the result files
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
-def _required_json(results: Path, name: str) -> Any:
-    path = results / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; `drpo-sim reproduce --out {results}` writes it")
-    return _read_json(path)
-
-
-def load_claims(results: Path | str) -> list[dict]:
-    """``results/claims.json``, validated: a list of claims, each with an integer ``number``
-    (unique), a ``verdict`` among :data:`VERDICTS`, a ``reason`` and a ``statement`` (strings),
-    ``numbers`` (name to number), ``sources`` (names) and optionally ``figures`` (figure names).
-    Missing file: :class:`FileNotFoundError`; anything malformed: :class:`ValueError`, one line
-    naming the file and the claim."""
-    results = Path(results)
-    path = results / "claims.json"
-    data = _required_json(results, "claims.json")
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of claims, got {type(data).__name__}")
-    seen: set[int] = set()
-    for i, claim in enumerate(data):
-        where = f"{path}: entry {i}"
-        if not isinstance(claim, dict):
-            raise ValueError(f"{where}: expected an object, got {type(claim).__name__}")
-        for key, kind in (("number", int), ("verdict", str), ("reason", str), ("statement", str),
-                          ("numbers", dict), ("sources", list)):
-            if key not in claim:
-                raise ValueError(f"{where}: missing {key!r}")
-            if not isinstance(claim[key], kind) or isinstance(claim[key], bool):
-                raise ValueError(f"{where}: {key!r} should be {kind.__name__}, got {type(claim[key]).__name__}")
-        where = f"{path}: claim {claim['number']}"
-        if claim["number"] in seen:
-            raise ValueError(f"{where}: appears twice")
-        seen.add(claim["number"])
-        if claim["verdict"] not in VERDICTS:
-            raise ValueError(f"{where}: verdict {claim['verdict']!r} is not one of {VERDICTS}")
-        bad = [k for k, v in claim["numbers"].items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-        if bad:
-            raise ValueError(f"{where}: numbers {bad} are not numbers")
-        figures = claim.get("figures", [])
-        if not isinstance(figures, list) or not all(isinstance(f, str) for f in figures):
-            raise ValueError(f"{where}: 'figures' should be a list of figure names")
-    return data
-
-
-def load_manifest(results: Path | str) -> dict:
-    """``results/MANIFEST.json``, validated: an object whose ``figures`` is a list of records with
-    at least a ``figure`` name. Missing file: :class:`FileNotFoundError`; malformed:
-    :class:`ValueError` naming the file."""
-    results = Path(results)
-    path = results / "MANIFEST.json"
-    data = _required_json(results, "MANIFEST.json")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object, got {type(data).__name__}")
-    figures = data.get("figures")
-    if not isinstance(figures, list):
-        raise ValueError(f"{path}: 'figures' should be a list of figure records")
-    for i, rec in enumerate(figures):
-        if not isinstance(rec, dict) or not isinstance(rec.get("figure"), str):
-            raise ValueError(f"{path}: figures[{i}] has no 'figure' name")
-    return data
-
-
-def total_wall_time(manifest: Mapping) -> float:
-    """The run's wall time: the manifest's ``wall_time_s`` if it records one, else the sum of its
-    figures' ``wall_time_s`` (each job books its time once, on its first figure)."""
-    total = manifest.get("wall_time_s")
-    if isinstance(total, (int, float)) and not isinstance(total, bool):
-        return float(total)
-    times = [rec.get("wall_time_s") for rec in manifest.get("figures", []) if isinstance(rec, dict)]
-    return float(sum(t for t in times if isinstance(t, (int, float)) and not isinstance(t, bool)))
+REPORT_FILE = "README.md"
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -560,11 +142,11 @@ def _header(ctx: _Context) -> str:
             + (f", Python `{python}`" if python else "")
             + f"; total wall time {format_number(total_wall_time(m))} s (the figures' jobs, from `MANIFEST.json`).")
     return "\n\n".join([
-        "<!-- Generated by drpo_sim.report.write_report from the result files; do not edit by hand. -->",
+        "<!-- Generated by drpo_sim.paper.report.write_report from the result files; do not edit by hand. -->",
         "# Which policy objectives keep LLM RL stable off-policy? DRPO and its neighbours, tested",
         line,
         ("Every number on this page is read from the result files of the run named above; "
-         "`drpo_sim.report.check_numbers` verifies that none is typed by hand."),
+         "`drpo_sim.paper.numbers.check_numbers` verifies that none is typed by hand."),
     ])
 
 
@@ -578,15 +160,11 @@ def _all_claim_numbers(ctx: _Context) -> list[int]:
 
 def _statement(ctx: _Context, number: int) -> str | None:
     """A claim's statement: from ``claims.json``; for a claim it does not hold, from
-    :data:`drpo_sim.claims.STATEMENTS`, but only if that statement quotes no number beyond the
+    :data:`drpo_sim.paper.claims.STATEMENTS`, but only if that statement quotes no number beyond the
     structural ones (0 to 12): its numbers would be typed by hand, in no result file."""
     claim = _claims_by_number(ctx).get(number)
     if claim is not None:
         return claim["statement"]
-    try:
-        from drpo_sim.claims import STATEMENTS
-    except ImportError:  # pragma: no cover - the package always ships claims.py
-        return None
     statement = STATEMENTS.get(number)
     if statement is None or not _only_structural_numbers(statement):
         return None
@@ -621,23 +199,22 @@ def _summary(ctx: _Context) -> str:
             rows.append([name, short, "not tested", "not tested in this run"])
         else:
             rows.append([name, short, f"**{claim['verdict']}**", claim["reason"]])
-    intro = ("The claims of the project's reference (`shared/REFERENCE.md`, \"Claims the toolkit must be able "
-             "to test\"), each put to a test by `drpo_sim.claims` (supported, not supported or inconclusive, "
-             "with the reason measured).")
+    intro = ("The claims of the project's reference (`docs/reference.md`, \"Claims the toolkit tests\"), each "
+             "put to a test by `drpo_sim.paper.claims` (supported, not supported or inconclusive, with the reason "
+             "measured).")
     return "\n\n".join(["## Summary", intro, _table(["Claim", "Statement (short)", "Verdict", "Why"], rows)])
 
 
-_OBJECTIVES_TABLE = [
-    ("`pg_is`", "`r*A`", "`1`", "plain importance-sampled policy gradient"),
-    ("`ppo`, `grpo`", "`min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)`",
-     "`1` inside the clip, `0` where it is active", "ratio clipping (GRPO: clip-higher, group-relative advantages)"),
-    ("`cispo`", "`sg(min(r, 1+eps_high)) * A * log pi`", "`min(r, 1+eps_high) / r`", "clipped, stop-gradient weight"),
-    ("`spo`", "`r*A - abs(A) * (r-1)^2 / (2*eps)`", "`1 - sign(A)(r-1)/eps`", "quadratic penalty on the ratio"),
-    ("`dppo_tv`", "`sg(r) * M * A * log pi`", "`M`: `0` where `sign(A)(pi - mu) > delta`, else `1`",
-     "hard mask on the absolute shift"),
-    ("`drpo`", "`r*A - abs(A) * mu * (r-1)^2 / (2*delta)`", "`1 - sign(A)(pi - mu)/delta`",
-     "quadratic penalty on the absolute shift"),
-]
+def objectives_table(names: Sequence[str] = REPLAY_OBJECTIVES, *, sources: bool = False) -> str:
+    """A Markdown table of the objectives ``names`` with their surrogate, weight and idea (and
+    their source, with ``sources``), from the registry (:attr:`drpo_sim.objectives.Objective.formula`).
+    The report shows the papers' objectives without sources (their years are numbers no result
+    file holds); ``docs/reference.md`` shows every objective with its source."""
+    rows = []
+    for name in names:
+        f = objectives.get(name).formula
+        rows.append([f"`{name}`", f"`{f.surrogate}`", f"`{f.weight}`", f.idea, *([f.source] if sources else [])])
+    return _table(["objective", "surrogate `J`", "weight `w`", "idea", *(["source"] if sources else [])], rows)
 
 
 def _what_drpo_is(ctx: _Context) -> str:
@@ -654,7 +231,7 @@ def _what_drpo_is(ctx: _Context) -> str:
          "thing that differs between methods (the DRPO paper's Table 1). `w = 1` is unregularised; `w = 0` "
          "masks the token; `0 < w < 1` attenuates it; `w < 0` reverses its update and pulls `pi` back towards "
          "`mu` (corrective)."),
-        _table(["objective", "surrogate `J`", "weight `w`", "idea"], _OBJECTIVES_TABLE),
+        objectives_table(),
         ("`sg` is stop-gradient. Over the tokens sampled from `mu`, SPO's penalty is in expectation a "
          "chi-square divergence, `sum_a abs(A) (pi(a) - mu(a))^2 / mu(a)`, and DRPO's a squared l2 distance, "
          "`sum_a abs(A) (pi(a) - mu(a))^2`: the `1/mu` is gone. SPO's weight therefore grows without bound as "
@@ -668,8 +245,9 @@ def _what_drpo_is(ctx: _Context) -> str:
          "DPPO masks by the absolute shift instead, and DRPO replaces that hard mask by its smooth, bounded "
          "weight."),
     ]
-    for name, caption in (("weight_vs_pi", "Every objective's weight against pi at fixed mu"),
-                          ("weight_plane", "SPO's and DRPO's weight over the (mu, pi) plane with the hard masks")):
+    geometry = weight_table.SPEC
+    for name, caption in ((geometry.weight_figure, "Every objective's weight against pi at fixed mu"),
+                          (geometry.plane_figure, "SPO's and DRPO's weight over the (mu, pi) plane with the hard masks")):
         if ctx.has_png(name):
             parts.append(ctx.figure(name, caption))
     parts.append(_delta_range(ctx))
@@ -678,8 +256,9 @@ def _what_drpo_is(ctx: _Context) -> str:
 
 
 def _delta_range(ctx: _Context) -> str:
-    """DRPO's weight range against delta, from ``drpo_delta_range.csv``."""
-    frame = _read_csv(ctx.results / "drpo_delta_range.csv")
+    """DRPO's weight range against delta, from the geometry's delta-range table."""
+    name = weight_table.SPEC.delta_range_file
+    frame = _read_csv(ctx.results / name)
     need = {"delta", "weight_min", "weight_max"}
     if frame is None or not need <= set(frame.columns) or frame.empty:
         return ""
@@ -697,7 +276,7 @@ def _delta_range(ctx: _Context) -> str:
         header.append("`[1 - 1/delta, 1 + 1/delta]`")
     if corrective:
         header.append("share of the plane with `w < 0`")
-    text = [("**How large the weight's range is** (`drpo_delta_range.csv`, over the `(mu, pi)` plane, both signs "
+    text = [(f"**How large the weight's range is** (`{name}`, over the `(mu, pi)` plane, both signs "
              "of `A`):"), _table(header, rows)]
     big = frame.loc[frame["delta"].idxmax()]
     sentence = (f"At the largest `delta` drawn, {format_number(big['delta'])}, DRPO's weight never leaves "
@@ -706,8 +285,9 @@ def _delta_range(ctx: _Context) -> str:
         sentence += (": a probability shift is at most `1`, smaller than `delta`, so the trust-region boundary "
                      "is never reached and no token is corrected; DRPO there only re-weights each token slightly")
     text.append(sentence + ".")
-    if ctx.has_png("drpo_delta_range"):
-        text.append(ctx.figure("drpo_delta_range", "DRPO's weight against the shift for several delta"))
+    figure = weight_table.SPEC.delta_range_figure
+    if ctx.has_png(figure):
+        text.append(ctx.figure(figure, "DRPO's weight against the shift for several delta"))
     return "\n\n".join(text)
 
 
@@ -717,7 +297,7 @@ def _replay_prefix(results: Path) -> str | None:
     prefixes = [p for p in prefixes if (results / f"{p}objectives.csv").is_file()]
     if not prefixes:
         return None
-    return next((p for p in prefixes if p == "replay_sim_"), prefixes[0])
+    return next((p for p in prefixes if p == replay_sim.SPEC.prefix), prefixes[0])
 
 
 def _rare_tokens(ctx: _Context) -> str:
@@ -725,7 +305,7 @@ def _rare_tokens(ctx: _Context) -> str:
     prefix = _replay_prefix(ctx.results)
     if prefix is None:
         return ""
-    totals = _read_json(ctx.results / f"{prefix}replay.json")
+    totals = read_json(ctx.results / f"{prefix}replay.json")
     frame = _read_csv(ctx.results / f"{prefix}objectives.csv")
     cols = {"objective", "masked_frac", "rare_masked_frac"}
     if frame is None or not cols <= set(frame.columns) or not isinstance(totals, dict):
@@ -792,7 +372,7 @@ def _find_keys(config: Any, keys: Sequence[str]) -> dict[str, Any]:
 
 def _describe_config(config: Any) -> str:
     """A job's setting in one line: the :data:`SETTING_KEYS` it has, and a sweep's grid; for a
-    panel experiment (``settings`` and ``variants``, :func:`drpo_sim.figures.panel_figures`) the
+    panel experiment (``settings`` and ``variants``, :func:`drpo_sim.paper.jobs.panel_figures`) the
     shared configuration, then each setting's title and the variants shown."""
     if isinstance(config, dict) and isinstance(config.get("settings"), dict):
         shared = {k: v for k, v in config.items() if k not in ("settings", "variants", "shown")}
@@ -881,7 +461,7 @@ def _claim_section(ctx: _Context, number: int) -> str:
     parts = [f"## {_claim_heading(number, statement)}"]
     if claim is None:
         parts.append("**Not tested in this run**: `claims.json` holds no result for this claim"
-                     + ("." if statement else "; its statement is in `shared/REFERENCE.md`."))
+                     + ("." if statement else "; its statement is in `docs/reference.md`."))
         return "\n\n".join(parts)
     parts.append(f"**Verdict: {claim['verdict']}.** Why: {claim['reason']}.")
     parts += [ctx.figure(name) for name in claim.get("figures", [])]
@@ -889,7 +469,7 @@ def _claim_section(ctx: _Context, number: int) -> str:
     if numbers:
         parts.append("The numbers behind the verdict:")
         parts.append(_table(["measured", "value"], [[f"`{k}`", format_number(v)] for k, v in numbers.items()]))
-    how = (f"How it is tested and when each verdict is given: the docstring of `drpo_sim.claims.claim_{number}`")
+    how = (f"How it is tested and when each verdict is given: the docstring of `drpo_sim.paper.claims.claim_{number}`")
     if claim["sources"]:
         how += "; it reads " + ", ".join(ctx.source(s) for s in claim["sources"])
     parts.append(how + ".")
@@ -935,12 +515,12 @@ def _reproduce(ctx: _Context) -> str:
         "## Reproduce",
         "From a checkout, with Python and the package registries only:",
         ("```sh\n"
-         "make reproduce                # set up .venv, then regenerate figures/ from the built-in defaults\n"
-         "drpo-sim reproduce --quick    # the same with an installed package; --full for more seeds and steps\n"
+         "make reproduce PROFILE=full   # set up .venv, then regenerate figures/ and this page (about an hour)\n"
+         "drpo-sim reproduce --full     # the same with an installed package; --quick for a first result in minutes\n"
          "```"),
         "and this page from the results:",
         ("```python\n"
-         "from drpo_sim.report import write_report, check_numbers\n"
+         "from drpo_sim.paper.report import write_report\n"
          "write_report(\"figures\", \"paper\")   # writes paper/README.md and checks its numbers\n"
          "```"),
     ])
@@ -962,7 +542,7 @@ def report_inputs(results: Path | str) -> list[str]:
     :func:`write_report` checks the report's numbers against these alone: against every file of a
     run (~10^5 numbers) almost any short decimal would be found somewhere."""
     results = Path(results)
-    names = ["claims.json", "MANIFEST.json", "drpo_delta_range.csv"]
+    names = [CLAIMS_FILE, MANIFEST_FILE, weight_table.SPEC.delta_range_file]
     prefix = _replay_prefix(results)
     if prefix is not None:
         names += [f"{prefix}objectives.csv", f"{prefix}replay.json"]

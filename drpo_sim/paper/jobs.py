@@ -1,0 +1,442 @@
+"""Figure jobs: run a spec with the library, write its tables as CSV, draw it, record it.
+
+Each job takes a spec of :mod:`drpo_sim.paper.specs`, a profile, the image formats and, where it
+trains anything, a :class:`~drpo_sim.run.executor.Runner`, and returns one
+:class:`~drpo_sim.paper.manifest.FigureRecord` per figure. Every simulation runs as cells
+(:mod:`drpo_sim.run.cells`) through the runner, so an interrupted ``drpo-sim reproduce`` resumes
+from its cell store; the statistics come from :mod:`drpo_sim.stats` and
+:mod:`drpo_sim.summaries`, the drawing from :mod:`drpo_sim.plots`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from drpo_sim import analysis, dynamics, geometry, logs, objectives, plots, stats, summaries
+from drpo_sim._io import write_csv
+from drpo_sim.paper.manifest import FigureRecord
+from drpo_sim.paper.specs import (
+    ConvergenceSpec,
+    FlowSpec,
+    GeometrySpec,
+    LabSpec,
+    PanelSpec,
+    PhaseSpec,
+    ReplaySpec,
+    SensitivitySpec,
+)
+from drpo_sim.run import lab, sweep
+from drpo_sim.run.cells import Cell, sim_cell
+from drpo_sim.run.executor import Runner
+from drpo_sim.sim import SimConfig, simulate, with_param_columns
+from drpo_sim.tokens import TokenLogWriter
+
+Formats = Sequence[str]
+
+
+def _names(files: list[Path]) -> list[str]:
+    return [f.name for f in files]
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [_jsonable(v) for v in obj]
+        return sorted(items) if isinstance(obj, (set, frozenset)) else items
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry and flows (no training)
+
+
+def geometry_figures(out: str | Path, spec: GeometrySpec | None = None, formats: Formats = ("png",)) -> list[FigureRecord]:
+    """The trust-region geometry figures (DRPO paper's Table 1 drawn out, Figure 1, delta range)."""
+    spec = spec or GeometrySpec(geometry.GeometryConfig())
+    cfg = spec.config
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = {name: str(obj) for name, obj in cfg.build().items()}
+    config = _jsonable(dataclasses.asdict(cfg))
+    records = []
+
+    t0 = time.perf_counter()
+    curves = geometry.weight_curves(cfg)
+    write_csv(curves, out / spec.weight_file)
+    main = [n for n, _ in cfg.objectives if n not in cfg.ablations]
+    files = plots.weight_curves_figure(
+        curves, out / spec.weight_figure, names=main, formats=formats,
+        title="Gradient weight w = (dJ/dlogp) / (A r) against pi at fixed mu, A = +-1 (DRPO paper, Table 1); "
+        "lines leaving the frame keep going",
+    )
+    records.append(FigureRecord(spec.weight_figure, _names(files), spec.weight_file, "geometry.weight_curves", config,
+                                time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    ablations = ["drpo"] + [n for n, _ in cfg.objectives if n in cfg.ablations]
+    files = plots.weight_curves_figure(
+        curves, out / spec.ablations_figure, names=ablations, formats=formats,
+        title="DRPO and its ablations (no abs(A) factor; KL, TV, K3 penalties of the sampled token), A = +-1",
+    )
+    records.append(FigureRecord(spec.ablations_figure, _names(files), spec.weight_file, "geometry.weight_curves",
+                                config, time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    plane = geometry.weight_plane(cfg)
+    write_csv(plane, out / spec.plane_file)
+    files = plots.weight_plane_figure(plane, out / spec.plane_figure, labels=labels, formats=formats)
+    records.append(FigureRecord(spec.plane_figure, _names(files), spec.plane_file, "geometry.weight_plane", config,
+                                time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    ranges, range_curves = geometry.drpo_weight_range(cfg)
+    write_csv(ranges, out / spec.delta_range_file)
+    write_csv(range_curves, out / spec.delta_curves_file)
+    files = plots.drpo_range_figure(ranges, range_curves, out / spec.delta_range_figure, formats=formats)
+    records.append(FigureRecord(spec.delta_range_figure, _names(files), spec.delta_range_file, "geometry.drpo_weight_range",
+                                config, time.perf_counter() - t0))
+    return records
+
+
+def flow_figures(out: str | Path, spec: FlowSpec, formats: Formats = ("png",)) -> list[FigureRecord]:
+    """The frozen-``mu`` rest-point table and the flow figure (the per-token maximisers)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cfg = dynamics.FlowConfig()
+    table = dynamics.rest_point_table(cfg=cfg)
+    write_csv(table, out / spec.rest_points_file)
+    objs = [(v.method, dict(v.params)) for v in spec.objectives]
+    field, rest = dynamics.flow_field(objs, cfg=cfg)
+    write_csv(rest, out / spec.rest_curves_file)
+    files = plots.flow_figure(
+        field, rest, out / spec.figure, formats=formats,
+        title="Where pi comes to rest when mu is frozen (exact expected update of one token; colour: direction and speed of pi)",
+    )
+    config = {"flow": dataclasses.asdict(cfg), "objectives": [f"{n}{p}" for n, p in objs]}
+    return [FigureRecord(spec.figure, _names(files), spec.rest_points_file, "dynamics.rest_point_table", config,
+                         time.perf_counter() - t0)]
+
+
+# ----------------------------------------------------------------------------------------------
+# simulations
+
+
+def _full_config(flat: dict) -> dict:
+    return SimConfig.from_flat(flat).flat()
+
+
+def convergence_figures(out: str | Path, spec: ConvergenceSpec, profile: str, runner: Runner,
+                        formats: Formats = ("png",)) -> list[FigureRecord]:
+    """Reward, mismatch and masked share against step with 95% bootstrap bands, one setting.
+
+    Writes ``spec.data_file`` (bands) and ``spec.summary_file``
+    (:func:`drpo_sim.stats.summarize_runs` against ``pg_is``).
+    """
+    run = spec.profile(profile)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cfg = SimConfig.from_flat({**spec.config, "steps": run.steps})
+    cells = [sim_cell(cfg.flat(), m, objectives.get(m).params, run.seed_list) for m in spec.methods]
+    df = with_param_columns(pd.concat(runner.run(cells, desc=spec.name), ignore_index=True))
+    panels = {
+        "expected_reward": "expected reward of pi",
+        "shift_mean": "mean abs(pi - mu), sampled tokens",
+        "masked_frac": "share of sampled tokens masked (w = 0)",
+    }
+    bands = {m: stats.curve_bands(df, m) for m in panels}
+    write_csv(pd.concat([b.assign(metric=m) for m, b in bands.items()], ignore_index=True), out / spec.data_file)
+    summary = stats.summarize_runs(df, reference="pg_is", nan_policy="omit")
+    write_csv(summary, out / spec.summary_file)
+    o, e = cfg.offpolicy, cfg.env
+    title = (
+        f"Tabular task ({e.n_prompts} prompts x {e.horizon} tokens, V = {e.vocab_size}, prefix reward): {o.precision} engine "
+        f"+ logit noise {o.noise_std:g},\nrollouts {o.staleness} optimiser updates stale, {o.updates_per_batch} mini-batch "
+        "updates per batch"
+    )
+    files = plots.curves_figure(
+        [(label, bands[m]) for m, label in panels.items()],
+        out / spec.name, title=title, formats=formats, logy=[False, True, False],
+    )
+    config = {**cfg.flat(), "methods": list(spec.methods)}
+    return [FigureRecord(spec.name, _names(files), spec.data_file, "sim.simulate", config, time.perf_counter() - t0,
+                         run.seed_list)]
+
+
+def _sweep_spec(doc: dict, source: str) -> sweep.SweepSpec:
+    """A sweep over flat configuration fields (``doc["config"]``) and a grid."""
+    where = SimConfig.field_sections()
+    sections: dict = {}
+    for k, v in doc.pop("config").items():
+        sections.setdefault(where[k], {})[k] = v
+    return sweep.parse_sweep({**doc, **sections}, source=source)
+
+
+def _run_sweep(sw: sweep.SweepSpec, runner: Runner, desc: str) -> pd.DataFrame:
+    cells = sw.cells()
+    return sweep.table(cells, runner.run(cells, desc=desc))
+
+
+def phase_figures(out: str | Path, spec: PhaseSpec, profile: str, runner: Runner,
+                  formats: Formats = ("png",)) -> list[FigureRecord]:
+    """Collapse rate and final reward over engine noise x staleness; writes ``spec.data_file``."""
+    ph = spec.profile(profile)
+    out = Path(out)
+    t0 = time.perf_counter()
+    sw = _sweep_spec({"methods": list(spec.methods), "seeds": ph.seeds, "config": {**spec.config, "steps": ph.steps},
+                      "grid": {"noise_std": list(ph.noise_std), "staleness": list(ph.staleness)}},
+                     source=f"phase diagram ({profile})")
+    df = _run_sweep(sw, runner, spec.name)
+    summary = stats.summarize_runs(df, group=("method", "noise_std", "staleness"), nan_policy="omit")
+    summary = summary.merge(summaries.stable_region(summary), on=["method", "noise_std", "staleness"])
+    write_csv(summary, out / spec.data_file)
+    files = plots.phase_figure(
+        summary, out / spec.name, x="noise_std", y="staleness", methods=list(spec.methods), formats=formats,
+        title=(f"Tabular task, {ph.seeds} seeds x {ph.steps} steps per cell: collapse rate and final reward over "
+               f"engine logit noise and staleness (optimiser updates);\nwhite frame: the method's stable region "
+               f"(no collapse, final reward >= {summaries.STABLE_FRACTION:.0%} of its own on-policy value)"),
+    )
+    return [FigureRecord(spec.name, _names(files), spec.data_file, "sweep.run_sweep", sw.describe(),
+                         time.perf_counter() - t0, list(sw.seeds))]
+
+
+def sensitivity_figures(out: str | Path, spec: SensitivitySpec, profile: str, runner: Runner,
+                        formats: Formats = ("png",)) -> list[FigureRecord]:
+    """Each method's final reward against its threshold ``delta`` at several noise levels (DRPO
+    paper Figures 9 and 10; claim 7); writes ``spec.data_file``."""
+    se = spec.profile(profile)
+    out = Path(out)
+    t0 = time.perf_counter()
+    grid = {"noise_std": list(spec.noise_std), **{f"{m}.delta": list(d) for m, d in spec.deltas.items()}}
+    sw = _sweep_spec({"methods": list(spec.deltas), "seeds": se.seeds, "config": {**spec.config, "steps": se.steps},
+                      "grid": grid}, source=f"threshold sensitivity ({profile})")
+    df = _run_sweep(sw, runner, spec.name)
+    summary = stats.summarize_runs(df, group=("method", "noise_std", "param_delta"), nan_policy="omit")
+    summary = summary.rename(columns={"param_delta": "delta"}).assign(level=lambda d: [f"noise {v:g}" for v in d["noise_std"]])
+    write_csv(summary, out / spec.data_file)
+    files = plots.sensitivity_figure(
+        summary, out / spec.name, formats=formats,
+        title=(f"Final reward against the trust-region threshold, tabular task, staleness "
+               f"{spec.config.get('staleness', 0)} updates, {se.seeds} seeds x {se.steps} steps (DRPO paper Figures 9, "
+               "10; claim 7)"),
+    )
+    return [FigureRecord(spec.name, _names(files), spec.data_file, "sweep.run_sweep", sw.describe(),
+                         time.perf_counter() - t0, list(sw.seeds))]
+
+
+def panel_cells(spec: PanelSpec, profile: str) -> list[Cell]:
+    """One ``sim`` cell per setting and variant, all on the profile's seeds."""
+    run = spec.profile(profile)
+    cells = []
+    for setting in spec.settings:
+        cfg = _full_config({**spec.config, **setting.fields, "steps": run.steps})
+        for v in spec.variants:
+            params = objectives.get(v.method, **v.params).params
+            cells.append(sim_cell(cfg, v.method, params, run.seed_list, setting=setting.name, variant=v.label))
+    return cells
+
+
+def panel_table(spec: PanelSpec, profile: str, runner: Runner) -> pd.DataFrame:
+    """Every variant trained in every setting on the same seeds; one tidy table with columns
+    ``setting`` and ``variant`` added to :func:`drpo_sim.sim.simulate`'s."""
+    cells = panel_cells(spec, profile)
+    tables = runner.run(cells, desc=spec.name)
+    return pd.concat([t.assign(setting=c.labels["setting"], variant=c.labels["variant"]) for c, t in zip(cells, tables)],
+                     ignore_index=True)
+
+
+PANEL_METRICS = (("expected_reward", "expected reward of pi", False), ("shift_mean", "mean abs(pi - mu)", True))
+
+
+def panel_figures(out: str | Path, spec: PanelSpec, profile: str, runner: Runner,
+                  formats: Formats = ("png",)) -> list[FigureRecord]:
+    """Run :func:`panel_table` and draw one figure per :class:`~drpo_sim.paper.specs.PanelFigure`.
+
+    Writes ``spec.data_file`` (IQM bands per setting, variant, metric and step) and
+    ``spec.summary_file`` (:func:`drpo_sim.summaries.panel_summary`); each figure shows its
+    variants, one column per setting, rows reward and mismatch (:data:`PANEL_METRICS`).
+    """
+    run = spec.profile(profile)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    df = panel_table(spec, profile, runner)
+    bands = pd.concat([stats.curve_bands(df, m, group=("setting", "variant")).assign(metric=m)
+                       for m, _, _ in PANEL_METRICS], ignore_index=True)
+    write_csv(bands, out / spec.data_file)
+    write_csv(summaries.panel_summary(df), out / spec.summary_file)
+    compute = time.perf_counter() - t0
+    titles = {s.name: s.title for s in spec.settings}
+    methods = {v.label: v.method for v in spec.variants}
+    config = spec.describe(run)
+    records = []
+    for fig in spec.figures:
+        t = time.perf_counter()
+        files = plots.panels_figure(
+            bands[bands["variant"].isin(fig.variants)], out / fig.name,
+            settings={k: titles[k] for k in (fig.settings or titles)}, variants=list(fig.variants),
+            methods=methods, metrics=PANEL_METRICS, formats=formats,
+            title=f"{fig.title} ({run.seeds} seeds x {run.steps} steps)",
+        )
+        records.append(FigureRecord(fig.name, _names(files), spec.data_file, "paper.jobs.panel_table",
+                                    {**config, "shown": list(fig.variants)}, time.perf_counter() - t, run.seed_list))
+    records[0].wall_time_s += compute
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# token-log replays
+
+
+def replay_figures(result: analysis.ReplayResult, out: str | Path, *, label: str, prefix: str = "",
+                   formats: Formats = ("png",), wall_time_s: float = 0.0) -> list[FigureRecord]:
+    """Write a :class:`drpo_sim.analysis.ReplayResult`'s tables and draw its figures into ``out``.
+
+    Figures (each ``{prefix}<name>.<fmt>``): ``mismatch`` (ratio and ``abs(pi - mu)`` against
+    ``mu``), ``regions`` (masked / attenuated / corrective fractions and gradient mass kept per
+    objective against ``mu``), ``weights`` (weight distributions against ``mu``), ``rare_tokens``
+    (``mu <= 0.01`` against all tokens) and, for logs with several steps, ``by_step``. ``label``
+    names the log in the titles.
+    """
+    out = Path(out)
+    t0 = time.perf_counter()
+    result.write(out, prefix)
+    totals = result.totals
+    n = totals["tokens"]
+    head = f"{label}: {n:,} tokens"
+    config = {"source": totals.get("source", {}), "objectives": totals["objectives"], "tokens": n,
+              "excluded_tokens": totals["excluded_tokens"], "device": totals["device"]}
+    jobs = [
+        ("mismatch", "mismatch_by_mu.csv", lambda stem: plots.mismatch_figure(
+            result.mismatch, stem, formats=formats,
+            title=f"{head}; mean |pi-mu| {totals['abs_shift_mean']:.2g}, max {totals['abs_shift_max']:.2g}")),
+        ("regions", "regions_by_mu.csv", lambda stem: plots.regions_figure(result.regions, stem, formats=formats,
+                                                                           title=head)),
+        ("weights", "regions_by_mu.csv", lambda stem: plots.replay_weights_figure(result.regions, stem, formats=formats,
+                                                                                  title=head)),
+        ("rare_tokens", "objectives.csv", lambda stem: plots.rare_tokens_figure(
+            result.objectives, stem, formats=formats,
+            title=f"{head}; {totals['rare_share']:.1%} of them have mu <= {totals['rare_threshold']:g}")),
+    ]
+    if len(result.by_step) > 1:
+        jobs.append(("by_step", "by_step.csv", lambda stem: plots.by_step_figure(result.by_step, stem, formats=formats,
+                                                                                 title=head)))
+    records = []
+    for name, data, draw in jobs:
+        t = time.perf_counter()
+        files = draw(out / f"{prefix}{name}")
+        records.append(FigureRecord(f"{prefix}{name}", _names(files), f"{prefix}{data}", "analysis.replay", config,
+                                    time.perf_counter() - t))
+    # the replay itself and the tables are booked on the first figure
+    records[0].wall_time_s += wall_time_s + (time.perf_counter() - t0) - sum(r.wall_time_s for r in records)
+    return records
+
+
+def replay_sim_figures(out: str | Path, spec: ReplaySpec, profile: str, formats: Formats = ("png",)) -> list[FigureRecord]:
+    """Save a simulator run's token log and replay it like a real one (one code path).
+
+    The log is written to ``out/token_logs/sim_<method>.parquet`` with
+    :class:`~drpo_sim.tokens.TokenLogWriter`, read back with :func:`drpo_sim.logs.open_log` and
+    analysed by :func:`drpo_sim.analysis.replay`; figures ``<spec.prefix>*``.
+    """
+    run = spec.profile(profile)
+    out = Path(out)
+    t0 = time.perf_counter()
+    cfg = SimConfig.from_flat({**spec.config, "steps": run.steps})
+    seeds = run.seed_list
+    log = out / "token_logs" / f"sim_{spec.method}.parquet"
+    meta = {"config": cfg.flat(), "method": spec.method, "seeds": seeds}
+    with TokenLogWriter(log, metadata=meta) as writer:
+        simulate(cfg, [spec.method], seeds, token_sink_for=lambda m: writer.write)
+    result = analysis.replay_log(logs.open_log(log, fmt="tokens"))
+    result.totals["source"]["simulation"] = meta
+    o = cfg.offpolicy
+    label = (f"simulator, {spec.method} trained with a {o.precision} engine, logit noise {o.noise_std:g}, staleness "
+             f"{o.staleness} ({len(seeds)} seeds)")
+    records = replay_figures(result, out, label=label, prefix=spec.prefix, formats=formats,
+                             wall_time_s=time.perf_counter() - t0)
+    for r in records:
+        r.seeds = seeds
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# the tiny transformer lab
+
+
+def lab_figures(out: str | Path, comparison: lab.Comparison, formats: Formats = ("png",), *,
+                wall_time_s: float = 0.0, summary_file: str = "lm_summary.csv") -> list[FigureRecord]:
+    """The lab's summary (:func:`drpo_sim.summaries.lab_summary`, to ``summary_file``) and figures:
+    ``lm_reward`` (one panel per precision, the held-out reward of each objective against the
+    step, IQM over seeds with a 95% bootstrap band) and, when a reduced precision is among them,
+    ``lm_mismatch`` (the rollout-time ``mean abs(pi - mu)`` per reduced precision)."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    df, config, seeds = comparison.table, comparison.config, comparison.seeds
+    pcfg, pre = comparison.checkpoint.config, comparison.checkpoint.metrics
+    precisions = config["precisions"]
+    steps = int(df["step"].max())
+    write_csv(summaries.lab_summary(df), out / summary_file)
+
+    # step 0: the pretrained model, the common starting point of every curve
+    start = df[df["step"] == 1].assign(step=0, eval_reward=lambda d: d["initial_eval_reward"])
+    bands = stats.curve_bands(pd.concat([start, df], ignore_index=True), "eval_reward", group=("precision", "method"))
+    write_csv(bands, out / "lm_reward.csv")
+    labcfg = config["lab"]
+    task = (f"tiny transformer ({pcfg.n_layers} layers, d_model {pcfg.d_model}, {pcfg.n_heads} heads) sorting "
+            f"{pcfg.n_digits} digits, pretrained {pcfg.steps} steps (held-out reward {pre['eval_reward']:.2f})")
+    setup = (f"{labcfg['prompts_per_step']} prompts x G = {labcfg['group_size']}, {labcfg['updates_per_batch']} "
+             f"mini-batch updates anchored to the engine's mu, AdamW lr {labcfg['lr']:g}; {len(seeds)} seeds x {steps} steps")
+    panels = [(f"{p} engine: held-out reward", bands[bands["precision"] == p]) for p in precisions]
+    files = plots.curves_figure(panels, out / "lm_reward", formats=formats,
+                                title=f"RL from reduced-precision rollouts, {task};\n{setup}; held-out reward: "
+                                f"fp32 trainer, one sample per prompt at T = 1")
+    config = {**config, "summary": summary_file}
+    records = [FigureRecord("lm_reward", _names(files), "lm_reward.csv", "run.lab.compare", config,
+                            wall_time_s + time.perf_counter() - t0, list(seeds))]
+
+    low = [p for p in precisions if p != "fp32"]
+    if low:
+        t1 = time.perf_counter()
+        mm = stats.curve_bands(df[df["precision"].isin(low)], "mismatch_mean", group=("precision", "method"))
+        write_csv(mm, out / "lm_mismatch.csv")
+        panels = [(f"{p} engine: mean abs(pi - mu)", mm[mm["precision"] == p]) for p in low]
+        files = plots.curves_figure(panels, out / "lm_mismatch", formats=formats, logy=[True] * len(panels),
+                                    title="Training-inference mismatch at rollout (fp32 trainer vs engine copy, sampled "
+                                    f"tokens),\n{task}")
+        records.append(FigureRecord("lm_mismatch", _names(files), "lm_mismatch.csv", "run.lab.compare", config,
+                                    time.perf_counter() - t1, list(seeds)))
+    return records
+
+
+def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner: Runner,
+                           formats: Formats = ("png",)) -> list[FigureRecord]:
+    """The lab's comparison in ``profile`` (:func:`drpo_sim.run.lab.compare`), its figures, and the
+    replay of the token logs of seed 0 of ``spec.replay_objective`` with each of
+    ``spec.replay_precisions``, first mini-batch update of each step only (``updates=[0]``:
+    ``logp`` is then the fp32 trainer at rollout time, so the ratio is the real
+    training-inference mismatch of the reduced-precision engine, as in a NeMo RL or slime dump);
+    figures ``replay_lm_<precision>_*``."""
+    run = spec.profile(profile)
+    out = Path(out)
+    t0 = time.perf_counter()
+    comparison = lab.compare(spec.objectives, spec.precisions, run.seeds, run.steps, out, runner=runner,
+                             token_log_objectives=run.token_log_objectives)
+    comparison.config["profile"] = profile
+    records = lab_figures(out, comparison, formats, wall_time_s=time.perf_counter() - t0,
+                          summary_file=spec.summary_file)
+    for precision in spec.replay_precisions:
+        t1 = time.perf_counter()
+        log = out / lab.TOKENS_DIR / lab.token_log_name(spec.replay_objective, precision, comparison.seeds[0])
+        result = analysis.replay_log(logs.open_log(log, fmt="tokens"), updates=[0])
+        label = f"tiny LM lab, {spec.replay_objective} with {precision} rollouts (fp32 trainer), first update of each step"
+        records += replay_figures(result, out, label=label, prefix=spec.replay_prefix(precision), formats=formats,
+                                  wall_time_s=time.perf_counter() - t1)
+    return records

@@ -1,0 +1,292 @@
+"""Typed experiment specifications: what each analysis runs, declared once.
+
+Every analysis of :mod:`drpo_sim.paper.analyses` declares one spec instance at its top; the jobs
+(:mod:`drpo_sim.paper.jobs`) run it, and the claims and the report import its names (settings,
+variants, result files) from it instead of retyping them. A spec is frozen and its result file
+names are properties, so renaming a variant or a setting is one edit, and an analysis that does
+not exist is an import error, not a surprise at the end of an hour-long run.
+
+The conditions several analyses share are declared here once: the tabular task of the simulation
+figures and the engines (:data:`BF16`, :data:`FP8`, :data:`FP8_STALE`, :data:`STRESS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from drpo_sim.config import LAB_OBJECTIVES, LAB_PRECISIONS, NOISE_PRESETS, check_profile
+
+# ----------------------------------------------------------------------------------------------
+# shared conditions
+
+#: The tabular task of the simulation figures: 8 prompts of 4 tokens, V = 256, prefix reward, the
+#: batch split into 4 mini-batch updates. On the bandit every method locks onto one token within
+#: ~50 steps and nothing separates; on this sequence task methods do. The analyses start from it
+#: and state what they change.
+TABULAR_TASK: Mapping[str, Any] = {"env": "tabular", "vocab_size": 256, "n_prompts": 8, "horizon": 4,
+                                   "updates_per_batch": 4}
+
+#: A bf16-like engine: the ``bf16`` noise preset (:data:`drpo_sim.config.NOISE_PRESETS`).
+BF16: Mapping[str, Any] = NOISE_PRESETS["bf16"]
+#: An fp8-like engine: the ``fp8`` noise preset.
+FP8: Mapping[str, Any] = NOISE_PRESETS["fp8"]
+#: The headline setting: the fp8-like engine with rollouts 8 optimiser updates stale.
+FP8_STALE: Mapping[str, Any] = {**FP8, "staleness": 8}
+#: A systematic engine bias (fixed per state and token), noise, stale rollouts and a large step:
+#: the setting where the probes found the largest reward losses without a trust region.
+STRESS: Mapping[str, Any] = {"bias_std": 1.0, "noise_std": 0.3, "staleness": 16, "lr": 0.2}
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long an analysis runs in one profile: optimiser ``steps`` and the number of ``seeds``."""
+
+    steps: int
+    seeds: int
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds))
+
+
+@dataclass(frozen=True)
+class GridProfile(Profile):
+    """A profile of the phase diagram: also its grid of engine noise and staleness."""
+
+    noise_std: tuple[float, ...] = ()
+    staleness: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabProfile(Profile):
+    """A profile of the lab: also the objectives whose first seed keeps a token log (None: all)."""
+
+    token_log_objectives: tuple[str, ...] | None = None
+
+
+class _Profiled:
+    """Mixin: a spec with a ``quick`` and a ``full`` profile."""
+
+    quick: Profile
+    full: Profile
+
+    def profile(self, name: str) -> Any:
+        """The profile ``name`` (``quick`` or ``full``; anything else is a ``ValueError``)."""
+        return getattr(self, check_profile(name))
+
+
+def param_suffix(params: Mapping[str, Any]) -> str:
+    """How a variant's parameters read in its label: ``""`` or ``" (delta 0.5)"``."""
+    if not params:
+        return ""
+    return " (" + ", ".join(f"{k} {v:g}" for k, v in params.items()) + ")"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An objective with its parameters, under a label; one objective may appear with several
+    parameter sets. The label defaults to the name with :func:`param_suffix`."""
+
+    method: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.method + param_suffix(self.params))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A named condition: the configuration fields it changes, and a title for the figures."""
+
+    name: str
+    title: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PanelFigure:
+    """One figure of a panel experiment: those variants, one column per setting shown."""
+
+    name: str
+    title: str
+    variants: tuple[str, ...]
+    settings: tuple[str, ...] | None = None  # None: every setting
+
+
+# ----------------------------------------------------------------------------------------------
+# the specs
+
+
+@dataclass(frozen=True)
+class GeometrySpec:
+    """The geometry figures: which objectives at which thresholds (:class:`drpo_sim.geometry.GeometryConfig`
+    holds the grid), and the names of their data files."""
+
+    config: Any
+    weight_figure: str = "weight_vs_pi"
+    ablations_figure: str = "weight_vs_pi_ablations"
+    plane_figure: str = "weight_plane"
+    delta_range_figure: str = "drpo_delta_range"
+    weight_file: str = "weight_vs_pi.csv"
+    plane_file: str = "weight_plane.csv"
+    delta_range_file: str = "drpo_delta_range.csv"
+    delta_curves_file: str = "drpo_delta_curves.csv"
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """The frozen-``mu`` flows: the objectives drawn, each with its parameters."""
+
+    objectives: tuple[Variant, ...]
+    figure: str = "fixed_point_flows"
+    rest_points_file: str = "rest_points.csv"
+    rest_curves_file: str = "fixed_point_rest_curves.csv"
+
+
+@dataclass(frozen=True)
+class ConvergenceSpec(_Profiled):
+    """Curves of several objectives in one setting (``config``: flat configuration fields)."""
+
+    name: str
+    methods: tuple[str, ...]
+    config: Mapping[str, Any]
+    quick: Profile
+    full: Profile
+
+    @property
+    def data_file(self) -> str:
+        return f"{self.name}.csv"
+
+    @property
+    def summary_file(self) -> str:
+        return f"{self.name}_summary.csv"
+
+
+@dataclass(frozen=True)
+class PanelSpec(_Profiled):
+    """Several settings x several variants on the same seeds, drawn as panels.
+
+    ``config``: flat fields shared by all; each :class:`Setting` says what it changes; each
+    :class:`Variant` is an objective with its parameters; each :class:`PanelFigure` shows some
+    variants in some settings (rows: reward and mismatch).
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    settings: tuple[Setting, ...]
+    variants: tuple[Variant, ...]
+    figures: tuple[PanelFigure, ...]
+    quick: Profile
+    full: Profile
+
+    def __post_init__(self) -> None:
+        labels = [v.label for v in self.variants]
+        names = [s.name for s in self.settings]
+        for what, items in (("variant", labels), ("setting", names)):
+            dup = sorted({x for x in items if items.count(x) > 1})
+            if dup:
+                raise ValueError(f"{self.name}: {what} {', '.join(dup)} declared twice")
+        for fig in self.figures:
+            unknown = [v for v in fig.variants if v not in labels] + [s for s in fig.settings or () if s not in names]
+            if unknown:
+                raise ValueError(f"{self.name}: figure {fig.name} shows undeclared {', '.join(unknown)}")
+
+    @property
+    def data_file(self) -> str:
+        return f"{self.name}.csv"
+
+    @property
+    def summary_file(self) -> str:
+        return f"{self.name}_summary.csv"
+
+    def setting(self, name: str) -> Setting:
+        for s in self.settings:
+            if s.name == name:
+                return s
+        raise KeyError(f"{self.name}: no setting {name!r}; declared: {', '.join(s.name for s in self.settings)}")
+
+    def label(self, method: str, **params: Any) -> str:
+        """The label of the variant that runs ``method`` with exactly ``params``."""
+        for v in self.variants:
+            if v.method == method and dict(v.params) == params:
+                return v.label
+        raise KeyError(f"{self.name}: no variant runs {method}{param_suffix(params)}")
+
+    def describe(self, profile: Profile) -> dict[str, Any]:
+        """The spec as the manifest records it."""
+        return {"config": dict(self.config),
+                "settings": {s.name: {"title": s.title, **s.fields} for s in self.settings},
+                "variants": {v.label: [v.method, dict(v.params)] for v in self.variants},
+                "methods": sorted({v.method for v in self.variants}), **dataclasses.asdict(profile)}
+
+
+@dataclass(frozen=True)
+class PhaseSpec(_Profiled):
+    """A grid of engine noise x staleness (from the profile) for several methods."""
+
+    methods: tuple[str, ...]
+    config: Mapping[str, Any]
+    quick: GridProfile
+    full: GridProfile
+    name: str = "phase_diagram"
+
+    @property
+    def data_file(self) -> str:
+        return f"{self.name}.csv"
+
+
+@dataclass(frozen=True)
+class SensitivitySpec(_Profiled):
+    """Final reward against each method's threshold (``deltas``: method -> values) at several
+    engine-noise levels."""
+
+    config: Mapping[str, Any]
+    noise_std: tuple[float, ...]
+    deltas: Mapping[str, tuple[float, ...]]
+    quick: Profile
+    full: Profile
+    name: str = "threshold_sensitivity"
+
+    @property
+    def data_file(self) -> str:
+        return f"{self.name}.csv"
+
+
+@dataclass(frozen=True)
+class ReplaySpec(_Profiled):
+    """A simulator run of one method saved as a token log and replayed like a real one."""
+
+    method: str
+    config: Mapping[str, Any]
+    quick: Profile
+    full: Profile
+    prefix: str = "replay_sim_"
+
+    def file(self, table: str) -> str:
+        """The name of one of the replay's tables: ``regions_by_mu.csv``, ``objectives.csv``, ``replay.json``."""
+        return f"{self.prefix}{table}"
+
+
+@dataclass(frozen=True)
+class LabSpec(_Profiled):
+    """The tiny transformer lab's comparison and the replay of some of its token logs."""
+
+    quick: LabProfile
+    full: LabProfile
+    objectives: tuple[str, ...] = LAB_OBJECTIVES
+    precisions: tuple[str, ...] = LAB_PRECISIONS
+    replay_objective: str = "drpo"
+    replay_precisions: tuple[str, ...] = ("bf16", "fp8")
+    summary_file: str = "lm_summary.csv"
+
+    def replay_prefix(self, precision: str) -> str:
+        return f"replay_lm_{precision}_"

@@ -1,0 +1,188 @@
+"""The one executor: run a list of cells on local processes or a Dask cluster, resumably.
+
+:class:`Runner` serves every experiment of drpo_sim, sweeps (:mod:`drpo_sim.run.sweep`), the
+lab's comparison (:mod:`drpo_sim.run.lab`) and the paper's panels (:mod:`drpo_sim.paper.jobs`)::
+
+    runner = Runner(store=CellStore("figures/cells"), n_jobs=2)
+    tables = runner.run(cells)          # one table per cell, in the order of ``cells``
+    runner.last                         # what that call ran, skipped, and where
+
+With a store, cells already there are skipped and each new cell is written as soon as it
+finishes, so an interrupted run resumes where it stopped (:mod:`drpo_sim.run.store`). Locally the
+cells run on ``n_jobs`` joblib processes (default: the usable CPUs; one runs them in this
+process); with ``scheduler="tcp://host:port"`` they run on that Dask cluster, whose workers need
+the same drpo_sim code (checked on every result: each worker returns the code digest it computed
+with). Either way the workers only compute; the driver writes every file. Runs are deterministic
+per seed, so the results do not depend on where or in which order the cells ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from joblib import Parallel, cpu_count, delayed
+from tqdm.auto import tqdm
+
+from drpo_sim.run.cells import KINDS, Cell, Output
+from drpo_sim.run.store import CellStore
+
+# (cell id, its output, seconds the worker spent, the code digest the worker computed with)
+Result = tuple[str, Output, float, str]
+
+
+def compute(task: dict[str, Any]) -> Result:
+    """Run one cell's task (:meth:`Cell.task`) in this process."""
+    t0 = time.perf_counter()
+    kind = KINDS[task["kind"]]
+    out = kind.compute(task["spec"], task["inputs"])
+    return task["id"], out, time.perf_counter() - t0, kind.code
+
+
+def _local(tasks: list[dict[str, Any]], n_jobs: int) -> Iterator[Result]:
+    """Tasks on ``n_jobs`` joblib processes (in this process when 1), yielded as each finishes."""
+    if n_jobs == 1:
+        yield from map(compute, tasks)
+        return
+    parallel = Parallel(n_jobs=min(n_jobs, len(tasks)), return_as="generator_unordered")
+    yield from parallel(delayed(compute)(t) for t in tasks)
+
+
+def _dask(tasks: list[dict[str, Any]], address: str) -> Iterator[Result]:
+    """Tasks on the Dask cluster at ``address``, yielded as each finishes.
+
+    Each result is released on the cluster once yielded; leaving the generator early (an error
+    in the driver) closes the client, which cancels the tasks still queued. ``distributed`` is
+    imported here, not at the top: it costs about a second of import time that every local run
+    would otherwise pay (``benchmarks/bench_sweep.py``).
+    """
+    from dask.distributed import Client, as_completed
+
+    with Client(address, set_as_default=False) as client:
+        keys = [f"drpo-sim-cell-{t['id']}" for t in tasks]
+        pending = as_completed(client.map(compute, tasks, key=keys), loop=client.loop)
+        for future in pending:
+            out = future.result()
+            future.release()
+            yield out
+
+
+def check_address(address: Any) -> None:
+    """A TCP/TLS scheduler address must have a host and a port (checked before connecting: a
+    ``Client`` given a malformed one fails, then hangs for a minute while it is collected)."""
+    from distributed.comm import get_address_host_port, parse_address  # see _dask
+
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"scheduler: expected a Dask scheduler address such as tcp://host:8786, got {address!r}")
+    scheme, _ = parse_address(address)
+    if scheme in ("tcp", "tls"):
+        try:
+            get_address_host_port(address)
+        except ValueError as err:
+            raise ValueError(f"scheduler {address!r}: {err}; expected e.g. tcp://host:8786") from None
+
+
+@dataclass
+class RunReport:
+    """What one :meth:`Runner.run` did."""
+
+    ran: int = 0
+    skipped: int = 0
+    rerun_unreadable: int = 0
+    stale_tmp_removed: int = 0
+    total: int = 0
+    executor: str = ""
+    wall_s: float = 0.0
+    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per cell id: ``{"this_run": "ran" | "skipped", "wall_s": ...}``."""
+
+
+@dataclass
+class Runner:
+    """Runs cells (module docstring). ``store``: where finished cells are kept (None: nowhere,
+    nothing resumes); ``n_jobs`` local processes or the Dask ``scheduler``'s address;
+    ``progress``: a tqdm bar counting cells."""
+
+    store: CellStore | None = None
+    n_jobs: int | None = None
+    scheduler: str | None = None
+    progress: bool = False
+    last: RunReport = field(default_factory=RunReport, init=False, repr=False)
+    served: set[str] = field(default_factory=set, init=False, repr=False)
+    """The ids of every cell this runner has served, over all its calls."""
+
+    def __post_init__(self) -> None:
+        if self.scheduler is not None:
+            if self.n_jobs is not None:
+                raise ValueError("n_jobs and scheduler exclude each other: a Dask cluster has its own workers")
+            check_address(self.scheduler)
+        elif self.n_jobs is not None and not (isinstance(self.n_jobs, int) and not isinstance(self.n_jobs, bool)
+                                              and self.n_jobs >= 1):
+            raise ValueError(f"n_jobs must be a number of processes >= 1, got {self.n_jobs!r}")
+
+    def _executor(self) -> tuple[Callable[[list[dict[str, Any]]], Iterator[Result]], str]:
+        if self.scheduler is not None:
+            return (lambda tasks: _dask(tasks, self.scheduler)), f"dask {self.scheduler}"
+        n = self.n_jobs or cpu_count()
+        return (lambda tasks: _local(tasks, n)), f"local, {n} process{'es' if n > 1 else ''}"
+
+    def run(self, cells: Sequence[Cell], *, desc: str = "cells",
+            on_result: Callable[[Cell, float], None] | None = None) -> list[pd.DataFrame]:
+        """Every cell's table, in the order of ``cells``: from the store where it is there,
+        computed otherwise. ``on_result(cell, seconds)`` is called as each new cell is stored."""
+        ids = [c.id for c in cells]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two cells have the same specification; remove the duplicate")
+        self.served.update(ids)
+        t0 = time.perf_counter()
+        execute, where = self._executor()
+        if self.store is None:
+            tables = self._compute(cells, execute, desc, on_result, {})
+            self.last = RunReport(ran=len(cells), total=len(cells), executor=where, wall_s=time.perf_counter() - t0)
+            return [tables[c.id] for c in cells]
+        with self.store.locked():
+            stale = self.store.remove_stale()
+            done = {c.id for c in cells if self.store.done(c)}
+            unreadable = sum(1 for c in cells if c.id not in done and self.store.path(c).exists())
+            todo = [c for c in cells if c.id not in done]
+            report = RunReport(skipped=len(done), rerun_unreadable=unreadable, stale_tmp_removed=stale,
+                               total=len(cells), executor=where if todo else "none (every cell was done)",
+                               cells={cid: {"this_run": "skipped"} for cid in done})
+            self._compute(todo, execute, desc, on_result, report.cells, initial=len(done), total=len(cells))
+            report.ran = len(todo)
+            report.wall_s = time.perf_counter() - t0
+            self.last = report
+            return [self.store.read(c) for c in cells]
+
+    def _compute(self, todo: Sequence[Cell], execute, desc: str, on_result, runs: dict[str, dict[str, Any]], *,
+                 initial: int = 0, total: int | None = None) -> dict[str, pd.DataFrame]:
+        """Run ``todo``, storing each result as it arrives; the tables by cell id."""
+        by_id = {c.id: c for c in todo}
+        tables: dict[str, pd.DataFrame] = {}
+        total = len(todo) if total is None else total
+        bar = tqdm(total=total, initial=initial, unit="cell", desc=desc, disable=not self.progress or None)
+        try:
+            for cid, out, seconds, code in (execute([c.task() for c in todo]) if todo else ()):
+                cell = by_id[cid]
+                if code != cell.code:
+                    raise RuntimeError(f"cell {cid}: a worker computed it with code {code}, the driver has "
+                                       f"{cell.code}; run one version of drpo_sim everywhere")
+                if self.store is not None:
+                    self.store.write(cell, out.table, out.token_logs)
+                elif out.token_logs:
+                    raise ValueError(f"cell {cid} wrote token logs ({', '.join(out.token_logs)}): run it with a store")
+                else:
+                    tables[cid] = out.table
+                runs[cid] = {"this_run": "ran", "wall_s": round(seconds, 3)}
+                if on_result is not None:
+                    on_result(cell, seconds)
+                bar.update(1)
+        finally:
+            bar.close()
+        missing = [c.id for c in todo if c.id not in runs]
+        if missing:
+            raise RuntimeError(f"{len(missing)} cell(s) never returned a result (first: {missing[0]})")
+        return tables
