@@ -3,15 +3,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-OUT    ?= figures
-PROFILE ?= full
+PROFILE ?= quick
 
 .PHONY: reproduce test setup browser bench clean
 
-reproduce: setup          ## set up, then regenerate figures/ and paper/ (the full profile; PROFILE=quick: under 10 minutes)
-	$(VENV)/bin/drpo-sim reproduce --$(PROFILE) --out $(OUT)
+reproduce: setup          ## set up, then the quick profile into results/quick/, verdicts beside the committed run's (PROFILE=full: regenerate figures/ and paper/, about an hour)
+	$(VENV)/bin/drpo-sim reproduce --$(PROFILE)
 
-test: setup browser       ## set up, then run the whole test suite
+test: setup browser       ## set up, then lint (ruff, import layers) and run the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2
 
 browser:                  ## Debian's chromium and chromedriver, for the explorer's browser tests
@@ -34,4 +35,4 @@ bench: setup              ## throughput of the objectives, simulator, sweeps, re
 	$(PY) benchmarks/bench_lm.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis results

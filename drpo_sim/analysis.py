@@ -347,9 +347,13 @@ class ReplayAccumulator:
             self.mass[k] += torch.bincount(cell, weights=is_mag * w.abs(), minlength=n_cells)
             self.weight_sum[k] += torch.bincount(cell, weights=w, minlength=n_cells)
             self.weight_min[k] = torch.minimum(
-                self.weight_min[k], torch.full_like(self.weight_min[k], math.inf).scatter_reduce(0, cell, w, reduce="amin"))
+                self.weight_min[k],
+                torch.full_like(self.weight_min[k], math.inf).scatter_reduce(0, cell, w, reduce="amin"),
+            )
             self.weight_max[k] = torch.maximum(
-                self.weight_max[k], torch.full_like(self.weight_max[k], -math.inf).scatter_reduce(0, cell, w, reduce="amax"))
+                self.weight_max[k],
+                torch.full_like(self.weight_max[k], -math.inf).scatter_reduce(0, cell, w, reduce="amax"),
+            )
             self.weight_hist[k] += torch.bincount(cell * WEIGHT_BINS.size + WEIGHT_BINS.index(w_minus_one),
                                                   minlength=self.weight_hist.shape[1])
             if step is not None:
@@ -357,13 +361,21 @@ class ReplayAccumulator:
 
         if step is not None:
             m = len(steps)
-            per = torch.stack([
-                torch.bincount(step_idx, minlength=m).to(torch.float64),
-                torch.bincount(step_idx, weights=abs_shift, minlength=m),
-                torch.zeros(m, dtype=torch.float64, device=self.device).scatter_reduce(0, step_idx, abs_shift, reduce="amax"),
-                torch.bincount(step_idx, weights=log_ratio, minlength=m),
-                *step_masked,
-            ]).cpu().numpy()
+            per = (
+                torch.stack(
+                    [
+                        torch.bincount(step_idx, minlength=m).to(torch.float64),
+                        torch.bincount(step_idx, weights=abs_shift, minlength=m),
+                        torch.zeros(m, dtype=torch.float64, device=self.device).scatter_reduce(
+                            0, step_idx, abs_shift, reduce="amax"
+                        ),
+                        torch.bincount(step_idx, weights=log_ratio, minlength=m),
+                        *step_masked,
+                    ]
+                )
+                .cpu()
+                .numpy()
+            )
             for j, s in enumerate(steps.cpu().tolist()):
                 st = self.steps.get(s)
                 if st is None:
@@ -491,8 +503,17 @@ class ReplayResult:
              **{f"{n}_masked_frac": st.masked[i] / st.tokens for i, n in enumerate(names)}}
             for s, st in sorted(acc.steps.items())
         ]
-        by_step = pd.DataFrame(step_rows, columns=["step", "tokens", "abs_shift_mean", "abs_shift_max", "log_ratio_mean",
-                                                   *[f"{n}_masked_frac" for n in names]])
+        by_step = pd.DataFrame(
+            step_rows,
+            columns=[
+                "step",
+                "tokens",
+                "abs_shift_mean",
+                "abs_shift_max",
+                "log_ratio_mean",
+                *[f"{n}_masked_frac" for n in names],
+            ],
+        )
 
         n_total = int(total)
         totals = {
@@ -575,7 +596,9 @@ def replay(batches: Iterable[TokenBatch], objectives: Mapping[str, objectives_mo
                 b = TokenBatch._trusted({n: a[keep] for n, a in b.columns.items()})
             acc.update(b)
     if acc.batches == 0 or int(acc.tokens.sum()) + acc.excluded_tokens == 0:
-        raise ValueError("no tokens to replay: the log is empty" + (" (or no token is in the selected updates)" if filtered else ""))
+        raise ValueError(
+            "no tokens to replay: the log is empty" + (" (or no token is in the selected updates)" if filtered else "")
+        )
     if int(acc.tokens.sum()) == 0:
         raise ValueError(f"no tokens to replay: all {acc.excluded_tokens} tokens have mask false")
     result = acc.result(source)
@@ -584,7 +607,9 @@ def replay(batches: Iterable[TokenBatch], objectives: Mapping[str, objectives_mo
     return result
 
 
-def replay_log(src: Any, objectives: Mapping[str, objectives_mod.Objective] | None = None, **kwargs: Any) -> ReplayResult:
+def replay_log(
+    src: Any, objectives: Mapping[str, objectives_mod.Objective] | None = None, **kwargs: Any
+) -> ReplayResult:
     """:func:`replay` a :class:`drpo_sim.logs.LogSource` and record where its tokens came from.
 
     ``totals["source"]`` is the source's description and ``totals["dropped"]`` its drop report,

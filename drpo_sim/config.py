@@ -78,7 +78,9 @@ def parse_formats(text: str) -> tuple[str, ...]:
     fmts = tuple(f.strip().lower() for f in text.split(",") if f.strip())
     bad = [f for f in fmts if f not in IMAGE_FORMATS]
     if bad or not fmts:
-        raise ValueError(f"--formats: unsupported {', '.join(bad) or 'empty list'}; choose from {', '.join(IMAGE_FORMATS)}")
+        raise ValueError(
+            f"--formats: unsupported {', '.join(bad) or 'empty list'}; choose from {', '.join(IMAGE_FORMATS)}"
+        )
     return fmts
 
 

@@ -66,7 +66,13 @@ def velocity(obj: objectives.Objective, z: np.ndarray, mu: np.ndarray, adv: np.n
     return mu * obj.grad_logp(log_pi, np.log(mu), adv) * np.exp(log_rest)
 
 
-def iterate(obj: objectives.Objective, mu: np.ndarray, adv: np.ndarray, cfg: FlowConfig = FlowConfig(), pi0: np.ndarray | None = None):
+def iterate(
+    obj: objectives.Objective,
+    mu: np.ndarray,
+    adv: np.ndarray,
+    cfg: FlowConfig = FlowConfig(),
+    pi0: np.ndarray | None = None,
+):
     """Iterate ``F`` from ``pi0`` (default: on-policy, ``pi0 = mu``) for every ``(mu, adv)`` at once.
 
     Returns ``(pi, pi_before, steps, converged)``: the final probability, the point before the

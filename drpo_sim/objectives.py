@@ -92,7 +92,9 @@ class TokenTerms:
     ratio cap applied to ``logp_behavior``.
     """
 
-    def __init__(self, xp: Any, logp: Array, logp_behavior: Array, advantage: Array, shape: tuple[int, ...], *, detach: bool):
+    def __init__(
+        self, xp: Any, logp: Array, logp_behavior: Array, advantage: Array, shape: tuple[int, ...], *, detach: bool
+    ):
         self.xp = xp
         self.shape = shape
         self.logp = stop_gradient(logp) if detach else logp
@@ -294,7 +296,9 @@ BLOCK_TOKENS = {"numpy": 16384, "torch": 65536}
 """Tokens per block when a call is evaluated blockwise (see :func:`_evaluate`)."""
 
 
-def _evaluate(fn: Callable[[TokenTerms], Array], logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool) -> Array:
+def _evaluate(
+    fn: Callable[[TokenTerms], Array], logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool
+) -> Array:
     """Evaluate a per-token function of :class:`TokenTerms` over a call's tokens.
 
     Calls that need no gradient and hold more than two blocks of tokens are evaluated block by
@@ -888,7 +892,9 @@ AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mea
 """Loss aggregation modes used in practice (verl's ``loss_agg_mode`` names)."""
 
 
-def aggregation_weights(mask: Array, mode: str = "token-mean", *, horizon: int | None = None, dtype: Any = None) -> Array:
+def aggregation_weights(
+    mask: Array, mode: str = "token-mean", *, horizon: int | None = None, dtype: Any = None
+) -> Array:
     """Per-token coefficients ``c`` with ``aggregate(v, mask, mode) = sum(c * v)``.
 
     The loss aggregation is linear in the per-token values, so a trainer's gradient is
@@ -924,7 +930,9 @@ def aggregation_weights(mask: Array, mode: str = "token-mean", *, horizon: int |
     return m / (float(h) * n_seq)
 
 
-def aggregate(values: Array, mask: Array | None = None, mode: str = "token-mean", *, horizon: int | None = None) -> Array:
+def aggregate(
+    values: Array, mask: Array | None = None, mode: str = "token-mean", *, horizon: int | None = None
+) -> Array:
     """Reduce per-token values of shape ``[B, T]`` to a scalar, over the tokens where ``mask`` is true.
 
     * ``token-mean``: ``sum_{i,t} m v / sum_{i,t} m`` (DAPO);

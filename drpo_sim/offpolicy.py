@@ -188,7 +188,9 @@ def truncate(logp: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 
-def engine_logp(logits: np.ndarray, cfg: OffPolicyConfig, noise: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+def engine_logp(
+    logits: np.ndarray, cfg: OffPolicyConfig, noise: np.ndarray | None = None, bias: np.ndarray | None = None
+) -> np.ndarray:
     """The engine's log-probs ``[..., V]`` from the rollout parameters' logits.
 
     ``noise``: standard draws of ``cfg.noise_dist`` with the logits' shape (needed when
@@ -238,7 +240,9 @@ def mismatch_stats(logp_pi: np.ndarray, logp_mu: np.ndarray, *, rare: float = 0.
     w = mu[low]
     order = np.argsort(r)
     cw = np.cumsum(w[order]) / max(w.sum(), 1e-300)
-    q05, q95 = (float(r[order][min(np.searchsorted(cw, q), r.size - 1)]) if r.size else float("nan") for q in (0.05, 0.95))
+    q05, q95 = (
+        float(r[order][min(np.searchsorted(cw, q), r.size - 1)]) if r.size else float("nan") for q in (0.05, 0.95)
+    )
     return {
         "shift_mean": float(np.sum(mu * shift) / rows),
         "shift_max": float(np.max(np.where(support, shift, 0.0))),
@@ -250,7 +254,9 @@ def mismatch_stats(logp_pi: np.ndarray, logp_mu: np.ndarray, *, rare: float = 0.
     }
 
 
-def calibration(vocab_size: int = 32768, zipf_exponent: float = 1.1, *, presets: dict | None = None, seed: int = 0, n_draws: int = 8) -> dict[str, dict[str, float]]:
+def calibration(
+    vocab_size: int = 32768, zipf_exponent: float = 1.1, *, presets: dict | None = None, seed: int = 0, n_draws: int = 8
+) -> dict[str, dict[str, float]]:
     """Mismatch statistics of each noise preset (:data:`drpo_sim.config.NOISE_PRESETS`) on a Zipf
     policy (the bandit's initial policy); ``tests/test_offpolicy.py`` holds them to the published sizes.
 

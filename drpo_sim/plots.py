@@ -79,7 +79,11 @@ def weight_curves_figure(
                     d = sel[sel["name"] == name]
                     for k, (size, dd) in enumerate(d.groupby("abs_adv", sort=False)):
                         label = dd["objective"].iloc[0] + ("" if size == 1.0 else f", |A| = {size:g}")
-                        style = STYLE[name] if k == 0 else {**STYLE[name], "lw": 1.0, "alpha": 0.75, "ls": (":", "-.")[k % 2]}
+                        style = (
+                            STYLE[name]
+                            if k == 0
+                            else {**STYLE[name], "lw": 1.0, "alpha": 0.75, "ls": (":", "-.")[k % 2]}
+                        )
                         ax.plot(dd["pi"], dd["weight"], label=label, **style)
                 ax.axvline(mu, color="k", lw=0.8, ls=":")
                 ax.axhline(0.0, color="k", lw=0.6)
@@ -98,13 +102,17 @@ def weight_curves_figure(
         handles, labels = axes[0, 0].get_legend_handles_labels()
         handles.append(Line2D([], [], color="k", lw=0.8, ls=":"))
         labels.append("pi = mu (on-policy)")
-        fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), frameon=False, bbox_to_anchor=(0.5, -0.07))
+        fig.legend(
+            handles, labels, loc="lower center", ncol=min(5, len(labels)), frameon=False, bbox_to_anchor=(0.5, -0.07)
+        )
         fig.suptitle(title, y=1.0)
         fig.tight_layout()
     return save(fig, stem, formats)
 
 
-def weight_plane_figure(plane: pd.DataFrame, stem: str | Path, *, labels: dict[str, str], formats=("png",)) -> list[Path]:
+def weight_plane_figure(
+    plane: pd.DataFrame, stem: str | Path, *, labels: dict[str, str], formats=("png",)
+) -> list[Path]:
     """Weight maps over ``(mu, pi)`` (columns: the weighted objectives) and the hard masks as regions (last column)."""
     weight_cols = [c for c in plane.columns if c.startswith("weight_")]
     mask_cols = [c for c in plane.columns if c.startswith("masked_")]
@@ -112,16 +120,34 @@ def weight_plane_figure(plane: pd.DataFrame, stem: str | Path, *, labels: dict[s
     n = len(axis)
     norm = TwoSlopeNorm(vmin=-2.0, vcenter=1.0, vmax=4.0)
     with paper_style():
-        fig, axes = plt.subplots(2, len(weight_cols) + 1, figsize=(4.6 * (len(weight_cols) + 1), 9.0), sharex=True, sharey=True)
+        fig, axes = plt.subplots(
+            2, len(weight_cols) + 1, figsize=(4.6 * (len(weight_cols) + 1), 9.0), sharex=True, sharey=True
+        )
         for i, sign in enumerate((1.0, -1.0)):
             sel = plane[plane["adv_sign"] == sign].sort_values(["pi", "mu"])
             grids = {c: sel[c].to_numpy().reshape(n, n) for c in weight_cols + mask_cols}
             for j, col in enumerate(weight_cols):
                 ax = axes[i, j]
-                mesh = ax.pcolormesh(axis, axis, np.clip(grids[col], -2.0, 4.0), cmap="RdBu", norm=norm, shading="nearest", rasterized=True)
+                mesh = ax.pcolormesh(
+                    axis,
+                    axis,
+                    np.clip(grids[col], -2.0, 4.0),
+                    cmap="RdBu",
+                    norm=norm,
+                    shading="nearest",
+                    rasterized=True,
+                )
                 ax.contour(axis, axis, grids[col], levels=[0.0], colors="k", linewidths=1.4)
                 for m in mask_cols:
-                    ax.contour(axis, axis, grids[m].astype(float), levels=[0.5], colors=MASK_COLORS[m[7:]], linewidths=1.1, linestyles="--")
+                    ax.contour(
+                        axis,
+                        axis,
+                        grids[m].astype(float),
+                        levels=[0.5],
+                        colors=MASK_COLORS[m[7:]],
+                        linewidths=1.1,
+                        linestyles="--",
+                    )
                 ax.set_title(f"{labels[col[7:]]}, {SIGN_LABEL[sign]}")
             ax = axes[i, -1]
             for m in mask_cols:
@@ -135,13 +161,22 @@ def weight_plane_figure(plane: pd.DataFrame, stem: str | Path, *, labels: dict[s
             axes[i, 0].set_ylabel("pi (trained policy)")
         for ax in axes[-1]:
             ax.set_xlabel("mu (behaviour policy)")
-        cbar = fig.colorbar(mesh, ax=axes.ravel().tolist(), orientation="horizontal", fraction=0.035, pad=0.07, extend="both", aspect=50)
+        cbar = fig.colorbar(
+            mesh, ax=axes.ravel().tolist(), orientation="horizontal", fraction=0.035, pad=0.07, extend="both", aspect=50
+        )
         cbar.set_label("gradient weight w (clipped to [-2, 4]; black line: w = 0, corrective beyond)")
-        legend = [Patch(facecolor=MASK_COLORS[m[7:]], alpha=0.5, edgecolor=MASK_COLORS[m[7:]], label=f"{labels[m[7:]]} masks") for m in mask_cols]
+        legend = [
+            Patch(facecolor=MASK_COLORS[m[7:]], alpha=0.5, edgecolor=MASK_COLORS[m[7:]], label=f"{labels[m[7:]]} masks")
+            for m in mask_cols
+        ]
         legend.append(Line2D([], [], color="k", lw=0.6, ls=":", label="pi = mu"))
         fig.legend(handles=legend, loc="upper center", ncol=len(legend), frameon=False, bbox_to_anchor=(0.5, 0.02))
-        fig.suptitle("Trust-region geometry over the (mu, pi) plane: smooth weights (SPO, DRPO) against hard masks (PPO, GRPO, DPPO-TV)\n"
-                     "dashed lines on the maps: the mask boundaries of the last column", y=0.99)
+        fig.suptitle(
+            "Trust-region geometry over the (mu, pi) plane: smooth weights (SPO, DRPO) against hard masks (PPO, "
+            "GRPO, DPPO-TV)\n"
+            "dashed lines on the maps: the mask boundaries of the last column",
+            y=0.99,
+        )
     return save(fig, stem, formats)
 
 
@@ -267,7 +302,9 @@ def panels_figure(bands: pd.DataFrame, stem: str | Path, *, settings: dict[str, 
     return save(fig, stem, formats)
 
 
-def flow_figure(field: pd.DataFrame, rest: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+def flow_figure(
+    field: pd.DataFrame, rest: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)
+) -> list[Path]:
     """The frozen-``mu`` flow of ``pi`` over the ``(mu, pi)`` plane, one column per objective.
 
     Colour: the direction and speed of ``pi`` (``dpi``, signed, compressed by a cube root and
@@ -290,7 +327,13 @@ def flow_figure(field: pd.DataFrame, rest: pd.DataFrame, stem: str | Path, *, ti
                 rs = rest[(rest["objective"] == obj) & (rest["adv_sign"] == sign)]
                 ex = rs[(rs["expected_pi"] > 0) & (rs["expected_pi"] < 1)]
                 r = rs.iloc[::4]
-                ax.scatter(r["mu"], np.clip(r["pi_rest"], pis[0], pis[-1]), s=9, c=np.where(r["converged"], "k", "0.5"), zorder=3)
+                ax.scatter(
+                    r["mu"],
+                    np.clip(r["pi_rest"], pis[0], pis[-1]),
+                    s=9,
+                    c=np.where(r["converged"], "k", "0.5"),
+                    zorder=3,
+                )
                 ax.plot(ex["mu"], ex["expected_pi"], color="w", lw=1.3, ls="--", zorder=4)
                 ax.set_xscale("logit")
                 ax.set_yscale("logit")
@@ -307,7 +350,8 @@ def flow_figure(field: pd.DataFrame, rest: pd.DataFrame, stem: str | Path, *, ti
                 if j == 0:
                     ax.set_ylabel(f"pi, {SIGN_LABEL[sign]}")
         handles = [
-            Patch(color=plt.get_cmap("RdBu")(0.9), label="pi rises"), Patch(color=plt.get_cmap("RdBu")(0.1), label="pi falls"),
+            Patch(color=plt.get_cmap("RdBu")(0.9), label="pi rises"),
+            Patch(color=plt.get_cmap("RdBu")(0.1), label="pi falls"),
             Line2D([], [], color="k", marker="o", ls="", ms=4, label="rest point reached from pi = mu"),
             Line2D([], [], color="0.5", marker="o", ls="", ms=4, label="no rest: runs to the edge (last point)"),
             Line2D([], [], color="0.3", lw=2.2, ls="--", label="REFERENCE.md prediction (white)"),
@@ -319,8 +363,16 @@ def flow_figure(field: pd.DataFrame, rest: pd.DataFrame, stem: str | Path, *, ti
     return save(fig, stem, formats)
 
 
-def phase_figure(summary: pd.DataFrame, stem: str | Path, *, x: str, y: str, title: str, methods: Sequence[str] | None = None,
-                 formats=("png",)) -> list[Path]:
+def phase_figure(
+    summary: pd.DataFrame,
+    stem: str | Path,
+    *,
+    x: str,
+    y: str,
+    title: str,
+    methods: Sequence[str] | None = None,
+    formats=("png",),
+) -> list[Path]:
     """Heatmaps over ``x`` (columns) and ``y`` (rows) per method: collapse rate (top row) and
     final-reward IQM with its 95% interval (bottom row), each row on one colour scale.
 
@@ -335,7 +387,9 @@ def phase_figure(summary: pd.DataFrame, stem: str | Path, *, x: str, y: str, tit
         fig, axes = plt.subplots(2, len(methods), figsize=(2.9 * len(methods) + 1.2, 6.4), squeeze=False)
         for j, m in enumerate(methods):
             d = summary[summary["method"] == m].set_index([y, x])
-            for i, (col, cmap, vmin, vmax) in enumerate((("collapse_rate", "Reds", 0.0, 1.0), ("final_iqm", "viridis", 0.0, 1.0))):
+            for i, (col, cmap, vmin, vmax) in enumerate(
+                (("collapse_rate", "Reds", 0.0, 1.0), ("final_iqm", "viridis", 0.0, 1.0))
+            ):
                 ax = axes[i, j]
                 grid = np.array([[d.loc[(yy, xx), col] for xx in xs] for yy in ys], dtype=float)
                 im = ax.imshow(grid, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
@@ -431,7 +485,15 @@ def mismatch_figure(mismatch: pd.DataFrame, stem: str | Path, *, title: str, for
         lo = np.minimum(d["shift_q05"].abs(), d["shift_q95"].abs())
         hi = np.maximum(d["shift_q05"].abs(), d["shift_q95"].abs())
         crosses = (d["shift_q05"] < 0) & (d["shift_q95"] > 0)
-        a2.fill_between(x, np.where(crosses, 0, lo), hi, color="#d62728", alpha=0.15, lw=0, label=r"5-95% interval of $\pi-\mu$, in magnitude")
+        a2.fill_between(
+            x,
+            np.where(crosses, 0, lo),
+            hi,
+            color="#d62728",
+            alpha=0.15,
+            lw=0,
+            label=r"5-95% interval of $\pi-\mu$, in magnitude",
+        )
         a2.plot(x, d["abs_shift_mean"], color="#d62728", marker="o", ms=3, label="mean")
         a2.plot(x, d["abs_shift_max"], color="#d62728", ls="--", lw=1.0, label="max")
         _mu_axis(a2)
@@ -500,7 +562,9 @@ def replay_weights_figure(regions: pd.DataFrame, stem: str | Path, *, title: str
                 dd = d[(d["objective"] == name) & (d["adv_sign"] == sign)]
                 style = STYLE.get(name, {})
                 ax.plot(dd["mu_mid"], dd["weight_q50"] - 1, marker="o", ms=2.5, label=name, **style)
-                ax.fill_between(dd["mu_mid"], dd["weight_q05"] - 1, dd["weight_q95"] - 1, color=style.get("color"), alpha=0.12, lw=0)
+                ax.fill_between(
+                    dd["mu_mid"], dd["weight_q05"] - 1, dd["weight_q95"] - 1, color=style.get("color"), alpha=0.12, lw=0
+                )
             ax.axhline(0.0, color="0.3", lw=0.8)
             ax.axhline(-1.0, color="0.6", lw=0.8, ls=":")
             _mu_axis(ax)
@@ -530,10 +594,26 @@ def rare_tokens_figure(objectives: pd.DataFrame, stem: str | Path, *, title: str
             color = "0.45" if not prefix else "#d62728"
             r = objectives
             a1.hlines(y + off, r[f"{prefix}weight_min"] - 1, r[f"{prefix}weight_max"] - 1, color=color, lw=1.0)
-            a1.hlines(y + off, r[f"{prefix}weight_q05"] - 1, r[f"{prefix}weight_q95"] - 1, color=color, lw=5.0, alpha=0.6, label=label)
+            a1.hlines(
+                y + off,
+                r[f"{prefix}weight_q05"] - 1,
+                r[f"{prefix}weight_q95"] - 1,
+                color=color,
+                lw=5.0,
+                alpha=0.6,
+                label=label,
+            )
             a1.plot(r[f"{prefix}weight_q50"] - 1, y + off, "o", color=color, ms=4)
             a2.barh(y + off, r[f"{prefix}masked_frac"], height=0.3, color=color, alpha=0.7, label=f"masked, {label}")
-            a2.plot(r[f"{prefix}grad_mass_share"], y + off, "D", color=color, ms=5, mfc="w", label=f"gradient mass kept, {label}")
+            a2.plot(
+                r[f"{prefix}grad_mass_share"],
+                y + off,
+                "D",
+                color=color,
+                ms=5,
+                mfc="w",
+                label=f"gradient mass kept, {label}",
+            )
         a1.axvline(0.0, color="0.3", lw=0.8)
         a1.set_xscale("symlog", linthresh=1e-5)
         a1.set_yticks(y, names)

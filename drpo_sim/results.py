@@ -28,7 +28,9 @@ def write_results(df: pd.DataFrame, path: str | os.PathLike, metadata: dict[str,
         raise ValueError(f"{path}: refusing to write an empty result table")
     meta = {"version": __version__, **(metadata or {})}
     table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()}
+    )
     path = Path(path)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")

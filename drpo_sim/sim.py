@@ -6,7 +6,8 @@ drawing random numbers, one seeded stream per seed, so that a seed's trajectory 
 which other seeds share its batch). Per step (sampled mode):
 
 1. the engine computes ``mu`` from the rollout parameters (``staleness`` optimiser updates old:
-   with ``updates_per_batch = m``, ``staleness = k m`` means ``k`` steps) through the off-policy channels (:mod:`drpo_sim.offpolicy`);
+   with ``updates_per_batch = m``, ``staleness = k m`` means ``k`` steps) through the off-policy
+   channels (:mod:`drpo_sim.offpolicy`);
 2. for each prompt of the step, ``G = group_size`` responses of ``T`` tokens are sampled from
    ``mu``, scored by the environment's verifiable reward, and given group-relative advantages
    (:mod:`drpo_sim.advantages`), broadcast to the response's tokens;
@@ -108,7 +109,9 @@ class EnvConfig:
     def make(self) -> LongTailBandit | TabularSequence:
         if self.env == "bandit":
             return LongTailBandit(self.vocab_size, self.zipf_exponent, self.n_rewarded, reward_min=self.reward_min)
-        return TabularSequence(self.vocab_size, self.n_prompts, self.horizon, self.zipf_exponent, self.reward, env_seed=self.env_seed)
+        return TabularSequence(
+            self.vocab_size, self.n_prompts, self.horizon, self.zipf_exponent, self.reward, env_seed=self.env_seed
+        )
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,8 @@ class SimConfig:
             n_samples = (self.train.prompts_per_step or env.n_prompts) * self.train.group_size
             if n_samples % self.offpolicy.updates_per_batch:
                 raise ValueError(
-                    f"updates_per_batch={self.offpolicy.updates_per_batch} must divide the {n_samples} samples of a step"
+                    f"updates_per_batch={self.offpolicy.updates_per_batch} must divide the {n_samples} samples of a "
+                    "step"
                 )
             if self.train.prompts_per_step > env.n_prompts:
                 raise ValueError(f"prompts_per_step={self.train.prompts_per_step} exceeds n_prompts={env.n_prompts}")
@@ -465,7 +469,9 @@ class Simulation:
             w = self.obj.weight(logpi, anchor, adv)
             acc.add(w, np.abs(pi - mu), mu, norm)
 
-    def _sampled_updates(self, step: int, logmu: np.ndarray, mu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator) -> None:
+    def _sampled_updates(
+        self, step: int, logmu: np.ndarray, mu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator
+    ) -> None:
         env, op, tr = self.env, self.op, self.tr
         n, t_, s_ = len(self.seeds), env.horizon, env.n_states
         p_step = tr.prompts_per_step or env.n_prompts
@@ -475,7 +481,9 @@ class Simulation:
             prompts = np.broadcast_to(np.arange(env.n_prompts), (n, p_step))
         g_ = tr.group_size
         # rows[n, p, g, t]: flat index of state (prompt, t) of seed n in the [N, S, V] tables
-        rows = (np.arange(n)[:, None, None, None] * s_ + prompts[:, :, None, None] * t_ + np.arange(t_)).repeat(g_, axis=2)
+        rows = (np.arange(n)[:, None, None, None] * s_ + prompts[:, :, None, None] * t_ + np.arange(t_)).repeat(
+            g_, axis=2
+        )
         u = self.streams.random((p_step, g_, t_))
         tokens = sample_tokens(mu, rows.ravel(), u.ravel()).reshape(rows.shape)
         rewards = env.rewards(prompts, tokens)
@@ -500,7 +508,9 @@ class Simulation:
             w = self.obj.weight(lp, anchor[:, sl], a_)
             acc.add(w, np.abs(np.exp(lp) - np.exp(lp_mu[:, sl])), None, norm)
             if self.sink is not None:
-                self._emit(step, u_idx, sl, y_, lp, lp_mu[:, sl], lp_old[:, sl], a_, rewards[:, sl], group[:, sl], p_step)
+                self._emit(
+                    step, u_idx, sl, y_, lp, lp_mu[:, sl], lp_old[:, sl], a_, rewards[:, sl], group[:, sl], p_step
+                )
 
     def _emit(self, step, u_idx, sl, tokens, lp, lp_mu, lp_old, adv, rewards, group, p_step) -> None:
         """Hand the update's tokens to the sink as one ``TokenBatch`` (``sample_id`` and
@@ -628,7 +638,9 @@ def simulate(
     method_params = method_params or {}
     stray = sorted(set(method_params) - set(methods))
     if stray:
-        raise ValueError(f"parameters given for {', '.join(stray)}, which is not among the methods {', '.join(methods)}")
+        raise ValueError(
+            f"parameters given for {', '.join(stray)}, which is not among the methods {', '.join(methods)}"
+        )
     frames = []
     bar = None
     if progress:
@@ -638,7 +650,9 @@ def simulate(
             if bar is not None:
                 bar.set_postfix_str(m)
             sink = token_sink_for(m) if token_sink_for else None
-            frames.append(run(cfg, m, seeds, params=method_params.get(m), token_sink=sink, progress=bar.update if bar else None))
+            frames.append(
+                run(cfg, m, seeds, params=method_params.get(m), token_sink=sink, progress=bar.update if bar else None)
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -661,7 +675,9 @@ def run_cell(spec: dict[str, Any]) -> pd.DataFrame:
     """One cell of a sweep or a panel (:mod:`drpo_sim.run.cells`): ``spec`` holds the full flat
     ``config``, the ``method``, its full objective ``params`` and the ``seeds``."""
     method = spec["method"]
-    return simulate(SimConfig.from_flat(spec["config"]), [method], spec["seeds"], method_params={method: spec["params"]})
+    return simulate(
+        SimConfig.from_flat(spec["config"]), [method], spec["seeds"], method_params={method: spec["params"]}
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -672,7 +688,9 @@ RUN_KEYS = ("methods", "seeds", "seed_start", "preset", "params")
 """Keys of an experiment file that are not configuration fields."""
 
 
-def split_experiment(doc: dict[str, Any], source: str, *, also: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_experiment(
+    doc: dict[str, Any], source: str, *, also: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(run keys, flat configuration fields)`` of a parsed experiment file.
 
     Configuration fields may sit at the top level or in their section's table; ``also`` names

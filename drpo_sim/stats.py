@@ -324,7 +324,9 @@ def curve_bands(
         if kept.shape[0] == 0:
             point = low = high = np.full(steps.shape, np.nan)
         else:
-            point, low, high = bootstrap_band(kept, confidence=confidence, n_resamples=n_resamples, random_state=random_state)
+            point, low, high = bootstrap_band(
+                kept, confidence=confidence, n_resamples=n_resamples, random_state=random_state
+            )
         block = pd.DataFrame({"step": steps, "iqm": point, "low": low, "high": high})
         block["n_seeds"] = int(finite.sum())
         block["n_dropped"] = int((~finite).sum())

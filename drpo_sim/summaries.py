@@ -31,7 +31,9 @@ def panel_summary(df: pd.DataFrame) -> pd.DataFrame:
     group = ["setting", "variant"]
     summary = stats.summarize_runs(df, group=group, nan_policy="omit")
     last = df[df["step"] == df["step"].max()].set_index([*group, "seed"])
-    per_seed = df.groupby([*group, "seed"]).agg(shift_peak=("shift_mean", "max"), reward_peak=("expected_reward", "max"))
+    per_seed = df.groupby([*group, "seed"]).agg(
+        shift_peak=("shift_mean", "max"), reward_peak=("expected_reward", "max")
+    )
     per_seed["shift_final"] = last["shift_mean"]
     per_seed["kept_of_peak"] = last["expected_reward"] / per_seed["reward_peak"]
     rows = []
@@ -39,8 +41,15 @@ def panel_summary(df: pd.DataFrame) -> pd.DataFrame:
         x = d["shift_final"].to_numpy()
         x = x[np.isfinite(x)]
         point, low, high = stats.bootstrap_ci(x) if x.size else (np.nan, np.nan, np.nan)
-        rows.append({**dict(zip(group, keys)), "shift_final_iqm": point, "shift_final_low": low, "shift_final_high": high,
-                     **d[["shift_peak", "reward_peak", "kept_of_peak"]].mean().to_dict()})
+        rows.append(
+            {
+                **dict(zip(group, keys)),
+                "shift_final_iqm": point,
+                "shift_final_low": low,
+                "shift_final_high": high,
+                **d[["shift_peak", "reward_peak", "kept_of_peak"]].mean().to_dict(),
+            }
+        )
     method = {v: m for v, m in df[["variant", "method"]].drop_duplicates().itertuples(index=False)}
     return summary.merge(pd.DataFrame(rows), on=group).assign(method=lambda d: d["variant"].map(method))
 

@@ -130,7 +130,10 @@ def _solve_ratio_variance(p: dict) -> float:
 def _solve_rare_token_clip(p: dict) -> float:
     """The largest ``pi - mu`` with a nonzero weight, searched on the registry's weight."""
     mu = p["mu"]
-    keep = lambda pi: _weight(p["objective"], {}, pi, mu, p["advantage"]) != 0.0
+
+    def keep(pi: float) -> bool:
+        return _weight(p["objective"], {}, pi, mu, p["advantage"]) != 0.0
+
     return _boundary(keep, mu, 1.0 - 1e-12) - mu
 
 
@@ -144,7 +147,10 @@ def _solve_token_weight(p: dict) -> float:
 def _solve_tv_boundary(p: dict) -> float:
     """The lowest ``pi`` a token with ``A < 0`` reaches before DPPO-TV's mask, from the weight."""
     mu, params = p["mu"], {"delta": p["delta"]}
-    keep = lambda pi: _weight("dppo_tv", params, pi, mu, p["advantage"]) != 0.0
+
+    def keep(pi: float) -> bool:
+        return _weight("dppo_tv", params, pi, mu, p["advantage"]) != 0.0
+
     return _boundary(keep, mu, 1e-12)
 
 
@@ -152,7 +158,10 @@ def _solve_kl_boundary(p: dict) -> float:
     """The ``pi`` above ``mu`` where ``binary_kl(mu, pi)`` reaches ``delta`` (DPPO-KL's mask)."""
 
     mu = p["mu"]
-    f = lambda pi: float(objectives.binary_kl(_log(mu), _log(pi))) - p["delta"]
+
+    def f(pi: float) -> float:
+        return float(objectives.binary_kl(_log(mu), _log(pi))) - p["delta"]
+
     pi = brentq(f, mu, 1.0 - 1e-12, xtol=1e-15, rtol=1e-13)
     # the registry's mask switches there too
     assert _weight("dppo_kl", {"delta": p["delta"]}, pi * (1 - 1e-6), mu, p["advantage"]) == 1.0
@@ -207,7 +216,9 @@ def _replayed_log(key: str):
 
     p = _SETTINGS[key]
     batches = []
-    sim.simulate(sim.SimConfig.from_flat(p["config"]), p["methods"], p["seeds"], token_sink_for=lambda m: batches.append)
+    sim.simulate(
+        sim.SimConfig.from_flat(p["config"]), p["methods"], p["seeds"], token_sink_for=lambda m: batches.append
+    )
     # one batch: the replay's cost is per batch as much as per token
     return analysis.replay([tokens.concat(batches)])
 
@@ -257,11 +268,18 @@ _LIST = [
         question="dJ/dlogp of the importance-sampled policy gradient (pg_is) for one sampled token",
         params={"mu": 0.002, "pi": 0.005, "advantage": 1.0},
         solve=_solve_is_gradient,
-        hint="dJ/dlogp = A * r * w, with w = 1 for pg_is and r = pi / mu (objectives.get('pg_is').grad_logp computes it)",
+        hint="dJ/dlogp = A * r * w, with w = 1 for pg_is and r = pi / mu "
+             "(objectives.get('pg_is').grad_logp computes it)",
         rtol=1e-6,
         traps=(
-            (_near(lambda p: p["advantage"] * p["mu"] / p["pi"]), "the ratio is pi / mu (trainer over behaviour), not mu / pi"),
-            (_near(lambda p: p["advantage"]), "on-policy the gradient weight would be A; off-policy the sample carries the ratio r = pi / mu"),
+            (
+                _near(lambda p: p["advantage"] * p["mu"] / p["pi"]),
+                "the ratio is pi / mu (trainer over behaviour), not mu / pi",
+            ),
+            (
+                _near(lambda p: p["advantage"]),
+                "on-policy the gradient weight would be A; off-policy the sample carries the ratio r = pi / mu",
+            ),
         ),
     ),
     Exercise(
@@ -270,23 +288,35 @@ _LIST = [
         question="Var_{a ~ mu}[r(a)] of the exercise's Zipf trainer and noisy engine, exactly, by enumeration",
         params={"vocab_size": 64, "zipf_exponent": 1.1, "noise_std": 0.3, "noise_seed": 0},
         solve=_solve_ratio_variance,
-        hint="enumerate the vocabulary: E_mu[f] = sum_a mu(a) f(a); the variance is E_mu[r^2] - (E_mu[r])^2, and E_mu[r] = 1",
+        hint="enumerate the vocabulary: E_mu[f] = sum_a mu(a) f(a); the variance is E_mu[r^2] - (E_mu[r])^2, and "
+             "E_mu[r] = 1",
         rtol=1e-4,
         traps=(
-            (_near(lambda p: _solve_ratio_variance(p) + 1.0, 1e-4), "that is the second moment E_mu[r^2]; subtract (E_mu[r])^2 = 1"),
+            (
+                _near(lambda p: _solve_ratio_variance(p) + 1.0, 1e-4),
+                "that is the second moment E_mu[r^2]; subtract (E_mu[r])^2 = 1",
+            ),
         ),
     ),
     Exercise(
         name="02.rare_token_clip",
         notebook="02_ppo_grpo_ratio_clipping",
-        question="the largest upward shift pi - mu a rare token (mu = 0.001, A > 0) can make before GRPO's weight drops to 0",
+        question="the largest upward shift pi - mu a rare token (mu = 0.001, A > 0) can make before GRPO's weight "
+                 "drops to 0",
         params={"objective": "grpo", "mu": 0.001, "advantage": 1.0},
         solve=_solve_rare_token_clip,
-        hint="GRPO clips the ratio r = pi / mu at 1 + eps_high for A > 0; turn that ratio bound into a bound on pi, then subtract mu "
-             "(or search pi where objectives.get('grpo').weight turns 0)",
+        hint="GRPO clips the ratio r = pi / mu at 1 + eps_high for A > 0; turn that ratio bound into a bound on pi, "
+             "then subtract mu "
+        "(or search pi where objectives.get('grpo').weight turns 0)",
         traps=(
-            (_near(lambda p: objectives.get(p["objective"]).eps_high), "that is the margin on the ratio r; the question asks for a probability shift pi - mu"),
-            (_near(lambda p: p["mu"] + _solve_rare_token_clip(p)), "that is the largest pi; the question asks for the shift pi - mu"),
+            (
+                _near(lambda p: objectives.get(p["objective"]).eps_high),
+                "that is the margin on the ratio r; the question asks for a probability shift pi - mu",
+            ),
+            (
+                _near(lambda p: p["mu"] + _solve_rare_token_clip(p)),
+                "that is the largest pi; the question asks for the shift pi - mu",
+            ),
         ),
     ),
     Exercise(
@@ -295,18 +325,24 @@ _LIST = [
         question="GRPO's weight w for a frequent token pushed from mu = 0.99 down to pi = 0.80 with A < 0",
         params={"objective": "grpo", "mu": 0.99, "pi": 0.80, "advantage": -1.0},
         solve=_solve_token_weight,
-        hint="for A < 0 the clip is active only when r = pi / mu < 1 - eps_low; compute r for this token (or call the weight)",
+        hint="for A < 0 the clip is active only when r = pi / mu < 1 - eps_low; compute r for this token (or call "
+             "the weight)",
         atol=1e-9,
     ),
     Exercise(
         name="03.tv_boundary",
         notebook="03_dppo_divergence_trust_region",
-        question="the lowest pi a frequent token (mu = 0.99, A < 0) can be pushed to before DPPO-TV (delta = 0.15) masks it",
+        question="the lowest pi a frequent token (mu = 0.99, A < 0) can be pushed to before DPPO-TV (delta = 0.15) "
+                 "masks it",
         params={"mu": 0.99, "delta": 0.15, "advantage": -1.0},
         solve=_solve_tv_boundary,
-        hint="DPPO-TV masks a token with A < 0 once its shift pi - mu falls below -delta_low: a bound on the absolute shift, not on the ratio",
+        hint="DPPO-TV masks a token with A < 0 once its shift pi - mu falls below -delta_low: a bound on the "
+             "absolute shift, not on the ratio",
         traps=(
-            (_near(lambda p: p["mu"] * (1 - objectives.get("grpo").eps_low)), "that is where GRPO's ratio clip would act (r = 1 - eps_low); DPPO-TV bounds pi - mu"),
+            (
+                _near(lambda p: p["mu"] * (1 - objectives.get("grpo").eps_low)),
+                "that is where GRPO's ratio clip would act (r = 1 - eps_low); DPPO-TV bounds pi - mu",
+            ),
         ),
     ),
     Exercise(
@@ -316,11 +352,17 @@ _LIST = [
         params={"mu": 0.001, "delta": 0.05, "advantage": 1.0},
         solve=_solve_kl_boundary,
         hint="DPPO-KL masks a token with A > 0 once pi > mu and the binary KL D(mu, pi) exceeds delta: solve "
-             "objectives.binary_kl(log mu, log pi) = delta for pi > mu (scipy.optimize.brentq, or bisection on the weight)",
+        "objectives.binary_kl(log mu, log pi) = delta for pi > mu (scipy.optimize.brentq, or bisection on the weight)",
         rtol=1e-3,
         traps=(
-            (_near(lambda p: p["mu"] + 0.15), "that is DPPO-TV's boundary mu + delta_high; DPPO-KL bounds the binary KL divergence"),
-            (_near(lambda p: p["mu"] * (1 + objectives.get("grpo").eps_high)), "that is GRPO's ratio clip; DPPO-KL bounds the binary KL divergence"),
+            (
+                _near(lambda p: p["mu"] + 0.15),
+                "that is DPPO-TV's boundary mu + delta_high; DPPO-KL bounds the binary KL divergence",
+            ),
+            (
+                _near(lambda p: p["mu"] * (1 + objectives.get("grpo").eps_high)),
+                "that is GRPO's ratio clip; DPPO-KL bounds the binary KL divergence",
+            ),
         ),
     ),
     Exercise(
@@ -330,12 +372,15 @@ _LIST = [
         params={"delta": 12.5},
         solve=_solve_drpo_bounds,
         hint="evaluate objectives.get('drpo', delta=12.5).weight over a dense (mu, pi) grid, for A > 0 and A < 0; "
-             "the extremes sit where abs(pi - mu) is largest",
+        "the extremes sit where abs(pi - mu) is largest",
         kind="pair",
         rtol=0.0,
         atol=1e-3,
         traps=(
-            (lambda a, p: isinstance(a, tuple) and _close(a[0], _solve_drpo_bounds(p)[1], 0, 1e-3), "give the pair in order: (low, high)"),
+            (
+                lambda a, p: isinstance(a, tuple) and _close(a[0], _solve_drpo_bounds(p)[1], 0, 1e-3),
+                "give the pair in order: (low, high)",
+            ),
         ),
     ),
     Exercise(
@@ -344,11 +389,19 @@ _LIST = [
         question="SPO's weight (eps = 0.2) for a rare token with A > 0 pushed from mu = 0.001 to pi = 0.003",
         params={"objective": "spo", "objective_params": {"eps": 0.2}, "mu": 0.001, "pi": 0.003, "advantage": 1.0},
         solve=_solve_token_weight,
-        hint="SPO's weight is 1 - sign(A) (r - 1) / eps with r = pi / mu: it is written in the ratio, not in the shift pi - mu",
+        hint="SPO's weight is 1 - sign(A) (r - 1) / eps with r = pi / mu: it is written in the ratio, not in the "
+             "shift pi - mu",
         rtol=1e-6,
         traps=(
-            (_near(lambda p: _weight("drpo", {"delta": p["objective_params"]["eps"]}, p["pi"], p["mu"], p["advantage"]), 1e-6),
-             "that is DRPO's weight (written in the shift pi - mu); SPO's is written in the ratio r = pi / mu"),
+            (
+                _near(
+                    lambda p: _weight(
+                        "drpo", {"delta": p["objective_params"]["eps"]}, p["pi"], p["mu"], p["advantage"]
+                    ),
+                    1e-6,
+                ),
+                "that is DRPO's weight (written in the shift pi - mu); SPO's is written in the ratio r = pi / mu",
+            ),
         ),
     ),
     Exercise(
@@ -357,17 +410,20 @@ _LIST = [
         question="the median, over SPO's collapsed seeds, of the first step at which a seed counts as collapsed",
         params={**_BANDIT_05, "method": "spo", "_key": "05"},
         solve=_solve_collapse_step,
-        hint="in the result table, keep SPO's rows with collapsed == True, take the smallest step of each seed, then the median over seeds",
+        hint="in the result table, keep SPO's rows with collapsed == True, take the smallest step of each seed, then "
+             "the median over seeds",
         rtol=0.0,
         atol=0.5,
     ),
     Exercise(
         name="05.best_method",
         notebook="05_noise_staleness_convergence",
-        question="the method with the highest IQM of final expected reward (stats.summarize_runs) in the noisy, stale setting",
+        question="the method with the highest IQM of final expected reward (stats.summarize_runs) in the noisy, "
+                 "stale setting",
         params={**_BANDIT_05, "_key": "05"},
         solve=_solve_best_method,
-        hint="stats.summarize_runs(df) gives one row per method; compare the final_iqm column (a method name as a string)",
+        hint="stats.summarize_runs(df) gives one row per method; compare the final_iqm column (a method name as a "
+             "string)",
         kind="text",
     ),
     Exercise(
@@ -376,7 +432,8 @@ _LIST = [
         question="the share of the log's tokens that are rare (mu <= 0.01)",
         params={"log": _LOG_06, "_key": "06"},
         solve=_solve_rare_share,
-        hint="the replay reports it: replay.json (or result.totals) has rare_share; or count mu = exp(logp_behavior) <= 0.01 over the masked-in tokens",
+        hint="the replay reports it: replay.json (or result.totals) has rare_share; or count mu = exp(logp_behavior) "
+             "<= 0.01 over the masked-in tokens",
         rtol=1e-6,
     ),
     Exercise(
@@ -389,8 +446,22 @@ _LIST = [
         rtol=1e-6,
         atol=1e-12,
         traps=(
-            (lambda a, p: isinstance(a, float) and _close(a, float(_replayed_log(p["_key"]).objectives.set_index("objective").loc[p["objective"], "masked_frac"]), 1e-6, 1e-12),
-             "that is GRPO's masked fraction over all tokens; the question asks about the rare ones"),
+            (
+                lambda a, p: (
+                    isinstance(a, float)
+                    and _close(
+                        a,
+                        float(
+                            _replayed_log(p["_key"])
+                            .objectives.set_index("objective")
+                            .loc[p["objective"], "masked_frac"]
+                        ),
+                        1e-6,
+                        1e-12,
+                    )
+                ),
+                "that is GRPO's masked fraction over all tokens; the question asks about the rare ones",
+            ),
         ),
     ),
 ]
@@ -401,7 +472,9 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in _LIST}
 
 def exercises(notebook: str | None = None) -> list[str]:
     """Names of the exercises, all or those of one notebook (its file stem or its number ``"02"``)."""
-    return [n for n, e in EXERCISES.items() if notebook is None or e.notebook == notebook or n.split(".")[0] == notebook]
+    return [
+        n for n, e in EXERCISES.items() if notebook is None or e.notebook == notebook or n.split(".")[0] == notebook
+    ]
 
 
 def _get(exercise: str) -> Exercise:
@@ -433,13 +506,17 @@ def _as_float(x: Any, what: str = "the answer") -> float:
 def _parse(ex: Exercise, answer: Any) -> Any:
     if ex.kind == "text":
         if not isinstance(answer, str):
-            raise AssertionError(f"{ex.name}: the answer should be a string (a method name), got {type(answer).__name__}")
+            raise AssertionError(
+                f"{ex.name}: the answer should be a string (a method name), got {type(answer).__name__}"
+            )
         return answer.strip().lower()
     if ex.kind == "pair":
         try:
             parts = list(answer)
         except TypeError:
-            raise AssertionError(f"{ex.name}: the answer should be a pair (low, high), got {type(answer).__name__}") from None
+            raise AssertionError(
+                f"{ex.name}: the answer should be a pair (low, high), got {type(answer).__name__}"
+            ) from None
         if len(parts) != 2:
             raise AssertionError(f"{ex.name}: the answer should be a pair (low, high), got {len(parts)} values")
         return tuple(_as_float(v, "each value of the pair") for v in parts)

@@ -37,7 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("drpo_sim.cli.simulate", "train objectives in a simulated environment; write a tidy Parquet table"),
     "summarize": ("drpo_sim.cli.simulate", "per-method statistics of a result file"),
     "sweep": ("drpo_sim.cli.simulate", "run a grid of simulations into a resumable result store"),
-    "replay": ("drpo_sim.cli.replay", "per-token analysis of token logs: mismatch, masks and weights of every objective"),
+    "replay": (
+        "drpo_sim.cli.replay",
+        "per-token analysis of token logs: mismatch, masks and weights of every objective",
+    ),
     "lm": ("drpo_sim.cli.lab", "the tiny transformer lab: RL from real reduced-precision rollouts"),
     "reproduce": ("drpo_sim.cli.paper", "run every analysis: figures, MANIFEST.json, claims.json, the report"),
     "report": ("drpo_sim.cli.paper", "regenerate the report from the result files and check its numbers"),

@@ -33,7 +33,9 @@ def configure_explore(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", default="5006", help="port on localhost (default 5006; 0: a free port)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser; only print the address")
     p.add_argument("--export", metavar="FILE.html", help="write the geometry views as one self-contained page and exit")
-    p.add_argument("--objectives", help=f"comma-separated objectives shown at first (default {','.join(PAPER_METHODS)})")
+    p.add_argument(
+        "--objectives", help=f"comma-separated objectives shown at first (default {','.join(PAPER_METHODS)})"
+    )
     p.set_defaults(func=run_explore)
 
 

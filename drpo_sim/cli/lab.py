@@ -41,7 +41,9 @@ def configure_lm(lm: argparse.ArgumentParser) -> None:
     sub = lm.add_subparsers(dest="lm_command", required=True)
 
     p = sub.add_parser("pretrain", help="supervised pretraining on the sorting task (cached by configuration)")
-    p.add_argument("--out", required=True, help="checkpoint directory (the file is named by a hash of the configuration)")
+    p.add_argument(
+        "--out", required=True, help="checkpoint directory (the file is named by a hash of the configuration)"
+    )
     _pretrain_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_pretrain)
@@ -57,14 +59,18 @@ def configure_lm(lm: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="RL seed (default 0)")
     p.add_argument("--steps", type=int, default=None, help=f"RL steps (default {defaults.steps})")
     p.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate (default {defaults.lr:g})")
-    p.add_argument("--out", required=True, help="output directory: the result table, the token log, the checkpoint cache")
+    p.add_argument(
+        "--out", required=True, help="output directory: the result table, the token log, the checkpoint cache"
+    )
     p.add_argument("--checkpoint",
                    help="pretrained checkpoint (.pt from `drpo-sim lm pretrain`; default: pretrain into OUT/lm_cache)")
     p.add_argument("--save-tokens", action="store_true", help="also write the token log (one TokenBatch per update)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("compare", help="objectives x engine precisions x seeds: result table, figures, summary, token logs")
+    p = sub.add_parser(
+        "compare", help="objectives x engine precisions x seeds: result table, figures, summary, token logs"
+    )
     group = p.add_mutually_exclusive_group()
     for name in PROFILES:
         prof = SPEC.profile(name)
@@ -94,12 +100,17 @@ def _pretrain_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    cfg = PretrainConfig(n_digits=args.n_digits, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = PretrainConfig(
+        n_digits=args.n_digits, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
     cached = checkpoint_path(cfg, args.out).exists()
     ckpt = pretrain(cfg, args.out, progress=not args.no_progress)
     m = ckpt.metrics
-    print(f"{ckpt.path} ({'cached' if cached else 'trained'}; {num_parameters(ckpt.model()):,} parameters): "
-          f"held-out reward {m['eval_reward']:.3f} (sampled), {m['eval_greedy']:.3f} (greedy), exact {m['eval_exact']:.3f}")
+    print(
+        f"{ckpt.path} ({'cached' if cached else 'trained'}; {num_parameters(ckpt.model()):,} parameters): "
+        f"held-out reward {m['eval_reward']:.3f} (sampled), {m['eval_greedy']:.3f} (greedy), exact "
+        f"{m['eval_exact']:.3f}"
+    )
     return 0
 
 
@@ -126,8 +137,11 @@ def run_train(args: argparse.Namespace) -> int:
             meta = {"source": "drpo_sim.lm", "config": cfg.flat(), "checkpoint": ckpt.path.name if ckpt.path else None}
             writer = stack.enter_context(TokenLogWriter(tokens, metadata=meta))
         df = train(cfg, ckpt, writer, progress=not args.no_progress)
-    path = write_results(df, out / f"{stem}.parquet",
-                         {"lab": cfg.flat(), "pretrain": dataclasses.asdict(ckpt.config), "pretrain_metrics": ckpt.metrics})
+    path = write_results(
+        df,
+        out / f"{stem}.parquet",
+        {"lab": cfg.flat(), "pretrain": dataclasses.asdict(ckpt.config), "pretrain_metrics": ckpt.metrics},
+    )
     last = df.tail(min(10, len(df)))
     print(f"{cfg.build_objective()} on a {cfg.precision} engine, seed {cfg.seed}, {cfg.steps} steps: held-out reward "
           f"{df['initial_eval_reward'].iloc[0]:.3f} -> {last['eval_reward'].mean():.3f} (mean of the last {len(last)} "

@@ -26,7 +26,9 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
                    help="objective parameter, e.g. drpo.delta=2.5 (repeatable)")
     p.add_argument("--updates", metavar="K,...", help="keep only these mini-batch updates of each step (the update "
                    "column); 0 isolates the training-inference mismatch from the policy's drift within a step")
-    p.add_argument("--batch-size", type=int, default=1 << 20, help="tokens per batch; bounds the memory (default 1048576)")
+    p.add_argument(
+        "--batch-size", type=int, default=1 << 20, help="tokens per batch; bounds the memory (default 1048576)"
+    )
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     p.add_argument("--formats", default="png", help="comma-separated image formats (default png)")
     p.add_argument("--label", help="name of the log in the figure titles (default: the file names)")

@@ -66,7 +66,9 @@ class LongTailBandit:
         last = max(self.rare_quantile * v, self.first_rewarded_rank + n - 1)
         ranks = np.round(np.geomspace(self.first_rewarded_rank, last, n)).astype(np.int64)
         # geometric spacing rounds several small ranks onto one integer: push duplicates apart
-        ranks = np.maximum.accumulate(np.maximum(ranks, self.first_rewarded_rank + np.arange(n)) - np.arange(n)) + np.arange(n)
+        ranks = np.maximum.accumulate(
+            np.maximum(ranks, self.first_rewarded_rank + np.arange(n)) - np.arange(n)
+        ) + np.arange(n)
         if ranks[-1] > v:
             raise ValueError(f"{n} rewarded tokens from rank {self.first_rewarded_rank} do not fit a vocabulary of {v}")
         return ranks - 1

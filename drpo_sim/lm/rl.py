@@ -203,7 +203,9 @@ def _train(config: LabConfig, checkpoint: Checkpoint | str, token_log: TokenLogW
         for u in range(U):
             sl = slice(u * mb, (u + 1) * mb)
             logp = token_logprobs(model, seqs[sl], task.prompt_len)
-            loss, m = objectives.policy_loss(obj, logp, logp_mu[sl], adv[sl], mask[sl], agg_mode=config.agg_mode, horizon=H)
+            loss, m = objectives.policy_loss(
+                obj, logp, logp_mu[sl], adv[sl], mask[sl], agg_mode=config.agg_mode, horizon=H
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
@@ -213,8 +215,23 @@ def _train(config: LabConfig, checkpoint: Checkpoint | str, token_log: TokenLogW
             nonfinite |= not finite
             acc.append({**m, "grad_norm": norm})
             if token_log is not None:
-                token_log.write(_token_batch(logp, logp_mu[sl], logp_old[sl], adv[sl], mask[sl], seqs[sl, task.prompt_len:],
-                                             reward[sl], step, u, sl, B, G, config.seed))
+                token_log.write(
+                    _token_batch(
+                        logp,
+                        logp_mu[sl],
+                        logp_old[sl],
+                        adv[sl],
+                        mask[sl],
+                        seqs[sl, task.prompt_len :],
+                        reward[sl],
+                        step,
+                        u,
+                        sl,
+                        B,
+                        G,
+                        config.seed,
+                    )
+                )
         row.update(_mean_update_metrics(acc))
         row["nonfinite"] = nonfinite
         # 5. evaluation of the float32 trainer on the held-out prompts
@@ -229,7 +246,11 @@ def _mismatch(logp_old: torch.Tensor, logp_mu: torch.Tensor, mask: torch.Tensor)
     max, and the mean log-ratio ``log pi_old - log mu`` (per token, nats)."""
     lo, lm = logp_old[mask].double(), logp_mu[mask].double()
     shift = (lo.exp() - lm.exp()).abs()
-    return {"mismatch_mean": float(shift.mean()), "mismatch_max": float(shift.max()), "log_ratio_mean": float((lo - lm).mean())}
+    return {
+        "mismatch_mean": float(shift.mean()),
+        "mismatch_max": float(shift.max()),
+        "log_ratio_mean": float((lo - lm).mean()),
+    }
 
 
 def _mean_update_metrics(acc: list[dict[str, float]]) -> dict[str, float]:

@@ -135,8 +135,10 @@ def detect_format(path: str | os.PathLike, mapping: Mapping[str, str] | None = N
             return "generic"
         if token_log.sniff(schema):
             return "tokens"
-        raise ValueError(f"{path}: cannot detect the format: a Parquet file without the token-log columns; "
-                         "read it with --format generic and a mapping, e.g. --map logp=...,logp_behavior=...,advantage=...")
+        raise ValueError(
+            f"{path}: cannot detect the format: a Parquet file without the token-log columns; "
+            "read it with --format generic and a mapping, e.g. --map logp=...,logp_behavior=...,advantage=..."
+        )
     if suffix == ".jsonl":
         if nemo_rl.matches(path):
             return "nemo_rl"
@@ -145,8 +147,10 @@ def detect_format(path: str | os.PathLike, mapping: Mapping[str, str] | None = N
             return "nemo_rl"
         if mapping:
             return "generic"
-        raise ValueError(f"{path}: cannot detect the format: JSONL that is not a NeMo RL train_data_step*.jsonl dump; "
-                         "read it with --format generic and a mapping, e.g. --map logp=...,logp_behavior=...,advantage=...")
+        raise ValueError(
+            f"{path}: cannot detect the format: JSONL that is not a NeMo RL train_data_step*.jsonl dump; "
+            "read it with --format generic and a mapping, e.g. --map logp=...,logp_behavior=...,advantage=..."
+        )
     if suffix == ".pt":
         if path.name.startswith("drpo_dump_step"):
             return "trainer_dump"
@@ -158,8 +162,10 @@ def detect_format(path: str | os.PathLike, mapping: Mapping[str, str] | None = N
         found = list(obj) if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{path}: cannot detect the format: a torch file that is neither a slime debug dump nor a "
                          f"drpo_sim trainer dump (found {found})")
-    raise ValueError(f"{path}: cannot detect the format (unknown extension {suffix or '(none)'}); formats are "
-                     f"{list(FORMATS)}: .parquet (tokens, generic), .jsonl (nemo_rl, generic), .pt (slime, trainer_dump)")
+    raise ValueError(
+        f"{path}: cannot detect the format (unknown extension {suffix or '(none)'}); formats are "
+        f"{list(FORMATS)}: .parquet (tokens, generic), .jsonl (nemo_rl, generic), .pt (slime, trainer_dump)"
+    )
 
 
 def _dir_files(directory: Path, fmt: str) -> list[Path]:

@@ -101,7 +101,9 @@ def load_torch(path: Path, weights_only: bool = True) -> Any:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        detail = msg.split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0] if "WeightsUnpickler" in msg else msg
+        detail = (
+            msg.split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0] if "WeightsUnpickler" in msg else msg
+        )
         if "Unsupported global" in msg:
             detail = detail.split(" was not an allowed")[0]
             raise ValueError(

@@ -89,7 +89,8 @@ def resolve(path: Path, available: list[str], mapping: dict[str, str] | None) ->
         if theirs is not None:
             if theirs not in available:
                 raise ValueError(
-                    f"{path}: column {theirs!r} (mapped to {ours}) is not in the file{did_you_mean(theirs, available)}; "
+                    f"{path}: column {theirs!r} (mapped to {ours}) is not in the "
+                    f"file{did_you_mean(theirs, available)}; "
                     f"columns in the file: {available}"
                 )
             out[ours] = theirs

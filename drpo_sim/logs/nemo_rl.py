@@ -170,7 +170,9 @@ def _check(block: list[tuple[int, dict[str, np.ndarray], np.ndarray]], path: Pat
     return check_piece(piece, ctx, path, "line", NAMES)
 
 
-def _sample(obj: dict[str, Any], optional: tuple[str, ...], step: int) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+def _sample(
+    obj: dict[str, Any], optional: tuple[str, ...], step: int
+) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
     """One line's response tokens as schema columns, and their indices in the line's lists."""
     for f in REQUIRED + optional:
         if f not in obj:

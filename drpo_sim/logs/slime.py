@@ -130,8 +130,10 @@ def _samples(path: Path, obj: dict) -> tuple[list[dict[str, Any]], bool]:
     if has_lp:
         missing = [f for f in REQUIRED if f not in keys]
         if missing:
-            raise ValueError(f"{path}: missing field {missing[0]!r}{did_you_mean(missing[0], keys)}; slime train "
-                             f"dumps need {', '.join(REQUIRED)} per sample (found: {', '.join(sorted(map(str, keys)))})")
+            raise ValueError(
+                f"{path}: missing field {missing[0]!r}{did_you_mean(missing[0], keys)}; slime train "
+                f"dumps need {', '.join(REQUIRED)} per sample (found: {', '.join(sorted(map(str, keys)))})"
+            )
     return samples, has_lp
 
 
@@ -268,7 +270,9 @@ def _sample(s: dict[str, Any], i: int, rollout: tuple[Path, dict] | None, by_ind
     if tok_raw is not None:
         tok = numbers_1d(tok_raw, "tokens", integer=True)
         if tok.size < size:
-            raise SampleError(f"tokens has {tok.size} entries, fewer than the {size} response tokens", "length mismatch")
+            raise SampleError(
+                f"tokens has {tok.size} entries, fewer than the {size} response tokens", "length mismatch"
+            )
         cols["token_id"] = tok[tok.size - size:]
     if step is not None:
         cols["step"] = np.full(size, step, np.int64)

@@ -48,8 +48,26 @@ from drpo_sim.paper.analyses import (
 from drpo_sim.paper.manifest import required_json
 from drpo_sim.paper.specs import param_suffix
 
-__all__ = ["CLAIMS_FILE", "STATEMENTS", "ClaimResult", "claim_1", "claim_2", "claim_3", "claim_4", "claim_5", "claim_6",
-           "claim_7", "claim_8", "claim_9", "claim_10", "claim_11", "claim_12", "claims_from_results", "load_claims", "write_claims"]
+__all__ = [
+    "CLAIMS_FILE",
+    "STATEMENTS",
+    "ClaimResult",
+    "claim_1",
+    "claim_2",
+    "claim_3",
+    "claim_4",
+    "claim_5",
+    "claim_6",
+    "claim_7",
+    "claim_8",
+    "claim_9",
+    "claim_10",
+    "claim_11",
+    "claim_12",
+    "claims_from_results",
+    "load_claims",
+    "write_claims",
+]
 
 CLAIMS_FILE = "claims.json"
 
@@ -202,10 +220,12 @@ def claim_3(small_deltas: Sequence[float] = (0.15, 0.5), n_plane: int = 400) -> 
     numbers["delta12.5_corrective_fraction"] = float(np.mean(np.concatenate(w125) < 0))
     numbers["delta12.5_min_weight"] = float(min(x.min() for x in w125))
     ok = exact and numbers["delta12.5_corrective_fraction"] == 0.0
-    reason = (f"on {2 * len(mu):,} grid points (both signs of A) w < 0 exactly where sign(A)(pi - mu) > delta for delta "
-              f"in {list(small_deltas)} (corrective on {numbers[f'delta{small_deltas[0]:g}_corrective_fraction']:.1%} of the "
-              f"plane at delta = {small_deltas[0]:g}); at delta = 12.5 the smallest weight is "
-              f"{numbers['delta12.5_min_weight']:.3f}, never negative")
+    reason = (
+        f"on {2 * len(mu):,} grid points (both signs of A) w < 0 exactly where sign(A)(pi - mu) > delta for delta "
+        f"in {list(small_deltas)} (corrective on {numbers[f'delta{small_deltas[0]:g}_corrective_fraction']:.1%} of the "
+        f"plane at delta = {small_deltas[0]:g}); at delta = 12.5 the smallest weight is "
+        f"{numbers['delta12.5_min_weight']:.3f}, never negative"
+    )
     return ClaimResult(3, "supported" if ok else "not supported", reason, numbers, ["drpo_sim.objectives"],
                        [weight_table.SPEC.plane_figure, fixed_points.SPEC.figure])
 
@@ -244,11 +264,13 @@ def claim_5(regions: pd.DataFrame | str | Path, *, clip: str = "grpo", rare: flo
     under = numbers[f"{clip}_weight_099_to_080"] == 1.0 and numbers["dppo_tv_weight_099_to_080"] == 0.0
     clipped = numbers[f"{clip}_masked_rare"] + numbers[f"{clip}_masked_frequent"] > 0
     verdict = "supported" if over and under else ("inconclusive" if under and not clipped else "not supported")
-    reason = (f"{clip} masks {numbers[f'{clip}_masked_rare']:.1%} of tokens with mu <= {rare:g} against "
-              f"{numbers[f'{clip}_masked_frequent']:.1%} with mu > {frequent:g} (DPPO-TV: "
-              f"{numbers['dppo_tv_masked_rare']:.1%} and {numbers['dppo_tv_masked_frequent']:.1%}); the move 0.99 -> 0.80 "
-              f"(ratio {numbers['ratio_099_to_080']:.3f}) keeps weight {numbers[f'{clip}_weight_099_to_080']:g} under "
-              f"{clip}, {numbers['dppo_tv_weight_099_to_080']:g} under DPPO-TV")
+    reason = (
+        f"{clip} masks {numbers[f'{clip}_masked_rare']:.1%} of tokens with mu <= {rare:g} against "
+        f"{numbers[f'{clip}_masked_frequent']:.1%} with mu > {frequent:g} (DPPO-TV: "
+        f"{numbers['dppo_tv_masked_rare']:.1%} and {numbers['dppo_tv_masked_frequent']:.1%}); the move 0.99 -> 0.80 "
+        f"(ratio {numbers['ratio_099_to_080']:.3f}) keeps weight {numbers[f'{clip}_weight_099_to_080']:g} under "
+        f"{clip}, {numbers['dppo_tv_weight_099_to_080']:g} under DPPO-TV"
+    )
     if not clipped:
         reason += "; the clip masks no token in this log, so it cannot show where it would"
     elif not over:
@@ -268,8 +290,13 @@ def _overlap(a: pd.Series, b: pd.Series) -> bool:
     return _above(a, b, "final") == 0
 
 
-def claim_7(sensitivity: pd.DataFrame | str | Path, *, dppo: str = "dppo_tv", drpo_deltas: Sequence[float] = (2.5, 12.5),
-            source: str | None = None) -> ClaimResult:
+def claim_7(
+    sensitivity: pd.DataFrame | str | Path,
+    *,
+    dppo: str = "dppo_tv",
+    drpo_deltas: Sequence[float] = (2.5, 12.5),
+    source: str | None = None,
+) -> ClaimResult:
     """Claim 7, from the threshold-sensitivity summary (``threshold_sensitivity.csv``: one row per
     method, ``delta`` and noise ``level``, with the final-reward IQM and its interval).
 
@@ -300,9 +327,11 @@ def claim_7(sensitivity: pd.DataFrame | str | Path, *, dppo: str = "dppo_tv", dr
         flat &= all(_overlap(rows[0], r) for r in rows[1:])
     grows = needed[-1] > needed[0]
     verdict = "supported" if grows and flat else "not supported"
-    reason = (f"DPPO-TV needs delta >= {needed[0]:g} to come within the best's interval at the lowest noise and "
-              f">= {needed[-1]:g} at the highest ({'grows' if grows else 'does not grow'}); DRPO's intervals at delta "
-              f"{' and '.join(f'{x:g}' for x in drpo_deltas)} {'overlap' if flat else 'do not overlap'} at every noise level")
+    reason = (
+        f"DPPO-TV needs delta >= {needed[0]:g} to come within the best's interval at the lowest noise and "
+        f">= {needed[-1]:g} at the highest ({'grows' if grows else 'does not grow'}); DRPO's intervals at delta "
+        f"{' and '.join(f'{x:g}' for x in drpo_deltas)} {'overlap' if flat else 'do not overlap'} at every noise level"
+    )
     return ClaimResult(7, verdict, reason, numbers, [source or name or "sensitivity table"],
                        [thresholds.SPEC.name])
 
@@ -318,15 +347,27 @@ def claim_12(summary: pd.DataFrame | str | Path, *, source: str | None = None) -
     table, name = _table(summary)
     t = table.set_index("method")
     drpo, base = t.loc["drpo"], t.loc["pg_is"]
-    numbers = {"drpo_final_iqm": drpo["final_iqm"], "drpo_final_low": drpo["final_low"], "drpo_final_high": drpo["final_high"],
-               "pg_is_final_iqm": base["final_iqm"], "pg_is_final_low": base["final_low"], "pg_is_final_high": base["final_high"],
-               "p_improve": drpo["p_improve"], "p_improve_low": drpo["p_improve_low"], "p_improve_high": drpo["p_improve_high"],
-               "n_seeds": drpo["n_seeds"]}
+    numbers = {
+        "drpo_final_iqm": drpo["final_iqm"],
+        "drpo_final_low": drpo["final_low"],
+        "drpo_final_high": drpo["final_high"],
+        "pg_is_final_iqm": base["final_iqm"],
+        "pg_is_final_low": base["final_low"],
+        "pg_is_final_high": base["final_high"],
+        "p_improve": drpo["p_improve"],
+        "p_improve_low": drpo["p_improve_low"],
+        "p_improve_high": drpo["p_improve_high"],
+        "n_seeds": drpo["n_seeds"],
+    }
     separate = not _overlap(drpo, base) or not (drpo["p_improve_low"] <= 0.5 <= drpo["p_improve_high"])
-    reason = (f"final reward {drpo['final_iqm']:.3f} [{drpo['final_low']:.3f}, {drpo['final_high']:.3f}] for DRPO against "
-              f"{base['final_iqm']:.3f} [{base['final_low']:.3f}, {base['final_high']:.3f}] for pg_is over {int(drpo['n_seeds'])} "
-              f"seeds; P(DRPO > pg_is) = {drpo['p_improve']:.2f} [{drpo['p_improve_low']:.2f}, {drpo['p_improve_high']:.2f}]: "
-              + ("a measurable difference" if separate else "no measurable difference at this scale"))
+    reason = (
+        f"final reward {drpo['final_iqm']:.3f} [{drpo['final_low']:.3f}, {drpo['final_high']:.3f}] for DRPO against "
+        f"{base['final_iqm']:.3f} [{base['final_low']:.3f}, {base['final_high']:.3f}] for pg_is over "
+        f"{int(drpo['n_seeds'])} "
+        f"seeds; P(DRPO > pg_is) = {drpo['p_improve']:.2f} [{drpo['p_improve_low']:.2f}, "
+        f"{drpo['p_improve_high']:.2f}]: "
+        + ("a measurable difference" if separate else "no measurable difference at this scale")
+    )
     return ClaimResult(12, "supported" if separate else "not supported", reason, numbers, [source or name or "summary"],
                        [convergence.SPEC.name])
 
@@ -419,11 +460,13 @@ def claim_4(settings_table: pd.DataFrame | str | Path, anchor_table: pd.DataFram
     neg = a.loc[(stress, neg_only)] if where == stress else None
     if worst == 0:
         verdict = "not supported"
-        reason = (f"no seed of {', '.join(free)} collapsed in any of {len(cells)} rollout-anchored settings; the "
-                  f"mismatch at the last step is at most {growth:.2f} of its peak (it falls as the policy sharpens, "
-                  f"it does not grow). Under stress {free[0]} ends at {numbers[_key(free[0], stress, 'final_iqm')]:.3f} "
-                  f"and the negative-only mask at {numbers[_key(neg_only, stress, 'final_iqm')]:.3f}: nothing to "
-                  "stabilise at this scale")
+        reason = (
+            f"no seed of {', '.join(free)} collapsed in any of {len(cells)} rollout-anchored settings; the "
+            f"mismatch at the last step is at most {growth:.2f} of its peak (it falls as the policy sharpens, "
+            f"it does not grow). Under stress {free[0]} ends at {numbers[_key(free[0], stress, 'final_iqm')]:.3f} "
+            f"and the negative-only mask at {numbers[_key(neg_only, stress, 'final_iqm')]:.3f}: nothing to "
+            "stabilise at this scale"
+        )
     else:
         better = neg is not None and neg["collapse_rate"] < worst
         verdict = "supported" if better else "inconclusive"
@@ -579,10 +622,13 @@ def claim_11(anchor_table: pd.DataFrame | str | Path) -> ClaimResult:
     numbers["pairs"], numbers["more_mismatch"], numbers["less_mismatch"] = len(sides), len(more), len(less)
     numbers["higher_reward"], numbers["lower_reward"] = len(up), len(down)
     verdict = _majority(more, less, len(sides))
-    reason = (f"with the recomputed anchor the final mismatch is higher in {len(more)} of {len(sides)} (method, setting) "
-              f"pairs and lower in {len(less)}" + (f" ({', '.join(less)})" if less else "")
-              + f"; its final reward is higher in {len(up)} and lower in {len(down)}"
-              + (f" (higher: {', '.join(up)})" if up else ""))
+    reason = (
+        f"with the recomputed anchor the final mismatch is higher in {len(more)} of {len(sides)} (method, setting) "
+        f"pairs and lower in {len(less)}"
+        + (f" ({', '.join(less)})" if less else "")
+        + f"; its final reward is higher in {len(up)} and lower in {len(down)}"
+        + (f" (higher: {', '.join(up)})" if up else "")
+    )
     return ClaimResult(11, verdict, reason, numbers, [name or "anchor summary"],
                        [anchor.FP8_FIGURE.name, anchor.STRESS_FIGURE.name])
 

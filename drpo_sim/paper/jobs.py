@@ -56,7 +56,9 @@ def _jsonable(obj):
 # geometry and flows (no training)
 
 
-def geometry_figures(out: str | Path, spec: GeometrySpec | None = None, formats: Formats = ("png",)) -> list[FigureRecord]:
+def geometry_figures(
+    out: str | Path, spec: GeometrySpec | None = None, formats: Formats = ("png",)
+) -> list[FigureRecord]:
     """The trust-region geometry figures (DRPO paper's Table 1 drawn out, Figure 1, delta range)."""
     spec = spec or GeometrySpec(geometry.GeometryConfig())
     cfg = spec.config
@@ -99,8 +101,16 @@ def geometry_figures(out: str | Path, spec: GeometrySpec | None = None, formats:
     write_csv(ranges, out / spec.delta_range_file)
     write_csv(range_curves, out / spec.delta_curves_file)
     files = plots.drpo_range_figure(ranges, range_curves, out / spec.delta_range_figure, formats=formats)
-    records.append(FigureRecord(spec.delta_range_figure, _names(files), spec.delta_range_file, "geometry.drpo_weight_range",
-                                config, time.perf_counter() - t0))
+    records.append(
+        FigureRecord(
+            spec.delta_range_figure,
+            _names(files),
+            spec.delta_range_file,
+            "geometry.drpo_weight_range",
+            config,
+            time.perf_counter() - t0,
+        )
+    )
     return records
 
 
@@ -116,8 +126,12 @@ def flow_figures(out: str | Path, spec: FlowSpec, formats: Formats = ("png",)) -
     field, rest = dynamics.flow_field(objs, cfg=cfg)
     write_csv(rest, out / spec.rest_curves_file)
     files = plots.flow_figure(
-        field, rest, out / spec.figure, formats=formats,
-        title="Where pi comes to rest when mu is frozen (exact expected update of one token; colour: direction and speed of pi)",
+        field,
+        rest,
+        out / spec.figure,
+        formats=formats,
+        title="Where pi comes to rest when mu is frozen (exact expected update of one token; colour: direction and "
+              "speed of pi)",
     )
     config = {"flow": dataclasses.asdict(cfg), "objectives": [f"{n}{p}" for n, p in objs]}
     return [FigureRecord(spec.figure, _names(files), spec.rest_points_file, "dynamics.rest_point_table", config,
@@ -157,8 +171,10 @@ def convergence_figures(out: str | Path, spec: ConvergenceSpec, profile: str, ru
     write_csv(summary, out / spec.summary_file)
     o, e = cfg.offpolicy, cfg.env
     title = (
-        f"Tabular task ({e.n_prompts} prompts x {e.horizon} tokens, V = {e.vocab_size}, prefix reward): {o.precision} engine "
-        f"+ logit noise {o.noise_std:g},\nrollouts {o.staleness} optimiser updates stale, {o.updates_per_batch} mini-batch "
+        f"Tabular task ({e.n_prompts} prompts x {e.horizon} tokens, V = {e.vocab_size}, prefix reward): "
+        f"{o.precision} engine "
+        f"+ logit noise {o.noise_std:g},\nrollouts {o.staleness} optimiser updates stale, {o.updates_per_batch} "
+        "mini-batch "
         "updates per batch"
     )
     files = plots.curves_figure(
@@ -219,7 +235,9 @@ def sensitivity_figures(out: str | Path, spec: SensitivitySpec, profile: str, ru
                       "grid": grid}, source=f"threshold sensitivity ({profile})")
     df = _run_sweep(sw, runner, spec.name)
     summary = stats.summarize_runs(df, group=("method", "noise_std", "param_delta"), nan_policy="omit")
-    summary = summary.rename(columns={"param_delta": "delta"}).assign(level=lambda d: [f"noise {v:g}" for v in d["noise_std"]])
+    summary = summary.rename(columns={"param_delta": "delta"}).assign(
+        level=lambda d: [f"noise {v:g}" for v in d["noise_std"]]
+    )
     write_csv(summary, out / spec.data_file)
     files = plots.sensitivity_figure(
         summary, out / spec.name, formats=formats,
@@ -248,8 +266,10 @@ def panel_table(spec: PanelSpec, profile: str, runner: Runner) -> pd.DataFrame:
     ``setting`` and ``variant`` added to :func:`drpo_sim.sim.simulate`'s."""
     cells = panel_cells(spec, profile)
     tables = runner.run(cells, desc=spec.name)
-    return pd.concat([t.assign(setting=c.labels["setting"], variant=c.labels["variant"]) for c, t in zip(cells, tables)],
-                     ignore_index=True)
+    return pd.concat(
+        [t.assign(setting=c.labels["setting"], variant=c.labels["variant"]) for c, t in zip(cells, tables)],
+        ignore_index=True,
+    )
 
 
 PANEL_METRICS = (("expected_reward", "expected reward of pi", False), ("shift_mean", "mean abs(pi - mu)", True))
@@ -339,7 +359,9 @@ def replay_figures(result: analysis.ReplayResult, out: str | Path, *, label: str
     return records
 
 
-def replay_sim_figures(out: str | Path, spec: ReplaySpec, profile: str, formats: Formats = ("png",)) -> list[FigureRecord]:
+def replay_sim_figures(
+    out: str | Path, spec: ReplaySpec, profile: str, formats: Formats = ("png",)
+) -> list[FigureRecord]:
     """Save a simulator run's token log and replay it like a real one (one code path).
 
     The log is written to ``out/token_logs/sim_<method>.parquet`` with
@@ -392,8 +414,10 @@ def lab_figures(out: str | Path, comparison: lab.Comparison, formats: Formats = 
     labcfg = config["lab"]
     task = (f"tiny transformer ({pcfg.n_layers} layers, d_model {pcfg.d_model}, {pcfg.n_heads} heads) sorting "
             f"{pcfg.n_digits} digits, pretrained {pcfg.steps} steps (held-out reward {pre['eval_reward']:.2f})")
-    setup = (f"{labcfg['prompts_per_step']} prompts x G = {labcfg['group_size']}, {labcfg['updates_per_batch']} "
-             f"mini-batch updates anchored to the engine's mu, AdamW lr {labcfg['lr']:g}; {len(seeds)} seeds x {steps} steps")
+    setup = (
+        f"{labcfg['prompts_per_step']} prompts x G = {labcfg['group_size']}, {labcfg['updates_per_batch']} "
+        f"mini-batch updates anchored to the engine's mu, AdamW lr {labcfg['lr']:g}; {len(seeds)} seeds x {steps} steps"
+    )
     panels = [(f"{p} engine: held-out reward", bands[bands["precision"] == p]) for p in precisions]
     files = plots.curves_figure(panels, out / "lm_reward", formats=formats,
                                 title=f"RL from reduced-precision rollouts, {task};\n{setup}; held-out reward: "
@@ -408,9 +432,13 @@ def lab_figures(out: str | Path, comparison: lab.Comparison, formats: Formats = 
         mm = stats.curve_bands(df[df["precision"].isin(low)], "mismatch_mean", group=("precision", "method"))
         write_csv(mm, out / "lm_mismatch.csv")
         panels = [(f"{p} engine: mean abs(pi - mu)", mm[mm["precision"] == p]) for p in low]
-        files = plots.curves_figure(panels, out / "lm_mismatch", formats=formats, logy=[True] * len(panels),
-                                    title="Training-inference mismatch at rollout (fp32 trainer vs engine copy, sampled "
-                                    f"tokens),\n{task}")
+        files = plots.curves_figure(
+            panels,
+            out / "lm_mismatch",
+            formats=formats,
+            logy=[True] * len(panels),
+            title=f"Training-inference mismatch at rollout (fp32 trainer vs engine copy, sampled tokens),\n{task}",
+        )
         records.append(FigureRecord("lm_mismatch", _names(files), "lm_mismatch.csv", "run.lab.compare", config,
                                     time.perf_counter() - t1, list(seeds)))
     return records
@@ -436,7 +464,9 @@ def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner:
         t1 = time.perf_counter()
         log = out / lab.TOKENS_DIR / lab.token_log_name(spec.replay_objective, precision, comparison.seeds[0])
         result = analysis.replay_log(logs.open_log(log, fmt="tokens"), updates=[0])
-        label = f"tiny LM lab, {spec.replay_objective} with {precision} rollouts (fp32 trainer), first update of each step"
+        label = (
+            f"tiny LM lab, {spec.replay_objective} with {precision} rollouts (fp32 trainer), first update of each step"
+        )
         records += replay_figures(result, out, label=label, prefix=spec.replay_prefix(precision), formats=formats,
                                   wall_time_s=time.perf_counter() - t1)
     return records

@@ -246,8 +246,10 @@ def _what_drpo_is(ctx: _Context) -> str:
          "weight."),
     ]
     geometry = weight_table.SPEC
-    for name, caption in ((geometry.weight_figure, "Every objective's weight against pi at fixed mu"),
-                          (geometry.plane_figure, "SPO's and DRPO's weight over the (mu, pi) plane with the hard masks")):
+    for name, caption in (
+        (geometry.weight_figure, "Every objective's weight against pi at fixed mu"),
+        (geometry.plane_figure, "SPO's and DRPO's weight over the (mu, pi) plane with the hard masks"),
+    ):
         if ctx.has_png(name):
             parts.append(ctx.figure(name, caption))
     parts.append(_delta_range(ctx))
@@ -556,9 +558,10 @@ def write_report(results: Path | str, paper: Path | str, *, check: bool = True) 
 
     Figures are embedded as PNGs with links relative to ``paper``, only where the file exists. With
     ``check`` (the default) the report's numbers are first checked against the result files
-    (:func:`check_numbers`, restricted to :func:`report_inputs`) and a :class:`ValueError` lists the first problems if any is not there,
-    leaving no file written. A missing ``claims.json`` or ``MANIFEST.json`` is a
-    :class:`FileNotFoundError` naming the file; a malformed one a :class:`ValueError`.
+    (:func:`~drpo_sim.paper.numbers.check_numbers`, restricted to :func:`report_inputs`) and a
+    :class:`ValueError` lists the first problems if any is not there, leaving no file written. A
+    missing ``claims.json`` or ``MANIFEST.json`` is a :class:`FileNotFoundError` naming the file; a
+    malformed one a :class:`ValueError`.
     """
     results, paper = Path(results), Path(paper)
     markdown = render_report(results, paper)
@@ -567,4 +570,4 @@ def write_report(results: Path | str, paper: Path | str, *, check: bool = True) 
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise ValueError(f"report for {results}: numbers not in the result files: {shown}")
-    return write_text(markdown, paper / "README.md")
+    return write_text(markdown, paper / REPORT_FILE)

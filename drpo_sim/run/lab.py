@@ -130,7 +130,11 @@ def compare(
         "objectives": list(objectives),
         "precisions": list(precisions),
         "method_params": {c.objective: c.build_objective().params for c in configs},
-        "lab": {k: v for k, v in dataclasses.asdict(configs[0]).items() if k not in ("objective", "params", "precision", "seed")},
+        "lab": {
+            k: v
+            for k, v in dataclasses.asdict(configs[0]).items()
+            if k not in ("objective", "params", "precision", "seed")
+        },
         "pretrain": dataclasses.asdict(pcfg),
         "pretrain_metrics": ckpt.metrics,
         "results": RESULTS_FILE,

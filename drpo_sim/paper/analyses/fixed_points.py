@@ -8,10 +8,16 @@ from drpo_sim.paper import jobs
 from drpo_sim.paper.specs import FlowSpec, Variant
 
 # the objectives drawn, with their thresholds
-SPEC = FlowSpec(objectives=(
-    Variant("pg_is"), Variant("grpo"), Variant("dppo_tv"), Variant("spo", {"eps": 0.2}), Variant("drpo", {"delta": 0.15}),
-    Variant("drpo"),
-))
+SPEC = FlowSpec(
+    objectives=(
+        Variant("pg_is"),
+        Variant("grpo"),
+        Variant("dppo_tv"),
+        Variant("spo", {"eps": 0.2}),
+        Variant("drpo", {"delta": 0.15}),
+        Variant("drpo"),
+    )
+)
 
 
 def run(out, profile, formats, runner):
