@@ -1,27 +1,27 @@
 """Per-token analyses shared by simulations and real token logs: the replay.
 
 Every token log (a simulator's ``--save-tokens``, the tiny LM lab's, or a real training run's
-through :mod:`drpo_sim.logs`) goes through this one code path (``../shared/DESIGN.md``, "One
+through :mod:`drpo_sim.logs`) goes through this one code path (``docs/layout.md``, "One
 path for the data"). :class:`ReplayAccumulator` takes :class:`~drpo_sim.tokens.TokenBatch` es one
 at a time, evaluates every objective's closed-form weight on every token with torch (on the CPU,
 or on a GPU with ``device="cuda"``), and folds the results into fixed-size histograms and sums.
 Memory is therefore bounded by the batch size, never by the log; the accumulators hold a few
 megabytes whatever the number of tokens.
 
-What is measured, on the tokens with ``mask == True`` (notation of ``../shared/REFERENCE.md``:
+What is measured, on the tokens with ``mask == True`` (notation of ``docs/reference.md``:
 ``mu = exp(logp_behavior)`` the behaviour/inference probability, ``pi = exp(logp)``):
 
 * **Mismatch** per ``mu`` bin (DPPO paper, Qi et al. 2026, Figure 2): the distribution of the
   ratio ``r = pi / mu`` (through ``log r``) and of the shift ``pi - mu = mu * (r - 1)``; quantile
   bands, means, the maximum ``abs(pi - mu)``.
 * **Regions** per objective, ``mu`` bin and advantage sign: the fraction of tokens whose weight
-  ``w`` (``dJ/dlogp = A r w``, REFERENCE.md "Notation") is ``0`` (masked), in ``(0, 1)``
+  ``w`` (``dJ/dlogp = A r w``, ``docs/reference.md`` "Notation") is ``0`` (masked), in ``(0, 1)``
   (attenuated), ``< 0`` (corrective), ``> 1`` (amplified) or exactly ``1``; the distribution of
   ``w``; and the **gradient mass** the objective keeps, ``sum abs(A r w) / sum abs(A r)``: the
   share of the unregularised importance-sampled gradient's per-token magnitude that survives
   (``> 1`` where weights amplify).
 * **Rare tokens**: the share of tokens with ``mu <= 0.01`` (about 7.8% in the published runs,
-  REFERENCE.md "Published sizes") and every objective's weights on them, where SPO's weight
+  ``docs/reference.md`` "Published sizes") and every objective's weights on them, where SPO's weight
   ``1 - sign(A)(r - 1)/eps`` is unbounded while DRPO's ``1 - sign(A)(pi - mu)/delta`` is not.
 * **Per step** (when the log has a ``step`` column): tokens, mean and max ``abs(pi - mu)``, mean
   log-ratio and each objective's masked fraction.

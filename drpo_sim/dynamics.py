@@ -11,7 +11,7 @@ expected update over ``a ~ mu`` (the token is sampled with probability ``mu``) i
 
 with ``dJ/dlogp`` the registry's closed form (:meth:`Objective.grad_logp`).
 
-Rest points are the zeros of ``v`` in ``0 < pi < 1``, i.e. ``w(pi) = 0``. REFERENCE.md
+Rest points are the zeros of ``v`` in ``0 < pi < 1``, i.e. ``w(pi) = 0``. docs/reference.md
 ("Per-token maximisers") predicts: DRPO at ``pi = mu + sign(A) delta``; SPO at
 ``r = 1 + sign(A) eps``; PPO / GRPO and DPPO stop at their boundaries (the whole masked region
 beyond is at rest); ``pg_is`` (and ``cispo``, whose weight never vanishes) has none: ``pi`` runs to
@@ -110,7 +110,7 @@ def derivative(obj: objectives.Objective, z: np.ndarray, mu: np.ndarray, adv: np
 
 
 def expected_rest_point(name: str, params: dict, mu: float, sign: float) -> tuple[str, float]:
-    """REFERENCE.md's prediction for a start at ``pi = mu``: ``(kind, pi*)``.
+    """The prediction of docs/reference.md for a start at ``pi = mu``: ``(kind, pi*)``.
 
     ``kind`` is ``"interior"`` (a zero of the weight), ``"boundary"`` (the flow stops where a clip
     or mask switches on) or ``"runaway"`` (no rest point: ``pi*`` is 1 or 0).
@@ -139,7 +139,7 @@ def expected_rest_point(name: str, params: dict, mu: float, sign: float) -> tupl
         return ("boundary", brentq(f, mu, far)) if f(far) > 0 else ("runaway", edge)
     if name in ("pg_is", "cispo"):
         return ("runaway", edge)
-    raise ValueError(f"REFERENCE.md states no rest point for {name!r}")
+    raise ValueError(f"docs/reference.md states no rest point for {name!r}")
 
 
 REFERENCE_OBJECTIVES: tuple[tuple[str, dict], ...] = (
@@ -164,7 +164,7 @@ def rest_point_table(
     cfg: FlowConfig = FlowConfig(),
 ) -> pd.DataFrame:
     """One row per objective, ``mu`` and sign of ``A``: where the iteration from ``pi = mu`` comes to
-    rest, REFERENCE.md's prediction, and the local stability there.
+    rest, the reference's prediction (docs/reference.md), and the local stability there.
 
     Columns: ``objective`` (with parameters), ``name``, ``mu``, ``adv_sign``, ``pi_rest``,
     ``pi_before`` (the iterate before the last: a boundary lies between the two), ``kind``
@@ -218,7 +218,7 @@ def flow_field(
     Returns ``(field, rest)``: ``field`` has one row per grid point (``mu``, ``pi`` on a logit
     grid from 1e-3 to 1 - 1e-3) with ``dpi = pi (1 - pi) h`` (the rate of change of ``pi`` per unit
     step); ``rest`` has, for the same grid of ``mu``, where the iteration from ``pi = mu`` ends,
-    whether it came to rest there, and REFERENCE.md's prediction (``expected_pi``, NaN where it
+    whether it came to rest there, and the prediction of docs/reference.md (``expected_pi``, NaN where it
     makes none).
     """
     grid = expit(np.linspace(logit(1e-3), logit(1 - 1e-3), n))
@@ -234,7 +234,7 @@ def flow_field(
             pi_rest, _, _, conv = iterate(obj, grid, np.full(grid.shape, s), cfg)
             try:
                 expected = [expected_rest_point(name, obj.params, m, s)[1] for m in grid]
-            except ValueError:  # no prediction in REFERENCE.md for this objective
+            except ValueError:  # no prediction in docs/reference.md for this objective
                 expected = np.full(grid.shape, np.nan)
             rests.append(pd.DataFrame({"objective": str(obj), "name": name, "adv_sign": s, "mu": grid,
                                        "pi_rest": pi_rest, "converged": conv, "expected_pi": expected}))

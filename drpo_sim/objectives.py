@@ -1,7 +1,7 @@
 """The registry of policy objectives: one definition of each surrogate and its gradient weight.
 
 Every objective is a per-token surrogate ``J_t`` over sampled tokens, to be **maximised**
-(``../shared/REFERENCE.md``, "The objectives"). With ``mu`` the behaviour probability of the
+(``docs/reference.md``, "The objectives"). With ``mu`` the behaviour probability of the
 sampled token, ``pi`` the trained policy's, ``r = pi / mu`` and ``A`` the advantage, each
 objective's gradient is plain importance-weighted policy gradient times a method-specific
 weight (the lens of Table 1 in Yao et al. 2026)::

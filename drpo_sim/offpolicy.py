@@ -29,7 +29,7 @@ composes with the others in this order (the order of an RL system's data path):
    policy that has moved; the importance ratio's denominator is the **anchor**: ``"rollout"``,
    the engine's reported log-probs (the DRPO paper's choice), or ``"recompute"``, the trainer's
    log-probs recomputed at the start of the update phase, which hide the engine mismatch and the
-   staleness from the objective (REFERENCE.md claim 11).
+   staleness from the objective (claim 11 of ``docs/reference.md``).
 
 With every channel at its default (``noise_std = bias_std = 0``, ``precision = trainer_precision = "fp64"``,
 ``top_k = 0``, ``top_p = 1``, ``staleness = 0``, ``updates_per_batch = 1``) the engine computes
@@ -224,7 +224,7 @@ def trainer_logp(logits: np.ndarray, cfg: OffPolicyConfig) -> np.ndarray:
 def mismatch_stats(logp_pi: np.ndarray, logp_mu: np.ndarray, *, rare: float = 0.01) -> dict[str, float]:
     """Exact mismatch statistics of two full distributions ``[..., V]``, expectations under ``mu``.
 
-    The quantities REFERENCE.md quotes from real runs: mean and max of ``abs(pi - mu)`` over
+    The quantities ``docs/reference.md`` quotes from real runs: mean and max of ``abs(pi - mu)`` over
     sampled tokens, the share of sampled tokens with ``mu <= rare``, the spread of the ratio for
     tokens with ``mu < 0.2`` (mu-weighted 5% and 95% quantiles), the mean log-ratio drift
     ``E_mu[log pi - log mu]`` (= -KL(mu || pi)), and the total variation ``0.5 sum abs(pi - mu)``,

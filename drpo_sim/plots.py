@@ -309,7 +309,7 @@ def flow_figure(
 
     Colour: the direction and speed of ``pi`` (``dpi``, signed, compressed by a cube root and
     normalised per panel); black dots: where the iteration from ``pi = mu`` comes to rest (its last
-    point where it runs off); white dashed line: REFERENCE.md's predicted rest curve; dotted:
+    point where it runs off); white dashed line: the predicted rest curve (``docs/reference.md``); dotted:
     ``pi = mu``. Rows: ``A > 0`` and ``A < 0``.
     """
     objs = list(dict.fromkeys(field["objective"]))
@@ -354,7 +354,7 @@ def flow_figure(
             Patch(color=plt.get_cmap("RdBu")(0.1), label="pi falls"),
             Line2D([], [], color="k", marker="o", ls="", ms=4, label="rest point reached from pi = mu"),
             Line2D([], [], color="0.5", marker="o", ls="", ms=4, label="no rest: runs to the edge (last point)"),
-            Line2D([], [], color="0.3", lw=2.2, ls="--", label="REFERENCE.md prediction (white)"),
+            Line2D([], [], color="0.3", lw=2.2, ls="--", label="predicted rest curve (white)"),
             Line2D([], [], color="k", lw=0.8, ls=":", label="pi = mu"),
         ]
         fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.08))

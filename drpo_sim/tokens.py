@@ -1,6 +1,6 @@
 """The one token record: :class:`TokenBatch`, and token logs as Parquet files.
 
-Every part of drpo_sim exchanges tokens in this form (``../shared/DESIGN.md``, "One token
+Every part of drpo_sim exchanges tokens in this form (``docs/layout.md``, "One token
 record"): the simulator emits a ``TokenBatch`` at each update, the log loaders produce one per
 training step, the tiny LM lab writes them, and every analysis consumes them. A simulation saved
 with :class:`TokenLogWriter` is replayed with :func:`read_token_log` exactly like a real log.
@@ -8,7 +8,7 @@ with :class:`TokenLogWriter` is replayed with :func:`read_token_log` exactly lik
 Schema
 ------
 
-One row per sampled token. Notation as in ``../shared/REFERENCE.md`` ("Notation"): ``pi`` is the
+One row per sampled token. Notation as in ``docs/reference.md`` ("Notation"): ``pi`` is the
 policy being trained, ``mu`` the behaviour (inference) policy that sampled the rollout.
 
 =================  ========  =========  ===================================================================

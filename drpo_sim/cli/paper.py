@@ -79,8 +79,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
           + (f"; report: {res['report']}" if res["report"] else ""))
     if res["claims"] is not None:
         ours = claims.load_claims(out)
-        profile = f"{args.profile} ({out})"
-        print(claims.verdict_table(ours, reference, labels=(profile, f"committed ({ref})" if ref else "")))
+        if ref is not None:
+            print(f"verdicts of this {args.profile} run ({out}) beside those of {ref}:")
+        theirs = "committed" if ref == Path(COMMITTED) else str(ref)
+        print(claims.verdict_table(ours, reference, labels=(args.profile, theirs)))
     return 0
 
 

@@ -5,7 +5,7 @@ The initial policy is a Zipf law: ``pi_0(token of rank k) proportional to k**(-s
 rank (token 0 is the most likely). ``n_rewarded`` tokens carry a reward; their ranks are spaced
 geometrically from ``first_rewarded_rank`` to ``rare_quantile * V``, so the rewarded set runs from a
 frequent token to tokens with initial probability far below 1%: the tokens that ratio clipping
-over-penalises (REFERENCE.md claim 5). Rewards rise with rarity, linearly from ``reward_min`` on
+over-penalises (claim 5 of ``docs/reference.md``). Rewards rise with rarity, linearly from ``reward_min`` on
 the most frequent rewarded token to 1 on the rarest, so the optimum is a token the initial policy
 almost never samples and a method that learns only frequent tokens plateaus at ``reward_min``
 (``reward_min = 1`` rewards every rewarded token equally).

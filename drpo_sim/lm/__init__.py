@@ -8,8 +8,10 @@ Modules, in the order the data flows:
 * :mod:`~drpo_sim.lm.precision`: engine copies in fp32, bf16, fp16 and fp8 (float8 weights);
 * :mod:`~drpo_sim.lm.pretrain`: supervised pretraining, the checkpoint cache, evaluation;
 * :mod:`~drpo_sim.lm.rl`: the RL loop (:class:`~drpo_sim.lm.rl.LabConfig`, :func:`~drpo_sim.lm.rl.train`);
-* :mod:`~drpo_sim.lm.experiment`: objectives x precisions x seeds, figures, summary, token logs;
-* :mod:`~drpo_sim.lm.cli`: ``drpo-sim lm pretrain | train | compare``.
+
+The comparison of objectives x precisions x seeds runs as cells (:mod:`drpo_sim.run.lab`), its
+figures are drawn by :func:`drpo_sim.paper.jobs.lab_figures`, and ``drpo-sim lm pretrain | train |
+compare`` is :mod:`drpo_sim.cli.lab`.
 
 Everything is generated locally; nothing is downloaded.
 """

@@ -25,7 +25,7 @@ from drpo_sim.paper.manifest import read_json, total_wall_time
 __all__ = ["CLAIM_NUMBERS", "NumberPool", "NumericLiteral", "check_numbers", "checked_text", "format_number",
            "format_percent", "number_pool", "numeric_literals"]
 
-#: The claims of REFERENCE.md ("Claims the toolkit must be able to test"); each gets a section,
+#: The claims of ``docs/reference.md`` ("Claims the toolkit tests"); each gets a section,
 #: the ones absent from ``claims.json`` a "not tested in this run" one.
 CLAIM_NUMBERS = tuple(range(1, 13))
 
