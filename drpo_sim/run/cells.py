@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from drpo_sim import sim
+from drpo_sim import objectives, sim
 from drpo_sim.lm import rl
 from drpo_sim.provenance import code_digest
 
@@ -122,9 +122,30 @@ class Cell:
         return dataclasses.replace(self, labels={**self.labels, **labels})
 
 
+#: The configuration fields of type float (an integer given for one is the same number).
+_FLOAT_FIELDS = frozenset(k for k, v in sim.SimConfig().flat().items() if isinstance(v, float))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _float_params(method: str) -> frozenset[str]:
+    """The parameters of type float of the objective ``method`` (none if it is not registered)."""
+    if method not in objectives.available():
+        return frozenset()
+    return frozenset(f.name for f in dataclasses.fields(type(objectives.get(method))) if "float" in str(f.type))
+
+
 def sim_cell(config: Mapping[str, Any], method: str, params: Mapping[str, Any], seeds: list[int] | tuple[int, ...],
              **labels: Any) -> Cell:
     """A ``sim`` cell: ``method`` with its full objective ``params`` on ``seeds``, in the
-    configuration of the full flat ``config`` (:meth:`drpo_sim.sim.SimConfig.flat`)."""
-    spec = {"config": dict(config), "method": method, "params": dict(params), "seeds": [int(s) for s in seeds]}
+    configuration of the full flat ``config`` (:meth:`drpo_sim.sim.SimConfig.flat`). An integer
+    given for a float field or parameter becomes a float, so ``noise_std = 0`` and ``0.0`` are one
+    cell (module docstring)."""
+    floats = _float_params(method)
+    spec = {"config": {k: float(v) if k in _FLOAT_FIELDS and _is_int(v) else v for k, v in config.items()},
+            "method": method,
+            "params": {k: float(v) if k in floats and _is_int(v) else v for k, v in params.items()},
+            "seeds": [int(s) for s in seeds]}
     return Cell("sim", spec, labels)
