@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
           f"pretraining {table['pretrain_s'].iloc[0]:.2f} s; {table['gflops_per_step'].iloc[0]:.2f} GFLOP per step at "
           f"{table['matmul_gflops'].iloc[0]:.0f} GFLOP/s")
     for _, r in table.iterrows():
-        parts = ", ".join(f"{k[:-3]} {r[k]:.1f}" for k in ("engine_copy_ms", "rollout_ms", "logp_old_ms", "updates_ms", "eval_ms"))
+        phases = ("engine_copy_ms", "rollout_ms", "logp_old_ms", "updates_ms", "eval_ms")
+        parts = ", ".join(f"{k[:-3]} {r[k]:.1f}" for k in phases)
         print(f"{r['precision']:>5}: {r['step_ms']:6.1f} ms per step ({parts}); floor {r['floor_ms']:.1f} ms, "
               f"{r['step_ms'] / r['floor_ms']:.1f} x floor")
     if args.csv:

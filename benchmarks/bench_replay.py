@@ -128,7 +128,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=100_000_000, help="rows in the synthetic log (default 1e8)")
     p.add_argument("--path", type=Path, help="where to cache the log (default: the temp dir, named by size)")
     p.add_argument("--batch-size", type=int, default=1 << 20, help="tokens per batch (default 1048576)")
-    p.add_argument("--objectives", help="comma-separated objectives (default: analysis.DEFAULT_OBJECTIVES)")
+    p.add_argument("--objectives", help="comma-separated objectives (default: drpo_sim.config.REPLAY_OBJECTIVES)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each stage; the fastest is kept")
     p.add_argument("--csv", type=Path, help="also write the table as CSV")

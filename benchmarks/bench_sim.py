@@ -121,17 +121,20 @@ def main(argv=None) -> int:
             loop = time_steps([Simulation(cfg, obj, [s], None) for s in seeds], args.loop_steps or args.steps)
             bw = bandwidth(table_bytes)
             floor = TABLE_PASSES * table_bytes / bw
-            tokens = args.seeds * (cfg.train.prompts_per_step or env_obj.n_prompts) * cfg.train.group_size * env_obj.horizon
+            prompts = cfg.train.prompts_per_step or env_obj.n_prompts
+            tokens = args.seeds * prompts * cfg.train.group_size * env_obj.horizon
             rows.append({
-                "env": env, "channels": ch_name, "seeds": args.seeds, "vocab": env_obj.vocab_size, "states": env_obj.n_states,
+                "env": env, "channels": ch_name, "seeds": args.seeds, "vocab": env_obj.vocab_size,
+                "states": env_obj.n_states,
                 "tokens_per_step": tokens, "table_MB": table_bytes / 1e6, "bandwidth_GBps": bw / 1e9,
                 "ms_per_step": vec * 1e3, "steps_per_s": 1 / vec, "floor_ms": floor * 1e3, "x_floor": vec / floor,
                 "loop_ms_per_step": loop * 1e3, "loop_speedup": loop / vec,
             })
             r = rows[-1]
             print(f"{env:12s} {ch_name:11s} {r['ms_per_step']:8.2f} ms/step ({r['steps_per_s']:6.1f} steps/s)  "
-                  f"floor {r['floor_ms']:6.2f} ms ({TABLE_PASSES} passes over {r['table_MB']:.1f} MB at {r['bandwidth_GBps']:.1f} GB/s)  "
-                  f"{r['x_floor']:5.1f} x floor   per-seed loop {r['loop_ms_per_step']:8.2f} ms/step = {r['loop_speedup']:5.1f} x slower")
+                  f"floor {r['floor_ms']:6.2f} ms ({TABLE_PASSES} passes over {r['table_MB']:.1f} MB "
+                  f"at {r['bandwidth_GBps']:.1f} GB/s)  {r['x_floor']:5.1f} x floor   "
+                  f"per-seed loop {r['loop_ms_per_step']:8.2f} ms/step = {r['loop_speedup']:5.1f} x slower")
     if args.csv:
         pd.DataFrame(rows).to_csv(args.csv, index=False, float_format="%.6g")
     return 0

@@ -4,7 +4,7 @@ What it measures
 ----------------
 One grid of ``--cells`` cells (default 12: the bandit with V = 1,024 tokens, 4 seeds, 16 samples
 per step, 200 steps, engine noise 0.1; methods ``grpo`` and ``drpo`` times ``staleness`` 0, 1,
-..., ``cells / 2 - 1``), run by :func:`drpo_sim.sweep.run_sweep` into an empty directory three
+..., ``cells / 2 - 1``), run by :func:`drpo_sim.run.sweep.run_sweep` into an empty directory three
 ways:
 
 - ``single``: ``n_jobs=1``, the cells one after another in the driver's process;
@@ -55,7 +55,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drpo_sim import sweep  # noqa: E402
+from drpo_sim.run import sweep  # noqa: E402
 
 
 def grid(cells: int, steps: int, seeds: int, vocab: int) -> sweep.SweepSpec:

@@ -227,11 +227,15 @@ def binary_kl(logp_mu: Array, logp_pi: Array) -> Array:
 
 
 def _binary_kl(xp: Any, logp_mu: Array, logp_pi: Array, mu: Array) -> Array:
-    """:func:`binary_kl` with ``mu = exp(logp_mu)`` already at hand."""
+    """:func:`binary_kl` with ``mu = exp(logp_mu)`` already at hand.
+
+    ``1 - mu`` is ``-expm1(logp_mu)`` and ``mu < 1`` is ``logp_mu < 0``, both exact: ``exp`` may
+    round a ``mu`` within an ulp of 1 to 1 (NumPy's float32 ``exp`` does where torch's does not),
+    which would flip ``D`` between about 0 and infinity when ``pi = 1``."""
     with np.errstate(divide="ignore", invalid="ignore"):
         first = mu * (logp_mu - logp_pi)
-        second = (1.0 - mu) * (_log1mexp(xp, logp_mu) - _log1mexp(xp, logp_pi))
-        return first + xp.where(mu < 1.0, second, xp.zeros_like(second))
+        second = -xp.expm1(logp_mu) * (_log1mexp(xp, logp_mu) - _log1mexp(xp, logp_pi))
+        return first + xp.where(logp_mu < 0.0, second, xp.zeros_like(second))
 
 
 def _log1mexp(xp: Any, x: Array) -> Array:

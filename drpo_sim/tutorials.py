@@ -34,6 +34,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from drpo_sim import analysis, objectives, offpolicy, sim, stats, tokens
+from drpo_sim.config import PAPER_METHODS
 from drpo_sim.envs.bandit import zipf_logits
 
 __all__ = ["EXERCISES", "Exercise", "check", "exercises", "task"]
@@ -238,7 +239,7 @@ def _solve_rare_masked(p: dict) -> float:
 _BANDIT_05 = {
     "config": {"env": "bandit", "vocab_size": 256, "steps": 100, "group_size": 16, "updates_per_batch": 4,
                "noise_std": 1.0, "staleness": 16, "lr": 0.05},
-    "methods": ["pg_is", "grpo", "spo", "dppo_tv", "drpo"],
+    "methods": list(PAPER_METHODS),
     "method_params": {"spo": {"eps": 0.2}, "drpo": {"delta": 0.15}},
     "seeds": list(range(8)),
 }

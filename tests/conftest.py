@@ -6,6 +6,7 @@ reproducible; ``HYPOTHESIS_PROFILE=dev`` explores further and with fresh randomn
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -20,3 +21,13 @@ def pytest_collection_modifyitems(config, items):
     ``reproduce --quick``) then starts at once on one worker while the other works through the
     rest, instead of starting last and setting the suite's wall time on its own."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session")
+def lm_checkpoint(tmp_path_factory):
+    """The tiny transformer lab's default pretrained checkpoint (a few seconds to train), shared by
+    the tests of drpo_sim.lm, drpo_sim.run.lab and ``drpo-sim lm``; its file is alone in its cache
+    directory (``lm_checkpoint.path.parent``)."""
+    from drpo_sim.lm.pretrain import PretrainConfig, pretrain
+
+    return pretrain(PretrainConfig(), tmp_path_factory.mktemp("lm_cache"))

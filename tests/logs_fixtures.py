@@ -1,4 +1,5 @@
-"""Fixtures for tests/test_logs.py: one set of ground-truth tokens written in each dump format.
+"""Fixtures for the log loaders' tests (tests/logs/): one set of ground-truth tokens written in each
+dump format, and the helpers those tests share (``read_all``, ``assert_columns``, ``error``).
 
 Field names and nesting follow the real projects (see the loaders' docstrings for sources):
 NeMo RL's padded prompt+response lists wrapped in one-element lists, slime's ragged per-sample
@@ -16,7 +17,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
+
+from drpo_sim.logs import open_log
+from drpo_sim.tokens import TokenBatch, concat
 
 
 @dataclass
@@ -221,3 +226,32 @@ def padded(samples: list[Sample], extra: int = 2) -> dict[str, torch.Tensor]:
         out["mask"][i, :r] = torch.tensor(s.mask.astype(np.int64))
         out["token_ids"][i, :r] = torch.tensor(s.tokens)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers of the loaders' tests
+
+
+def read_all(*args, **kwargs) -> TokenBatch:
+    """Every batch :func:`drpo_sim.logs.open_log` yields for these arguments, concatenated."""
+    return concat(list(open_log(*args, **kwargs)))
+
+
+def assert_columns(batch: TokenBatch, want: dict[str, np.ndarray], columns=None) -> None:
+    """``batch``'s columns (all of ``want``, or ``columns``) equal ``want``'s, in the batch's dtypes."""
+    for name in columns or want:
+        got = getattr(batch, name)
+        assert got is not None, f"{name} missing"
+        np.testing.assert_array_equal(got, np.asarray(want[name]).astype(got.dtype), err_msg=name)
+
+
+def error(fn, *args, **kwargs) -> str:
+    """The message of the ``ValueError`` that calling ``fn`` (and reading what it returns) raises;
+    the message must be one line."""
+    with pytest.raises(ValueError) as info:
+        result = fn(*args, **kwargs)
+        if hasattr(result, "__iter__"):
+            list(result)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    return msg

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from drpo_sim import analysis, objectives
+from drpo_sim.config import REPLAY_OBJECTIVES
 from drpo_sim.tokens import TokenBatch
 
 
@@ -31,7 +32,8 @@ def assert_quantiles(x, got, levels, tol=0.01):
 
 def split(batch, parts):
     cuts = np.linspace(0, len(batch), parts + 1).astype(int)
-    return [TokenBatch.from_arrays(**{k: v[a:b] for k, v in batch.columns.items()}) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [TokenBatch.from_arrays(**{k: v[a:b] for k, v in batch.columns.items()})
+            for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def test_regions_and_gradient_mass_match_the_registry_on_cpu():
@@ -42,7 +44,8 @@ def test_regions_and_gradient_mass_match_the_registry_on_cpu():
     mu = np.exp(lb)
     mu_bin = np.searchsorted(analysis.MU_EDGES[1:-1], mu, side="left")
     r = np.exp(lp - lb)
-    for name in analysis.DEFAULT_OBJECTIVES:
+    assert list(res.objectives["objective"]) == list(REPLAY_OBJECTIVES)  # the default objectives
+    for name in REPLAY_OBJECTIVES:
         w = objectives.get(name).weight(lp, lb, a)
         reg = objectives.Regions.from_weight(w)
         row = res.objectives.set_index("objective").loc[name]
@@ -57,7 +60,8 @@ def test_regions_and_gradient_mass_match_the_registry_on_cpu():
         assert row["rare_tokens"] == rare.sum()
         assert row["rare_masked_frac"] == pytest.approx(reg.masked[rare].mean(), abs=1e-12)
         # one (mu bin, sign) cell, exactly
-        d = res.regions[(res.regions["objective"] == name) & (res.regions["mu_bin"] == 4) & (res.regions["adv_sign"] == "A<0")]
+        reg_table = res.regions
+        d = reg_table[(reg_table["objective"] == name) & (reg_table["mu_bin"] == 4) & (reg_table["adv_sign"] == "A<0")]
         sel = (mu_bin == 4) & (a < 0)
         assert int(d["tokens"].iloc[0]) == sel.sum()
         assert d["masked_frac"].iloc[0] == pytest.approx(reg.masked[sel].mean(), abs=1e-12)
@@ -126,7 +130,8 @@ def test_by_step_and_params_on_cpu():
 def test_float_bins_quantiles_on_cpu():
     bins = analysis.FloatBins(7)
     rng = np.random.default_rng(3)
-    for x in (rng.normal(size=200000), rng.standard_cauchy(200000) * 1e-4, np.r_[np.zeros(1000), rng.exponential(size=1000)]):
+    for x in (rng.normal(size=200000), rng.standard_cauchy(200000) * 1e-4,
+              np.r_[np.zeros(1000), rng.exponential(size=1000)]):
         counts = torch.bincount(bins.index(torch.from_numpy(x)), minlength=bins.size).numpy()
         assert_quantiles(x, bins.quantiles(counts, (0.05, 0.5, 0.95)), (0.05, 0.5, 0.95))
     counts = torch.bincount(bins.index(torch.tensor([np.inf, -np.inf, np.nan, 1.0])), minlength=bins.size).numpy()

@@ -1,4 +1,4 @@
-"""Frozen-mu dynamics: every rest point against REFERENCE.md, and its local stability."""
+"""drpo_sim.dynamics, frozen-mu dynamics: every rest point against docs/reference.md, and its local stability."""
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ def table():
 
 def test_every_rest_point_matches_reference_on_cpu(table):
     """DRPO at mu + sign(A) delta, SPO at r = 1 + sign(A) eps, PPO/GRPO/DPPO at their boundaries,
-    pg_is and cispo nowhere: REFERENCE.md, 'Per-token maximisers'."""
+    pg_is and cispo nowhere: docs/reference.md, 'Per-token maximisers'."""
     assert (table["kind"] == table["expected_kind"]).all(), table[table["kind"] != table["expected_kind"]]
     inner = table[table["kind"] == "interior"]
     assert set(inner["name"]) == {"drpo", "spo"}
@@ -26,7 +26,8 @@ def test_every_rest_point_matches_reference_on_cpu(table):
     hi = np.maximum(bound["pi_before"], bound["pi_rest"])
     assert ((lo <= bound["expected_pi"]) & (bound["expected_pi"] <= hi)).all()  # the last step crossed the boundary
     assert (bound["weight_at_rest"] == 0).all()
-    assert (bound["eigenvalue"] == 0).all() and (bound["spectral_radius"] == 1).all() and (bound["stability"] == "neutral").all()
+    assert (bound["eigenvalue"] == 0).all() and (bound["spectral_radius"] == 1).all()
+    assert (bound["stability"] == "neutral").all()
     run = table[table["kind"] == "runaway"]
     toward_edge = np.sign(run["pi_rest"] - run["mu"]) == run["adv_sign"]
     assert toward_edge.all()
@@ -53,7 +54,7 @@ def test_spo_eigenvalue_and_stiffness_on_cpu(table):
     assert s["stable"].all()
 
 
-def test_masks_are_neutral_inside_and_pg_is_never_rests():
+def test_masks_are_neutral_inside_and_pg_is_never_rests_on_cpu():
     grpo = objectives.get("grpo")
     mu = np.array([0.1])
     z_inside = logit(np.array([0.5]))  # r = 5, far past the clip for A > 0
@@ -62,7 +63,7 @@ def test_masks_are_neutral_inside_and_pg_is_never_rests():
     assert not conv.any() and pi[0] > 1 - 1e-5 and pi[1] < 1e-5
 
 
-def test_expected_update_is_the_mean_over_sampled_tokens():
+def test_expected_update_is_the_mean_over_sampled_tokens_on_cpu():
     """v(z) = mu dJ/dlogp (1 - pi): the expectation over a ~ mu of the token's logit update,
     whose non-sampled branch contributes nothing (the rest carries no advantage)."""
     obj = objectives.get("drpo", delta=0.3)
@@ -81,7 +82,7 @@ def test_expected_rest_point_rejects_unknown_objectives():
     assert float(objectives.binary_kl(np.log(0.3), np.log(p))) == pytest.approx(0.05)
 
 
-def test_flow_field_shapes_and_directions():
+def test_flow_field_shapes_and_directions_on_cpu():
     field, rest = dynamics.flow_field((("drpo", {"delta": 0.15}),), n=21)
     assert len(field) == 2 * 21 * 21 and len(rest) == 2 * 21
     up = field[(field["adv_sign"] == 1) & (np.isclose(field["pi"], field["mu"]))]

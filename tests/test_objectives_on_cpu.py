@@ -1,4 +1,6 @@
-"""The closed-form weights against torch autograd, and the registry's contract.
+"""The registry of objectives (drpo_sim.objectives): closed-form weights against torch autograd,
+the registry's contract, loss aggregation and ``policy_loss``, and the trust-region facts of
+``docs/reference.md``.
 
 Each objective's ``weight`` must satisfy ``dJ/dlogp = A * r * w`` where ``dJ/dlogp`` is computed
 by autograd on its ``surrogate``, with ``r`` written out here by hand from the documented ratio
@@ -14,10 +16,16 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.optimize import minimize_scalar
 from strategies import CONFIG_IDS, CONFIGS, make, token_batches
 
 import drpo_sim as ds
-from drpo_sim.objectives import LOG_RATIO_MAX
+from drpo_sim.objectives import AGG_MODES, LOG_RATIO_MAX, Formula, aggregate, policy_loss
+
+# ----------------------------------------------------------------------------------------------
+# the registry: weights against autograd, inputs, regions
+# ----------------------------------------------------------------------------------------------
+
 
 REQUIRED = {"pg_is", "ppo", "grpo", "cispo", "spo", "dppo_tv", "dppo_kl", "drpo", "mask_drpo"}
 ABLATIONS = {"drpo_no_abs_adv", "drpo_kl", "drpo_tv", "drpo_k3"}
@@ -44,6 +52,24 @@ def test_registry_has_every_required_objective_and_ablation_on_cpu():
         obj = ds.objectives.get(name)
         assert obj.name == name
         assert type(obj).__doc__ and len(type(obj).__doc__) > 80, f"{name} needs its source and form in a docstring"
+
+
+def test_every_registered_objective_has_its_formula_on_cpu():
+    """``drpo-sim list``, the report and docs/reference.md are generated from these: each class
+    declares its own (not one inherited from the objective it extends), every field filled in."""
+    fields = ("surrogate", "weight", "idea", "source")
+    formulas = {}
+    for name in ds.objectives.available():
+        cls = type(ds.objectives.get(name))
+        assert "formula" in vars(cls), f"{name}: no formula of its own"
+        formula = cls.formula
+        assert isinstance(formula, Formula), name
+        for field in fields:
+            value = getattr(formula, field)
+            assert isinstance(value, str) and value.strip(), f"{name}: empty formula.{field}"
+        formulas[name] = formula
+    # no two objectives share all four: a copied formula would say so (PPO and GRPO share their math)
+    assert len(set(formulas.values())) == len(formulas)
 
 
 def test_unknown_name_or_parameter_lists_the_valid_ones_on_cpu():
@@ -105,7 +131,9 @@ def test_numpy_and_torch_agree_on_cpu(config, batch):
             b = getattr(obj, method)(*t_in)
             assert isinstance(a, np.ndarray) and isinstance(b, torch.Tensor)
             assert a.dtype == np_dtype and b.dtype == t_dtype
-            np.testing.assert_allclose(a, b.numpy(), rtol=rtol, atol=rtol * np.abs(a).max(initial=0), err_msg=f"{obj}.{method}")
+            np.testing.assert_allclose(
+                a, b.numpy(), rtol=rtol, atol=rtol * np.abs(a).max(initial=0), err_msg=f"{obj}.{method}"
+            )
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
@@ -185,6 +213,13 @@ def test_binary_kl_edges_on_cpu():
     assert kl(0.0, 0.0) == 0.0  # mu = pi = 1
     assert np.isinf(kl(np.log(0.5), 0.0))  # pi = 1 > mu: infinite divergence
     np.testing.assert_allclose(kl(np.log(1e-30), np.log(1e-20)), 1e-20 - 1e-30 + 1e-30 * math.log(1e-10), rtol=1e-6)
+    # mu within an ulp of 1 and pi = 1: infinite in float32 whatever the backend's exp rounds mu to
+    # (NumPy's float32 exp gives exactly 1 here, torch's the float below 1)
+    lp_mu = -3.58550993e-08
+    assert np.isinf(kl(np.float32(lp_mu), np.float32(0.0))) and torch.isinf(kl(torch.tensor(lp_mu), torch.tensor(0.0)))
+    dppo_kl = ds.objectives.get("dppo_kl")
+    args = [np.array([0.0, 0.0], np.float32), np.array([lp_mu, -1e-3], np.float32), np.ones(2, np.float32)]
+    assert dppo_kl.weight(*args).tolist() == dppo_kl.weight(*map(torch.tensor, args)).tolist() == [0.0, 0.0]
 
 
 def test_regions_count_masked_attenuated_corrective_on_cpu():
@@ -204,7 +239,8 @@ def test_regions_count_masked_attenuated_corrective_on_cpu():
     lp, lb, adv = np.log(pi), np.log(mu), np.ones(5)
     drpo = ds.objectives.get("drpo", delta=0.25)
     np.testing.assert_allclose(drpo.weight(lp, lb, adv), [0.5, 0.0004, -1.0, 1.5, 1.0], rtol=1e-12)
-    assert drpo.regions(lp, lb, adv).counts() == {"tokens": 5, "masked": 0, "attenuated": 2, "corrective": 1, "amplified": 1}
+    counts = drpo.regions(lp, lb, adv).counts()
+    assert counts == {"tokens": 5, "masked": 0, "attenuated": 2, "corrective": 1, "amplified": 1}
     dppo = ds.objectives.get("dppo_tv", delta=0.2).regions(lp, lb, adv)
     assert dppo.counts() == {"tokens": 5, "masked": 2, "attenuated": 0, "corrective": 0, "amplified": 0}
 
@@ -227,3 +263,312 @@ def test_blockwise_evaluation_equals_whole_array_evaluation_on_cpu(config, monke
             whole = getattr(obj, m)(*args)
             assert tuple(value.shape) == (b, t) and value.dtype == whole.dtype
             np.testing.assert_array_equal(np.asarray(value), np.asarray(whole), err_msg=f"{obj}.{m} ({kind})")
+
+
+# ----------------------------------------------------------------------------------------------
+# loss aggregation and the trainer-facing policy_loss
+# ----------------------------------------------------------------------------------------------
+
+
+VALUES = np.array([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
+MASK = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)  # third sequence: no valid token
+
+
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        ("token-mean", (1 + 2 + 3 + 4 + 10 + 20) / 6),
+        ("seq-mean-token-sum", (10 + 30) / 2),
+        ("seq-mean-token-mean", (2.5 + 15) / 2),
+        ("seq-mean-token-sum-norm", (10 / 4 + 30 / 4) / 2),
+    ],
+)
+def test_aggregation_modes_by_hand_on_cpu(mode, expected):
+    assert aggregate(VALUES, MASK, mode) == pytest.approx(expected)
+    assert float(aggregate(torch.tensor(VALUES), torch.tensor(MASK), mode)) == pytest.approx(expected)
+
+
+def test_fixed_horizon_and_padding_is_never_read_on_cpu():
+    assert aggregate(VALUES, MASK, "seq-mean-token-sum-norm", horizon=10) == pytest.approx((1.0 + 3.0) / 2)
+    garbage = VALUES.copy()
+    garbage[~MASK] = np.nan
+    for mode in AGG_MODES:
+        assert aggregate(garbage, MASK, mode) == pytest.approx(aggregate(VALUES, MASK, mode))
+
+
+def test_aggregation_rejects_bad_arguments_on_cpu():
+    with pytest.raises(ValueError, match="unknown loss aggregation mode 'seq-sum'; valid: token-mean"):
+        aggregate(VALUES, MASK, "seq-sum")
+    with pytest.raises(ValueError, match=r"mask has shape \(3, 3\) but the values have shape \(3, 4\)"):
+        aggregate(VALUES, MASK[:, :3])
+    with pytest.raises(ValueError, match="horizon must be a positive integer"):
+        aggregate(VALUES, MASK, "seq-mean-token-sum-norm", horizon=0)
+    with pytest.raises(ValueError, match=r"needs per-token values of shape \[B, T\]"):
+        aggregate(VALUES.ravel(), MASK.ravel(), "seq-mean-token-mean")
+
+
+def _batch(seed=0, b=4, t=6):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.rand(b, t, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    pi = (mu + 0.3 * (torch.rand(b, t, generator=g, dtype=torch.float64) - 0.5)).clamp(1e-3, 1.0)
+    adv = torch.randn(b, generator=g, dtype=torch.float64)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[3, 2:] = False
+    return pi.log(), mu.log(), adv, mask
+
+
+@pytest.mark.parametrize("name", ["ppo", "grpo", "cispo", "spo", "dppo_tv", "drpo"])
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_policy_loss_gradient_is_the_weighted_policy_gradient_on_cpu(name, mode):
+    """``d loss / d logp_t = -c_t A r w`` with ``c_t`` the aggregation's per-token coefficient."""
+    obj = ds.objectives.get(name, **({"delta": 0.1} if name == "drpo" else {}))
+    logp, lpb, adv, mask = _batch()
+    logp.requires_grad_(True)
+    loss, metrics = policy_loss(obj, logp, lpb, adv, mask, agg_mode=mode)
+    loss.backward()
+    m = mask.double()
+    n_tok, t = m.sum(-1, keepdim=True), mask.shape[1]
+    coef = {
+        "token-mean": m / m.sum(),
+        "seq-mean-token-sum": m / mask.shape[0],
+        "seq-mean-token-mean": m / n_tok / mask.shape[0],
+        "seq-mean-token-sum-norm": m / t / mask.shape[0],
+    }[mode]
+    a = adv[:, None].expand_as(logp)
+    expected = -coef * a * torch.exp(logp.detach() - lpb) * obj.weight(logp.detach(), lpb, a)
+    torch.testing.assert_close(logp.grad, expected, rtol=1e-10, atol=1e-12)
+    assert metrics["actor/pg_loss"] == pytest.approx(float(loss.detach()))
+    assert metrics["actor/valid_tokens"] == float(mask.sum())
+
+
+def test_policy_loss_metrics_count_the_regions_on_cpu():
+    lb = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.5]], dtype=torch.float64))
+    lp = torch.log(torch.tensor([[0.7, 0.3, 0.55, 0.9]], dtype=torch.float64))
+    adv = torch.tensor([1.0])
+    mask = torch.tensor([[True, True, True, False]])
+    _, m = policy_loss("ppo", lp, lb, adv, mask)
+    assert m["actor/masked_frac"] == pytest.approx(1 / 3)  # r = 1.4 > 1.2 with A > 0
+    assert m["actor/weight_min"] == 0.0 and m["actor/weight_max"] == 1.0
+    assert m["actor/ratio_max"] == pytest.approx(1.4)  # the masked-out token (r = 1.8) is not read
+    assert m["actor/abs_shift_mean"] == pytest.approx((0.2 + 0.2 + 0.05) / 3)
+    _, m = policy_loss(ds.objectives.get("drpo", delta=0.1), lp, lb, adv, mask)
+    assert m["actor/corrective_frac"] == pytest.approx(1 / 3)  # pi - mu = 0.2 > delta with A > 0
+    assert m["actor/amplified_frac"] == pytest.approx(1 / 3)  # moved against the advantage
+    assert m["actor/attenuated_frac"] == pytest.approx(1 / 3)
+    assert set(m) >= {f"actor/{k}_frac" for k in ("masked", "attenuated", "corrective", "amplified")}
+
+
+def test_policy_loss_empty_and_all_masked_batches_on_cpu():
+    lp = torch.zeros(0, 5)
+    with pytest.raises(ValueError, match=r"empty batch: logp has shape \(0, 5\)"):
+        policy_loss("drpo", lp, lp, torch.zeros(0))
+    logp, lpb, adv, mask = _batch()
+    logp.requires_grad_(True)
+    loss, metrics = policy_loss("drpo", logp, lpb, adv, torch.zeros_like(mask))
+    loss.backward()  # still attached to the graph
+    assert float(loss.detach()) == 0.0 and metrics["actor/valid_tokens"] == 0.0
+    assert math.isnan(metrics["actor/weight_mean"]) and math.isnan(metrics["actor/masked_frac"])
+    assert torch.count_nonzero(logp.grad) == 0
+
+
+def test_policy_loss_rejects_mismatched_shapes_on_cpu():
+    logp, lpb, adv, mask = _batch()
+    with pytest.raises(ValueError, match=r"mask has shape \(4, 5\) but logp has shape \(4, 6\)"):
+        policy_loss("drpo", logp, lpb, adv, mask[:, :5])
+    with pytest.raises(ValueError, match=r"advantage has shape \(3,\), which does not fit"):
+        policy_loss("drpo", logp, lpb, adv[:3], mask)
+    with pytest.raises(ValueError, match=r"advantage has shape \(4, 6, 1\), which does not fit logp's \(4, 6\)"):
+        policy_loss("drpo", logp, lpb, adv[:, None, None].expand(4, 6, 1), mask)  # would enlarge the batch
+    with pytest.raises(ValueError, match=r"needs logp of shape \[B, T\]"):
+        policy_loss("drpo", logp[0], lpb[0], adv[0], mask[0])
+    with pytest.raises(ValueError, match="unknown objective 'dpo'"):
+        policy_loss("dpo", logp, lpb, adv, mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# trust-region facts (docs/reference.md): weight bounds, identities, per-token maximisers
+# ----------------------------------------------------------------------------------------------
+
+
+PAPER_DELTAS = [12.5, 2.5, 1.0, 0.5, 0.15]
+
+
+@pytest.mark.parametrize("delta", PAPER_DELTAS)
+@given(batch=token_batches())
+def test_drpo_weight_stays_in_its_bounds_on_cpu(delta, batch):
+    """Claim 1: ``1 - 1/delta <= w <= 1 + 1/delta`` for every token, however rare."""
+    w = ds.objectives.get("drpo", delta=delta).weight(*batch)
+    tol = 1e-12
+    assert (w >= 1 - 1 / delta - tol).all() and (w <= 1 + 1 / delta + tol).all()
+
+
+@pytest.mark.parametrize("delta", [0.05, 0.15, 0.5])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_drpo_weight_is_zero_at_the_boundary_and_corrective_beyond_on_cpu(delta, sign):
+    """Claim 3: at ``abs(pi - mu) = delta`` in the advantage's direction ``w = 0``; beyond it ``w < 0``."""
+    drpo = ds.objectives.get("drpo", delta=delta)
+    mu = np.linspace(0.01, 0.99, 99)
+    boundary = mu + sign * delta
+    ok = (boundary > 0) & (boundary < 1)
+    mu, boundary = mu[ok], boundary[ok]
+    adv = np.full_like(mu, sign)
+    np.testing.assert_allclose(drpo.weight(np.log(boundary), np.log(mu), adv), 0.0, atol=1e-9)
+    inside = mu + sign * delta * 0.5
+    assert (drpo.weight(np.log(inside), np.log(mu), adv) > 0).all()
+    beyond = np.clip(mu + sign * delta * 1.5, 1e-12, 1.0)
+    moved = np.abs(beyond - mu) > delta
+    assert moved.any()
+    assert (drpo.weight(np.log(beyond[moved]), np.log(mu[moved]), adv[moved]) < 0).all()
+    # and against the advantage's direction the weight exceeds 1: the token is pulled back
+    against = np.clip(mu - sign * delta * 0.5, 1e-12, 1.0)
+    assert (drpo.weight(np.log(against), np.log(mu), adv) > 1).all()
+
+
+def test_drpo_weight_never_turns_corrective_at_the_papers_delta_on_cpu():
+    """Claim 3, second half: with ``delta = 12.5`` no shift (at most 1) reaches the boundary."""
+    grid = np.linspace(1e-6, 1.0, 600)
+    mu, pi = np.meshgrid(grid, grid)
+    for sign in (1.0, -1.0):
+        w = ds.objectives.get("drpo", delta=12.5).weight(np.log(pi), np.log(mu), sign)
+        assert w.min() >= 1 - 1 / 12.5 - 1e-12 and w.max() <= 1 + 1 / 12.5 + 1e-12
+        assert (w > 0).all()
+        np.testing.assert_allclose([w.min(), w.max()], [0.92, 1.08], atol=1e-5)
+
+
+@pytest.mark.parametrize("bound", [1e2, 1e4, 1e5])
+def test_spo_weight_exceeds_any_bound_as_mu_goes_to_zero_on_cpu(bound):
+    """Claim 1: for a fixed shift, SPO's weight grows like ``1/mu``; DRPO's does not move."""
+    spo, drpo = ds.objectives.get("spo", eps=12.5), ds.objectives.get("drpo", delta=12.5)
+    shift = 0.05
+    mu = np.logspace(-1, -8, 200)  # r stays below the documented cap e^20
+    pi = mu + shift
+    w_spo = spo.weight(np.log(pi), np.log(mu), 1.0)
+    w_drpo = drpo.weight(np.log(pi), np.log(mu), 1.0)
+    assert np.abs(w_spo).max() > bound
+    first = int(np.argmax(np.abs(w_spo) > bound))
+    assert np.all(np.abs(w_spo[first:]) > bound)  # and stays past it as mu keeps falling
+    np.testing.assert_allclose(w_drpo, 1 - shift / 12.5, rtol=1e-9)
+    # 1/mu growth: |w| * mu tends to shift / eps
+    np.testing.assert_allclose(np.abs(w_spo[-1]) * mu[-1], shift / 12.5, rtol=1e-3)
+
+
+@st.composite
+def vocab_policies(draw):
+    """Two long-tailed distributions over a vocabulary and an advantage per token."""
+    v = draw(st.integers(2, 400))
+    seed = draw(st.integers(0, 2**32 - 1))
+    alpha = draw(st.sampled_from([0.05, 0.3, 1.0, 5.0]))
+    rng = np.random.default_rng(seed)
+    # floored at 1e-7 so that r = pi/mu stays below the documented ratio cap e^20
+    mu = rng.dirichlet(np.full(v, alpha)) + 1e-7
+    pi = rng.dirichlet(np.full(v, alpha)) + 1e-7
+    adv = rng.normal(size=v) * draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    return pi / pi.sum(), mu / mu.sum(), adv
+
+
+@given(vocab_policies())
+def test_chi_square_and_l2_identities_enumerated_over_the_vocabulary_on_cpu(policies):
+    """Claim 2: ``E_mu[abs(A)(r-1)^2] = sum abs(A)(pi-mu)^2/mu`` (SPO),
+    ``E_mu[abs(A) mu (r-1)^2] = sum abs(A)(pi-mu)^2`` (DRPO).
+
+    The left sides are read off the objectives' own surrogates: the penalty is ``r A - J``.
+    """
+    pi, mu, adv = policies
+    lp, lb = np.log(pi), np.log(mu)
+    eps = delta = 0.7
+    r = pi / mu
+    spo_penalty = 2 * eps * (r * adv - ds.objectives.get("spo", eps=eps).surrogate(lp, lb, adv))
+    drpo_penalty = 2 * delta * (r * adv - ds.objectives.get("drpo", delta=delta).surrogate(lp, lb, adv))
+    chi2 = np.sum(np.abs(adv) * (pi - mu) ** 2 / mu)
+    l2 = np.sum(np.abs(adv) * (pi - mu) ** 2)
+    scale = np.sum(np.abs(adv) * r * mu) + np.sum(np.abs(adv) * r**2 * mu)  # size of the cancelling terms
+    assert abs(np.sum(mu * spo_penalty) - chi2) <= 1e-9 * scale + 1e-300
+    assert abs(np.sum(mu * drpo_penalty) - l2) <= 1e-9 * scale + 1e-300
+    # with abs(A) = 1 the two are the chi-square divergence and the squared l2 distance
+    ones = np.ones_like(adv)
+    chi2_div = np.sum(mu * 2 * eps * (r - ds.objectives.get("spo", eps=eps).surrogate(lp, lb, ones)))
+    np.testing.assert_allclose(chi2_div, np.sum(pi**2 / mu) - 1.0, rtol=1e-7, atol=1e-9)
+
+
+def _argmax_pi(obj, mu: float, sign: float) -> float:
+    """Maximise the surrogate over ``pi in (0, 1)`` with ``mu`` and ``A`` fixed (bounded search on logp)."""
+    lb = np.log(np.array([mu]))
+    res = minimize_scalar(
+        lambda x: -float(obj.surrogate(np.array([x]), lb, np.array([sign]))[0]),
+        bounds=(math.log(1e-9), 0.0),
+        method="bounded",
+        options={"xatol": 1e-12},
+    )
+    return math.exp(res.x)
+
+
+@pytest.mark.parametrize("delta", [0.05, 0.15, 0.3])
+@pytest.mark.parametrize("mu", [0.001, 0.1, 0.4, 0.7])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_drpo_surrogate_peaks_at_mu_plus_sign_delta_on_cpu(delta, mu, sign):
+    """``pi* = mu + sign(A) delta`` where that lies in (0, 1); otherwise the peak is at the edge."""
+    pi_star = _argmax_pi(ds.objectives.get("drpo", delta=delta), mu, sign)
+    target = mu + sign * delta
+    expected = target if 0 < target < 1 else (1.0 if sign > 0 else 1e-9)
+    assert pi_star == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.2, 0.5])
+@pytest.mark.parametrize("mu", [0.001, 0.1, 0.4])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_spo_surrogate_peaks_at_ratio_one_plus_sign_eps_on_cpu(eps, mu, sign):
+    pi_star = _argmax_pi(ds.objectives.get("spo", eps=eps), mu, sign)
+    assert pi_star / mu == pytest.approx(1 + sign * eps, abs=1e-6)
+
+
+def _gradient_flow(obj, mu: float, sign: float, steps: int = 4000, lr: float = 2e-3) -> tuple[float, float]:
+    """Ascend ``J`` in ``logp`` from ``pi = mu`` along ``grad_logp``; return the final ``pi`` and gradient.
+
+    The step ``lr g / (1 + abs(g))`` has the same rest points as plain ascent but never jumps
+    more than ``lr`` nats, so a hard boundary is overshot by at most one small step.
+    """
+    lb = np.array([math.log(mu)])
+    adv = np.array([sign])
+    logp = lb.copy()
+    for _ in range(steps):
+        g = obj.grad_logp(logp, lb, adv)
+        logp = np.minimum(logp + lr * g / (1.0 + np.abs(g)), 0.0)  # steps of at most lr nats
+    return float(np.exp(logp[0])), float(obj.grad_logp(logp, lb, adv)[0])
+
+
+@pytest.mark.parametrize(
+    "name,params,mu,sign,expected",
+    [
+        ("ppo", {"eps_low": 0.2, "eps_high": 0.28}, 0.3, 1.0, 0.3 * 1.28),
+        ("ppo", {"eps_low": 0.2, "eps_high": 0.28}, 0.3, -1.0, 0.3 * 0.8),
+        ("grpo", {}, 0.01, 1.0, 0.01 * 1.28),
+        ("dppo_tv", {"delta": 0.15}, 0.3, 1.0, 0.45),
+        ("dppo_tv", {"delta": 0.15}, 0.3, -1.0, 0.15),
+        ("dppo_tv", {"delta": 0.15}, 0.001, 1.0, 0.151),
+    ],
+)
+def test_ppo_and_dppo_stop_at_their_boundaries_on_cpu(name, params, mu, sign, expected):
+    """PPO and DPPO have no interior peak: the gradient is ``A r`` until the boundary, then exactly 0."""
+    obj = ds.objectives.get(name, **params)
+    pi_end, g_end = _gradient_flow(obj, mu, sign)
+    assert g_end == 0.0
+    assert pi_end == pytest.approx(expected, rel=2e-2)  # within one step past the boundary
+    assert (pi_end - expected) * sign >= 0  # it stops just after crossing, not before
+
+
+@pytest.mark.parametrize("mu,sign", [(0.3, 1.0), (0.01, 1.0), (0.6, -1.0)])
+def test_drpo_and_spo_gradient_flows_come_to_rest_at_their_maximisers_on_cpu(mu, sign):
+    drpo_pi, drpo_g = _gradient_flow(ds.objectives.get("drpo", delta=0.15), mu, sign, steps=20000, lr=0.05)
+    assert drpo_pi == pytest.approx(mu + sign * 0.15, abs=1e-6) and abs(drpo_g) < 1e-8
+    spo_pi, _ = _gradient_flow(ds.objectives.get("spo", eps=0.5), mu, sign, steps=20000, lr=0.05)
+    assert spo_pi / mu == pytest.approx(1 + sign * 0.5, abs=1e-6)
+
+
+def test_pg_is_has_no_rest_point_on_cpu():
+    """Without a trust region the flow runs to the edge of the simplex (ever slower downwards, as ``r -> 0``)."""
+    pg = ds.objectives.get("pg_is")
+    pi_up, _ = _gradient_flow(pg, 0.3, 1.0, steps=20000, lr=0.05)
+    assert pi_up == 1.0
+    pi_down = [_gradient_flow(pg, 0.3, -1.0, steps=n, lr=0.05)[0] for n in (1000, 4000, 16000)]
+    assert pi_down[0] > pi_down[1] > pi_down[2] and pi_down[2] < 1e-3

@@ -1,4 +1,5 @@
-"""The training loop: invariances, determinism, exact against sampled, each channel's effect."""
+"""drpo_sim.sim, the training loop: the gradient, invariances, determinism, exact against sampled,
+each channel's effect, sampling, and cells of a sweep."""
 
 import dataclasses
 
@@ -7,10 +8,22 @@ import pandas as pd
 import pytest
 import torch
 
-from drpo_sim import objectives
-from drpo_sim.offpolicy import trainer_logp
+from drpo_sim import objectives, stats
+from drpo_sim.envs import zipf_logits
+from drpo_sim.offpolicy import trainer_logp, truncate
 from drpo_sim.policies import log_softmax
-from drpo_sim.sim import METRICS, SimConfig, Simulation, gather, logit_gradient, run, simulate
+from drpo_sim.sim import (
+    METRICS,
+    SimConfig,
+    Simulation,
+    gather,
+    logit_gradient,
+    run,
+    run_cell,
+    sample_tokens,
+    simulate,
+    with_param_columns,
+)
 from drpo_sim.tokens import concat
 
 ALL = objectives.available()
@@ -28,7 +41,7 @@ def _neutral_on_policy(name: str) -> bool:
 NEUTRAL = [n for n in ALL if _neutral_on_policy(n)]
 
 
-def test_only_the_k1_ablation_is_not_neutral_on_policy():
+def test_only_the_k1_ablation_is_not_neutral_on_policy_on_cpu():
     assert sorted(set(ALL) - set(NEUTRAL)) == ["drpo_kl"]
 
 
@@ -62,14 +75,16 @@ def test_logit_gradient_matches_autograd_of_policy_loss_on_cpu(mode):
         zt = torch.tensor(z, requires_grad=True)
         lpt = torch.log_softmax(zt, -1).reshape(-1)[torch.as_tensor(rows * v + tok)]
         total = sum(
-            objectives.policy_loss(obj, lpt[i], torch.tensor(lpb[i]), torch.tensor(adv[i]), torch.tensor(mask[i]), agg_mode=mode, horizon=t)[0]
+            objectives.policy_loss(
+                obj, lpt[i], torch.tensor(lpb[i]), torch.tensor(adv[i]), torch.tensor(mask[i]), agg_mode=mode, horizon=t
+            )[0]
             for i in range(n)
         )
         total.backward()
         np.testing.assert_allclose(grad, -zt.grad.numpy(), atol=1e-12, err_msg=name)
 
 
-def test_aggregation_weights_reproduce_aggregate():
+def test_aggregation_weights_reproduce_aggregate_on_cpu():
     rng = np.random.default_rng(1)
     v = rng.normal(size=(4, 5))
     m = rng.random((4, 5)) < 0.6
@@ -92,12 +107,13 @@ def test_aggregation_weights_reproduce_aggregate():
         {},
         {"env": "tabular", "vocab_size": 16, "n_prompts": 3, "horizon": 3, "group_size": 4},
         {"policy": "shared", "n_features": 4, "optimizer": "sgd", "grad_clip": 0.5},
-        {"env": "tabular", "vocab_size": 16, "reward": "match", "std_norm": True, "agg_mode": "seq-mean-token-mean", "prompts_per_step": 4},
+        {"env": "tabular", "vocab_size": 16, "reward": "match", "std_norm": True, "agg_mode": "seq-mean-token-mean",
+         "prompts_per_step": 4},
         {"mode": "exact"},
         {"precision": "fp8_e4m3", "trainer_precision": "fp8_e4m3"},  # the same rounding on both sides
     ],
 )
-def test_on_policy_every_objective_gives_the_same_trajectory(flat):
+def test_on_policy_every_objective_gives_the_same_trajectory_on_cpu(flat):
     """With every channel off and one update per batch, r = 1 and w = 1 for every token: every
     objective must follow the same trajectory, bit for bit."""
     c = cfg(**flat)
@@ -114,7 +130,8 @@ def test_on_policy_every_objective_gives_the_same_trajectory(flat):
 
 
 def test_any_channel_breaks_the_invariance():
-    for flat in ({"noise_std": 0.3}, {"bias_std": 0.3}, {"precision": "fp8_e5m2"}, {"top_k": 8}, {"staleness": 2}, {"updates_per_batch": 4}):
+    for flat in ({"noise_std": 0.3}, {"bias_std": 0.3}, {"precision": "fp8_e5m2"}, {"top_k": 8}, {"staleness": 2},
+                 {"updates_per_batch": 4}):
         df = simulate(cfg(**flat, lr=0.5), ["pg_is", "dppo_tv", "spo"], [0, 1])
         curves = df.pivot_table(index=["seed", "step"], columns="method", values="expected_reward")
         assert not np.array_equal(curves["pg_is"], curves["spo"]), flat
@@ -126,7 +143,8 @@ def test_any_channel_breaks_the_invariance():
 
 
 def test_same_seed_same_table_and_seeds_do_not_interact():
-    c = cfg(env="tabular", vocab_size=16, noise_std=0.2, noise_dist="student_t", staleness=1, updates_per_batch=2, policy="shared")
+    c = cfg(env="tabular", vocab_size=16, noise_std=0.2, noise_dist="student_t", staleness=1, updates_per_batch=2,
+            policy="shared")
     a = run(c, "drpo", [3, 5, 9])
     b = run(c, "drpo", [3, 5, 9])
     pd.testing.assert_frame_equal(a, b)
@@ -138,7 +156,8 @@ def test_same_seed_same_table_and_seeds_do_not_interact():
 
 def test_result_table_columns():
     df = simulate(cfg(steps=3), ["grpo", "drpo"], [0, 1], method_params={"drpo": {"delta": 2.5}})
-    need = {"method", "seed", "step", "expected_reward", "tv_mean", "masked_frac", "corrective_frac", "grad_norm", "collapsed"}
+    need = {"method", "seed", "step", "expected_reward", "tv_mean", "masked_frac", "corrective_frac", "grad_norm",
+            "collapsed"}
     assert need <= set(df.columns) and set(METRICS) <= set(df.columns)
     assert set(SimConfig().flat()) <= set(df.columns)
     assert len(df) == 2 * 2 * 3 and sorted(df.step.unique()) == [1, 2, 3]
@@ -167,8 +186,10 @@ def test_simulate_rejects_bad_requests():
 # exact against sampled
 
 
-@pytest.mark.parametrize("flat", [{}, {"noise_std": 0.3, "method": "spo"}, {"staleness": 0, "top_k": 16, "method": "dppo_tv"}])
-def test_exact_mode_is_the_mean_of_sampled_runs(flat):
+@pytest.mark.parametrize(
+    "flat", [{}, {"noise_std": 0.3, "method": "spo"}, {"staleness": 0, "top_k": 16, "method": "dppo_tv"}]
+)
+def test_exact_mode_is_the_mean_of_sampled_runs_on_cpu(flat):
     """One SGD step without clipping is linear in the gradient, so the mean over seeds of the
     sampled runs' parameters must approach the exact run's. With G samples per group, the group
     mean includes the sample itself, so E[sampled gradient] = (G - 1) / G * exact gradient; the
@@ -192,10 +213,35 @@ def test_exact_mode_is_the_mean_of_sampled_runs(flat):
 
 
 # ---------------------------------------------------------------------------------------------
+# sampling
+
+
+def _zipf(v, rows):
+    return np.broadcast_to(zipf_logits(v, 1.1), (rows, v)).copy()
+
+
+def test_truncated_tokens_are_never_sampled_on_cpu():
+    lp = truncate(log_softmax(_zipf(50, 2)), top_k=5)
+    rows = np.repeat(np.arange(2), 20000)
+    tok = sample_tokens(np.exp(lp)[None], rows, np.random.default_rng(0).random(rows.size))
+    assert tok.max() < 5
+
+
+def test_sampling_follows_the_distribution_on_cpu():
+    lp = log_softmax(_zipf(20, 3) + np.random.default_rng(0).normal(size=(3, 20)))
+    n = 200_000
+    rows = np.repeat(np.arange(3), n)
+    tok = sample_tokens(np.exp(lp)[None], rows, np.random.default_rng(1).random(rows.size))
+    freq = np.stack([np.bincount(tok[rows == i], minlength=20) / n for i in range(3)])
+    p = np.exp(lp)
+    assert np.all(np.abs(freq - p) < 5 * np.sqrt(p * (1 - p) / n) + 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
 # the channels inside the loop
 
 
-def test_staleness_uses_parameters_k_updates_old():
+def test_staleness_uses_parameters_k_updates_old_on_cpu():
     k = 2
     c = cfg(staleness=k, updates_per_batch=2)
     seen = []
@@ -215,7 +261,7 @@ def test_staleness_uses_parameters_k_updates_old():
         np.testing.assert_array_equal(batch.logp_behavior, gather(lp, rows, batch.token_id))
 
 
-def test_engine_bias_persists_across_steps():
+def test_engine_bias_persists_across_steps_on_cpu():
     c = cfg(bias_std=0.3, steps=3)
     seen = []
     sim = Simulation(c, objectives.get("pg_is"), [0, 1], seen.append)
@@ -231,7 +277,7 @@ def test_engine_bias_persists_across_steps():
     np.testing.assert_array_equal(Simulation(c, objectives.get("pg_is"), [1], None).bias[0], bias[1])
 
 
-def test_anchor_choice():
+def test_anchor_choice_on_cpu():
     """rollout: the ratio's denominator is the engine's log-prob; recompute: the trainer's own,
     recomputed before the first update, so the first mini-batch sees r = 1 despite the noise."""
     for anchor in ("rollout", "recompute"):
@@ -254,7 +300,7 @@ def test_truncation_only_samples_the_nucleus():
     assert np.all(tok.logp_behavior > tok.logp)  # the truncated mu renormalises upwards
 
 
-def test_token_log_agrees_with_the_metrics():
+def test_token_log_agrees_with_the_metrics_on_cpu():
     seen = []
     c = cfg(env="tabular", vocab_size=16, noise_std=0.3, updates_per_batch=2, steps=4)
     df = run(c, "dppo_tv", [0, 1], token_sink=seen.append, params={"delta": 0.02})
@@ -262,7 +308,9 @@ def test_token_log_agrees_with_the_metrics():
     n_samples = c.env.n_prompts * c.train.group_size
     assert len(tok) == 2 * 4 * n_samples * c.env.horizon
     assert tok.groupby(["seed", "step"]).sample_id.nunique().eq(n_samples).all()
-    w = objectives.get("dppo_tv", delta=0.02).weight(tok.logp.to_numpy(), tok.logp_behavior.to_numpy(), tok.advantage.to_numpy())
+    w = objectives.get("dppo_tv", delta=0.02).weight(
+        tok.logp.to_numpy(), tok.logp_behavior.to_numpy(), tok.advantage.to_numpy()
+    )
     tok["masked"] = w == 0
     by = tok.groupby(["seed", "step"]).masked.mean().to_numpy()
     np.testing.assert_allclose(df.sort_values(["seed", "step"]).masked_frac.to_numpy(), by)
@@ -295,11 +343,9 @@ def test_nonfinite_seed_is_frozen_and_flagged(monkeypatch):
     assert df[df.seed == 1].collapsed.all() and not df[df.seed != 1].collapsed.any()
 
 
-def test_collapse_rule_flags_a_run_that_loses_its_reward():
+def test_collapse_rule_flags_a_run_that_loses_its_reward_on_cpu():
     """SGD with a huge step on pg_is under heavy noise is unstable; whatever happens, the
     collapsed column must follow the documented rule applied to the curve."""
-    from drpo_sim import stats
-
     c = cfg(optimizer="sgd", lr=50.0, grad_clip=0.0, noise_std=1.0, steps=30)
     df = run(c, "pg_is", list(range(6)))
     curves = df.pivot(index="seed", columns="step", values="expected_reward").to_numpy()
@@ -313,3 +359,39 @@ def test_config_round_trip():
     c = SimConfig.from_flat({"vocab_size": 128, "noise_std": 0.1, "lr": 0.01, "anchor": "recompute"})
     assert SimConfig.from_flat(c.flat()) == c
     assert dataclasses.asdict(c.offpolicy)["anchor"] == "recompute"
+
+
+# ---------------------------------------------------------------------------------------------
+# cells (drpo_sim.run.cells) and joined tables
+
+
+def test_run_cell_is_one_method_of_simulate():
+    """A ``sim`` cell's spec holds the full flat configuration, the method, its full parameters and
+    the seeds; its table is that method's part of ``simulate``'s."""
+    c = cfg(steps=3, noise_std=0.2)
+    drpo = objectives.get("drpo", delta=2.5)
+    spec = {"config": c.flat(), "method": "drpo", "params": drpo.params, "seeds": [0, 2]}
+    table = run_cell(spec)
+    both = simulate(c, ["grpo", "drpo"], [0, 2], method_params={"drpo": {"delta": 2.5}})
+    expect = both[both.method == "drpo"].dropna(axis=1, how="all").reset_index(drop=True)
+    pd.testing.assert_frame_equal(table, expect)
+    assert table.param_delta.eq(2.5).all() and sorted(table.seed.unique()) == [0, 2]
+    with pytest.raises(ValueError, match="unknown configuration field"):
+        run_cell({**spec, "config": {**c.flat(), "noise": 0.1}})
+
+
+def test_with_param_columns_joins_tables_of_one_method_each():
+    c = cfg(steps=2)
+    parts = [run_cell({"config": c.flat(), "method": m, "params": objectives.get(m, **p).params, "seeds": [0]})
+             for m, p in (("grpo", {}), ("drpo", {"delta": 0.5}), ("pg_is", {}))]
+    joined = with_param_columns(pd.concat(parts, ignore_index=True))
+    assert {"param_delta", "param_eps_low", "param_eps_high", "param_dual_clip"} <= set(joined.columns)
+    by = joined.groupby("method")
+    assert by.param_delta.first()["drpo"] == 0.5 and by.param_delta.apply(lambda s: s.isna().all())["grpo"]
+    assert by.param_eps_high.first()["grpo"] == 0.28
+    assert joined[joined.method == "pg_is"].filter(like="param_").isna().all().all()
+    # existing param_ columns are replaced, not duplicated, and the layout is simulate's
+    again = with_param_columns(joined)
+    pd.testing.assert_frame_equal(again, joined)
+    ref = simulate(c, ["grpo", "drpo", "pg_is"], [0], method_params={"drpo": {"delta": 0.5}})
+    pd.testing.assert_frame_equal(joined[sorted(joined.columns)], ref[sorted(ref.columns)])

@@ -1,4 +1,4 @@
-"""Tests of drpo_sim.stats against values computed by hand on small arrays."""
+"""drpo_sim.stats against values computed by hand on small arrays."""
 
 import math
 
@@ -18,7 +18,7 @@ NR = 400  # resamples: enough for the properties tested, fast
 # ----------------------------------------------------------------------------- iqm
 
 
-def test_iqm_by_hand():
+def test_iqm_by_hand_on_cpu():
     # n = 8: cut floor(8/4) = 2 from each end -> mean(3, 4, 5, 6)
     assert S.iqm(np.arange(1, 9)) == pytest.approx(4.5)
     # n = 5: cut 1 from each end of [1, 2, 3, 4, 100] -> mean(2, 3, 4); robust to the outlier
@@ -27,7 +27,7 @@ def test_iqm_by_hand():
     assert S.iqm([0.0, 0.3, 0.9]) == pytest.approx(0.4)
 
 
-def test_iqm_axis():
+def test_iqm_axis_on_cpu():
     x = np.array([np.arange(1, 9), np.arange(2, 10)], dtype=float)
     np.testing.assert_allclose(S.iqm(x, axis=1), [4.5, 5.5])
     # axis=None pools all 16 values: cut 4 from each end of [1,2,2,3,3,...,8,8,9]
@@ -43,7 +43,7 @@ def test_iqm_errors(bad, match):
 # ----------------------------------------------------------------------------- bootstrap_ci
 
 
-def test_bootstrap_ci_matches_scipy_for_one_sample():
+def test_bootstrap_ci_matches_scipy_for_one_sample_on_cpu():
     x = np.random.default_rng(1).normal(size=25)
     point, low, high = S.bootstrap_ci(x, n_resamples=NR, random_state=3)
     ref = scipy.stats.bootstrap(
@@ -59,14 +59,14 @@ def test_bootstrap_ci_matches_scipy_for_one_sample():
 
 
 @pytest.mark.parametrize("method", ["percentile", "basic", "BCa"])
-def test_bootstrap_ci_contains_point(method):
+def test_bootstrap_ci_contains_point_on_cpu(method):
     x = np.random.default_rng(2).uniform(size=30)
     point, low, high = S.bootstrap_ci(x, n_resamples=NR, method=method)
     assert low <= point <= high
     assert low < high
 
 
-def test_bootstrap_ci_narrows_with_more_data():
+def test_bootstrap_ci_narrows_with_more_data_on_cpu():
     rng = np.random.default_rng(4)
     _, lo_small, hi_small = S.bootstrap_ci(rng.normal(size=10), n_resamples=NR)
     _, lo_big, hi_big = S.bootstrap_ci(rng.normal(size=1000), n_resamples=NR)
@@ -82,7 +82,7 @@ def test_bootstrap_ci_reproducible():
     assert S.bootstrap_ci(x, n_resamples=NR, random_state=8) != a
 
 
-def test_bootstrap_ci_strata_pooled_statistic():
+def test_bootstrap_ci_strata_pooled_statistic_on_cpu():
     a, b = np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.7])
     point, low, high = S.bootstrap_ci([a, b], np.mean, n_resamples=NR)
     assert point == pytest.approx(0.36)  # (0.1+0.2+0.3+0.5+0.7) / 5, runs of all tasks pooled
@@ -90,7 +90,7 @@ def test_bootstrap_ci_strata_pooled_statistic():
 
 
 @pytest.mark.parametrize("method", ["percentile", "basic", "BCa"])
-def test_stratified_resampling_keeps_strata_sizes(method):
+def test_stratified_resampling_keeps_strata_sizes_on_cpu(method):
     a = np.array([0.1, 0.4, 0.2])  # stratum A: values below 5
     b = np.array([10.0, 10.5, 10.2, 10.9, 10.1, 10.3, 10.7])  # stratum B: values above 5
 
@@ -105,14 +105,14 @@ def test_stratified_resampling_keeps_strata_sizes(method):
     assert S.bootstrap_ci([a, b], count_all, n_resamples=NR, method=method) == (10.0, 10.0, 10.0)
 
 
-def test_bootstrap_ci_degenerate():
+def test_bootstrap_ci_degenerate_on_cpu():
     assert S.bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
     assert S.bootstrap_ci(np.full(5, 0.25), method="BCa") == (0.25, 0.25, 0.25)
     assert S.bootstrap_ci([[1.0], [2.0]], np.mean) == (1.5, 1.5, 1.5)  # every stratum one run
     assert S.bootstrap_ci([[1.0, 1.0], [3.0]], np.mean) == pytest.approx((5 / 3, 5 / 3, 5 / 3))
 
 
-def test_bootstrap_ci_single_run_stratum_held_fixed():
+def test_bootstrap_ci_single_run_stratum_held_fixed_on_cpu():
     x = np.random.default_rng(6).uniform(size=12)
     point, low, high = S.bootstrap_ci([x, [100.0]], np.max, n_resamples=NR)
     assert (point, low, high) == (100.0, 100.0, 100.0)  # the single run is in every resample
@@ -154,14 +154,14 @@ def test_bootstrap_ci_errors(samples, kwargs, match):
 # ----------------------------------------------------------------------------- probability of improvement
 
 
-def test_probability_of_improvement_by_hand():
+def test_probability_of_improvement_by_hand_on_cpu():
     # x = [0, 1, 2, 3] vs y = [1.5, 2.5]: 2 and 3 beat 1.5, 3 beats 2.5 -> 3 of 8 pairs
     assert S.probability_of_improvement([0.0, 1.0, 2.0, 3.0], [1.5, 2.5], n_resamples=NR)[0] == pytest.approx(3 / 8)
     # ties count one half: x = [1, 2, 3] vs y = [2, 2] -> (0 + 0 + .5 + .5 + 1 + 1) / 6
     assert S.probability_of_improvement([1.0, 2.0, 3.0], [2.0, 2.0], n_resamples=NR)[0] == pytest.approx(0.5)
 
 
-def test_probability_of_improvement_separated_and_identical():
+def test_probability_of_improvement_separated_and_identical_on_cpu():
     x = np.random.default_rng(7).uniform(size=8)
     assert S.probability_of_improvement(x + 1.0, x, n_resamples=NR) == (1.0, 1.0, 1.0)
     assert S.probability_of_improvement(x, x + 1.0, n_resamples=NR) == (0.0, 0.0, 0.0)
@@ -171,7 +171,7 @@ def test_probability_of_improvement_separated_and_identical():
     assert S.probability_of_improvement([0.3, 0.3], [0.3], n_resamples=NR) == (0.5, 0.5, 0.5)
 
 
-def test_probability_of_improvement_complementary():
+def test_probability_of_improvement_complementary_on_cpu():
     rng = np.random.default_rng(8)
     x, y = rng.integers(0, 4, size=9).astype(float), rng.integers(0, 4, size=6).astype(float)  # with ties
     pxy = S.probability_of_improvement(x, y, n_resamples=NR)[0]
@@ -179,7 +179,7 @@ def test_probability_of_improvement_complementary():
     assert pxy + pyx == pytest.approx(1.0)
 
 
-def test_probability_of_improvement_averages_tasks():
+def test_probability_of_improvement_averages_tasks_on_cpu():
     # task 1: X always better (1.0); task 2: X always worse (0.0) -> mean 0.5
     x = [np.array([1.0, 2.0]), np.array([0.0, 0.1, 0.2])]
     y = [np.array([0.0]), np.array([1.0, 2.0])]
@@ -211,7 +211,7 @@ def test_probability_of_improvement_errors(x, y, kwargs, match):
 # ----------------------------------------------------------------------------- wilson
 
 
-def test_wilson_k_zero_by_hand():
+def test_wilson_k_zero_by_hand_on_cpu():
     z = scipy.stats.norm.ppf(0.975)
     p, low, high = S.wilson_ci(0, 10)
     assert (p, low) == (0.0, 0.0)
@@ -219,7 +219,7 @@ def test_wilson_k_zero_by_hand():
     assert high == pytest.approx(0.27753, abs=1e-5)
 
 
-def test_wilson_formula_by_hand():
+def test_wilson_formula_by_hand_on_cpu():
     z, n, k = scipy.stats.norm.ppf(0.95), 10, 3  # 90% interval
     p = k / n
     centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
@@ -244,7 +244,7 @@ def test_wilson_errors(k, n, conf, match):
 CURVES = np.array([[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]])
 
 
-def test_final_reward_and_auc_by_hand():
+def test_final_reward_and_auc_by_hand_on_cpu():
     np.testing.assert_allclose(S.final_reward(CURVES), [3.0, 7.0])
     np.testing.assert_allclose(S.final_reward(CURVES, last=2), [2.5, 6.5])
     np.testing.assert_allclose(S.final_reward(CURVES, last=4), [1.5, 5.5])
@@ -252,7 +252,7 @@ def test_final_reward_and_auc_by_hand():
     np.testing.assert_allclose(S.area_under_curve([[0.0, 1.0], [np.nan, 1.0]]), [0.5, np.nan])
 
 
-def test_steps_to_threshold_by_hand():
+def test_steps_to_threshold_by_hand_on_cpu():
     curves = np.array(
         [
             [0.0, 0.2, 0.6, 0.9],  # first >= 0.5 at index 2
@@ -288,7 +288,7 @@ def test_curve_summary_errors(call, match):
 # ----------------------------------------------------------------------------- collapse
 
 
-def test_collapse_by_hand():
+def test_collapse_by_hand_on_cpu():
     nan, inf = np.nan, np.inf
     curves = np.array(
         [
@@ -328,7 +328,7 @@ def test_collapse_by_hand():
     assert not S.collapsed(curves, rule=rule)[3].any()
 
 
-def test_collapse_drop_one_only_nonfinite():
+def test_collapse_drop_one_only_nonfinite_on_cpu():
     curves = np.array([[1.0, 0.0, 0.0], [1.0, 0.5, np.nan]])
     np.testing.assert_array_equal(S.CollapseRule(drop=1.0).detect(curves), [[False] * 3, [False, False, True]])
     np.testing.assert_array_equal(S.CollapseRule(drop=0.9).detect(curves), [[False, True, True], [False, False, True]])
@@ -384,7 +384,7 @@ def _runs_df(runs=RUNS, **extra_columns) -> pd.DataFrame:
     return df.sample(frac=1.0, random_state=0).reset_index(drop=True)  # order must not matter
 
 
-def test_summarize_runs_by_hand():
+def test_summarize_runs_by_hand_on_cpu():
     out = S.summarize_runs(_runs_df(), threshold=0.5, reference="b", n_resamples=NR)
     assert list(out.columns) == [
         "method",
@@ -445,7 +445,7 @@ def test_summarize_runs_reproducible():
     )
 
 
-def test_summarize_runs_collapsed_and_nonfinite_columns():
+def test_summarize_runs_collapsed_and_nonfinite_columns_on_cpu():
     df = _runs_df()
     # a `collapsed` column is used as given: flag only b's seed 3 at its middle step
     flag = (df["method"] == "b") & (df["seed"] == 3) & (df["step"] == 10)
@@ -457,7 +457,7 @@ def test_summarize_runs_collapsed_and_nonfinite_columns():
     np.testing.assert_allclose(out["collapse_rate"].to_numpy(), [1 / 3, 1 / 3])
 
 
-def test_summarize_runs_nan_policy():
+def test_summarize_runs_nan_policy_on_cpu():
     runs = dict(RUNS)
     runs[("b", 5)] = [0.1, np.nan, 0.1]
     df = _runs_df(runs)
@@ -472,7 +472,7 @@ def test_summarize_runs_nan_policy():
     assert b["p_improve"] == pytest.approx(2 / 6)
 
 
-def test_summarize_runs_two_group_columns():
+def test_summarize_runs_two_group_columns_on_cpu():
     df = pd.concat([_runs_df().assign(env="bandit"), _runs_df().assign(env="tabular")], ignore_index=True)
     out = S.summarize_runs(df, group=("env", "method"), reference="b", n_resamples=NR)
     assert list(out[["env", "method"]].itertuples(index=False, name=None)) == [
@@ -491,7 +491,7 @@ def test_summarize_runs_two_group_columns():
         )
 
 
-def test_summarize_runs_single_seed_degenerate():
+def test_summarize_runs_single_seed_degenerate_on_cpu():
     df = _runs_df().query("seed == 7")
     out = S.summarize_runs(df, reference="b", n_resamples=NR).set_index("method")
     assert out.loc["a", "final_iqm"] == out.loc["a", "final_low"] == out.loc["a", "final_high"] == 1.0

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import drpo_sim
 from drpo_sim.tokens import (
     ALL_COLUMNS,
     OPTIONAL_COLUMNS,
@@ -275,7 +276,7 @@ def test_metadata_round_trip(tmp_path):
     assert read_token_log_metadata(path) == meta
     kv = pq.read_metadata(path).metadata
     assert json.loads(kv[b"drpo_sim"]) == meta
-    assert kv[b"drpo_sim.version"]
+    assert kv[b"drpo_sim.version"].decode() == drpo_sim.__version__
     # no metadata: an empty dict; a plain Parquet file without the key: also an empty dict
     write_token_log(tmp_path / "plain.parquet", [make_batch(3)])
     assert read_token_log_metadata(tmp_path / "plain.parquet") == {}

@@ -12,7 +12,8 @@ PLACEHOLDER = "answer = None  # your answer"
 SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
     "01_policy_gradient_and_importance_sampling": {
         "01.is_gradient": {
-            "solution": 'answer = float(objectives.get("pg_is").grad_logp(np.log(t["pi"]), np.log(t["mu"]), t["advantage"]))',
+            "solution": 'answer = float(objectives.get("pg_is").grad_logp(np.log(t["pi"]), np.log(t["mu"]), '
+                        't["advantage"]))',
             "wrong": 'answer = t["advantage"] * t["mu"] / t["pi"]',
         },
         "01.ratio_variance": {
@@ -28,18 +29,21 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
             "wrong": 'answer = objectives.get(t["objective"]).eps_high',
         },
         "02.frequent_token": {
-            "solution": 'answer = float(objectives.get(t["objective"]).weight(np.log(t["pi"]), np.log(t["mu"]), t["advantage"]))',
+            "solution": 'answer = float(objectives.get(t["objective"]).weight(np.log(t["pi"]), np.log(t["mu"]), '
+                        't["advantage"]))',
             "wrong": "answer = 0.0",
         },
     },
     "03_dppo_divergence_trust_region": {
         "03.tv_boundary": {
             "solution": 'tv_ex = objectives.get("dppo_tv", delta=t["delta"])\n'
-                        'answer = switch_point(lambda p: tv_ex.weight(np.log(p), np.log(t["mu"]), t["advantage"]) != 0, t["mu"], 1e-12)',
+                        'answer = switch_point(lambda p: tv_ex.weight(np.log(p), np.log(t["mu"]), t["advantage"]) != '
+                        '0, t["mu"], 1e-12)',
             "wrong": 'answer = t["mu"] * (1 - objectives.get("grpo").eps_low)',
         },
         "03.kl_boundary_rare": {
-            "solution": 'answer = brentq(lambda p: float(objectives.binary_kl(np.log(t["mu"]), np.log(p))) - t["delta"], '
+            "solution": 'answer = brentq(lambda p: float(objectives.binary_kl(np.log(t["mu"]), np.log(p))) - '
+                        't["delta"], '
                         't["mu"], 1 - 1e-12)',
             "wrong": 'answer = t["mu"] + 0.15',
         },
@@ -55,7 +59,8 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
             "solution": 'drpo_ex = objectives.get("drpo", delta=t["delta"])\n'
                         "g = np.linspace(1e-4, 1 - 1e-4, 801)\n"
                         "mu_g, pi_g = np.meshgrid(g, g)\n"
-                        "w = np.concatenate([drpo_ex.weight(np.log(pi_g), np.log(mu_g), s).ravel() for s in (1.0, -1.0)])\n"
+                        "w = np.concatenate([drpo_ex.weight(np.log(pi_g), np.log(mu_g), s).ravel() for s in (1.0, "
+                        "-1.0)])\n"
                         "answer = (float(w.min()), float(w.max()))",
             "wrong": "answer = (0.0, 2.0)",
         },
@@ -78,8 +83,10 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
             "wrong": "answer = 0.078",
         },
         "06.grpo_rare_masked": {
-            "solution": 'answer = float(pd.read_csv("replay/objectives.csv").set_index("objective").loc["grpo", "rare_masked_frac"])',
-            "wrong": 'answer = float(pd.read_csv("replay/objectives.csv").set_index("objective").loc["grpo", "masked_frac"])',
+            "solution": 'answer = float(pd.read_csv("replay/objectives.csv").set_index("objective").loc["grpo", '
+                        '"rare_masked_frac"])',
+            "wrong": 'answer = float(pd.read_csv("replay/objectives.csv").set_index("objective").loc["grpo", '
+                     '"masked_frac"])',
         },
     },
 }

@@ -10,9 +10,10 @@ and ``file_html`` pages are easy to drive from Selenium.
 Modules: :mod:`.controls` (the values each control offers, and which objective parameter it
 sets), :mod:`.data` (every number shown, from drpo_sim's functions), :mod:`.views` (the Bokeh
 models), :mod:`.live` (the live run), :mod:`.app` (the server app), :mod:`.export` (the standalone
-page), :mod:`.cli` (the ``explore`` subcommand). Bokeh is imported only by the last four.
+page). Bokeh is imported only by ``views``, ``app`` and ``export``. The ``explore`` subcommand is
+:mod:`drpo_sim.cli.explore`.
 """
 
 from __future__ import annotations
 
-__all__ = ["app", "cli", "controls", "data", "export", "live", "views"]
+__all__ = ["app", "controls", "data", "export", "live", "views"]

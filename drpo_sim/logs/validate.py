@@ -196,7 +196,7 @@ def numbers_1d(value: Any, name: str, *, integer: bool = False) -> np.ndarray:
         ok = np.isfinite(arr) & (arr == np.round(np.where(np.isfinite(arr), arr, 0)))
         if not ok.all():
             i = int(np.flatnonzero(~ok)[0])
-            raise SampleError(f"{name}: index {i} holds {arr[i]!r}, not an integer", "non-numeric value")
+            raise SampleError(f"{name}: index {i} holds {arr[i].item()!r}, not an integer", "non-numeric value")
         return arr.astype(np.int64)
     # object or string arrays: find the first entry that is not a real number (or None for floats)
     flat = value if isinstance(value, (list, tuple)) and len(value) == arr.size else arr.reshape(-1).tolist()

@@ -714,15 +714,16 @@ def verdict_table(ours: Sequence[Mapping[str, Any]], reference: Sequence[Mapping
     they differ. Both are lists of claims as :func:`load_claims` returns them."""
     theirs = {c["number"]: c["verdict"] for c in reference or []}
     width = max(len(labels[0]), *(len(v) for v in VERDICTS))
+    other_width = max(len(labels[1]), len("not tested"), *(len(v) for v in VERDICTS))
     head = f"{'claim':>5}  {labels[0]:<{width}}"
     if reference is not None:
-        head += f"  {labels[1]:<{width}}  agree"
+        head += f"  {labels[1]:<{other_width}}  agree"
     lines = [head]
     for c in sorted(ours, key=lambda c: c["number"]):
         line = f"{c['number']:>5}  {c['verdict']:<{width}}"
         if reference is not None:
             other = theirs.get(c["number"], "not tested")
-            line += f"  {other:<{width}}  {'yes' if other == c['verdict'] else 'NO'}"
+            line += f"  {other:<{other_width}}  {'yes' if other == c['verdict'] else 'NO'}"
         lines.append(line)
     if reference is not None:
         same = sum(theirs.get(c["number"]) == c["verdict"] for c in ours)

@@ -82,6 +82,20 @@ class _Profiled:
         return getattr(self, check_profile(name))
 
 
+class _Tables(_Profiled):
+    """Mixin: a spec whose ``name`` names its result tables, ``<name>.csv`` and ``<name>_summary.csv``."""
+
+    name: str
+
+    @property
+    def data_file(self) -> str:
+        return f"{self.name}.csv"
+
+    @property
+    def summary_file(self) -> str:
+        return f"{self.name}_summary.csv"
+
+
 def param_suffix(params: Mapping[str, Any]) -> str:
     """How a variant's parameters read in its label: ``""`` or ``" (delta 0.5)"``."""
     if not params:
@@ -153,7 +167,7 @@ class FlowSpec:
 
 
 @dataclass(frozen=True)
-class ConvergenceSpec(_Profiled):
+class ConvergenceSpec(_Tables):
     """Curves of several objectives in one setting (``config``: flat configuration fields)."""
 
     name: str
@@ -162,17 +176,9 @@ class ConvergenceSpec(_Profiled):
     quick: Profile
     full: Profile
 
-    @property
-    def data_file(self) -> str:
-        return f"{self.name}.csv"
-
-    @property
-    def summary_file(self) -> str:
-        return f"{self.name}_summary.csv"
-
 
 @dataclass(frozen=True)
-class PanelSpec(_Profiled):
+class PanelSpec(_Tables):
     """Several settings x several variants on the same seeds, drawn as panels.
 
     ``config``: flat fields shared by all; each :class:`Setting` says what it changes; each
@@ -200,14 +206,6 @@ class PanelSpec(_Profiled):
             if unknown:
                 raise ValueError(f"{self.name}: figure {fig.name} shows undeclared {', '.join(unknown)}")
 
-    @property
-    def data_file(self) -> str:
-        return f"{self.name}.csv"
-
-    @property
-    def summary_file(self) -> str:
-        return f"{self.name}_summary.csv"
-
     def setting(self, name: str) -> Setting:
         for s in self.settings:
             if s.name == name:
@@ -230,7 +228,7 @@ class PanelSpec(_Profiled):
 
 
 @dataclass(frozen=True)
-class PhaseSpec(_Profiled):
+class PhaseSpec(_Tables):
     """A grid of engine noise x staleness (from the profile) for several methods."""
 
     methods: tuple[str, ...]
@@ -239,13 +237,9 @@ class PhaseSpec(_Profiled):
     full: GridProfile
     name: str = "phase_diagram"
 
-    @property
-    def data_file(self) -> str:
-        return f"{self.name}.csv"
-
 
 @dataclass(frozen=True)
-class SensitivitySpec(_Profiled):
+class SensitivitySpec(_Tables):
     """Final reward against each method's threshold (``deltas``: method -> values) at several
     engine-noise levels."""
 
@@ -255,10 +249,6 @@ class SensitivitySpec(_Profiled):
     quick: Profile
     full: Profile
     name: str = "threshold_sensitivity"
-
-    @property
-    def data_file(self) -> str:
-        return f"{self.name}.csv"
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,9 @@ def compare(
     ]  # validates every objective, parameter and field up front
 
     out = Path(out)
+    runner = runner or Runner(store=CellStore(out / "cells"), progress=progress)
+    if runner.store is None:
+        raise ValueError("the lab's comparison keeps token logs: give the runner a cell store")
     out.mkdir(parents=True, exist_ok=True)
     pcfg = pretrain_config or PretrainConfig()
     ckpt = pretrain(pcfg, out / CACHE_DIR if cache_dir is None else cache_dir, progress=progress)
@@ -113,9 +116,6 @@ def compare(
              {"objective": c.objective, "precision": c.precision, "seed": c.seed}, inputs=ckpt)
         for c in configs
     ]
-    runner = runner or Runner(store=CellStore(out / "cells"), progress=progress)
-    if runner.store is None:
-        raise ValueError("the lab's comparison keeps token logs: give the runner a cell store")
     tables = runner.run(cells, desc="lm compare")
     df = pd.concat(tables, ignore_index=True).sort_values(["method", "precision", "seed", "step"], ignore_index=True)
 

@@ -1,14 +1,20 @@
-"""`drpo-sim replay` end to end: simulator logs, real-format fixtures, bad input, drop mode."""
+"""``drpo-sim replay`` (:mod:`drpo_sim.cli.replay`) end to end: simulator logs, real-format fixtures,
+bad input, drop mode, bounded memory."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import logs_fixtures as fx
 import pandas as pd
 import pytest
 import torch
 
 from drpo_sim import cli
-import logs_fixtures as fx
+from drpo_sim.tokens import read_token_log
 
+ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("mismatch_by_mu.csv", "regions_by_mu.csv", "objectives.csv", "replay.json")
 FIGURES = ("mismatch.png", "regions.png", "weights.png", "rare_tokens.png")
 
@@ -45,7 +51,7 @@ def test_replay_a_simulator_log(tmp_path, capsys, sim_log):
     assert totals["source"]["format"] == "tokens"
     assert totals["objectives"]["drpo"] == "delta=0.5"
     obj = pd.read_csv(tmp_path / "objectives.csv").set_index("objective")
-    n = sum(len(b) for b in __import__("drpo_sim.tokens", fromlist=["x"]).read_token_log(sim_log / "grpo.parquet"))
+    n = sum(len(b) for b in read_token_log(sim_log / "grpo.parquet"))
     assert obj.loc["pg_is", "tokens"] + totals["excluded_tokens"] == n
     assert obj.loc["pg_is", "grad_mass_share"] == pytest.approx(1.0)
 
@@ -89,7 +95,8 @@ def test_bad_rows_error_in_one_line_or_are_dropped_and_counted(tmp_path, capsys)
     assert "train_data_step1.jsonl" in err and "prev_logprobs" in err and "line 3" in err
     assert not (tmp_path / "a" / "replay.json").exists()
 
-    code, out, err = run(capsys, "replay", str(path), "--out", str(tmp_path / "b"), "--on-invalid", "drop", "--no-progress")
+    code, out, err = run(capsys, "replay", str(path), "--out", str(tmp_path / "b"), "--on-invalid", "drop",
+                         "--no-progress")
     assert code == 0, err
     assert "dropped" in out and "positive" in out
     totals = json.loads((tmp_path / "b" / "replay.json").read_text())
@@ -110,7 +117,8 @@ def test_bad_options_exit_2(tmp_path, capsys, sim_log, argv, message):
     if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     extra = ["--objectives", "drpo"] if argv[0] == "--param" else []
-    code, out, err = run(capsys, "replay", str(sim_log / "drpo.parquet"), "--out", str(tmp_path), "--no-progress", *argv, *extra)
+    code, out, err = run(capsys, "replay", str(sim_log / "drpo.parquet"), "--out", str(tmp_path), "--no-progress",
+                         *argv, *extra)
     assert code == 2, (out, err)
     assert message in err and len(err.strip().splitlines()) == 1
 
@@ -120,7 +128,8 @@ def test_empty_and_missing_logs_exit_2(tmp_path, capsys):
     empty.write_text("")
     code, out, err = run(capsys, "replay", str(empty), "--out", str(tmp_path / "o"), "--no-progress")
     assert code == 2 and "train_data_step1.jsonl" in err
-    code, out, err = run(capsys, "replay", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "o"), "--no-progress")
+    code, out, err = run(capsys, "replay", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "o"),
+                         "--no-progress")
     assert code == 2 and "nope.parquet" in err
 
 
@@ -129,16 +138,13 @@ def test_replay_memory_is_bounded_by_the_batch_not_the_file(tmp_path):
     """Stream a 1- and a 4-million-token log (about 45 and 180 MB decoded) in batches of 65,536
     tokens, each in a fresh process: the peak memory (``resource``'s RSS, Linux) is the same
     within a few tens of MB, so it does not grow with the file."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_replay.py"
+    script = ROOT / "benchmarks" / "bench_replay.py"
 
     def peak(n):
         log = tmp_path / f"log{n}.parquet"
-        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(script.parent)!r}); import bench_replay; "
-                        f"bench_replay.write_log(__import__('pathlib').Path({str(log)!r}), {n})"], check=True)
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(script.parent)!r}); "
+                        f"import bench_replay; bench_replay.write_log(__import__('pathlib').Path({str(log)!r}), {n})"],
+                       check=True)
         code = (
             "import resource, torch, drpo_sim.analysis as a, drpo_sim.logs as l; torch.set_num_threads(1); "
             f"r = a.replay(l.open_log({str(log)!r}, fmt='tokens', batch_size=65536)); "

@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end (at a toy size: timings are never asserted)."""
+"""The benchmark scripts of benchmarks/ run end to end (at a toy size: timings are never asserted)."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import pandas as pd
 
 import drpo_sim as ds
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_script_writes_its_table(tmp_path):

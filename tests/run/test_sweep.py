@@ -1,21 +1,23 @@
-"""Sweeps: grid expansion, cell ids, validation, equality with `simulate`, resume, kill -9, Dask."""
+"""Sweeps (drpo_sim.run.sweep): grid expansion, cell ids, validation, equality with `simulate`, the
+index, and a store written by other simulator code. Resuming, killing and the lock are tested
+with the store (test_store.py), Dask with the executor (test_executor.py)."""
+
+from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from drpo_sim import cli, sweep
-from drpo_sim.results import read_results, write_results
-from drpo_sim.sim import simulate
+from drpo_sim import cli
+from drpo_sim.results import read_results
+from drpo_sim.run import sweep
+from drpo_sim.run.cells import Kind
+from drpo_sim.run.store import CellStore
+from drpo_sim.sim import SimConfig, simulate
 
 HEAD = """
 methods = ["grpo", "drpo"]
@@ -40,10 +42,6 @@ def _toml(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
     return path
 
 
-def _frame(out: Path) -> pd.DataFrame:
-    return sweep.read_sweep(out)[0]
-
-
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     """The GRID sweep run once on two local processes: (spec, its directory, its table)."""
@@ -62,18 +60,20 @@ def test_grid_order_and_param_grid_applies_to_its_method_only(tmp_path):
     cells = sweep.load_sweep(_toml(tmp_path, GRID)).cells()
     # 2 noise x 2 staleness configurations, each: grpo once, drpo once per delta
     assert len(cells) == 4 * (1 + 2)
-    assert [c.index for c in cells] == list(range(12))
-    coords = [(c.coords["noise_std"], c.coords["staleness"]) for c in cells[::3]]
+    coords = [(c.labels["noise_std"], c.labels["staleness"]) for c in cells[::3]]
     assert coords == [(0.0, 0), (0.0, 2), (0.1, 0), (0.1, 2)]
-    assert [c.method for c in cells[:3]] == ["grpo", "drpo", "drpo"]
+    assert [c.spec["method"] for c in cells[:3]] == ["grpo", "drpo", "drpo"]
     for c in cells:
-        assert c.seeds == (0, 1) and c.config.env.vocab_size == 64 and c.config.train.steps == 5
-        assert c.config.offpolicy.noise_std == c.coords["noise_std"] and isinstance(c.coords["noise_std"], float)
-        if c.method == "grpo":
-            assert "drpo.delta" not in c.coords and c.params == {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": None}
+        config = c.spec["config"]
+        assert c.kind == "sim" and c.spec["seeds"] == [0, 1] and config["vocab_size"] == 64 and config["steps"] == 5
+        assert config == SimConfig.from_flat(config).flat()  # the full flat configuration, defaults included
+        assert config["noise_std"] == c.labels["noise_std"] and isinstance(c.labels["noise_std"], float)
+        if c.spec["method"] == "grpo":
+            assert "drpo.delta" not in c.labels
+            assert c.spec["params"] == {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": None}
         else:
-            assert c.params == {"delta": c.coords["drpo.delta"]}
-    assert [c.params["delta"] for c in cells if c.method == "drpo"] == [12.5, 0.15] * 4
+            assert c.spec["params"] == {"delta": c.labels["drpo.delta"]}
+    assert [c.spec["params"]["delta"] for c in cells if c.spec["method"] == "drpo"] == [12.5, 0.15] * 4
 
 
 def test_cell_ids_are_the_hash_of_the_cell_distinct_and_stable(tmp_path):
@@ -81,13 +81,12 @@ def test_cell_ids_are_the_hash_of_the_cell_distinct_and_stable(tmp_path):
     again = sweep.load_sweep(_toml(tmp_path, GRID, "copy.toml")).cells()
     assert [c.id for c in cells] == [c.id for c in again]
     assert len({c.id for c in cells}) == len(cells)
+    store = CellStore(tmp_path / "out" / sweep.CELLS_DIR)
     for c in cells:
-        canonical = json.dumps(
-            {"config": c.config.flat(), "method": c.method, "params": c.params, "seeds": list(c.seeds)},
-            sort_keys=True, separators=(",", ":"),
-        )
+        canonical = json.dumps({"kind": "sim", "spec": dict(c.spec), "code": c.code}, sort_keys=True,
+                               separators=(",", ":"))
         assert c.id == hashlib.sha256(canonical.encode()).hexdigest()[:16]
-        assert c.file == f"cells/{c.id}.parquet"
+        assert store.path(c) == tmp_path / "out" / "cells" / f"{c.id}.parquet"
 
 
 def test_equal_computations_share_an_id_whatever_the_spelling(tmp_path):
@@ -107,7 +106,7 @@ def test_a_dotted_key_and_a_method_table_mean_the_same_param_grid(tmp_path):
     table = sweep.load_sweep(_toml(tmp_path, HEAD + "[grid.drpo]\ndelta = [2.5, 1]\n", "c.toml"))
     ids = [c.id for c in quoted.cells()]
     assert ids == [c.id for c in dotted.cells()] == [c.id for c in table.cells()] and len(ids) == 3
-    assert [c.params for c in quoted.cells()][1:] == [{"delta": 2.5}, {"delta": 1.0}]
+    assert [c.spec["params"] for c in quoted.cells()][1:] == [{"delta": 2.5}, {"delta": 1.0}]
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,12 +187,18 @@ def test_cli_errors_exit_2_in_one_line_and_run_nothing(tmp_path, capsys):
 
 def test_each_cell_is_exactly_simulate_of_that_cell(local):
     spec, out, df = local
+    store = CellStore(out / sweep.CELLS_DIR)
     for cell in spec.cells():
-        stored, meta = read_results(out / cell.file)
-        expected = simulate(cell.config, [cell.method], cell.seeds, method_params={cell.method: cell.params})
-        expected.insert(0, "cell", cell.id)
+        stored, meta = read_results(store.path(cell))
+        method = cell.spec["method"]
+        expected = simulate(SimConfig.from_flat(cell.spec["config"]), [method], cell.spec["seeds"],
+                            method_params={method: cell.spec["params"]})
         pd.testing.assert_frame_equal(stored, expected)
-        assert meta["cell"] == cell.id and meta["grid"] == cell.coords and meta["seeds"] == [0, 1]
+        assert meta["cell"] == cell.id and meta["labels"] == cell.labels and meta["spec"]["seeds"] == [0, 1]
+        assert meta["code"] == cell.code
+        # and in the sweep's table, under its id
+        rows = df[df["cell"] == cell.id].drop(columns="cell").reset_index(drop=True)
+        pd.testing.assert_frame_equal(rows[expected.columns], expected)
 
 
 def test_results_are_the_cells_in_grid_order_laid_out_as_simulate(local):
@@ -202,54 +207,56 @@ def test_results_are_the_cells_in_grid_order_laid_out_as_simulate(local):
     assert list(df["cell"].drop_duplicates()) == [c.id for c in cells]
     assert df.groupby(["cell", "method", "seed", "step"]).size().eq(1).all() and len(df) == 12 * 2 * 5
     # one configuration, grpo and drpo at delta 0.15: what one simulate call gives for both
-    cfg = cells[3].config
+    cfg = SimConfig.from_flat(cells[3].spec["config"])
     rows = df[df["cell"].isin([cells[3].id, cells[5].id])].drop(columns="cell").reset_index(drop=True)
     expected = simulate(cfg, ["grpo", "drpo"], [0, 1], method_params={"drpo": {"delta": 0.15}})
     pd.testing.assert_frame_equal(rows, expected)
     assert list(df.columns[:4]) == ["cell", "method", "seed", "step"]
     index = sweep.read_index(out)
     assert index["complete"] and [c["cell"] for c in index["cells"]] == [c.id for c in cells]
+    assert [c["index"] for c in index["cells"]] == list(range(12))
+    assert [c["file"] for c in index["cells"]] == [f"cells/{c.id}.parquet" for c in cells]
+    assert [c["grid"] for c in index["cells"]] == [dict(c.labels) for c in cells]
     assert {c["status"] for c in index["cells"]} == {"done"} and index["last_run"]["ran"] == 12
+    stored, meta = read_results(out / sweep.RESULTS_FILE)
+    pd.testing.assert_frame_equal(stored, df)
+    assert meta["cells"] == [c.id for c in cells] and meta["sweep"] == spec.describe()
+
+
+def test_table_checks_one_row_per_seed_and_step(local):
+    spec, out, df = local
+    cells = spec.cells()[:2]
+    store = CellStore(out / sweep.CELLS_DIR)
+    tables = [store.read(c) for c in cells]
+    pd.testing.assert_frame_equal(sweep.table(cells, tables),
+                                  df[df["cell"].isin([c.id for c in cells])].reset_index(drop=True))
+    with pytest.raises(RuntimeError, match=rf"cell {cells[0].id}: 9 rows, expected 10 distinct \(seed, step\)"):
+        sweep.table(cells, [tables[0].iloc[1:], tables[1]])
 
 
 # --------------------------------------------------------------------------------------------
-# Resume
+# Other code, unfinished sweeps
 # --------------------------------------------------------------------------------------------
 
 
-def test_rerun_skips_everything_and_a_deleted_cell_alone_reruns(local, tmp_path):
+def test_a_store_of_other_simulator_code_is_never_reused(local, tmp_path, monkeypatch):
+    """Cells carry the simulator's code digest, so a sweep rerun after an edit of the simulator
+    recomputes every cell under new ids, beside the old ones, never mixed with them."""
     spec, done, df = local
     out = tmp_path / "out"
     shutil.copytree(done, out)
-    before = (out / "results.parquet").read_bytes()
-    pd.testing.assert_frame_equal(sweep.run_sweep(spec, out, n_jobs=1, progress=False), df)
-    assert sweep.read_index(out)["last_run"] | {"wall_s": 0} == {
-        "ran": 0, "skipped": 12, "rerun_unreadable": 0, "stale_tmp_removed": 0, "total": 12, "rows": 120,
-        "executor": "none (every cell was done)", "wall_s": 0,
-    }
-    assert (out / "results.parquet").read_bytes() == before
-
-    victim, garbled = spec.cells()[4], spec.cells()[7]
-    (out / victim.file).unlink()
-    (out / garbled.file).write_bytes(b"not parquet")  # no atomic write leaves this, a damaged disk might
-    (out / "cells" / f".{victim.id}.parquet.x1y2.tmp").write_bytes(b"half a file")  # what kill -9 can leave
-    sweep.run_sweep(spec, out, n_jobs=1, progress=False)
-    index = sweep.read_index(out)
-    assert [c["cell"] for c in index["cells"] if c["this_run"] == "ran"] == [victim.id, garbled.id]
-    assert index["last_run"]["rerun_unreadable"] == 1 and index["last_run"]["stale_tmp_removed"] == 1
-    assert (out / "results.parquet").read_bytes() == before
-    assert not list(out.rglob("*.tmp"))
-
-
-def test_a_cell_file_of_another_version_is_an_error(local, tmp_path):
-    spec, done, _ = local
-    out = tmp_path / "out"
-    shutil.copytree(done, out)
-    cell = spec.cells()[0]
-    df, meta = read_results(out / cell.file)
-    write_results(df, out / cell.file, {**meta, "version": "0.0.1"})
-    with pytest.raises(ValueError, match=r"written by drpo_sim 0\.0\.1.*fresh directory"):
-        sweep.run_sweep(spec, out, n_jobs=1, progress=False)
+    old = {c.id for c in spec.cells()}
+    monkeypatch.setattr(Kind, "code", property(lambda self: "e" * 16))  # an edited simulator
+    edited = sweep.load_sweep(_toml(tmp_path, GRID))
+    new = {c.id for c in edited.cells()}
+    assert not new & old and len(new) == 12
+    got = sweep.run_sweep(edited, out, n_jobs=1, progress=False)
+    last = sweep.read_index(out)["last_run"]
+    assert (last["ran"], last["skipped"]) == (12, 0)
+    assert {p.name.split(".")[0] for p in (out / "cells").glob("*.parquet")} == old | new
+    assert list(got["cell"].drop_duplicates()) == [c.id for c in edited.cells()]
+    # the same code on the same seeds: the same numbers
+    pd.testing.assert_frame_equal(got.drop(columns="cell"), df.drop(columns="cell"))
 
 
 def test_an_unfinished_sweep_cannot_be_read(local, tmp_path):
@@ -258,79 +265,7 @@ def test_an_unfinished_sweep_cannot_be_read(local, tmp_path):
     shutil.copytree(done, out)
     index = sweep.read_index(out)
     (out / "sweep.json").write_text(json.dumps({**index, "complete": False}))
-    with pytest.raises(ValueError, match="unfinished"):
+    with pytest.raises(ValueError, match=r"the sweep is unfinished \(12 of 12 cells done\)"):
         sweep.read_sweep(out)
-
-
-def test_two_drivers_cannot_write_into_one_directory(local, tmp_path):
-    import fcntl
-
-    spec, _, _ = local
-    (tmp_path / "out").mkdir()
-    with open(tmp_path / "out" / ".lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # as a running sweep holds it
-        with pytest.raises(OSError, match="another sweep is writing into this directory"):
-            sweep.run_sweep(spec, tmp_path / "out", n_jobs=1, progress=False)
-    assert not (tmp_path / "out" / "cells").exists()
-
-
-KILL = """
-methods = ["grpo", "drpo"]
-seeds = 3
-noise_std = 0.1
-[env]
-vocab_size = 512
-[train]
-steps = 200
-group_size = 8
-[grid]
-staleness = [0, 2, 4]
-lr = [0.02, 0.05, 0.1]
-"""
-
-
-def test_kill_9_mid_sweep_then_resume_gives_the_uninterrupted_results(tmp_path):
-    path = _toml(tmp_path, KILL)
-    spec = sweep.load_sweep(path)
-    n = len(spec.cells())
-    out = tmp_path / "killed"
-    argv = [sys.executable, "-m", "drpo_sim.cli", "sweep", str(path), "--out", str(out), "--jobs", "1", "--no-progress"]
-    proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list((out / "cells").glob("*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver's whole session, as a node failure would
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, err.decode()
-    finished = len(list((out / "cells").glob("*.parquet")))
-    assert 0 < finished < n and not (out / "results.parquet").exists()
-
-    res = subprocess.run(argv, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert f"{n - finished} cells run, {finished} skipped, {n} in all" in res.stdout
-    resumed = _frame(out)
-    reference = sweep.run_sweep(spec, tmp_path / "uninterrupted", n_jobs=2, progress=False)
-    pd.testing.assert_frame_equal(resumed, reference)
-    assert not resumed.duplicated(["cell", "method", "seed", "step"]).any() and len(resumed) == n * 3 * 200
-    assert not list(out.rglob("*.tmp"))
-    assert (out / "results.parquet").read_bytes() == (tmp_path / "uninterrupted" / "results.parquet").read_bytes()
-
-
-# --------------------------------------------------------------------------------------------
-# Dask
-# --------------------------------------------------------------------------------------------
-
-
-def test_dask_local_cluster_gives_exactly_the_local_results(local, tmp_path):
-    from dask.distributed import LocalCluster
-
-    spec, done, df = local
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster:
-        out = tmp_path / "dask"
-        got = sweep.run_sweep(spec, out, scheduler=cluster.scheduler_address, progress=False)
-    pd.testing.assert_frame_equal(got, df)
-    assert (out / "results.parquet").read_bytes() == (done / "results.parquet").read_bytes()
-    assert sweep.read_index(out)["last_run"]["executor"] == f"dask {cluster.scheduler_address}"
+    with pytest.raises(FileNotFoundError, match="no sweep index"):
+        sweep.read_index(tmp_path / "nowhere")

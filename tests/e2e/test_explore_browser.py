@@ -1,6 +1,6 @@
 """The trust-region explorer in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``).
 
-The app is served by ``python -m drpo_sim.explore.cli --port 0 --no-browser`` in a subprocess; the
+The app is served by ``python -m drpo_sim.cli explore --port 0 --no-browser`` in a subprocess; the
 tests move controls in the page (a real key press on a slider handle, a real click on a toggle,
 model values set through BokehJS), read the plotted data back out of the page's data sources and
 hold it against the registry computed here, start and stop the live run with real clicks, and open
@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from drpo_sim import objectives
+from drpo_sim import cli, objectives
+from drpo_sim.config import PAPER_METHODS
 from drpo_sim.explore import controls as ctl
 from drpo_sim.explore import data
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
@@ -129,12 +130,14 @@ def page(tmp_path_factory) -> Iterator[Page]:
 
 
 class AppServer:
-    """``python -m drpo_sim.explore.cli --port 0 --no-browser`` in a subprocess, started at once."""
+    """``python -m drpo_sim.cli explore --port 0 --no-browser`` in a subprocess, started at once."""
 
     def __init__(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "drpo_sim.explore.cli", "--port", "0", "--no-browser"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "drpo_sim.cli", "explore", "--port", "0", "--no-browser"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout], daemon=True).start()
         self._url: str | None = None
@@ -242,7 +245,7 @@ def test_live_run_starts_and_stops(app):
     page.set("views", "active", 2)
     page.wait("return V('start') !== null && V('start').button_el.offsetParent !== null", 10, "the live tab")
     page.js("return V('start').button_el").click()
-    shown = list(ctl.DEFAULT_OBJECTIVES)
+    shown = list(PAPER_METHODS)
     counts = ", ".join(f"M('live_{n}').data.step.length" for n in shown)
     lengths = f"return [{counts}]"
     page.wait(f"return Math.min({counts}) >= 25", 60, "the live curves to grow")
@@ -262,10 +265,8 @@ def test_live_run_starts_and_stops(app):
 
 
 def test_exported_page_renders_from_disk(page, tmp_path, capsys):
-    from drpo_sim.explore.cli import main
-
     out = tmp_path / "explorer.html"
-    assert main(["--export", str(out)]) == 0  # what `drpo-sim explore --export` runs
+    assert cli.main(["explore", "--export", str(out)]) == 0  # `drpo-sim explore --export FILE`
     size = out.stat().st_size
     assert f"({size / 1e6:.1f} MB)" in capsys.readouterr().out and size < 15e6
     html = out.read_text()

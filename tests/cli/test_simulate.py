@@ -1,7 +1,4 @@
-"""`drpo-sim simulate` and `drpo-sim summarize` end to end, and their errors."""
-
-import subprocess
-import sys
+"""``drpo-sim simulate``, ``summarize`` (:mod:`drpo_sim.cli.simulate`) end to end, and their errors."""
 
 import numpy as np
 import pytest
@@ -13,8 +10,8 @@ from drpo_sim.tokens import load_token_log, read_token_log_metadata
 
 QUICK = ["--seeds", "3", "--steps", "6", "--vocab-size", "64", "--group-size", "8", "--no-progress"]
 CHANNELS = [
-    "--preset", "fp8", "--noise-dist", "student_t", "--bias-std", "0.05", "--trainer-precision", "bf16", "--top-p", "0.95",
-    "--staleness", "2", "--updates-per-batch", "2", "--anchor", "recompute",
+    "--preset", "fp8", "--noise-dist", "student_t", "--bias-std", "0.05", "--trainer-precision", "bf16",
+    "--top-p", "0.95", "--staleness", "2", "--updates-per-batch", "2", "--anchor", "recompute",
 ]
 
 
@@ -29,7 +26,8 @@ def test_simulate_every_objective_with_every_channel(tmp_path, capsys, env):
     from drpo_sim import objectives
 
     out = tmp_path / "r.parquet"
-    argv = ["simulate", "--env", env, "--methods", ",".join(objectives.available()), "--out", str(out), *QUICK, *CHANNELS]
+    argv = ["simulate", "--env", env, "--methods", ",".join(objectives.available()), "--out", str(out),
+            *QUICK, *CHANNELS]
     rc, text, err = _run(argv, capsys)
     assert rc == 0, err
     df, meta = read_results(out)
@@ -46,7 +44,8 @@ def test_simulate_every_objective_with_every_channel(tmp_path, capsys, env):
 
 def test_simulate_exact_mode(tmp_path, capsys):
     out = tmp_path / "e.parquet"
-    rc, _, err = _run(["simulate", "--mode", "exact", "--methods", "drpo,spo", "--out", str(out), *QUICK, "--preset", "bf16"], capsys)
+    rc, _, err = _run(["simulate", "--mode", "exact", "--methods", "drpo,spo", "--out", str(out), *QUICK,
+                       "--preset", "bf16"], capsys)
     assert rc == 0, err
     df, _ = read_results(out)
     assert df["mode"].eq("exact").all() and len(df) == 2 * 3 * 6
@@ -55,7 +54,8 @@ def test_simulate_exact_mode(tmp_path, capsys):
 def test_same_command_gives_identical_files(tmp_path, capsys):
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     for out in (a, b):
-        assert _run(["simulate", "--methods", "grpo,drpo", "--out", str(out), *QUICK, "--preset", "fp8", "--staleness", "1"], capsys)[0] == 0
+        argv = ["simulate", "--methods", "grpo,drpo", "--out", str(out), *QUICK, "--preset", "fp8", "--staleness", "1"]
+        assert _run(argv, capsys)[0] == 0
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -70,8 +70,8 @@ def test_config_file_params_and_token_logs(tmp_path, capsys):
     )
     out, tok = tmp_path / "r.parquet", tmp_path / "tokens"
     # a flag overrides the file; --param adds to it
-    rc, _, err = _run(["simulate", "--config", str(toml), "--out", str(out), "--steps", "5", "--param", "dppo_tv.delta=0.3",
-                       "--save-tokens", str(tok), "--no-progress"], capsys)
+    rc, _, err = _run(["simulate", "--config", str(toml), "--out", str(out), "--steps", "5",
+                       "--param", "dppo_tv.delta=0.3", "--save-tokens", str(tok), "--no-progress"], capsys)
     assert rc == 0, err
     df, meta = read_results(out)
     assert df.steps.eq(5).all() and df.env.eq("tabular").all() and df.staleness.eq(1).all()
@@ -87,7 +87,8 @@ def test_summarize_prints_and_plots(tmp_path, capsys):
     out = tmp_path / "r.parquet"
     assert _run(["simulate", "--methods", "pg_is,drpo", "--out", str(out), *QUICK, "--preset", "fp8"], capsys)[0] == 0
     png, csv = tmp_path / "curves.png", tmp_path / "s.csv"
-    rc, text, err = _run(["summarize", str(out), "--plot", str(png), "--reference", "pg_is", "--threshold", "0.06", "--csv", str(csv)], capsys)
+    rc, text, err = _run(["summarize", str(out), "--plot", str(png), "--reference", "pg_is", "--threshold", "0.06",
+                          "--csv", str(csv)], capsys)
     assert rc == 0, err
     assert "p_improve" in text and "drpo" in text and "steps_to_threshold_median" in text
     img = np.asarray(Image.open(png).convert("L"), dtype=float)
@@ -131,27 +132,3 @@ def test_bad_config_and_result_files(tmp_path, capsys):
     junk.write_bytes(b"PAR1 this is not parquet")
     rc, _, err = _run(["summarize", str(junk)], capsys)
     assert rc == 2 and "not a readable Parquet file" in err
-
-
-def test_console_script_runs():
-    res = subprocess.run([sys.executable, "-m", "drpo_sim.cli", "simulate", "--help"], capture_output=True, text=True)
-    assert res.returncode == 0 and "--noise-std" in res.stdout and "--save-tokens" in res.stdout
-
-
-def test_submodules_load_on_first_use():
-    import drpo_sim as ds
-    from drpo_sim.sim import simulate
-
-    assert ds.sim.simulate is simulate and ds.stats.iqm([1.0, 2.0, 3.0, 4.0]) == 2.5
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        ds.nope
-
-
-def test_a_failure_while_running_is_one_line_and_exit_1(monkeypatch, capsys):
-    def boom(args):
-        raise RuntimeError("2 cell(s) never returned a result (first: abc)")
-
-    monkeypatch.setattr(cli, "_cmd_list", boom)
-    assert cli.main(["list"]) == 1
-    err = capsys.readouterr().err
-    assert err.strip().splitlines() == ["drpo-sim list: failed: 2 cell(s) never returned a result (first: abc)"]

@@ -1,17 +1,22 @@
-"""The claim tests (drpo_sim.claims): the geometric claims hold; claim 5 reads a replay table."""
+"""The claim tests (drpo_sim.paper.claims): the geometric claims hold; claim 5 reads a replay table; the
+others read the analyses' summaries, with each verdict made to flip; the verdict table."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from drpo_sim import analysis, claims
+from drpo_sim import analysis
+from drpo_sim.paper import claims
 from drpo_sim.tokens import TokenBatch
 
 
 def test_geometric_claims_are_supported_on_cpu():
-    c1, c2, c3 = claims.claim_1(n_plane=200), claims.claim_2(vocab_sizes=(8, 4096), trials=5), claims.claim_3(n_plane=200)
+    c1 = claims.claim_1(n_plane=200)
+    c2 = claims.claim_2(vocab_sizes=(8, 4096), trials=5)
+    c3 = claims.claim_3(n_plane=200)
     assert (c1.verdict, c2.verdict, c3.verdict) == ("supported",) * 3
     assert all(v <= 1 + 1e-12 for k, v in c1.numbers.items() if k.startswith("drpo_"))
     assert c1.numbers["spo_log_peak_vs_log_mu_slope"] == pytest.approx(-1.0, abs=0.05)
@@ -30,7 +35,8 @@ def test_claim_1_fails_when_the_bound_is_wrong_on_cpu(monkeypatch):
         def weight(self, *a):
             return 1 + 2 * (self.obj.weight(*a) - 1)
 
-    monkeypatch.setattr(claims.objectives, "get", lambda name, **kw: Loose(real(name, **kw)) if name == "drpo" else real(name, **kw))
+    monkeypatch.setattr(claims.objectives, "get",
+                        lambda name, **kw: Loose(real(name, **kw)) if name == "drpo" else real(name, **kw))
     assert claims.claim_1(n_plane=100).verdict == "not supported"
 
 
@@ -43,8 +49,9 @@ def replay_regions(rare_clip: bool):
     move = np.where(mu < 0.01, 0.4 if rare_clip else 0.08, 0.08)
     logp = np.log(mu) + rng.choice([-1, 1], n) * move
     adv = rng.choice([-1.0, 1.0], n)
-    b = TokenBatch.from_arrays(logp=np.minimum(logp, 0), logp_behavior=np.log(mu), advantage=adv, mask=np.ones(n, bool),
-                               sample_id=np.arange(n), group_id=np.arange(n), position=np.zeros(n, int))
+    b = TokenBatch.from_arrays(logp=np.minimum(logp, 0), logp_behavior=np.log(mu), advantage=adv,
+                               mask=np.ones(n, bool), sample_id=np.arange(n), group_id=np.arange(n),
+                               position=np.zeros(n, int))
     return analysis.replay([b]).regions
 
 
@@ -99,7 +106,7 @@ def test_claim_12_verdicts_on_cpu():
 
 
 # ------------------------------------------------------------------------------------------------
-# claims read off panel summaries (figures.panel_summary): synthetic tables where each verdict flips
+# claims read off panel summaries (drpo_sim.summaries.panel_summary): synthetic tables where each verdict flips
 
 
 def panel(rows: dict[tuple[str, str], float], *, width: float = 0.02, collapse: dict | None = None,
@@ -129,7 +136,8 @@ def test_claim_6_compares_speed_at_the_same_threshold_on_cpu():
             rows.update({(s, "dppo_tv"): 0.5, (s, "drpo"): 0.5, (s, "drpo (delta 0.15)"): 0.5})
         return panel(rows, auc={(s, "drpo (delta 0.15)"): delta015_auc[i] for i, s in enumerate(SETTINGS)})
     c = claims.claim_6(table([0.6, 0.6, 0.5]))
-    assert c.verdict == "supported" and c.numbers["same_geometry_faster"] == 2 and c.numbers["same_geometry_slower"] == 0
+    assert c.verdict == "supported"
+    assert c.numbers["same_geometry_faster"] == 2 and c.numbers["same_geometry_slower"] == 0
     assert claims.claim_6(table([0.6, 0.5, 0.4])).verdict == "inconclusive"
     c = claims.claim_6(table([0.5, 0.4, 0.5]))
     assert c.verdict == "not supported" and "slower in 1 (fp8_rollout)" in c.reason
@@ -154,7 +162,8 @@ def test_ablation_claims_verdicts_on_cpu():
     assert claims.claim_10(same).verdict == "not supported"
     c8 = claims.claim_8(ablation_table({"stress:drpo_no_abs_adv (delta 0.5)": -0.2}))
     assert c8.verdict == "supported" and c8.numbers["worse"] == 1 and "stress (delta 0.5)" in c8.reason
-    assert claims.claim_8(ablation_table({"stress:drpo_no_abs_adv": -0.2, "fp8_stale:drpo_no_abs_adv": 0.2})).verdict == "inconclusive"
+    mixed = ablation_table({"stress:drpo_no_abs_adv": -0.2, "fp8_stale:drpo_no_abs_adv": 0.2})
+    assert claims.claim_8(mixed).verdict == "inconclusive"
     # more collapses count as worse even where the rewards' intervals overlap
     collapsing = ablation_table({}, collapse={("stress", "drpo_no_abs_adv"): 0.25})
     assert claims.claim_8(collapsing).verdict == "supported"
@@ -198,3 +207,63 @@ def test_claim_4_needs_a_collapse_without_trust_region_on_cpu():
 def test_claims_from_results_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="settings_summary.csv"):
         claims.claims_from_results(tmp_path)
+
+
+def test_the_table_parameters_are_named_after_their_analyses_on_cpu():
+    settings = panel({(s, "pg_is"): 0.8 for s in SETTINGS})
+    assert claims.claim_4(settings_table=settings, anchor_table=anchor_table(0.01, free_collapse=0.5)).verdict == \
+        "supported"
+    rows = {}
+    for s in SETTINGS:
+        rows.update({(s, "dppo_tv"): 0.5, (s, "drpo"): 0.5, (s, "drpo (delta 0.15)"): 0.5})
+    assert claims.claim_6(settings_table=panel(rows)).verdict == "not supported"
+    for claim in (claims.claim_8, claims.claim_9, claims.claim_10):
+        assert claim(ablation_table=ablation_table({})).number == int(claim.__name__.split("_")[1])
+    assert claims.claim_11(anchor_table=anchor_table(0.03)).verdict == "supported"
+
+
+def test_write_and_load_claims_round_trip(tmp_path):
+    results = [claims.claim_2(vocab_sizes=(8,), trials=2), claims.claim_12(pd.DataFrame([
+        dict(method="pg_is", n_seeds=4, final_iqm=0.9, final_low=0.88, final_high=0.92, p_improve=np.nan,
+             p_improve_low=np.nan, p_improve_high=np.nan),
+        dict(method="drpo", n_seeds=4, final_iqm=0.8, final_low=0.78, final_high=0.82, p_improve=0.1,
+             p_improve_low=0.0, p_improve_high=0.2)]))]
+    claims.write_claims(results, tmp_path / claims.CLAIMS_FILE)
+    loaded = claims.load_claims(tmp_path)
+    assert [c["number"] for c in loaded] == [2, 12] and loaded[1]["verdict"] == "supported"
+    assert loaded[0]["statement"] == claims.STATEMENTS[2] and loaded[1]["figures"] == ["convergence_fp8_stale"]
+    (tmp_path / claims.CLAIMS_FILE).write_text(json.dumps(loaded + [loaded[0]]))
+    with pytest.raises(ValueError, match="claims.json: claim 2: appears twice"):
+        claims.load_claims(tmp_path)
+    with pytest.raises(FileNotFoundError, match="claims.json: not found"):
+        claims.load_claims(tmp_path / "nowhere")
+
+
+OURS = [{"number": 2, "verdict": "supported"}, {"number": 1, "verdict": "not supported"},
+        {"number": 3, "verdict": "inconclusive"}]
+
+
+def test_verdict_table_alone():
+    lines = claims.verdict_table(OURS).splitlines()
+    assert [line.split()[0] for line in lines] == ["claim", "1", "2", "3"]  # sorted by claim number
+    assert lines[0].split() == ["claim", "this", "run"]
+    assert [line[7:].strip() for line in lines[1:]] == ["not supported", "supported", "inconclusive"]
+    assert "agree" not in claims.verdict_table(OURS)
+
+
+def test_verdict_table_beside_a_reference_marks_disagreements():
+    reference = [{"number": 1, "verdict": "not supported"}, {"number": 2, "verdict": "inconclusive"},
+                 {"number": 12, "verdict": "supported"}]
+    text = claims.verdict_table(OURS, reference, labels=("quick (out)", "committed (figures)"))
+    lines = text.splitlines()
+    assert lines[0].split() == ["claim", "quick", "(out)", "committed", "(figures)", "agree"]
+    agree = lines[0].index("agree")
+    rows = {int(line.split()[0]): line for line in lines[1:-1]}
+    assert list(rows) == [1, 2, 3]
+    assert rows[1][agree:] == "yes" and "not supported  not supported" in rows[1]
+    assert rows[2][agree:] == "NO" and re.search(r"supported\s+inconclusive\s+NO$", rows[2])
+    assert rows[3][agree:] == "NO" and re.search(r"inconclusive\s+not tested\s+NO$", rows[3])  # not in the reference
+    assert lines[-1] == "1 of 3 verdicts agree"
+    # the same run on both sides: every verdict agrees
+    same = claims.verdict_table(OURS, OURS).splitlines()
+    assert same[-1] == "3 of 3 verdicts agree" and all(line.endswith("yes") for line in same[1:-1])

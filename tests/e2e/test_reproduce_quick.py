@@ -1,11 +1,11 @@
-"""The geometry figures and the ``drpo-sim`` command line, run as a user would."""
+"""``drpo-sim reproduce --quick`` end to end: every analysis, the manifest, the twelve claims and
+the report with every number checked; then a rerun of one analysis that reads every cell from
+the store."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,17 @@ import pandas as pd
 import pytest
 from matplotlib import image
 
-from drpo_sim import cli, geometry, report, reproduce
+import drpo_sim
+from drpo_sim import cli
+from drpo_sim.paper import report
+from drpo_sim.paper.analyses import ORDER
+from drpo_sim.paper.numbers import check_numbers
+from drpo_sim.run import executor
+from drpo_sim.run.executor import Runner
+
+pytestmark = pytest.mark.slow
 
 FIGURES = ("weight_vs_pi", "weight_vs_pi_ablations", "weight_plane", "drpo_delta_range")
-DATA = ("weight_vs_pi.csv", "weight_plane.csv", "drpo_delta_range.csv", "drpo_delta_curves.csv")
 
 
 def assert_real_image(path: Path) -> None:
@@ -30,83 +37,43 @@ def assert_real_image(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def geometry_out(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("geometry")
-    subprocess.run(
-        [sys.executable, "-m", "drpo_sim.cli", "geometry", "--out", str(out), "--n-plane", "120"],
-        check=True, capture_output=True, text=True,
-    )
-    return out
+def quick(tmp_path_factory) -> Path:
+    """One ``drpo-sim reproduce --quick`` into a fresh directory; its root (figures/, paper/)."""
+    root = tmp_path_factory.mktemp("quick")
+    assert cli.main(["reproduce", "--quick", "--out", str(root / "figures"), "--formats", "png",
+                     "--compare", "none"]) == 0
+    return root
 
 
-def test_geometry_command_writes_every_figure_and_its_data(geometry_out):
-    for fig in FIGURES:
-        assert_real_image(geometry_out / f"{fig}.png")
-    for data in DATA:
-        frame = pd.read_csv(geometry_out / data)
-        assert len(frame) > 0 and not frame.isna().any().any(), data
-    assert not list(geometry_out.glob(".*.tmp")), "a temporary file was left behind"
-
-
-def test_weight_curves_cover_every_objective_mu_and_sign(geometry_out):
-    curves = pd.read_csv(geometry_out / "weight_vs_pi.csv")
-    cfg = geometry.GeometryConfig()
-    assert set(curves["name"]) == {n for n, _ in cfg.objectives}
-    assert sorted(curves["mu"].unique()) == sorted(cfg.mus)
-    assert set(curves["adv_sign"]) == {1.0, -1.0}
-    at_mu = curves[np.isclose(curves["pi"], curves["mu"], rtol=0, atol=1e-12) & (curves["abs_adv"] == 1.0)]
-    k1 = at_mu["name"] == "drpo_kl"
-    np.testing.assert_allclose(at_mu[~k1]["weight"], 1.0, atol=1e-7)  # on-policy, every objective is plain PG
-    # except the k1 KL penalty, whose gradient vanishes on-policy only in expectation over a ~ mu
-    np.testing.assert_allclose(at_mu[k1]["weight"], 1.0 + at_mu[k1]["adv_sign"] / 0.15, rtol=1e-7)
-    drpo = curves[curves["name"] == "drpo"]
-    assert drpo["weight"].between(1 - 1 / 0.15 - 1e-6, 1 + 1 / 0.15 + 1e-6).all()
-
-
-def test_plane_masks_and_delta_ranges_match_the_math(geometry_out):
-    plane = pd.read_csv(geometry_out / "weight_plane.csv")
-    up = plane[plane["adv_sign"] == 1.0]
-    # DPPO-TV masks exactly where the shift passes delta in the advantage's direction, and DRPO's
-    # weight is negative exactly there: the same geometry (points on the boundary itself, where
-    # the CSV's 8 digits cannot decide, are left out)
-    off_boundary = np.abs(up["pi"] - up["mu"] - 0.15) > 1e-6
-    up = up[off_boundary]
-    np.testing.assert_array_equal(up["masked_dppo_tv"], (up["pi"] - up["mu"]) > 0.15)
-    np.testing.assert_array_equal(up["weight_drpo"] < 0, up["masked_dppo_tv"])
-    ranges = pd.read_csv(geometry_out / "drpo_delta_range.csv").set_index("delta")
-    np.testing.assert_allclose(ranges.loc[12.5, ["weight_min", "weight_max"]], [0.92, 1.08], atol=0.005)
-    assert ranges.loc[12.5, "corrective_fraction"] == 0.0
-    assert ranges.loc[0.15, "corrective_fraction"] > 0.3
-    assert (ranges["weight_min"] >= ranges["bound_low"] - 1e-12).all()
-    assert (ranges["weight_max"] <= ranges["bound_high"] + 1e-12).all()
-
-
-@pytest.mark.slow
-def test_reproduce_quick_runs_every_analysis_and_writes_the_report(tmp_path):
+def test_reproduce_quick_runs_every_analysis_and_writes_the_report(quick):
+    tmp_path = quick
     out = tmp_path / "figures"
-    assert cli.main(["reproduce", "--quick", "--out", str(out), "--formats", "png"]) == 0
     manifest = json.loads((out / "MANIFEST.json").read_text())
     assert manifest["package"] == "drpo_sim" and manifest["profile"] == "quick"
     named = {f for rec in manifest["figures"] for f in rec["files"]}
     replay = ("mismatch", "regions", "weights", "rare_tokens", "by_step")
-    extra = ("fixed_point_flows", "convergence_fp8_stale", "convergence_settings", "phase_diagram", "threshold_sensitivity",
-             "ablation_abs_adv", "ablation_divergences", "ablation_mask", "anchor_fp8", "anchor_stress",
-             "lm_reward", "lm_mismatch",
+    extra = ("fixed_point_flows", "convergence_fp8_stale", "convergence_settings", "phase_diagram",
+             "threshold_sensitivity", "ablation_abs_adv", "ablation_divergences", "ablation_mask", "anchor_fp8",
+             "anchor_stress", "lm_reward", "lm_mismatch",
              *(f"{prefix}_{name}" for prefix in ("replay_sim", "replay_lm_bf16", "replay_lm_fp8") for name in replay))
     assert named == {f"{fig}.png" for fig in FIGURES + extra}
     assert set(p.name for p in out.glob("*.png")) == named  # every image is in the manifest
+    package = Path(drpo_sim.__file__).resolve().parent
     for rec in manifest["figures"]:
         assert (rec["config"].get("objectives") or rec["config"].get("methods")) and rec["wall_time_s"] > 0
-        assert (Path(reproduce.__file__).parent.parent / "analyses" / rec["script"]).is_file()
+        # the analysis that made it, a module of the package
+        assert rec["script"] in ORDER and Path(ORDER[rec["script"]].__file__).resolve().is_relative_to(package)
         assert (out / rec["data"]).is_file()
         for f in rec["files"]:
             assert_real_image(out / f)
+    assert [r["script"] for r in manifest["figures"]] == sorted((r["script"] for r in manifest["figures"]),
+                                                                 key=list(ORDER).index)  # in the analyses' order
     conv = next(r for r in manifest["figures"] if r["figure"] == "convergence_fp8_stale")
     assert conv["seeds"] and conv["config"]["precision"] == "fp8_e4m3" and conv["config"]["staleness"] > 0
     phase = pd.read_csv(out / "phase_diagram.csv")
     assert set(phase["method"]) == {"pg_is", "grpo", "spo", "dppo_tv", "drpo"} and phase["stable"].dtype == bool
     assert len(phase) == 5 * phase["noise_std"].nunique() * phase["staleness"].nunique()
-    assert (out / "sweeps").is_dir()  # the cell stores, so a second run resumes
+    assert (out / "cells").is_dir() and list((out / "cells").glob("*.parquet"))  # the cell store: a rerun resumes
     sens = pd.read_csv(out / "threshold_sensitivity.csv")
     assert sorted(sens.loc[sens["method"] == "drpo", "delta"].unique()) == [0.15, 0.5, 1.0, 2.5, 5.0, 12.5]
     bands = pd.read_csv(out / "convergence_fp8_stale.csv")
@@ -115,7 +82,8 @@ def test_reproduce_quick_runs_every_analysis_and_writes_the_report(tmp_path):
     # six settings x six variants, each with its interval; the ablations and anchors likewise
     settings = pd.read_csv(out / "settings_summary.csv")
     assert settings["setting"].nunique() == 6 and len(settings) == 36
-    assert (settings["final_low"] <= settings["final_iqm"]).all() and (settings["auc_iqm"] <= settings["auc_high"]).all()
+    assert (settings["final_low"] <= settings["final_iqm"]).all()
+    assert (settings["auc_iqm"] <= settings["auc_high"]).all()
     ablations = pd.read_csv(out / "ablations_summary.csv")
     assert {"drpo_no_abs_adv", "drpo_kl", "drpo_tv", "drpo_k3", "mask_drpo (delta 0.5)"} <= set(ablations["variant"])
     anchor = pd.read_csv(out / "anchor_summary.csv")
@@ -132,7 +100,7 @@ def test_reproduce_quick_runs_every_analysis_and_writes_the_report(tmp_path):
     assert set(summary["precision"]) == {"fp32", "bf16", "fp8"}
     # every claim has a verdict, with its figures drawn
     claims = json.loads((out / "claims.json").read_text())
-    assert [c["number"] for c in claims] == list(range(1, 13))
+    assert len(claims) == 12 and [c["number"] for c in claims] == list(range(1, 13))
     assert {c["verdict"] for c in claims} <= {"supported", "not supported", "inconclusive"}
     assert claims[0]["verdict"] == claims[1]["verdict"] == claims[2]["verdict"] == "supported"  # exact math
     for c in claims:
@@ -141,32 +109,42 @@ def test_reproduce_quick_runs_every_analysis_and_writes_the_report(tmp_path):
     assert all(c["figures"] for c in claims if c["number"] != 2)  # claim 2 is an identity, with no figure
     # the report: beside figures/, every claim, every image link resolves, every number traceable
     paper = (tmp_path / "paper" / "README.md").read_text()
+    assert paper.startswith("<!-- Generated by drpo_sim.paper.report.write_report")
     for c in claims:
         assert f"## Claim {c['number']}: " in paper and c["reason"] in paper
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", paper)
     assert {Path(link).name for link in links} >= {f"{f}.png" for c in claims for f in c["figures"]}
     assert all((tmp_path / "paper" / link).resolve().is_file() for link in links)
-    assert report.check_numbers(paper, out, include=report.report_inputs(out)) == []
+    assert check_numbers(paper, out, include=report.report_inputs(out)) == []
+    # no temporary file of an atomic write is left anywhere
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_list_shows_every_objective(capsys):
-    assert cli.main(["list"]) == 0
-    out = capsys.readouterr().out
-    for name in ("pg_is", "ppo", "grpo", "cispo", "spo", "dppo_tv", "dppo_kl", "drpo", "mask_drpo"):
-        assert f"{name}(" in out
+def test_rerunning_one_analysis_reads_every_cell_from_the_store(quick, monkeypatch, capsys):
+    out = quick / "figures"
+    cells = {p.name for p in (out / "cells").glob("*.parquet")}
+    before = json.loads((out / "MANIFEST.json").read_text())
+    reports = []
+    real_run = Runner.run
 
+    def spy(self, *args, **kwargs):
+        tables = real_run(self, *args, **kwargs)
+        reports.append(self.last)
+        return tables
 
-def test_bad_arguments_exit_with_status_2_and_one_line(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "drpo_sim.cli", "geometry", "--out", str(tmp_path), "--formats", "tiff"],
-        capture_output=True, text=True,
-    )
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [
-        "drpo-sim geometry: error: --formats: unsupported tiff; choose from png, pdf, svg"
-    ]
-    res = subprocess.run(
-        [sys.executable, "-m", "drpo_sim.cli", "geometry", "--out", str(tmp_path), "--n-plane", "3"],
-        capture_output=True, text=True,
-    )
-    assert res.returncode == 2 and "--n-plane must be at least 10" in res.stderr
+    def refuse(tasks, n_jobs):
+        raise AssertionError(f"{len(tasks)} cell(s) computed again; every cell should come from the store")
+
+    monkeypatch.setattr(Runner, "run", spy)
+    monkeypatch.setattr(executor, "_local", refuse)
+    assert cli.main(["reproduce", "--quick", "--only", "settings", "--out", str(out), "--formats", "png",
+                     "--compare", "none"]) == 0
+    assert "1 figures in" in capsys.readouterr().out
+    assert [(r.ran, r.skipped, r.total) for r in reports] == [(0, 36, 36)]  # six settings x six variants
+    assert reports[0].executor == "none (every cell was done)"
+    assert {p.name for p in (out / "cells").glob("*.parquet")} == cells  # nothing added, nothing pruned
+    after = json.loads((out / "MANIFEST.json").read_text())
+    assert [r["figure"] for r in after["figures"]] == [r["figure"] for r in before["figures"] if r["script"] !=
+                                                       "settings"] + ["convergence_settings"]
+    assert after["profile"] == "quick"
+    assert not list(out.rglob("*.tmp"))

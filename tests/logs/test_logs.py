@@ -1,0 +1,113 @@
+"""drpo_sim.logs (the package's open_log): format detection, one file at a time streaming, natural
+file order, argument checks and parse_mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from logs_fixtures import (
+    error,
+    expected,
+    make_samples,
+    padded,
+    slime_train_v1,
+    write_generic_flat_parquet,
+    write_nemo,
+)
+
+from drpo_sim.logs import FORMATS, detect_format, open_log, parse_mapping
+from drpo_sim.logs import trainer_dump as td
+from drpo_sim.tokens import TokenBatch, write_token_log
+
+# ---------------------------------------------------------------------------------------------
+# streaming and order
+
+
+def test_multi_file_log_streams_one_file_at_a_time(tmp_path):
+    for step in (1, 2, 3):
+        write_nemo(tmp_path / f"train_data_step{step}.jsonl", make_samples(step, 20))
+    src = open_log(tmp_path, batch_size=16)
+    it = iter(src)
+    first = next(it)
+    assert len(first) <= 16 and first.step[0] == 1
+    # the iterator has not read step 3 yet: corrupting it now surfaces only when reached
+    (tmp_path / "train_data_step3.jsonl").write_text('{"generation_logprobs": [[0.0]], "prev_log')
+    sizes, steps = [len(first)], {1}
+    with pytest.raises(ValueError, match=r"train_data_step3\.jsonl: line 1: truncated line"):
+        for b in it:
+            sizes.append(len(b))
+            steps |= set(np.unique(b.step).tolist())
+            assert len(np.unique(b.step)) == 1  # a batch never spans two steps
+    assert steps == {1, 2} and max(sizes) <= 16
+
+
+def test_natural_order_and_bad_arguments(tmp_path):
+    for step in (10, 9):
+        write_nemo(tmp_path / f"train_data_step{step}.jsonl", make_samples(step, 2))
+    files = [tmp_path / "train_data_step10.jsonl", tmp_path / "train_data_step9.jsonl"]
+    steps = [int(b.step[0]) for b in open_log(files, fmt="nemo_rl")]
+    assert steps == sorted(steps) and steps[0] == 9
+    assert set(FORMATS) == {"auto", "tokens", "nemo_rl", "slime", "generic", "trainer_dump"}
+    assert "did you mean 'nemo_rl'" in error(open_log, files, fmt="nemo")
+    assert "on_invalid" in error(open_log, files, on_invalid="skip")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        open_log(tmp_path / "missing.jsonl")
+
+# ---------------------------------------------------------------------------------------------
+# format detection
+
+
+def test_detect_format_by_name_extension_and_content(tmp_path):
+    samples = make_samples(21, 3)
+    batch = TokenBatch.from_arrays(**expected(samples, 0, np.arange(3), np.arange(3)))
+    write_token_log(tmp_path / "run.parquet", batch)
+    assert detect_format(tmp_path / "run.parquet") == "tokens"
+    flat = write_generic_flat_parquet(tmp_path / "flat.parquet", samples)
+    assert detect_format(flat, {"logp": "trainer_lp"}) == "generic"  # a mapping makes a table generic
+    write_nemo(tmp_path / "train_data_step3.jsonl", samples)
+    assert detect_format(tmp_path / "train_data_step3.jsonl") == "nemo_rl"  # by name
+    (tmp_path / "renamed.jsonl").write_bytes((tmp_path / "train_data_step3.jsonl").read_bytes())
+    assert detect_format(tmp_path / "renamed.jsonl") == "nemo_rl"  # by content
+    torch.save(slime_train_v1(samples, 2, 0), tmp_path / "train_2.pt")
+    assert detect_format(tmp_path / "train_2.pt") == "slime"
+    t = padded(samples)
+    dump = td.dump_step(tmp_path, 4, logp_behavior=t["logp_behavior"], logp_old=t["logp_old"],
+                        advantages=t["advantages"], mask=t["mask"])
+    assert detect_format(dump) == "trainer_dump"
+    (tmp_path / "other.pt").write_bytes(Path(dump).read_bytes())
+    assert detect_format(tmp_path / "other.pt") == "trainer_dump"  # by content, whatever the name
+    src = open_log(tmp_path / "renamed.jsonl")
+    assert src.describe()["format"] == "nemo_rl"
+
+
+def test_unknown_format_is_a_clear_error(tmp_path):
+    (tmp_path / "log.csv").write_text("a,b\n1,2\n")
+    msg = error(open_log, tmp_path / "log.csv")
+    assert msg.startswith(f"{tmp_path / 'log.csv'}: cannot detect the format (unknown extension .csv)")
+    pq.write_table(pa.table({"x": [1.0]}), tmp_path / "x.parquet")
+    assert "read it with --format generic" in error(open_log, tmp_path / "x.parquet")
+    (tmp_path / "x.jsonl").write_text('{"x": 1}\n')
+    assert "read it with --format generic" in error(open_log, tmp_path / "x.jsonl")
+    torch.save({"weights": torch.ones(2)}, tmp_path / "m.pt")
+    assert "neither a slime debug dump nor a drpo_sim trainer dump" in error(open_log, tmp_path / "m.pt")
+    assert "reads .jsonl files, not .parquet" in error(open_log, tmp_path / "x.parquet", fmt="nemo_rl")
+    assert "generic format only" in error(open_log, tmp_path / "x.jsonl", fmt="nemo_rl", mapping="logp=x")
+
+# ---------------------------------------------------------------------------------------------
+# mapping
+
+
+def test_parse_mapping():
+    assert parse_mapping("logp=trainer_lp, logp_behavior=engine_lp,advantage=adv") == {
+        "logp": "trainer_lp", "logp_behavior": "engine_lp", "advantage": "adv"}
+    assert parse_mapping(None) == {} and parse_mapping({"mask": "m"}) == {"mask": "m"}
+    msg = error(parse_mapping, "logp_behaviour=x")
+    assert "unknown schema column 'logp_behaviour'" in msg and "did you mean 'logp_behavior'" in msg
+    assert "valid names are ['logp'" in msg
+    assert "ours=theirs" in error(parse_mapping, "logp")
+    assert "mapped twice" in error(parse_mapping, "logp=a,logp=b")

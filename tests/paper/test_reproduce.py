@@ -1,0 +1,71 @@
+"""``drpo-sim reproduce`` as a library function (drpo_sim.paper.reproduce): the stages it runs, the
+two cheap analyses run one at a time into one manifest, and the errors before anything runs.
+The whole quick run is in tests/e2e/test_reproduce_quick.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from drpo_sim.paper import reproduce as rp
+from drpo_sim.paper.analyses import ORDER
+from drpo_sim.paper.manifest import FigureRecord, write_manifest
+
+GEOMETRY_FIGURES = ("weight_vs_pi", "weight_vs_pi_ablations", "weight_plane", "drpo_delta_range")
+
+
+def test_the_stages_are_the_analyses_then_the_claims_and_the_report():
+    assert rp.STAGES == (*ORDER, "claims", "report")
+    assert rp.select(None) == rp.select([]) == list(rp.STAGES)
+    # in the pipeline's order, whatever the order given
+    assert rp.select(["report", "fixed_points", "weight_table"]) == ["weight_table", "fixed_points", "report"]
+
+
+def test_an_unknown_stage_is_an_error_listing_the_stages():
+    with pytest.raises(ValueError) as err:
+        rp.select(["weight_table", "claimz", "figures"])
+    text = str(err.value)
+    assert text.startswith("--only claimz, figures: unknown; the stages are ") and "\n" not in text
+    assert text.endswith(", ".join(rp.STAGES))
+
+
+def test_bad_profile_and_stage_fail_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; valid: quick, full"):
+        rp.reproduce(tmp_path / "out", "huge", progress=False)
+    with pytest.raises(ValueError, match="--only nope: unknown"):
+        rp.reproduce(tmp_path / "out", only=["nope"], progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cheap_analyses_run_one_at_a_time_and_merge_into_the_manifest(tmp_path):
+    out = tmp_path / "figures"
+    first = rp.reproduce(out, "quick", ("png",), only=["weight_table"], progress=False)
+    assert [r.figure for r in first["records"]] == list(GEOMETRY_FIGURES)
+    assert first["manifest"] == out / "MANIFEST.json" and first["claims"] is None and first["report"] is None
+    assert first["wall_time_s"] > 0
+    second = rp.reproduce(out, "quick", ("png",), only=["fixed_points"], progress=False)
+    assert [r.figure for r in second["records"]] == ["fixed_point_flows"]
+    for fig in (*GEOMETRY_FIGURES, "fixed_point_flows"):
+        assert (out / f"{fig}.png").is_file(), fig
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert {r["figure"] for r in manifest["figures"]} == {*GEOMETRY_FIGURES, "fixed_point_flows"}
+    assert manifest["profile"] == "quick"
+    # each record names the analysis that ran it
+    scripts = {r["figure"]: r["script"] for r in manifest["figures"]}
+    assert scripts == {**{f: "weight_table" for f in GEOMETRY_FIGURES}, "fixed_point_flows": "fixed_points"}
+    for rec in manifest["figures"]:
+        assert (out / rec["data"]).is_file() and rec["files"] == [f"{rec['figure']}.png"]
+    assert not (out.parent / "paper").exists()  # no report unless asked
+    # a rerun of one analysis replaces its own entries and keeps the others
+    records = [FigureRecord("fixed_point_flows", ["fixed_point_flows.png"], "rest_points.csv", "x", {}, 1.0)]
+    write_manifest(out, records, profile="full", merge=True)
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert manifest["profile"] == "mixed" and len(manifest["figures"]) == 5
+    assert [r["job"] for r in manifest["figures"] if r["figure"] == "fixed_point_flows"] == ["x"]
+
+
+def test_the_claims_on_an_empty_directory_name_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"claim 4 reads .*settings_summary\.csv.*which does not exist"):
+        rp.reproduce(tmp_path, only=["claims"], progress=False)
+    assert not (tmp_path / "claims.json").exists() and not (tmp_path / "MANIFEST.json").exists()

@@ -1,0 +1,182 @@
+"""drpo_sim.summaries: the experiments' summary tables, on small tables checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from drpo_sim import stats
+from drpo_sim.summaries import LAB_SUMMARY_LAST, STABLE_FRACTION, lab_summary, panel_summary, stable_region
+
+# ---------------------------------------------------------------------------------------------
+# panel_summary
+
+# (variant, method) -> seed -> (expected_reward over steps 1..3, shift_mean over steps 1..3)
+PANEL = {
+    ("drpo (delta 0.5)", "drpo"): {
+        0: ([0.2, 0.6, 0.4], [0.01, 0.03, 0.02]),
+        1: ([0.1, 0.5, 0.5], [0.02, 0.02, 0.04]),
+        2: ([0.3, 0.8, 0.2], [0.05, 0.01, 0.03]),  # falls to a quarter of its peak: collapsed
+        3: ([0.2, 0.4, 0.4], [0.10, 0.70, 0.50]),  # an outlying shift, which the IQM leaves out
+    },
+    ("grpo", "grpo"): {
+        0: ([0.5, 0.5, 0.6], [0.02, 0.02, 0.02]),
+        1: ([0.4, 0.8, 0.8], [0.01, 0.06, 0.05]),
+        2: ([0.3, 0.6, np.nan], [0.01, 0.02, np.nan]),  # non-finite at the last step
+    },
+}
+
+
+def panel_table(settings=("fp8",)) -> pd.DataFrame:
+    rows = [
+        {"setting": setting, "variant": variant, "method": method, "seed": seed, "step": step,
+         "expected_reward": reward[step - 1], "shift_mean": shift[step - 1],
+         "nonfinite": bool(np.isnan(reward[step - 1]))}
+        for setting in settings
+        for (variant, method), seeds in PANEL.items()
+        for seed, (reward, shift) in seeds.items()
+        for step in (1, 2, 3)
+    ]
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)  # order must not matter
+
+
+def test_panel_summary_by_hand_on_cpu():
+    out = panel_summary(panel_table())
+    assert list(out[["setting", "variant"]].itertuples(index=False, name=None)) == [
+        ("fp8", "drpo (delta 0.5)"), ("fp8", "grpo")]
+    assert list(out["method"]) == ["drpo", "grpo"]
+    drpo, grpo = out.iloc[0], out.iloc[1]
+    # drpo: final shifts [0.02, 0.04, 0.03, 0.50]: the IQM of four cuts one from each end -> mean(0.03, 0.04)
+    assert drpo["shift_final_iqm"] == pytest.approx(0.035)
+    assert drpo["shift_final_low"] <= drpo["shift_final_iqm"] <= drpo["shift_final_high"]
+    assert drpo["shift_peak"] == pytest.approx((0.03 + 0.04 + 0.05 + 0.70) / 4)
+    assert drpo["reward_peak"] == pytest.approx((0.6 + 0.5 + 0.8 + 0.4) / 4)
+    assert drpo["kept_of_peak"] == pytest.approx((0.4 / 0.6 + 0.5 / 0.5 + 0.2 / 0.8 + 0.4 / 0.4) / 4)
+    # and the reward statistics of stats.summarize_runs: final rewards [0.4, 0.5, 0.2, 0.4] -> IQM 0.4
+    assert drpo["final_iqm"] == pytest.approx(0.4) and drpo["n_seeds"] == 4 and drpo["n_finite"] == 4
+    assert drpo["collapse_rate"] == pytest.approx(1 / 4)  # seed 2: 0.2 < half its peak 0.8
+    # grpo: seed 2 ends non-finite; it is left out of the final shift and the final reward, and collapsed
+    assert grpo["shift_final_iqm"] == pytest.approx((0.02 + 0.05) / 2)
+    assert grpo["shift_peak"] == pytest.approx((0.02 + 0.06 + 0.02) / 3)
+    assert grpo["reward_peak"] == pytest.approx((0.6 + 0.8 + 0.6) / 3)
+    assert grpo["kept_of_peak"] == pytest.approx((0.6 / 0.6 + 0.8 / 0.8) / 2)
+    assert grpo["final_iqm"] == pytest.approx(0.7) and grpo["n_seeds"] == 3 and grpo["n_finite"] == 2
+    assert grpo["collapse_rate"] == pytest.approx(1 / 3)
+    # the summary is stats.summarize_runs's, with the mismatch columns beside it
+    ref = stats.summarize_runs(panel_table(), group=["setting", "variant"], nan_policy="omit")
+    pd.testing.assert_frame_equal(out[ref.columns], ref)
+
+
+def test_panel_summary_keeps_settings_apart():
+    out = panel_summary(panel_table(settings=("bf16", "fp8")))
+    assert list(out["setting"]) == ["bf16", "bf16", "fp8", "fp8"]
+    num = ["shift_final_iqm", "shift_peak", "reward_peak", "kept_of_peak", "final_iqm"]
+    np.testing.assert_allclose(out[num].iloc[:2].to_numpy(float), out[num].iloc[2:].to_numpy(float))
+
+
+# ---------------------------------------------------------------------------------------------
+# stable_region
+
+
+def test_stable_region_by_hand():
+    rows = [
+        # method, noise_std, staleness, final_iqm, collapse_rate, stable?
+        ("a", 0.0, 0, 1.0, 0.0, True),  # the reference cell itself
+        ("a", 0.1, 0, 0.95, 0.0, True),
+        ("a", 0.0, 2, 0.9, 0.0, True),  # exactly STABLE_FRACTION of its own on-policy value
+        ("a", 0.2, 0, 0.85, 0.0, False),  # below it
+        ("a", 0.1, 2, 0.99, 0.25, False),  # a collapse, however good the rest
+        ("b", 0.0, 0, 0.4, 0.0, True),
+        ("b", 0.1, 0, 0.37, 0.0, True),  # below a's values, but stable against its own 0.4
+        ("b", 0.2, 0, 0.35, 0.0, False),
+        ("b", 0.0, 2, 0.5, 0.1, False),
+    ]
+    summary = pd.DataFrame(rows, columns=["method", "noise_std", "staleness", "final_iqm", "collapse_rate", "want"])
+    assert STABLE_FRACTION == 0.9
+    out = stable_region(summary.drop(columns="want"))
+    assert list(out.columns) == ["method", "noise_std", "staleness", "stable"]
+    assert out["stable"].dtype == bool
+    assert out["stable"].tolist() == summary["want"].tolist()
+    pd.testing.assert_frame_equal(out[["method", "noise_std", "staleness"]],
+                                  summary[["method", "noise_std", "staleness"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# lab_summary
+
+STEPS = 12  # more than LAB_SUMMARY_LAST, so the final reward is a mean over the last 10 steps only
+
+
+def lab_table(methods=("pg_is", "drpo"), precisions=("fp32", "bf16"), seeds=(0, 1, 2)) -> pd.DataFrame:
+    """A lab-like table: eval_reward rises linearly per seed; drpo is better than pg_is on every seed;
+    bf16 has a mismatch, fp32 none; pg_is/bf16 seed 2 is non-finite at step 5 and collapsed from there."""
+    rows = []
+    for m, method in enumerate(methods):
+        for p, precision in enumerate(precisions):
+            for seed in seeds:
+                for step in range(1, STEPS + 1):
+                    bad = (method, precision, seed) == ("pg_is", "bf16", 2) and step >= 5
+                    rows.append({
+                        "method": method, "precision": precision, "seed": seed, "step": step,
+                        "eval_reward": 0.3 + 0.2 * m + 0.01 * seed + 0.02 * step,
+                        "initial_eval_reward": 0.3,
+                        "reward": 0.25 + 0.2 * m + 0.01 * step,
+                        "mismatch_mean": 0.001 * p * (1 + step / 10),
+                        "mismatch_max": 0.01 * p * step,
+                        "log_ratio_mean": -0.0005 * p,
+                        "shift_mean": 0.002 + 0.001 * p,
+                        "masked_frac": 0.1 * m * p,
+                        "nonfinite": bad and step == 5,
+                        "collapsed": bad,
+                    })
+    return pd.DataFrame(rows)
+
+
+def test_lab_summary_by_hand_on_cpu():
+    df = lab_table()
+    out = lab_summary(df)
+    assert LAB_SUMMARY_LAST == 10
+    assert list(out[["method", "precision"]].itertuples(index=False, name=None)) == [
+        ("drpo", "bf16"), ("drpo", "fp32"), ("pg_is", "bf16"), ("pg_is", "fp32")]
+    assert list(out.columns[:3]) == ["method", "precision", "final"]
+    by = out.set_index(["method", "precision"])
+    last = np.arange(STEPS - LAB_SUMMARY_LAST + 1, STEPS + 1)  # steps 3..12
+    for (method, precision), row in by.iterrows():
+        m = 1 if method == "drpo" else 0
+        p = 1 if precision == "bf16" else 0
+        finals = [0.3 + 0.2 * m + 0.01 * s + 0.02 * last.mean() for s in (0, 1, 2)]
+        assert row["final_iqm"] == pytest.approx(np.mean(finals))  # IQM of three seeds: their mean
+        assert row["final"] == f"{row['final_iqm']:.3f} [{row['final_low']:.3f}, {row['final_high']:.3f}]"
+        assert row["initial_eval_reward"] == 0.3
+        assert row["mismatch_mean"] == pytest.approx(0.001 * p * (1 + np.arange(1, STEPS + 1).mean() / 10))
+        assert row["mismatch_max"] == pytest.approx(0.01 * p * STEPS)
+        assert row["log_ratio_mean"] == pytest.approx(-0.0005 * p)
+        assert row["shift_mean"] == pytest.approx(0.002 + 0.001 * p)
+        assert row["masked_frac"] == pytest.approx(0.1 * m * p)
+        assert row["final_sample_reward"] == pytest.approx(0.25 + 0.2 * m + 0.01 * last.mean())
+        broken = (method, precision) == ("pg_is", "bf16")
+        assert row["nonfinite_steps"] == (1 if broken else 0)
+        assert row["collapse_rate"] == pytest.approx(1 / 3 if broken else 0.0)  # the collapsed column as given
+        # drpo beats pg_is on every seed at the same precision; pg_is is the reference
+        if method == "drpo":
+            assert (row["p_improve"], row["p_improve_low"], row["p_improve_high"]) == (1.0, 1.0, 1.0)
+        else:
+            assert np.isnan(row[["p_improve", "p_improve_low", "p_improve_high"]].astype(float)).all()
+    # the reward statistics are stats.summarize_runs's on eval_reward over the last 10 steps
+    ref = stats.summarize_runs(df, metric="eval_reward", group=("method", "precision"), last=LAB_SUMMARY_LAST,
+                               reference="pg_is", nan_policy="omit")
+    pd.testing.assert_frame_equal(out[ref.columns], ref)
+
+
+def test_lab_summary_short_runs_and_no_reference():
+    # fewer steps than LAB_SUMMARY_LAST: the final reward is the mean over every step
+    short = lab_table()
+    short = short[short["step"] <= 4]
+    row = lab_summary(short).set_index(["method", "precision"]).loc[("drpo", "fp32")]
+    assert row["final_iqm"] == pytest.approx(np.mean([0.5 + 0.01 * s + 0.02 * 2.5 for s in (0, 1, 2)]))
+    assert row["final_sample_reward"] == pytest.approx(0.45 + 0.01 * 2.5)
+    # without pg_is, or with pg_is alone, there is no probability of improvement
+    for methods in (("drpo",), ("pg_is",)):
+        out = lab_summary(lab_table(methods=methods))
+        assert "p_improve" not in out.columns and set(out["method"]) == set(methods)
