@@ -373,7 +373,7 @@ def claim_12(summary: pd.DataFrame | str | Path, *, source: str | None = None) -
 
 
 # ----------------------------------------------------------------------------------------------
-# claims read off the panel summaries (figures.panel_summary: one row per setting and variant)
+# claims read off the panel summaries (drpo_sim.summaries.panel_summary: one row per setting and variant)
 
 
 def _panel(data: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, str | None]:

@@ -155,6 +155,14 @@ class GeometrySpec:
     delta_range_file: str = "drpo_delta_range.csv"
     delta_curves_file: str = "drpo_delta_curves.csv"
 
+    @property
+    def figures(self) -> tuple[str, ...]:
+        return (self.weight_figure, self.ablations_figure, self.plane_figure, self.delta_range_figure)
+
+    @property
+    def data_files(self) -> tuple[str, ...]:
+        return (self.weight_file, self.plane_file, self.delta_range_file, self.delta_curves_file)
+
 
 @dataclass(frozen=True)
 class FlowSpec:

@@ -8,27 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from matplotlib import image
+from figure_checks import assert_real_image
 
 from drpo_sim import cli
+from drpo_sim.paper.analyses import weight_table
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "figures"
-FIGURES = ("weight_vs_pi", "weight_vs_pi_ablations", "weight_plane", "drpo_delta_range")
-DATA = ("weight_vs_pi.csv", "weight_plane.csv", "drpo_delta_range.csv", "drpo_delta_curves.csv")
-
-
-def assert_real_image(path: Path) -> None:
-    """A readable PNG of a sensible size that is not one flat colour."""
-    assert path.exists() and path.stat().st_size > 10_000, path
-    pixels = image.imread(path)
-    assert pixels.shape[0] > 400 and pixels.shape[1] > 600
-    rgb = pixels[..., :3]
-    assert rgb.std() > 0.05, f"{path} looks blank"
-    assert len(np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+FIGURES = weight_table.SPEC.figures
+DATA = weight_table.SPEC.data_files
 
 
 @pytest.fixture(scope="module")

@@ -8,32 +8,21 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from matplotlib import image
+from figure_checks import assert_real_image
 
 import drpo_sim
 from drpo_sim import cli
 from drpo_sim.paper import report
-from drpo_sim.paper.analyses import ORDER
+from drpo_sim.paper.analyses import ORDER, weight_table
 from drpo_sim.paper.numbers import check_numbers
 from drpo_sim.run import executor
 from drpo_sim.run.executor import Runner
 
 pytestmark = pytest.mark.slow
 
-FIGURES = ("weight_vs_pi", "weight_vs_pi_ablations", "weight_plane", "drpo_delta_range")
-
-
-def assert_real_image(path: Path) -> None:
-    """A readable PNG of a sensible size that is not one flat colour."""
-    assert path.exists() and path.stat().st_size > 10_000, path
-    pixels = image.imread(path)
-    assert pixels.shape[0] > 400 and pixels.shape[1] > 600
-    rgb = pixels[..., :3]
-    assert rgb.std() > 0.05, f"{path} looks blank"
-    assert len(np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+FIGURES = weight_table.SPEC.figures
 
 
 @pytest.fixture(scope="module")

@@ -7,29 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from run_fixtures import CONFIG, GRID
 
 from drpo_sim import objectives, sim
 from drpo_sim.run import sweep
 from drpo_sim.run.cells import KINDS, Cell, Kind, Output, sim_cell
 from drpo_sim.run.executor import Runner, RunReport
 from drpo_sim.run.store import CellStore
-from drpo_sim.sim import SimConfig
-
-CONFIG = SimConfig.from_flat({"vocab_size": 64, "steps": 5, "group_size": 8}).flat()
-
-GRID = """
-methods = ["grpo", "drpo"]
-seeds = 2
-[env]
-vocab_size = 64
-[train]
-steps = 5
-group_size = 8
-[grid]
-noise_std = [0, 0.1]
-staleness = [0, 2]
-"drpo.delta" = [12.5, 0.15]
-"""
 
 
 def _cells() -> list[Cell]:

@@ -11,43 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from run_fixtures import CONFIG, GRID, toml
 
 from drpo_sim import objectives
 from drpo_sim.results import read_results
 from drpo_sim.run import sweep
 from drpo_sim.run.cells import sim_cell
 from drpo_sim.run.store import LOCK_FILE, CellStore
-from drpo_sim.sim import SimConfig
 from drpo_sim.tokens import TokenBatch, read_token_log, read_token_log_metadata
-
-CONFIG = SimConfig.from_flat({"vocab_size": 64, "steps": 5, "group_size": 8}).flat()
-
-HEAD = """
-methods = ["grpo", "drpo"]
-seeds = 2
-[env]
-vocab_size = 64
-[train]
-steps = 5
-group_size = 8
-"""
-GRID = HEAD + """
-[grid]
-noise_std = [0, 0.1]
-staleness = [0, 2]
-"drpo.delta" = [12.5, 0.15]
-"""
-
-
-def _toml(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def _cell(seed: int = 0, **labels):
@@ -167,7 +142,7 @@ def test_the_lock_admits_one_driver(tmp_path):
 def local(tmp_path_factory):
     """The GRID sweep run once: (spec, its directory, its table)."""
     root = tmp_path_factory.mktemp("local")
-    spec = sweep.load_sweep(_toml(root, GRID))
+    spec = sweep.load_sweep(toml(root, GRID))
     df = sweep.run_sweep(spec, root / "out", n_jobs=1, progress=False)
     return spec, root / "out", df
 
@@ -224,7 +199,7 @@ lr = [0.02, 0.05, 0.1]
 
 
 def test_kill_9_mid_sweep_then_resume_gives_the_uninterrupted_results(tmp_path):
-    path = _toml(tmp_path, KILL)
+    path = toml(tmp_path, KILL)
     spec = sweep.load_sweep(path)
     n = len(spec.cells())
     out = tmp_path / "killed"

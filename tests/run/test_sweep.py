@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from run_fixtures import GRID, HEAD, toml
 
 from drpo_sim import cli
 from drpo_sim.results import read_results
@@ -19,34 +19,12 @@ from drpo_sim.run.cells import Kind
 from drpo_sim.run.store import CellStore
 from drpo_sim.sim import SimConfig, simulate
 
-HEAD = """
-methods = ["grpo", "drpo"]
-seeds = 2
-[env]
-vocab_size = 64
-[train]
-steps = 5
-group_size = 8
-"""
-GRID = HEAD + """
-[grid]
-noise_std = [0, 0.1]
-staleness = [0, 2]
-"drpo.delta" = [12.5, 0.15]
-"""
-
-
-def _toml(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     """The GRID sweep run once on two local processes: (spec, its directory, its table)."""
     root = tmp_path_factory.mktemp("local")
-    spec = sweep.load_sweep(_toml(root, GRID))
+    spec = sweep.load_sweep(toml(root, GRID))
     df = sweep.run_sweep(spec, root / "out", n_jobs=2, progress=False)
     return spec, root / "out", df
 
@@ -57,7 +35,7 @@ def local(tmp_path_factory):
 
 
 def test_grid_order_and_param_grid_applies_to_its_method_only(tmp_path):
-    cells = sweep.load_sweep(_toml(tmp_path, GRID)).cells()
+    cells = sweep.load_sweep(toml(tmp_path, GRID)).cells()
     # 2 noise x 2 staleness configurations, each: grpo once, drpo once per delta
     assert len(cells) == 4 * (1 + 2)
     coords = [(c.labels["noise_std"], c.labels["staleness"]) for c in cells[::3]]
@@ -77,8 +55,8 @@ def test_grid_order_and_param_grid_applies_to_its_method_only(tmp_path):
 
 
 def test_cell_ids_are_the_hash_of_the_cell_distinct_and_stable(tmp_path):
-    cells = sweep.load_sweep(_toml(tmp_path, GRID)).cells()
-    again = sweep.load_sweep(_toml(tmp_path, GRID, "copy.toml")).cells()
+    cells = sweep.load_sweep(toml(tmp_path, GRID)).cells()
+    again = sweep.load_sweep(toml(tmp_path, GRID, "copy.toml")).cells()
     assert [c.id for c in cells] == [c.id for c in again]
     assert len({c.id for c in cells}) == len(cells)
     store = CellStore(tmp_path / "out" / sweep.CELLS_DIR)
@@ -90,20 +68,20 @@ def test_cell_ids_are_the_hash_of_the_cell_distinct_and_stable(tmp_path):
 
 
 def test_equal_computations_share_an_id_whatever_the_spelling(tmp_path):
-    plain = sweep.load_sweep(_toml(tmp_path, HEAD + "[grid]\nnoise_std = [0.0]\n", "a.toml")).cells()
+    plain = sweep.load_sweep(toml(tmp_path, HEAD + "[grid]\nnoise_std = [0.0]\n", "a.toml")).cells()
     spelled = sweep.load_sweep(
-        _toml(tmp_path, HEAD.replace("[env]", "noise_std = 0\n[env]") + "[params.drpo]\ndelta = 12.5\n", "b.toml")
+        toml(tmp_path, HEAD.replace("[env]", "noise_std = 0\n[env]") + "[params.drpo]\ndelta = 12.5\n", "b.toml")
     ).cells()
     assert [c.id for c in plain] == [c.id for c in spelled]
     # ...and any difference in what is computed gives another id
-    other_seeds = sweep.load_sweep(_toml(tmp_path, HEAD.replace("seeds = 2", "seeds = [0, 2]"), "c.toml")).cells()
+    other_seeds = sweep.load_sweep(toml(tmp_path, HEAD.replace("seeds = 2", "seeds = [0, 2]"), "c.toml")).cells()
     assert not {c.id for c in plain} & {c.id for c in other_seeds}
 
 
 def test_a_dotted_key_and_a_method_table_mean_the_same_param_grid(tmp_path):
-    quoted = sweep.load_sweep(_toml(tmp_path, HEAD + '[grid]\n"drpo.delta" = [2.5, 1]\n', "a.toml"))
-    dotted = sweep.load_sweep(_toml(tmp_path, HEAD + "[grid]\ndrpo.delta = [2.5, 1]\n", "b.toml"))
-    table = sweep.load_sweep(_toml(tmp_path, HEAD + "[grid.drpo]\ndelta = [2.5, 1]\n", "c.toml"))
+    quoted = sweep.load_sweep(toml(tmp_path, HEAD + '[grid]\n"drpo.delta" = [2.5, 1]\n', "a.toml"))
+    dotted = sweep.load_sweep(toml(tmp_path, HEAD + "[grid]\ndrpo.delta = [2.5, 1]\n", "b.toml"))
+    table = sweep.load_sweep(toml(tmp_path, HEAD + "[grid.drpo]\ndelta = [2.5, 1]\n", "c.toml"))
     ids = [c.id for c in quoted.cells()]
     assert ids == [c.id for c in dotted.cells()] == [c.id for c in table.cells()] and len(ids) == 3
     assert [c.spec["params"] for c in quoted.cells()][1:] == [{"delta": 2.5}, {"delta": 1.0}]
@@ -134,7 +112,7 @@ BAD = [
 
 @pytest.mark.parametrize("extra, message", BAD, ids=[m.split(":")[0] for _, m in BAD])
 def test_invalid_sweep_files_fail_in_one_line_naming_the_key(tmp_path, extra, message):
-    path = _toml(tmp_path, HEAD + extra)
+    path = toml(tmp_path, HEAD + extra)
     with pytest.raises(ValueError) as info:
         sweep.load_sweep(path)
     text = str(info.value)
@@ -155,7 +133,7 @@ def test_invalid_sweep_files_fail_in_one_line_naming_the_key(tmp_path, extra, me
     ],
 )
 def test_invalid_run_keys(tmp_path, text, message):
-    path = _toml(tmp_path, text)
+    path = toml(tmp_path, text)
     with pytest.raises(ValueError) as info:
         sweep.load_sweep(path)
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value) and "\n" not in str(info.value)
@@ -164,14 +142,14 @@ def test_invalid_run_keys(tmp_path, text, message):
 def test_cli_errors_exit_2_in_one_line_and_run_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     # the first cell is valid, the second is not: nothing may run
-    path = _toml(tmp_path, HEAD + "[grid]\nupdates_per_batch = [1, 3]\n")
+    path = toml(tmp_path, HEAD + "[grid]\nupdates_per_batch = [1, 3]\n")
     for argv, message in [
         (["sweep", str(path), "--out", str(out)], "updates_per_batch=3"),
-        (["sweep", str(_toml(tmp_path, GRID, "ok.toml")), "--out", str(out), "--jobs", "0"], "--jobs must be"),
-        (["sweep", str(_toml(tmp_path, GRID, "ok.toml")), "--out", str(out), "--jobs", "2", "--scheduler", "tcp://x:1"],
+        (["sweep", str(toml(tmp_path, GRID, "ok.toml")), "--out", str(out), "--jobs", "0"], "--jobs must be"),
+        (["sweep", str(toml(tmp_path, GRID, "ok.toml")), "--out", str(out), "--jobs", "2", "--scheduler", "tcp://x:1"],
          "exclude each other"),
         (["sweep", str(tmp_path / "missing.toml"), "--out", str(out)], "missing.toml"),
-        (["sweep", str(_toml(tmp_path, GRID, "ok.toml")), "--out", str(out), "--scheduler", "no address"],
+        (["sweep", str(toml(tmp_path, GRID, "ok.toml")), "--out", str(out), "--scheduler", "no address"],
          "scheduler 'no address': missing port number"),
     ]:
         assert cli.main(argv) == 2
@@ -247,7 +225,7 @@ def test_a_store_of_other_simulator_code_is_never_reused(local, tmp_path, monkey
     shutil.copytree(done, out)
     old = {c.id for c in spec.cells()}
     monkeypatch.setattr(Kind, "code", property(lambda self: "e" * 16))  # an edited simulator
-    edited = sweep.load_sweep(_toml(tmp_path, GRID))
+    edited = sweep.load_sweep(toml(tmp_path, GRID))
     new = {c.id for c in edited.cells()}
     assert not new & old and len(new) == 12
     got = sweep.run_sweep(edited, out, n_jobs=1, progress=False)
