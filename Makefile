@@ -13,7 +13,7 @@ reproduce: setup          ## set up, then the quick profile into results/quick/,
 test: setup browser       ## set up, then lint (ruff, import layers) and run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2
+	$(PY) -m pytest -n 2 --maxschedchunk 2
 
 browser:                  ## Debian's chromium and chromedriver, for the explorer's browser tests
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \

@@ -9,6 +9,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+from drpo_sim.lm.pretrain import PretrainConfig, pretrain
+
 settings.register_profile(
     "ci", max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -17,10 +19,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run the tests marked ``slow`` first: with ``pytest -n 2`` the longest test (the end-to-end
-    ``reproduce --quick``) then starts at once on one worker while the other works through the
-    rest, instead of starting last and setting the suite's wall time on its own."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Run the tests marked ``slow`` first, the longest first (``@pytest.mark.slow(seconds=...)``,
+    an estimate on two cores): with ``pytest -n 2 --maxschedchunk 2`` (``make test``) the longest
+    test (the end-to-end ``reproduce --quick``) then starts at once on one worker while the other
+    works through the rest, instead of starting last and setting the suite's wall time on its own;
+    the small chunks keep other tests from queueing behind it (xdist's default hands each worker a
+    quarter of its share up front, which then waits for the long test)."""
+
+    def estimate(item) -> float:
+        marker = item.get_closest_marker("slow")
+        return 0.0 if marker is None else float(marker.kwargs.get("seconds", 1.0))
+
+    items.sort(key=estimate, reverse=True)
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +38,4 @@ def lm_checkpoint(tmp_path_factory):
     """The tiny transformer lab's default pretrained checkpoint (a few seconds to train), shared by
     the tests of drpo_sim.lm, drpo_sim.run.lab and ``drpo-sim lm``; its file is alone in its cache
     directory (``lm_checkpoint.path.parent``)."""
-    from drpo_sim.lm.pretrain import PretrainConfig, pretrain
-
     return pretrain(PretrainConfig(), tmp_path_factory.mktemp("lm_cache"))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
+import torch
 
 from drpo_sim import tutorials
 
@@ -43,9 +45,6 @@ def test_answers_of_the_wrong_type_are_rejected(name, answer):
 
 
 def test_numbers_of_any_array_kind_are_accepted():
-    import numpy as np
-    import torch
-
     want = tutorials.EXERCISES["01.is_gradient"].expected()
     for answer in (want, np.float32(want), np.array([want]), torch.tensor(want, dtype=torch.float64)):
         assert tutorials.check("01.is_gradient", answer).startswith("correct")

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from drpo_sim import cli
-from drpo_sim.cli.explore import parse_port
+from drpo_sim.cli.explore import parse_port, run_explore
 from drpo_sim.config import PAPER_METHODS
 
 
@@ -68,8 +68,6 @@ def test_port_in_use_is_one_line_and_status_2(capsys):
 
 
 def test_explore_options_in_the_drpo_sim_parser(capsys):
-    from drpo_sim.cli.explore import run_explore
-
     parser = cli.build_parser(["explore"])
     args = parser.parse_args(["explore", "--port", "0", "--no-browser", "--export", "x.html"])
     assert args.command == "explore" and args.no_browser and args.export == "x.html" and args.func is run_explore

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drpo_sim import cli
+from drpo_sim import cli, objectives
 from drpo_sim.results import read_results
 from drpo_sim.tokens import load_token_log, read_token_log_metadata
 
@@ -23,8 +23,6 @@ def _run(argv, capsys):
 
 @pytest.mark.parametrize("env", ["bandit", "tabular"])
 def test_simulate_every_objective_with_every_channel(tmp_path, capsys, env):
-    from drpo_sim import objectives
-
     out = tmp_path / "r.parquet"
     argv = ["simulate", "--env", env, "--methods", ",".join(objectives.available()), "--out", str(out),
             *QUICK, *CHANNELS]

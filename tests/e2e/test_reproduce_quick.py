@@ -20,7 +20,7 @@ from drpo_sim.paper.numbers import check_numbers
 from drpo_sim.run import executor
 from drpo_sim.run.executor import Runner
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=400)
 
 FIGURES = weight_table.SPEC.figures
 

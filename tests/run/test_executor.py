@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from dask.distributed import LocalCluster
 from run_fixtures import CONFIG, GRID
 
 from drpo_sim import objectives, sim
@@ -163,8 +164,6 @@ def test_a_result_computed_with_other_code_is_refused(tmp_path: Path, monkeypatc
 
 
 def test_dask_local_cluster_gives_exactly_the_local_results(tmp_path: Path):
-    from dask.distributed import LocalCluster
-
     path = tmp_path / "sweep.toml"
     path.write_text(GRID)
     spec = sweep.load_sweep(path)
