@@ -3,14 +3,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 PROFILE ?= quick
 
-.PHONY: reproduce test setup browser bench clean
+.PHONY: reproduce test setup setup-test browser bench clean
 
 reproduce: setup          ## set up, then the quick profile into results/quick/, verdicts beside the committed run's (PROFILE=full: regenerate figures/ and paper/, about an hour)
 	$(VENV)/bin/drpo-sim reproduce --$(PROFILE)
 
-test: setup browser       ## set up, then lint (ruff, import layers) and run the whole test suite
+test: setup-test browser  ## set up (with the test tools), then lint (ruff, import layers) and run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 --maxschedchunk 2
@@ -19,13 +20,19 @@ browser:                  ## Debian's chromium and chromedriver, for the explore
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
 
-setup: $(STAMP)
+setup: $(STAMP)           ## the package and what it runs with
+
+setup-test: $(TEST_STAMP) ## and the test tools (pytest, hypothesis, the notebook kernel, selenium, ruff, import-linter)
 
 $(STAMP): pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "drpo_sim needs Python >= 3.11, found " + sys.version' 
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "drpo_sim needs Python >= 3.11, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(TEST_STAMP)
 
 bench: setup              ## throughput of the objectives, simulator, sweeps, replay and LM lab against physical floors
 	$(PY) benchmarks/bench_objectives.py

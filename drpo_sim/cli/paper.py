@@ -16,6 +16,9 @@ from drpo_sim.paper.specs import GeometrySpec
 #: Where each profile writes by default: the full run regenerates the committed ``figures/`` and
 #: ``paper/``; the quick one writes to a folder of its own, beside them.
 DEFAULT_OUT = {"full": "figures", "quick": "results/quick/figures"}
+#: The image formats each profile writes by default: the quick run, a first look, only PNG (the
+#: report embeds PNG); the full run PDF too.
+DEFAULT_FORMATS = {"full": "png,pdf", "quick": "png"}
 #: The committed full run, whose verdicts a quick run is shown beside.
 COMMITTED = "figures"
 
@@ -48,7 +51,8 @@ def configure_reproduce(p: argparse.ArgumentParser) -> None:
                        "regenerates the committed figures/ and paper/")
     p.add_argument("--out", help=f"output directory (default: {DEFAULT_OUT['quick']} for --quick, "
                    f"{DEFAULT_OUT['full']} for --full)")
-    p.add_argument("--formats", default="png,pdf", help="comma-separated image formats (default png,pdf)")
+    p.add_argument("--formats", help=f"comma-separated image formats (default: {DEFAULT_FORMATS['quick']} for "
+                   f"--quick, {DEFAULT_FORMATS['full']} for --full)")
     p.add_argument("--paper", help="where the report goes (default: paper/ beside --out)")
     p.add_argument("--only", help=f"comma-separated stages to run (default all): {', '.join(STAGES)}")
     p.add_argument("--compare", metavar="DIR", help=f"show the verdicts beside those of the run in DIR (default: "
@@ -72,7 +76,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or DEFAULT_OUT[args.profile])
     ref = _reference(args, out)
     reference = claims.load_claims(ref) if ref is not None else None  # a bad --compare fails before the run
-    res = reproduce(out, args.profile, parse_formats(args.formats), paper=args.paper,
+    formats = parse_formats(args.formats or DEFAULT_FORMATS[args.profile])
+    res = reproduce(out, args.profile, formats, paper=args.paper,
                     only=parse_names(args.only) if args.only else None, n_jobs=args.jobs, scheduler=args.scheduler)
     print(f"{len(res['records'])} figures in {out} ({res['wall_time_s']:.1f} s)"
           + (f"; manifest: {res['manifest']}" if res["manifest"] else "")
