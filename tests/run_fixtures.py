@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from drpo_sim.run import sweep
 from drpo_sim.sim import SimConfig
 
 #: A small, fast configuration (the full flat dict a cell holds).
@@ -34,3 +35,9 @@ def toml(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def run_grid(root: Path, n_jobs: int):
+    """The GRID sweep run once into ``root/out`` on ``n_jobs`` local processes: (spec, its directory, its table)."""
+    spec = sweep.load_sweep(toml(root, GRID))
+    return spec, root / "out", sweep.run_sweep(spec, root / "out", n_jobs=n_jobs, progress=False)

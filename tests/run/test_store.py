@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from run_fixtures import CONFIG, GRID, toml
+from run_fixtures import CONFIG, run_grid, toml
 
 from drpo_sim import objectives
 from drpo_sim.results import read_results
@@ -141,10 +141,7 @@ def test_the_lock_admits_one_driver(tmp_path):
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     """The GRID sweep run once: (spec, its directory, its table)."""
-    root = tmp_path_factory.mktemp("local")
-    spec = sweep.load_sweep(toml(root, GRID))
-    df = sweep.run_sweep(spec, root / "out", n_jobs=1, progress=False)
-    return spec, root / "out", df
+    return run_grid(tmp_path_factory.mktemp("local"), n_jobs=1)
 
 
 def test_rerun_skips_everything_and_a_deleted_cell_alone_reruns(local, tmp_path):

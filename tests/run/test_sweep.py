@@ -10,7 +10,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from run_fixtures import GRID, HEAD, toml
+from run_fixtures import GRID, HEAD, run_grid, toml
 
 from drpo_sim import cli
 from drpo_sim.results import read_results
@@ -23,10 +23,7 @@ from drpo_sim.sim import SimConfig, simulate
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     """The GRID sweep run once on two local processes: (spec, its directory, its table)."""
-    root = tmp_path_factory.mktemp("local")
-    spec = sweep.load_sweep(toml(root, GRID))
-    df = sweep.run_sweep(spec, root / "out", n_jobs=2, progress=False)
-    return spec, root / "out", df
+    return run_grid(tmp_path_factory.mktemp("local"), n_jobs=2)
 
 
 # --------------------------------------------------------------------------------------------
