@@ -146,6 +146,17 @@ def _full_config(flat: dict) -> dict:
     return SimConfig.from_flat(flat).flat()
 
 
+def _convergence_config(spec: ConvergenceSpec, profile: str) -> SimConfig:
+    return SimConfig.from_flat({**spec.config, "steps": spec.profile(profile).steps})
+
+
+def convergence_cells(spec: ConvergenceSpec, profile: str) -> list[Cell]:
+    """One ``sim`` cell per method, in the spec's one setting."""
+    run = spec.profile(profile)
+    cfg = _convergence_config(spec, profile).flat()
+    return [sim_cell(cfg, m, objectives.get(m).params, run.seed_list) for m in spec.methods]
+
+
 def convergence_figures(out: str | Path, spec: ConvergenceSpec, profile: str, runner: Runner,
                         formats: Formats = ("png",)) -> list[FigureRecord]:
     """Reward, mismatch and masked share against step with 95% bootstrap bands, one setting.
@@ -157,8 +168,8 @@ def convergence_figures(out: str | Path, spec: ConvergenceSpec, profile: str, ru
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cfg = SimConfig.from_flat({**spec.config, "steps": run.steps})
-    cells = [sim_cell(cfg.flat(), m, objectives.get(m).params, run.seed_list) for m in spec.methods]
+    cfg = _convergence_config(spec, profile)
+    cells = convergence_cells(spec, profile)
     df = with_param_columns(pd.concat(runner.run(cells, desc=spec.name), ignore_index=True))
     panels = {
         "expected_reward": "expected reward of pi",
@@ -200,15 +211,21 @@ def _run_sweep(sw: sweep.SweepSpec, runner: Runner, desc: str) -> pd.DataFrame:
     return sweep.table(cells, runner.run(cells, desc=desc))
 
 
+def phase_sweep(spec: PhaseSpec, profile: str) -> sweep.SweepSpec:
+    """The phase diagram's grid: engine noise x staleness, every method."""
+    ph = spec.profile(profile)
+    return _sweep_spec({"methods": list(spec.methods), "seeds": ph.seeds, "config": {**spec.config, "steps": ph.steps},
+                        "grid": {"noise_std": list(ph.noise_std), "staleness": list(ph.staleness)}},
+                       source=f"phase diagram ({profile})")
+
+
 def phase_figures(out: str | Path, spec: PhaseSpec, profile: str, runner: Runner,
                   formats: Formats = ("png",)) -> list[FigureRecord]:
     """Collapse rate and final reward over engine noise x staleness; writes ``spec.data_file``."""
     ph = spec.profile(profile)
     out = Path(out)
     t0 = time.perf_counter()
-    sw = _sweep_spec({"methods": list(spec.methods), "seeds": ph.seeds, "config": {**spec.config, "steps": ph.steps},
-                      "grid": {"noise_std": list(ph.noise_std), "staleness": list(ph.staleness)}},
-                     source=f"phase diagram ({profile})")
+    sw = phase_sweep(spec, profile)
     df = _run_sweep(sw, runner, spec.name)
     summary = stats.summarize_runs(df, group=("method", "noise_std", "staleness"), nan_policy="omit")
     summary = summary.merge(summaries.stable_region(summary), on=["method", "noise_std", "staleness"])
@@ -223,6 +240,14 @@ def phase_figures(out: str | Path, spec: PhaseSpec, profile: str, runner: Runner
                          time.perf_counter() - t0, list(sw.seeds))]
 
 
+def sensitivity_sweep(spec: SensitivitySpec, profile: str) -> sweep.SweepSpec:
+    """The threshold-sensitivity grid: engine noise x each method's thresholds."""
+    se = spec.profile(profile)
+    grid = {"noise_std": list(spec.noise_std), **{f"{m}.delta": list(d) for m, d in spec.deltas.items()}}
+    return _sweep_spec({"methods": list(spec.deltas), "seeds": se.seeds, "config": {**spec.config, "steps": se.steps},
+                        "grid": grid}, source=f"threshold sensitivity ({profile})")
+
+
 def sensitivity_figures(out: str | Path, spec: SensitivitySpec, profile: str, runner: Runner,
                         formats: Formats = ("png",)) -> list[FigureRecord]:
     """Each method's final reward against its threshold ``delta`` at several noise levels (DRPO
@@ -230,9 +255,7 @@ def sensitivity_figures(out: str | Path, spec: SensitivitySpec, profile: str, ru
     se = spec.profile(profile)
     out = Path(out)
     t0 = time.perf_counter()
-    grid = {"noise_std": list(spec.noise_std), **{f"{m}.delta": list(d) for m, d in spec.deltas.items()}}
-    sw = _sweep_spec({"methods": list(spec.deltas), "seeds": se.seeds, "config": {**spec.config, "steps": se.steps},
-                      "grid": grid}, source=f"threshold sensitivity ({profile})")
+    sw = sensitivity_sweep(spec, profile)
     df = _run_sweep(sw, runner, spec.name)
     summary = stats.summarize_runs(df, group=("method", "noise_std", "param_delta"), nan_policy="omit")
     summary = summary.rename(columns={"param_delta": "delta"}).assign(
@@ -444,6 +467,18 @@ def lab_figures(out: str | Path, comparison: lab.Comparison, formats: Formats = 
     return records
 
 
+def _lab_arguments(spec: LabSpec, profile: str, out: Path) -> tuple:
+    run = spec.profile(profile)
+    return spec.objectives, spec.precisions, run.seeds, run.steps, out
+
+
+def lab_cells(spec: LabSpec, profile: str, out: str | Path) -> list[Cell]:
+    """The lab's cells (:func:`drpo_sim.run.lab.plan`; pretrains the model first, or loads it
+    from ``out``'s cache)."""
+    return lab.plan(*_lab_arguments(spec, profile, Path(out)),
+                    token_log_objectives=spec.profile(profile).token_log_objectives).cells
+
+
 def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner: Runner,
                            formats: Formats = ("png",)) -> list[FigureRecord]:
     """The lab's comparison in ``profile`` (:func:`drpo_sim.run.lab.compare`), its figures, and the
@@ -452,11 +487,10 @@ def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner:
     ``logp`` is then the fp32 trainer at rollout time, so the ratio is the real
     training-inference mismatch of the reduced-precision engine, as in a NeMo RL or slime dump);
     figures ``replay_lm_<precision>_*``."""
-    run = spec.profile(profile)
     out = Path(out)
     t0 = time.perf_counter()
-    comparison = lab.compare(spec.objectives, spec.precisions, run.seeds, run.steps, out, runner=runner,
-                             token_log_objectives=run.token_log_objectives)
+    comparison = lab.compare(*_lab_arguments(spec, profile, out), runner=runner,
+                             token_log_objectives=spec.profile(profile).token_log_objectives)
     comparison.config["profile"] = profile
     records = lab_figures(out, comparison, formats, wall_time_s=time.perf_counter() - t0,
                           summary_file=spec.summary_file)
@@ -470,3 +504,36 @@ def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner:
         records += replay_figures(result, out, label=label, prefix=spec.replay_prefix(precision), formats=formats,
                                   wall_time_s=time.perf_counter() - t1)
     return records
+
+
+# ----------------------------------------------------------------------------------------------
+# the cells of a spec, before its job runs
+
+
+def _sim_cost(cell: Cell) -> float:
+    """A rough cost of a ``sim`` cell, for ordering only: steps x seeds x states x vocabulary x
+    mini-batch updates (lab cells, a few seconds each, count as the largest)."""
+    if cell.kind != "sim":
+        return float("inf")
+    c = cell.spec["config"]
+    return (c["steps"] * len(cell.spec["seeds"]) * c["n_prompts"] * c["horizon"] * c["vocab_size"]
+            * c["updates_per_batch"])
+
+
+def planned_cells(spec: object, profile: str, out: str | Path) -> list[Cell]:
+    """The cells the job of ``spec`` will ask its runner for, costliest first (none for the specs
+    whose jobs train nothing), so a driver can hand them to the runner early
+    (:meth:`~drpo_sim.run.executor.Runner.prefetch`). Built by the same functions the jobs use."""
+    if isinstance(spec, PanelSpec):
+        cells = panel_cells(spec, profile)
+    elif isinstance(spec, ConvergenceSpec):
+        cells = convergence_cells(spec, profile)
+    elif isinstance(spec, PhaseSpec):
+        cells = phase_sweep(spec, profile).cells()
+    elif isinstance(spec, SensitivitySpec):
+        cells = sensitivity_sweep(spec, profile).cells()
+    elif isinstance(spec, LabSpec):
+        cells = lab_cells(spec, profile, out)
+    else:
+        return []
+    return sorted(cells, key=_sim_cost, reverse=True)

@@ -9,7 +9,12 @@ The pipeline, in one direction::
 what earlier ones wrote), writes ``MANIFEST.json``, tests the claims on the result files and
 writes the report. Every simulation goes through one :class:`~drpo_sim.run.executor.Runner`
 whose cell store is ``<out>/cells``, so an interrupted run resumes where it stopped, and a rerun
-after an edit recomputes only the cells whose code changed. ``only`` runs some stages: analysis
+after an edit recomputes only the cells whose code changed. With more than one worker, the cells
+of every analysis are handed to the runner at the start (:func:`drpo_sim.paper.jobs.planned_cells`,
+:meth:`~drpo_sim.run.executor.Runner.prefetch`): the workers compute them in the background, in
+the order of the analyses and costliest first within each, while this process runs the analyses
+in order and draws their figures; nothing else changes, since every cell's numbers depend only
+on its spec. ``only`` runs some stages: analysis
 names, ``claims`` or ``report``.
 """
 
@@ -22,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from drpo_sim.config import check_profile
-from drpo_sim.paper import claims, report
+from drpo_sim.paper import claims, jobs, report
 from drpo_sim.paper.analyses import ORDER
 from drpo_sim.paper.manifest import write_manifest
 from drpo_sim.run.executor import Runner
@@ -57,12 +62,20 @@ def reproduce(out: str | Path = "figures", profile: str = "quick", formats: Sequ
     runner = Runner(store=store, n_jobs=n_jobs, scheduler=scheduler, progress=progress)
     records = []
     analyses = [s for s in stages if s in ORDER]
-    bar = tqdm(analyses, desc="reproduce", unit="analysis", disable=not progress or None)
-    for name in bar:
-        bar.set_postfix_str(name)
-        for r in ORDER[name].run(out, profile, formats, runner):
-            r.script = name
-            records.append(r)
+    try:
+        if runner.parallel:
+            # every analysis's cells go to the workers now, so they keep computing while this
+            # process draws figures and runs the analyses that train nothing
+            runner.prefetch([c for name in analyses for c in jobs.planned_cells(ORDER[name].SPEC, profile, out)])
+        bar = tqdm(analyses, desc="reproduce", unit="analysis", disable=not progress or None)
+        for name in bar:
+            bar.set_postfix_str(name)
+            for r in ORDER[name].run(out, profile, formats, runner):
+                r.script = name
+                records.append(r)
+        runner.join()
+    finally:
+        runner.cancel()
     if analyses == list(ORDER):
         store.prune(runner.served)  # cells of older code or of experiments no longer run
     manifest = write_manifest(out, records, profile=profile, merge=bool(only)) if records else None

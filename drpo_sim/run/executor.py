@@ -8,7 +8,14 @@ lab's comparison (:mod:`drpo_sim.run.lab`) and the paper's panels (:mod:`drpo_si
     runner.last                         # what that call ran, skipped, and where
 
 With a store, cells already there are skipped and each new cell is written as soon as it
-finishes, so an interrupted run resumes where it stopped (:mod:`drpo_sim.run.store`). Locally the
+finishes, so an interrupted run resumes where it stopped (:mod:`drpo_sim.run.store`).
+
+A driver that knows its later cells can hand them over early: ``runner.prefetch(cells)`` starts
+computing them on the workers in a background thread while the driver goes on (drawing figures,
+say), and a later ``runner.run`` of any of them waits for them instead of computing them again;
+``runner.join()`` waits for the rest and raises what failed there, ``runner.cancel()`` stops it.
+``drpo-sim reproduce`` hands over every analysis's cells this way, so the workers never wait for
+the driver's single-threaded work between analyses. Locally the
 cells run on ``n_jobs`` joblib processes (default: the usable CPUs; one runs them in this
 process); with ``scheduler="tcp://host:port"`` they run on that Dask cluster, whose workers need
 the same drpo_sim code (checked on every result: each worker returns the code digest it computed
@@ -18,6 +25,7 @@ per seed, so the results do not depend on where or in which order the cells ran.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +108,22 @@ class RunReport:
     """Per cell id: ``{"this_run": "ran" | "skipped", "wall_s": ...}``."""
 
 
+class Cancelled(Exception):
+    """A background prefetch was cancelled (:meth:`Runner.cancel`)."""
+
+
+@dataclass
+class _Prefetch:
+    """A background run of cells: an event per cell id, set once the cell is in the store (or
+    the run ended without it); what each cell did; what failed."""
+
+    done: dict[str, threading.Event]
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    thread: threading.Thread | None = None
+
+
 @dataclass
 class Runner:
     """Runs cells (module docstring). ``store``: where finished cells are kept (None: nowhere,
@@ -113,6 +137,7 @@ class Runner:
     last: RunReport = field(default_factory=RunReport, init=False, repr=False)
     served: set[str] = field(default_factory=set, init=False, repr=False)
     """The ids of every cell this runner has served, over all its calls."""
+    _prefetch: _Prefetch | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.scheduler is not None:
@@ -122,6 +147,11 @@ class Runner:
         elif self.n_jobs is not None and not (isinstance(self.n_jobs, int) and not isinstance(self.n_jobs, bool)
                                               and self.n_jobs >= 1):
             raise ValueError(f"n_jobs must be a number of processes >= 1, got {self.n_jobs!r}")
+
+    @property
+    def parallel(self) -> bool:
+        """Whether cells run outside this process (more than one local process, or Dask)."""
+        return self.scheduler is not None or (self.n_jobs or cpu_count()) > 1
 
     def _executor(self) -> tuple[Callable[[list[dict[str, Any]]], Iterator[Result]], str]:
         if self.scheduler is not None:
@@ -138,6 +168,11 @@ class Runner:
             raise ValueError("two cells have the same specification; remove the duplicate")
         self.served.update(ids)
         t0 = time.perf_counter()
+        pf = self._prefetch
+        if pf is not None:
+            if all(i in pf.done for i in ids):
+                return self._collect(cells, pf, t0)
+            self.join()  # cells the background run does not have: one pool at a time
         execute, where = self._executor()
         if self.store is None:
             tables = self._compute(cells, execute, desc, on_result, {})
@@ -157,6 +192,82 @@ class Runner:
             self.last = report
             return [self.store.read(c) for c in cells]
 
+    def prefetch(self, cells: Sequence[Cell], *, desc: str = "cells") -> None:
+        """Start computing ``cells`` (in this order) in a background thread; return at once.
+
+        Each result goes to the store as it finishes; a later :meth:`run` whose cells are all
+        here waits for them (any other :meth:`run` first waits for the whole prefetch). Needs a
+        store, which hands the results over; one prefetch at a time."""
+        if self.store is None:
+            raise ValueError("prefetch hands results over through the cell store: give the runner a store")
+        if self._prefetch is not None:
+            raise RuntimeError("a prefetch is already running: join() or cancel() it first")
+        unique = list({c.id: c for c in cells}.values())
+        self.served.update(c.id for c in unique)
+        pf = _Prefetch({c.id: threading.Event() for c in unique})
+        pf.thread = threading.Thread(target=self._background, args=(unique, pf, desc), name="drpo-sim-prefetch",
+                                     daemon=True)
+        self._prefetch = pf
+        pf.thread.start()
+
+    def _background(self, cells: list[Cell], pf: _Prefetch, desc: str) -> None:
+        def stored(cell: Cell, seconds: float) -> None:
+            pf.done[cell.id].set()
+            if pf.cancel.is_set():
+                raise Cancelled
+
+        try:
+            with self.store.locked():
+                self.store.remove_stale()
+                todo = []
+                for c in cells:
+                    if self.store.done(c):
+                        pf.runs[c.id] = {"this_run": "skipped"}
+                        pf.done[c.id].set()
+                    else:
+                        todo.append(c)
+                execute, _ = self._executor()
+                self._compute(todo, execute, desc, stored, pf.runs, initial=len(cells) - len(todo),
+                              total=len(cells))
+        except BaseException as err:  # noqa: BLE001 - handed to whoever waits (run, join)
+            pf.error = err
+        finally:
+            for event in pf.done.values():
+                event.set()  # nobody waits forever: a cell missing after this is an error
+
+    def _collect(self, cells: Sequence[Cell], pf: _Prefetch, t0: float) -> list[pd.DataFrame]:
+        """The tables of prefetched ``cells``, once the background run has stored them."""
+        for c in cells:
+            pf.done[c.id].wait()
+            if c.id not in pf.runs:
+                raise RuntimeError(f"cell {c.id} ({dict(c.labels)}): the background run stopped before it") \
+                    from pf.error
+        runs = {c.id: pf.runs[c.id] for c in cells}
+        ran = sum(r["this_run"] == "ran" for r in runs.values())
+        where = self._executor()[1]
+        self.last = RunReport(ran=ran, skipped=len(cells) - ran, total=len(cells),
+                              executor=f"{where} (prefetched)" if ran else "none (every cell was done)",
+                              wall_s=time.perf_counter() - t0, cells=runs)
+        return [self.store.read(c) for c in cells]
+
+    def join(self) -> None:
+        """Wait for the prefetch (if any) to end; raise what failed in it."""
+        pf, self._prefetch = self._prefetch, None
+        if pf is None:
+            return
+        pf.thread.join()
+        if pf.error is not None and not isinstance(pf.error, Cancelled):
+            raise RuntimeError(f"the background run of {len(pf.done)} cells failed: {pf.error}") from pf.error
+
+    def cancel(self) -> None:
+        """Stop the prefetch (if any): the cells running finish and are stored, the queued ones
+        are dropped. Safe to call at any time, e.g. in a ``finally``."""
+        pf, self._prefetch = self._prefetch, None
+        if pf is None:
+            return
+        pf.cancel.set()
+        pf.thread.join()
+
     def _compute(self, todo: Sequence[Cell], execute, desc: str, on_result, runs: dict[str, dict[str, Any]], *,
                  initial: int = 0, total: int | None = None) -> dict[str, pd.DataFrame]:
         """Run ``todo``, storing each result as it arrives; the tables by cell id."""
@@ -164,8 +275,9 @@ class Runner:
         tables: dict[str, pd.DataFrame] = {}
         total = len(todo) if total is None else total
         bar = tqdm(total=total, initial=initial, unit="cell", desc=desc, disable=not self.progress or None)
+        results = execute([c.task() for c in todo]) if todo else iter(())
         try:
-            for cid, out, seconds, code in (execute([c.task() for c in todo]) if todo else ()):
+            for cid, out, seconds, code in results:
                 cell = by_id[cid]
                 if code != cell.code:
                     raise RuntimeError(f"cell {cid}: a worker computed it with code {code}, the driver has "
@@ -181,6 +293,8 @@ class Runner:
                     on_result(cell, seconds)
                 bar.update(1)
         finally:
+            if hasattr(results, "close"):
+                results.close()  # leaving early cancels the tasks still queued
             bar.close()
         missing = [c.id for c in todo if c.id not in runs]
         if missing:

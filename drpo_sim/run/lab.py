@@ -12,7 +12,8 @@ to ``out``:
   optimiser update, for ``drpo-sim replay``;
 * ``lm_cache/pretrain-<hash>.pt``: the pretrained checkpoint, reused by later calls.
 
-It returns the table and leaves summaries (:func:`drpo_sim.summaries.lab_summary`) and figures
+:func:`plan` gives the same cells without running them. :func:`compare` returns the table and
+leaves summaries (:func:`drpo_sim.summaries.lab_summary`) and figures
 (:func:`drpo_sim.paper.jobs.lab_figures`) to its callers.
 """
 
@@ -59,6 +60,69 @@ def token_log_name(objective: str, precision: str, seed: int) -> str:
     return f"{objective}_{precision}_seed{seed}.parquet"
 
 
+@dataclasses.dataclass
+class Plan:
+    """What :func:`compare` will run: the validated names and seeds, one configuration and one
+    ``lab`` cell per (objective, precision, seed), and the pretrained checkpoint they start from."""
+
+    objectives: list[str]
+    precisions: list[str]
+    seeds: list[int]
+    configs: list[LabConfig]
+    pretrain_config: PretrainConfig
+    checkpoint: Checkpoint
+    cells: list[Cell]
+
+
+def plan(
+    objectives: Sequence[str] | str,
+    precisions: Sequence[str] | str,
+    seeds: int | Iterable[int],
+    steps: int,
+    out: str | os.PathLike,
+    *,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    lab: Mapping[str, Any] | None = None,
+    token_log_objectives: Sequence[str] | None = None,
+    pretrain_config: PretrainConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Plan:
+    """The cells of :func:`compare` (same arguments), after pretraining or loading the model
+    they start from, without running them; a runner may be handed them early
+    (:meth:`~drpo_sim.run.executor.Runner.prefetch`). Bad input: ``ValueError`` before any work."""
+    objectives, precisions = _names(objectives, "objectives"), _names(precisions, "precisions")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"unknown precision(s) {', '.join(bad)}; valid: {', '.join(PRECISIONS)}")
+    seeds = _seeds(seeds)
+    params = {k: dict(v) for k, v in (params or {}).items()}
+    unused = sorted(set(params) - set(objectives))
+    if unused:
+        raise ValueError(f"parameters given for {', '.join(unused)}, which is not among the objectives "
+                         f"{', '.join(objectives)}")
+    lab = dict(lab or {})
+    reserved = {"objective", "params", "precision", "seed", "steps"} & set(lab)
+    if reserved:
+        raise ValueError(f"lab fields {sorted(reserved)} are set by compare itself")
+    configs = [
+        LabConfig(objective=o, params=params.get(o, {}), precision=p, seed=s, steps=int(steps), **lab)
+        for o in objectives for p in precisions for s in seeds
+    ]  # validates every objective, parameter and field up front
+
+    out = Path(out)
+    pcfg = pretrain_config or PretrainConfig()
+    ckpt = pretrain(pcfg, out / CACHE_DIR if cache_dir is None else cache_dir, progress=progress)
+    logged = set(objectives if token_log_objectives is None else token_log_objectives)
+    cells = [
+        Cell("lab", {"lab": dataclasses.asdict(c), "pretrain": dataclasses.asdict(pcfg),
+                     "token_log": c.objective in logged and c.seed == seeds[0]},
+             {"objective": c.objective, "precision": c.precision, "seed": c.seed}, inputs=ckpt)
+        for c in configs
+    ]
+    return Plan(objectives, precisions, seeds, configs, pcfg, ckpt, cells)
+
+
 def compare(
     objectives: Sequence[str] | str,
     precisions: Sequence[str] | str,
@@ -83,65 +147,40 @@ def compare(
     ``runner`` runs the cells (default: local processes, cells kept in ``out/cells``). Bad
     input: ``ValueError`` before any work.
     """
-    objectives, precisions = _names(objectives, "objectives"), _names(precisions, "precisions")
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad:
-        raise ValueError(f"unknown precision(s) {', '.join(bad)}; valid: {', '.join(PRECISIONS)}")
-    seeds = _seeds(seeds)
-    params = {k: dict(v) for k, v in (params or {}).items()}
-    unused = sorted(set(params) - set(objectives))
-    if unused:
-        raise ValueError(f"parameters given for {', '.join(unused)}, which is not among the objectives "
-                         f"{', '.join(objectives)}")
-    lab = dict(lab or {})
-    reserved = {"objective", "params", "precision", "seed", "steps"} & set(lab)
-    if reserved:
-        raise ValueError(f"lab fields {sorted(reserved)} are set by compare itself")
-    configs = [
-        LabConfig(objective=o, params=params.get(o, {}), precision=p, seed=s, steps=int(steps), **lab)
-        for o in objectives for p in precisions for s in seeds
-    ]  # validates every objective, parameter and field up front
-
     out = Path(out)
     runner = runner or Runner(store=CellStore(out / "cells"), progress=progress)
     if runner.store is None:
         raise ValueError("the lab's comparison keeps token logs: give the runner a cell store")
+    p = plan(objectives, precisions, seeds, steps, out, params=params, lab=lab,
+             token_log_objectives=token_log_objectives, pretrain_config=pretrain_config, cache_dir=cache_dir,
+             progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    pcfg = pretrain_config or PretrainConfig()
-    ckpt = pretrain(pcfg, out / CACHE_DIR if cache_dir is None else cache_dir, progress=progress)
-    logged = set(objectives if token_log_objectives is None else token_log_objectives)
-    cells = [
-        Cell("lab", {"lab": dataclasses.asdict(c), "pretrain": dataclasses.asdict(pcfg),
-                     "token_log": c.objective in logged and c.seed == seeds[0]},
-             {"objective": c.objective, "precision": c.precision, "seed": c.seed}, inputs=ckpt)
-        for c in configs
-    ]
-    tables = runner.run(cells, desc="lm compare")
+    tables = runner.run(p.cells, desc="lm compare")
     df = pd.concat(tables, ignore_index=True).sort_values(["method", "precision", "seed", "step"], ignore_index=True)
 
     token_logs = []
-    for cell in cells:
+    for cell in p.cells:
         if cell.spec["token_log"]:
             name = f"{TOKENS_DIR}/{token_log_name(**cell.labels)}"
             with atomic_path(out / name) as tmp:
                 shutil.copyfile(runner.store.token_log(cell), tmp)
             token_logs.append(name)
     config = {
-        "objectives": list(objectives),
-        "precisions": list(precisions),
-        "method_params": {c.objective: c.build_objective().params for c in configs},
+        "objectives": list(p.objectives),
+        "precisions": list(p.precisions),
+        "method_params": {c.objective: c.build_objective().params for c in p.configs},
         "lab": {
             k: v
-            for k, v in dataclasses.asdict(configs[0]).items()
+            for k, v in dataclasses.asdict(p.configs[0]).items()
             if k not in ("objective", "params", "precision", "seed")
         },
-        "pretrain": dataclasses.asdict(pcfg),
-        "pretrain_metrics": ckpt.metrics,
+        "pretrain": dataclasses.asdict(p.pretrain_config),
+        "pretrain_metrics": p.checkpoint.metrics,
         "results": RESULTS_FILE,
         "token_logs": sorted(token_logs),
     }
-    write_results(df, out / RESULTS_FILE, {**config, "seeds": list(seeds)})
-    return Comparison(df, config, list(seeds), sorted(token_logs), ckpt)
+    write_results(df, out / RESULTS_FILE, {**config, "seeds": list(p.seeds)})
+    return Comparison(df, config, list(p.seeds), sorted(token_logs), p.checkpoint)
 
 
 def _names(values: Sequence[str] | str, what: str) -> list[str]:

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -39,6 +40,9 @@ class CellStore:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._guard = threading.Lock()
+        self._holders = 0
+        self._fd: int | None = None
 
     def __repr__(self) -> str:
         return f"CellStore({str(self.root)!r})"
@@ -52,18 +56,31 @@ class CellStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the store's lock for the block; another driver on the same store is an error."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        """Hold the store's lock for the block; another driver on the same store is an error.
+
+        The lock belongs to this object: its threads may nest blocks (a runner's background
+        prefetch and its caller share one store), and the file lock is released when the last
+        block ends."""
+        with self._guard:
+            if self._holders == 0:
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise OSError(f"{self.root}: another run is writing into this cell store "
+                                  f"(it holds {self.root / LOCK_FILE})") from None
+                self._fd = fd
+            self._holders += 1
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OSError(f"{self.root}: another run is writing into this cell store "
-                              f"(it holds {self.root / LOCK_FILE})") from None
             yield
         finally:
-            os.close(fd)  # closing releases the lock, as does the process's death
+            with self._guard:
+                self._holders -= 1
+                if self._holders == 0:
+                    os.close(self._fd)  # closing releases the lock, as does the process's death
+                    self._fd = None
 
     def remove_stale(self) -> int:
         """Delete the temporary files of interrupted atomic writes; return how many."""

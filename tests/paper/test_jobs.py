@@ -11,6 +11,7 @@ import pytest
 
 from drpo_sim import summaries
 from drpo_sim.paper import jobs
+from drpo_sim.paper.analyses import ORDER
 from drpo_sim.paper.specs import (
     TABULAR_TASK,
     ConvergenceSpec,
@@ -22,6 +23,7 @@ from drpo_sim.paper.specs import (
     Setting,
     Variant,
 )
+from drpo_sim.run import lab
 from drpo_sim.run.executor import Runner
 from drpo_sim.run.store import CellStore
 
@@ -127,3 +129,33 @@ def test_phase_figures_on_a_tiny_spec(tmp_path):
     assert set(phase["method"]) == {"pg_is", "drpo"} and phase["stable"].dtype == bool
     assert len(phase) == 2 * 2 * 2
     assert sorted(phase["noise_std"].unique()) == [0.0, 0.5] and sorted(phase["staleness"].unique()) == [0, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# the cells of a spec, before its job runs
+
+
+@pytest.mark.parametrize("name", list(ORDER))
+def test_planned_cells_are_the_cells_the_job_asks_for(name, tmp_path, monkeypatch):
+    """reproduce hands planned_cells to the runner early; the job must then ask for exactly
+    those cells (no more, or it would wait for the whole prefetch; no fewer, or work is wasted)."""
+    monkeypatch.setattr(lab, "pretrain", lambda cfg, cache, progress=False: "checkpoint")  # not hashed into ids
+    planned = jobs.planned_cells(ORDER[name].SPEC, "quick", tmp_path)
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    class Recording(Runner):
+        def run(self, cells, **kwargs):
+            asked.extend(cells)
+            raise Stop
+
+    if not planned:  # the analyses that train nothing
+        assert name in ("weight_table", "fixed_points", "replay_sim")
+        return
+    with pytest.raises(Stop):
+        ORDER[name].run(tmp_path, "quick", ("png",), Recording(store=CellStore(tmp_path / "c")))
+    assert sorted(c.id for c in planned) == sorted(c.id for c in asked)
+    costs = [jobs._sim_cost(c) for c in planned]
+    assert costs == sorted(costs, reverse=True)

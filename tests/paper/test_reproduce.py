@@ -5,12 +5,23 @@ The whole quick run is in tests/e2e/test_reproduce_quick.py."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from drpo_sim.paper import jobs
 from drpo_sim.paper import reproduce as rp
 from drpo_sim.paper.analyses import ORDER
 from drpo_sim.paper.manifest import FigureRecord, write_manifest
+from drpo_sim.paper.specs import (
+    TABULAR_TASK,
+    ConvergenceSpec,
+    PanelFigure,
+    PanelSpec,
+    Profile,
+    Setting,
+    Variant,
+)
 
 GEOMETRY_FIGURES = ("weight_vs_pi", "weight_vs_pi_ablations", "weight_plane", "drpo_delta_range")
 
@@ -69,3 +80,38 @@ def test_the_claims_on_an_empty_directory_name_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"claim 4 reads .*settings_summary\.csv.*which does not exist"):
         rp.reproduce(tmp_path, only=["claims"], progress=False)
     assert not (tmp_path / "claims.json").exists() and not (tmp_path / "MANIFEST.json").exists()
+
+
+def _tiny_order():
+    """Two small training analyses in the shape of drpo_sim.paper.analyses' modules."""
+    task = {**TABULAR_TASK, "vocab_size": 16, "updates_per_batch": 1}
+    panel = PanelSpec(name="tiny_panel", config=task,
+                      settings=(Setting("a", "clean"), Setting("b", "noisy", {"noise_std": 0.5})),
+                      variants=(Variant("drpo"), Variant("grpo")),
+                      figures=(PanelFigure("tiny_panel", "t", ("drpo", "grpo")),),
+                      quick=Profile(steps=5, seeds=2), full=Profile(steps=5, seeds=2))
+    conv = ConvergenceSpec(name="tiny_conv", config=task, methods=("pg_is", "drpo"),
+                           quick=Profile(steps=5, seeds=2), full=Profile(steps=5, seeds=2))
+    return {
+        "panel": SimpleNamespace(SPEC=panel, run=lambda out, p, f, r: jobs.panel_figures(out, panel, p, r, formats=f)),
+        "conv": SimpleNamespace(SPEC=conv, run=lambda out, p, f, r: jobs.convergence_figures(out, conv, p, r,
+                                                                                           formats=f)),
+    }
+
+
+def test_handing_the_cells_over_early_changes_no_result_file(tmp_path, monkeypatch):
+    """With two processes reproduce prefetches every analysis's cells; with one it runs them
+    analysis by analysis. The files must be the same byte for byte."""
+    monkeypatch.setattr(rp, "ORDER", _tiny_order())
+    monkeypatch.setattr(rp, "STAGES", (*rp.ORDER,))
+    serial = rp.reproduce(tmp_path / "serial", "quick", ("png",), n_jobs=1, progress=False)
+    early = rp.reproduce(tmp_path / "early", "quick", ("png",), n_jobs=2, progress=False)
+    assert [r.figure for r in serial["records"]] == [r.figure for r in early["records"]] == ["tiny_panel", "tiny_conv"]
+    csvs = sorted(p.name for p in (tmp_path / "serial").glob("*.csv"))
+    assert csvs and csvs == sorted(p.name for p in (tmp_path / "early").glob("*.csv"))
+    for name in csvs:
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "early" / name).read_bytes(), name
+    cells = {run: sorted(p.name for p in (tmp_path / run / rp.CELLS_DIR).glob("*.parquet"))
+             for run in ("serial", "early")}
+    # 2 x 2 panel cells and 2 convergence cells, one shared: drpo in the clean setting, stored once
+    assert len(cells["early"]) == 5 and cells["early"] == cells["serial"]

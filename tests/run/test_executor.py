@@ -3,6 +3,7 @@ in cell order, skips the cells its store holds, and refuses results computed by 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -157,6 +158,93 @@ def test_a_result_computed_with_other_code_is_refused(tmp_path: Path, monkeypatc
     assert not store.path(cells[0]).exists()  # nothing of it is stored
     with pytest.raises(RuntimeError, match="a worker computed it with code"):
         Runner(n_jobs=1).run(cells)
+
+
+# --------------------------------------------------------------------------------------------
+# prefetch: cells handed over early, computed in the background
+
+
+def test_prefetched_cells_are_served_from_the_background_run(tmp_path: Path):
+    cells = _cells()
+    store = CellStore(tmp_path / "cells")
+    runner = Runner(store=store, n_jobs=2)
+    assert runner.parallel and not Runner(n_jobs=1).parallel
+    runner.prefetch(cells[::-1])
+    first = runner.run(cells[:2])  # waits for these two, while the others may still run
+    assert (runner.last.ran, runner.last.skipped, runner.last.total) == (2, 0, 2)
+    assert runner.last.executor == "local, 2 processes (prefetched)"
+    assert set(runner.last.cells) == {c.id for c in cells[:2]}
+    rest = runner.run(cells[2:])
+    runner.join()
+    for cell, table in zip(cells, first + rest):
+        pd.testing.assert_frame_equal(table, sim.run_cell(cell.spec))
+    assert runner.served == {c.id for c in cells}
+    # with everything stored, a prefetch runs nothing
+    runner.prefetch(cells)
+    runner.run(cells)
+    assert (runner.last.ran, runner.last.skipped, runner.last.executor) == (0, 4, "none (every cell was done)")
+    runner.join()
+
+
+def test_a_run_of_other_cells_waits_for_the_whole_prefetch(tmp_path: Path):
+    cells = _cells()
+    runner = Runner(store=CellStore(tmp_path / "cells"), n_jobs=2)
+    runner.prefetch(cells[:2])
+    runner.run(cells[1:3])  # cells[2] was not handed over: the prefetch ends first, then it runs
+    assert runner._prefetch is None
+    assert (runner.last.ran, runner.last.skipped) == (1, 1)
+    assert all(runner.store.done(c) for c in cells[:3])
+
+
+def test_prefetch_needs_a_store_and_runs_one_at_a_time(tmp_path: Path):
+    cells = _cells()
+    with pytest.raises(ValueError, match="prefetch hands results over through the cell store"):
+        Runner(n_jobs=2).prefetch(cells)
+    runner = Runner(store=CellStore(tmp_path / "cells"), n_jobs=2)
+    runner.prefetch(cells[:1])
+    with pytest.raises(RuntimeError, match=r"a prefetch is already running: join\(\) or cancel\(\) it first"):
+        runner.prefetch(cells[1:])
+    runner.cancel()
+    runner.cancel()  # nothing left to cancel
+    runner.join()  # nor to join
+
+
+def test_a_failure_in_the_background_reaches_the_waiting_run_and_join(tmp_path: Path, monkeypatch):
+    def compute(spec, inputs):
+        if spec["x"] == 2.0:
+            raise ArithmeticError("cell two failed")
+        return Output(pd.DataFrame({"method": ["fake"], "seed": [0], "step": [1], "value": [spec["x"]]}))
+
+    monkeypatch.setitem(KINDS, "fake", Kind("fake", compute, "drpo_sim.stats"))
+    a, b, c = (Cell("fake", {"x": x}) for x in (1.0, 2.0, 3.0))
+    runner = Runner(store=CellStore(tmp_path / "cells"), n_jobs=1)  # in-process, in the background thread
+    runner.prefetch([a, b, c])
+    assert [t["value"].item() for t in runner.run([a])] == [1.0]
+    with pytest.raises(RuntimeError, match=rf"cell {c.id} \({{}}\): the background run stopped before it"):
+        runner.run([c])
+    with pytest.raises(RuntimeError, match="the background run of 3 cells failed: cell two failed"):
+        runner.join()
+    assert runner.store.done(a) and not runner.store.done(b) and not runner.store.done(c)
+    assert [t["value"].item() for t in runner.run([c])] == [3.0]  # an ordinary run afterwards
+
+
+def test_cancel_stops_the_queued_cells(tmp_path: Path, monkeypatch):
+    started = []
+
+    def compute(spec, inputs):
+        started.append(spec["x"])
+        time.sleep(0.05)  # 50 cells take 2.5 s, the cancel comes within milliseconds
+        return Output(pd.DataFrame({"method": ["fake"], "seed": [0], "step": [1], "value": [spec["x"]]}))
+
+    monkeypatch.setitem(KINDS, "fake", Kind("fake", compute, "drpo_sim.stats"))
+    cells = [Cell("fake", {"x": float(x)}) for x in range(50)]
+    runner = Runner(store=CellStore(tmp_path / "cells"), n_jobs=1)
+    runner.prefetch(cells)
+    runner.run(cells[:1])
+    runner.cancel()
+    assert runner._prefetch is None and len(started) < len(cells)
+    with runner.store.locked():  # the background released the store's lock
+        pass
 
 
 # --------------------------------------------------------------------------------------------

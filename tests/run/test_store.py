@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -131,6 +132,32 @@ def test_the_lock_admits_one_driver(tmp_path):
                 pass
         assert str(tmp_path / "cells" / LOCK_FILE) in str(err.value)
     with store.locked():  # released at the end of the block
+        pass
+
+
+def test_one_store_object_nests_its_lock_across_threads(tmp_path):
+    """A runner's background prefetch and its caller share one store: the lock belongs to the
+    object, is held until its last block ends, and refuses other drivers meanwhile."""
+    store = CellStore(tmp_path / "cells")
+    entered, release = threading.Event(), threading.Event()
+
+    def background():
+        with store.locked():
+            entered.set()
+            release.wait()
+
+    thread = threading.Thread(target=background)
+    with store.locked():
+        thread.start()
+        entered.wait()
+        with store.locked():  # nested in this thread as well
+            pass
+    with pytest.raises(OSError, match="another run is writing into this cell store"):
+        with CellStore(tmp_path / "cells").locked():  # the background's block is still open
+            pass
+    release.set()
+    thread.join()
+    with CellStore(tmp_path / "cells").locked():  # released with the last block
         pass
 
 
