@@ -88,9 +88,10 @@ def plan(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> Plan:
-    """The cells of :func:`compare` (same arguments), after pretraining or loading the model
-    they start from, without running them; a runner may be handed them early
-    (:meth:`~drpo_sim.run.executor.Runner.prefetch`). Bad input: ``ValueError`` before any work."""
+    """The cells of :func:`compare`, after pretraining the model they start from (or loading it
+    from ``cache_dir``, default ``out/lm_cache``), without running them; a runner may be handed
+    them early (:meth:`~drpo_sim.run.executor.Runner.prefetch`). Arguments: those of
+    :func:`compare`. Bad input: ``ValueError`` before any work."""
     objectives, precisions = _names(objectives, "objectives"), _names(precisions, "precisions")
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
@@ -131,29 +132,24 @@ def compare(
     out: str | os.PathLike,
     *,
     runner: Runner | None = None,
-    params: Mapping[str, Mapping[str, Any]] | None = None,
-    lab: Mapping[str, Any] | None = None,
-    token_log_objectives: Sequence[str] | None = None,
-    pretrain_config: PretrainConfig | None = None,
-    cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    **options: Any,
 ) -> Comparison:
     """Run every (objective, precision, seed) and write the files of the module docstring.
 
-    ``seeds``: a number of seeds (``range(n)``) or explicit seeds. ``params``: objective
-    parameters per objective name, e.g. ``{"drpo": {"delta": 2.5}}``. ``lab``: any other
-    :class:`~drpo_sim.lm.rl.LabConfig` field (``lr``, ``group_size``, ...).
-    ``token_log_objectives``: the objectives whose first seed keeps a token log (None: all).
-    ``runner`` runs the cells (default: local processes, cells kept in ``out/cells``). Bad
-    input: ``ValueError`` before any work.
+    ``seeds``: a number of seeds (``range(n)``) or explicit seeds. ``options``: the keyword
+    arguments of :func:`plan`: ``params``, objective parameters per objective name, e.g.
+    ``{"drpo": {"delta": 2.5}}``; ``lab``, any other :class:`~drpo_sim.lm.rl.LabConfig` field
+    (``lr``, ``group_size``, ...); ``token_log_objectives``, the objectives whose first seed keeps
+    a token log (None: all); ``pretrain_config`` and ``cache_dir``. ``runner`` runs the cells
+    (default: local processes, cells kept in ``out/cells``). Bad input: ``ValueError`` before any
+    work.
     """
     out = Path(out)
     runner = runner or Runner(store=CellStore(out / "cells"), progress=progress)
     if runner.store is None:
         raise ValueError("the lab's comparison keeps token logs: give the runner a cell store")
-    p = plan(objectives, precisions, seeds, steps, out, params=params, lab=lab,
-             token_log_objectives=token_log_objectives, pretrain_config=pretrain_config, cache_dir=cache_dir,
-             progress=progress)
+    p = plan(objectives, precisions, seeds, steps, out, progress=progress, **options)
     out.mkdir(parents=True, exist_ok=True)
     tables = runner.run(p.cells, desc="lm compare")
     df = pd.concat(tables, ignore_index=True).sort_values(["method", "precision", "seed", "step"], ignore_index=True)
