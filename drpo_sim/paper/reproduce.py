@@ -14,8 +14,7 @@ of every analysis are handed to the runner at the start (:func:`drpo_sim.paper.j
 :meth:`~drpo_sim.run.executor.Runner.prefetch`): the workers compute them in the background, in
 the order of the analyses and costliest first within each, while this process runs the analyses
 in order and draws their figures; nothing else changes, since every cell's numbers depend only
-on its spec. ``only`` runs some stages: analysis
-names, ``claims`` or ``report``.
+on its spec. ``only`` runs some stages: analysis names, ``claims`` or ``report``.
 """
 
 from __future__ import annotations
