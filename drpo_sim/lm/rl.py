@@ -27,8 +27,12 @@ One row per step (:data:`METRICS`): ``reward`` (mean sampled reward of the engin
 ``eval_reward`` (after the step's updates), ``eval_greedy`` and ``eval_exact`` (greedy partial
 reward and exact-match rate, NaN between greedy evaluations), the rollout-time mismatch
 between the trainer's ``pi_old`` (its float32 log-probs of the rollout, before any update) and the
-engine's ``mu`` over valid tokens (``mismatch_mean`` and ``mismatch_max`` of ``abs(pi_old - mu)``,
-``log_ratio_mean`` of ``log pi_old - log mu``), and, averaged over the step's updates, the
+engine's ``mu`` over valid tokens (``mismatch_mean`` and ``mismatch_max`` of ``abs(pi_old - mu)``;
+``pi_minus_mu_mean``, ``_min`` and ``_max`` of the signed ``pi_old - mu``; ``log_ratio_mean`` of
+``log pi_old - log mu``; ``kl_k3``, the k3 estimate of ``KL(mu || pi_old)`` from the engine's own
+samples, the mean of ``r - 1 - log r`` with ``r = pi_old / mu``, Schulman 2020, "Approximating KL
+divergence"), the trainer's mean per-token ``entropy`` over the rollout's valid positions and the
+mean ``response_len`` in tokens, and, averaged over the step's updates, the
 statistics of :func:`drpo_sim.objectives.policy_loss` at update time (``shift_mean``/``shift_max``
 of ``abs(pi - mu)``, the fractions of tokens the objective's weight masks, attenuates, turns
 corrective or amplifies, the weights), the loss, the gradient norm before clipping, and
@@ -51,7 +55,7 @@ import torch
 from tqdm.auto import tqdm
 
 from drpo_sim import advantages, objectives, stats
-from drpo_sim.lm.model import generate, token_logprobs, torch_threads
+from drpo_sim.lm.model import generate, response_logprobs_all, token_logprobs, torch_threads
 from drpo_sim.lm.precision import PRECISIONS, engine_copy
 from drpo_sim.lm.pretrain import Checkpoint, eval_digits, evaluate, load_checkpoint
 from drpo_sim.lm.task import EOS, PAD, REWARD_MODES
@@ -60,7 +64,8 @@ from drpo_sim.tokens import TokenBatch, TokenLogWriter
 DEFAULT_AGG = "seq-mean-token-sum-norm" if "seq-mean-token-sum-norm" in objectives.AGG_MODES else "seq-mean-token-sum"
 METRICS = (
     "reward", "eval_reward", "eval_greedy", "eval_exact",
-    "mismatch_mean", "mismatch_max", "log_ratio_mean",
+    "mismatch_mean", "mismatch_max", "pi_minus_mu_mean", "pi_minus_mu_min", "pi_minus_mu_max",
+    "log_ratio_mean", "kl_k3", "entropy", "response_len",
     "shift_mean", "shift_max",
     "masked_frac", "attenuated_frac", "corrective_frac", "amplified_frac",
     "weight_mean", "weight_min", "weight_max",
@@ -195,8 +200,11 @@ def _train(config: LabConfig, checkpoint: Checkpoint | str, token_log: TokenLogW
         reward = task.reward(seqs[:, task.prompt_len :], digits, config.reward_mode)
         adv = torch.from_numpy(advantages.group_relative(reward.view(P, G).double().numpy()).reshape(B)).float()
         with torch.no_grad():
-            logp_old = token_logprobs(model, seqs, task.prompt_len)
-        row = {"step": step, "reward": float(reward.mean()), **_mismatch(logp_old, logp_mu, mask)}
+            logp_all = response_logprobs_all(model, seqs, task.prompt_len)
+            logp_old = logp_all.gather(-1, seqs[:, task.prompt_len :, None]).squeeze(-1)  # = token_logprobs
+        row = {"step": step, "reward": float(reward.mean()), **_mismatch(logp_old, logp_mu, mask),
+               **_rollout_shape(logp_all, mask)}
+        del logp_all
         # 4. mini-batch updates, ratio anchored to the rollout's mu
         acc: list[dict[str, float]] = []
         nonfinite = False
@@ -243,13 +251,30 @@ def _train(config: LabConfig, checkpoint: Checkpoint | str, token_log: TokenLogW
 
 def _mismatch(logp_old: torch.Tensor, logp_mu: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """Rollout-time training-inference mismatch over valid tokens: ``abs(pi_old - mu)`` mean and
-    max, and the mean log-ratio ``log pi_old - log mu`` (per token, nats)."""
+    max; the signed ``pi_old - mu`` mean, min and max; the mean log-ratio ``log pi_old - log mu``
+    (per token, nats); the k3 estimate of ``KL(mu || pi_old)`` per token (module docstring)."""
     lo, lm = logp_old[mask].double(), logp_mu[mask].double()
-    shift = (lo.exp() - lm.exp()).abs()
+    diff = lo.exp() - lm.exp()
+    shift = diff.abs()
+    log_r = lo - lm
     return {
         "mismatch_mean": float(shift.mean()),
         "mismatch_max": float(shift.max()),
-        "log_ratio_mean": float((lo - lm).mean()),
+        "pi_minus_mu_mean": float(diff.mean()),
+        "pi_minus_mu_min": float(diff.min()),
+        "pi_minus_mu_max": float(diff.max()),
+        "log_ratio_mean": float(log_r.mean()),
+        "kl_k3": float((torch.expm1(log_r) - log_r).mean()),
+    }
+
+
+def _rollout_shape(logp_all: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The trainer's mean per-token entropy over the rollout's valid positions (from its full
+    distribution ``logp_all [B, R, V]``) and the mean response length in tokens."""
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return {
+        "entropy": float(entropy[mask].double().mean()),
+        "response_len": float(mask.sum(dim=1).double().mean()),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,8 @@ from drpo_sim import objectives
 from drpo_sim.lm.model import generate, token_logprobs
 from drpo_sim.lm.precision import engine_copy
 from drpo_sim.lm.pretrain import PretrainConfig
-from drpo_sim.lm.rl import METRICS, LabConfig, run_cell, train
-from drpo_sim.lm.task import EOS, PAD
+from drpo_sim.lm.rl import METRICS, LabConfig, _rollout_shape, run_cell, train
+from drpo_sim.lm.task import EOS, PAD, VOCAB
 from drpo_sim.tokens import ALL_COLUMNS, TokenLogWriter, concat, load_token_log, read_token_log, read_token_log_metadata
 
 # a small run: 2 prompts x G = 4, two mini-batch updates, 16 held-out prompts
@@ -58,6 +59,9 @@ def test_rl_with_pg_is_improves_the_held_out_reward_on_cpu(lm_checkpoint):
     assert 0.2 < start < 0.6  # the pretrained model is clearly imperfect
     assert df["eval_reward"].tail(5).mean() > start + 0.03
     assert (df["mismatch_mean"] == 0).all() and (df["log_ratio_mean"] == 0).all()  # fp32 engine: on-policy
+    for col in ("pi_minus_mu_mean", "pi_minus_mu_min", "pi_minus_mu_max", "kl_k3"):
+        assert (df[col] == 0).all(), col
+    assert df["response_len"].between(1, lm_checkpoint.task.response_len).all()
     assert not df["nonfinite"].any()
     assert df["eval_greedy"].notna().sum() == 2  # steps 10 and 20
 
@@ -97,6 +101,17 @@ def test_token_log_is_readable_and_complete_on_cpu(lm_checkpoint, tmp_path):
     step1 = m & (tb.step == 1)
     shift = np.abs(np.exp(tb.logp_old[step1]) - np.exp(tb.logp_behavior[step1]))
     assert shift.mean() == pytest.approx(df["mismatch_mean"].iloc[0], rel=1e-6)
+    diff = np.exp(tb.logp_old[step1]) - np.exp(tb.logp_behavior[step1])
+    row = df.iloc[0]
+    assert (diff.mean(), diff.min(), diff.max()) == pytest.approx(
+        (row["pi_minus_mu_mean"], row["pi_minus_mu_min"], row["pi_minus_mu_max"]), rel=1e-6, abs=1e-12)
+    assert row["pi_minus_mu_min"] < 0 < row["pi_minus_mu_max"]  # fp8 rounding moves tokens both ways
+    log_r = tb.logp_old[step1] - tb.logp_behavior[step1]
+    assert np.mean(np.exp(log_r) - 1 - log_r) == pytest.approx(row["kl_k3"], rel=1e-5)
+    assert row["kl_k3"] > 0
+    n_samples = len(set(tb.sample_id[tb.step == 1].tolist()))  # each in one mini-batch of the step
+    assert row["response_len"] == pytest.approx(m[tb.step == 1].sum() / n_samples)
+    assert 0 < row["entropy"] < np.log(len(VOCAB))
     # group-relative advantages without std: zero mean per group
     adv = pd.DataFrame({"g": tb.group_id, "s": tb.sample_id, "a": tb.advantage}).drop_duplicates("s")
     assert np.abs(adv.groupby("g")["a"].mean()).max() < 1e-6
@@ -163,3 +178,18 @@ def test_benchmark_script_writes_its_table(tmp_path):
     assert "x floor" in res.stdout
     table = pd.read_csv(out)
     assert list(table["precision"]) == ["fp32", "fp8"] and (table["step_ms"] > 0).all()
+
+
+def test_rollout_entropy_and_length_on_cpu():
+    """The entropy is the trainer's full-distribution entropy averaged over valid positions only;
+    the length counts valid tokens per response."""
+    v = 4
+    uniform = torch.full((1, 3, v), -math.log(v))
+    peaked = torch.log_softmax(torch.tensor([[[20.0, 0.0, 0.0, 0.0]] * 3]), dim=-1)
+    logp_all = torch.cat([uniform, peaked])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    got = _rollout_shape(logp_all, mask)
+    p = peaked[0, 0].exp()
+    expected = (2 * math.log(v) + float(-(p * p.log()).sum())) / 3
+    assert got["entropy"] == pytest.approx(expected, rel=1e-6)
+    assert got["response_len"] == 1.5
