@@ -8,6 +8,9 @@
     drpo-sim lm compare [--quick|--full] --out DIR [--objectives pg_is,drpo] [--precisions bf16,fp8] \\
                       [--seeds N] [--jobs N]           objectives x precisions x seeds, figures
 
+    drpo-sim lm mismatch --out DIR [--precisions bf16,fp16] [--prompts 512] [--csv FILE]
+                      the engines' mismatch at initialisation beside the published sizes
+
 ``compare``'s profiles are the lab analysis's (:data:`drpo_sim.paper.analyses.tiny_lm.SPEC`), so
 ``drpo-sim lm compare --quick`` runs what ``drpo-sim reproduce --quick`` runs for the lab.
 """
@@ -23,8 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from drpo_sim.config import LAB_OBJECTIVES, LAB_PRECISIONS, PROFILES, parse_formats, parse_params
+from drpo_sim._io import write_csv
+from drpo_sim.config import LAB_OBJECTIVES, LAB_PRECISIONS, PROFILES, parse_formats, parse_names, parse_params
+from drpo_sim.lm.mismatch import PUBLISHED, engine_statistics
 from drpo_sim.lm.model import num_parameters
+from drpo_sim.lm.precision import PRECISIONS
 from drpo_sim.lm.pretrain import PretrainConfig, checkpoint_path, load_checkpoint, pretrain
 from drpo_sim.lm.rl import LabConfig, train
 from drpo_sim.paper.analyses.tiny_lm import SPEC
@@ -37,7 +43,7 @@ from drpo_sim.tokens import TokenLogWriter
 
 
 def configure_lm(lm: argparse.ArgumentParser) -> None:
-    """``lm`` with ``pretrain``, ``train``, ``compare``."""
+    """``lm`` with ``pretrain``, ``train``, ``compare``, ``mismatch``."""
     sub = lm.add_subparsers(dest="lm_command", required=True)
 
     p = sub.add_parser("pretrain", help="supervised pretraining on the sorting task (cached by configuration)")
@@ -88,6 +94,18 @@ def configure_lm(lm: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", default="png", help="comma-separated image formats: png, pdf, svg (default png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_compare, profile="quick")
+
+    p = sub.add_parser("mismatch", help="the engines' mismatch with the trainer at initialisation, beside the "
+                                        "published sizes (the statistics a calibration fixes its knobs against)")
+    p.add_argument("--out", required=True, help="checkpoint cache directory (pretrains into OUT/lm_cache if needed)")
+    p.add_argument("--checkpoint", help="pretrained checkpoint (.pt from `drpo-sim lm pretrain`)")
+    p.add_argument("--precisions", default=",".join(PRECISIONS),
+                   help=f"comma-separated engine precisions (default {','.join(PRECISIONS)})")
+    p.add_argument("--prompts", type=int, default=512, help="responses sampled per precision (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while pretraining")
+    p.set_defaults(func=run_mismatch)
 
 
 def _pretrain_flags(p: argparse.ArgumentParser) -> None:
@@ -180,4 +198,26 @@ def run_compare(args: argparse.Namespace) -> int:
     for r in records:
         print(f"{r.figure:<12} {', '.join(r.files)}  (data: {r.data}, {r.wall_time_s:.1f} s)")
     print(f"results: {out / lab.RESULTS_FILE}; token logs: {out / lab.TOKENS_DIR}")
+    return 0
+
+
+def run_mismatch(args: argparse.Namespace) -> int:
+    precisions = parse_names(args.precisions)
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ValueError(f"--precisions {args.precisions!r}: unknown {', '.join(bad) or '(none given)'}; "
+                         f"valid: {', '.join(PRECISIONS)}")
+    if args.prompts < 1:
+        raise ValueError(f"--prompts must be a positive number of responses, got {args.prompts}")
+    ckpt = (load_checkpoint(args.checkpoint) if args.checkpoint
+            else pretrain(PretrainConfig(), Path(args.out) / lab.CACHE_DIR, progress=not args.no_progress))
+    table = pd.DataFrame({p: engine_statistics(ckpt, p, n_prompts=args.prompts, seed=args.seed) for p in precisions})
+    for p, targets in PUBLISHED.items():
+        table[f"published {p}"] = pd.Series(targets)
+    print(f"trainer (float32) against each engine at initialisation, {args.prompts} responses each; "
+          f"published: docs/reference.md")
+    print(table.to_string(float_format=lambda x: f"{x:.3g}", na_rep=""))
+    if args.csv:
+        path = write_csv(table.rename_axis("statistic").reset_index(), args.csv)
+        print(f"table: {path}")
     return 0

@@ -7,6 +7,7 @@ Modules, in the order the data flows:
 * :mod:`~drpo_sim.lm.model`: the transformer, response log-probs, autoregressive sampling;
 * :mod:`~drpo_sim.lm.precision`: engine copies in fp32, bf16, fp16 and fp8 (float8 weights);
 * :mod:`~drpo_sim.lm.pretrain`: supervised pretraining, the checkpoint cache, evaluation;
+* :mod:`~drpo_sim.lm.mismatch`: the trainer-engine mismatch, per rollout and at initialisation;
 * :mod:`~drpo_sim.lm.rl`: the RL loop (:class:`~drpo_sim.lm.rl.LabConfig`, :func:`~drpo_sim.lm.rl.train`);
 
 The comparison of objectives x precisions x seeds runs as cells (:mod:`drpo_sim.run.lab`), its

@@ -30,12 +30,12 @@ between the trainer's ``pi_old`` (its float32 log-probs of the rollout, before a
 engine's ``mu`` over valid tokens (``mismatch_mean`` and ``mismatch_max`` of ``abs(pi_old - mu)``;
 ``pi_minus_mu_mean``, ``_min`` and ``_max`` of the signed ``pi_old - mu``; ``log_ratio_mean`` of
 ``log pi_old - log mu``; ``kl_k3``, the k3 estimate of ``KL(mu || pi_old)`` from the engine's own
-samples, the mean of ``r - 1 - log r`` with ``r = pi_old / mu``, Schulman 2020, "Approximating KL
-divergence"), the trainer's mean per-token ``entropy`` over the rollout's valid positions and the
-mean ``response_len`` in tokens, and, averaged over the step's updates, the
-statistics of :func:`drpo_sim.objectives.policy_loss` at update time (``shift_mean``/``shift_max``
-of ``abs(pi - mu)``, the fractions of tokens the objective's weight masks, attenuates, turns
-corrective or amplifies, the weights), the loss, the gradient norm before clipping, and
+samples; all defined in :mod:`drpo_sim.lm.mismatch`), the trainer's mean per-token ``entropy``
+over the rollout's valid positions and the mean ``response_len`` in tokens, and, averaged over
+the step's updates, the statistics of :func:`drpo_sim.objectives.policy_loss` at update time
+(``shift_mean``/``shift_max`` of ``abs(pi - mu)``, the fractions of tokens the objective's
+weight masks, attenuates, turns corrective or amplifies, the weights), the loss, the gradient
+norm before clipping, and
 ``nonfinite`` (a non-finite loss or gradient was met: that update was skipped). Then
 ``collapsed`` (:func:`drpo_sim.stats.collapsed` on ``eval_reward``), ``initial_eval_reward``, and
 the configuration's fields.
@@ -55,6 +55,7 @@ import torch
 from tqdm.auto import tqdm
 
 from drpo_sim import advantages, objectives, stats
+from drpo_sim.lm.mismatch import token_statistics
 from drpo_sim.lm.model import generate, response_logprobs_all, token_logprobs, torch_threads
 from drpo_sim.lm.precision import PRECISIONS, engine_copy
 from drpo_sim.lm.pretrain import Checkpoint, eval_digits, evaluate, load_checkpoint
@@ -62,10 +63,13 @@ from drpo_sim.lm.task import EOS, PAD, REWARD_MODES
 from drpo_sim.tokens import TokenBatch, TokenLogWriter
 
 DEFAULT_AGG = "seq-mean-token-sum-norm" if "seq-mean-token-sum-norm" in objectives.AGG_MODES else "seq-mean-token-sum"
+ROLLOUT_MISMATCH = ("mismatch_mean", "mismatch_max", "pi_minus_mu_mean", "pi_minus_mu_min", "pi_minus_mu_max",
+                    "log_ratio_mean", "kl_k3")
+"""The statistics of :mod:`drpo_sim.lm.mismatch` the table keeps for every step's rollout."""
+
 METRICS = (
     "reward", "eval_reward", "eval_greedy", "eval_exact",
-    "mismatch_mean", "mismatch_max", "pi_minus_mu_mean", "pi_minus_mu_min", "pi_minus_mu_max",
-    "log_ratio_mean", "kl_k3", "entropy", "response_len",
+    *ROLLOUT_MISMATCH, "entropy", "response_len",
     "shift_mean", "shift_max",
     "masked_frac", "attenuated_frac", "corrective_frac", "amplified_frac",
     "weight_mean", "weight_min", "weight_max",
@@ -202,7 +206,7 @@ def _train(config: LabConfig, checkpoint: Checkpoint | str, token_log: TokenLogW
         with torch.no_grad():
             logp_all = response_logprobs_all(model, seqs, task.prompt_len)
             logp_old = logp_all.gather(-1, seqs[:, task.prompt_len :, None]).squeeze(-1)  # = token_logprobs
-        row = {"step": step, "reward": float(reward.mean()), **_mismatch(logp_old, logp_mu, mask),
+        row = {"step": step, "reward": float(reward.mean()), **_rollout_mismatch(logp_old, logp_mu, mask),
                **_rollout_shape(logp_all, mask)}
         del logp_all
         # 4. mini-batch updates, ratio anchored to the rollout's mu
@@ -249,23 +253,10 @@ def _train(config: LabConfig, checkpoint: Checkpoint | str, token_log: TokenLogW
     return _table(rows, config, ckpt, initial)
 
 
-def _mismatch(logp_old: torch.Tensor, logp_mu: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Rollout-time training-inference mismatch over valid tokens: ``abs(pi_old - mu)`` mean and
-    max; the signed ``pi_old - mu`` mean, min and max; the mean log-ratio ``log pi_old - log mu``
-    (per token, nats); the k3 estimate of ``KL(mu || pi_old)`` per token (module docstring)."""
-    lo, lm = logp_old[mask].double(), logp_mu[mask].double()
-    diff = lo.exp() - lm.exp()
-    shift = diff.abs()
-    log_r = lo - lm
-    return {
-        "mismatch_mean": float(shift.mean()),
-        "mismatch_max": float(shift.max()),
-        "pi_minus_mu_mean": float(diff.mean()),
-        "pi_minus_mu_min": float(diff.min()),
-        "pi_minus_mu_max": float(diff.max()),
-        "log_ratio_mean": float(log_r.mean()),
-        "kl_k3": float((torch.expm1(log_r) - log_r).mean()),
-    }
+def _rollout_mismatch(logp_old: torch.Tensor, logp_mu: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The rollout-time columns of :func:`drpo_sim.lm.mismatch.token_statistics` (module docstring)."""
+    stats_ = token_statistics(logp_old, logp_mu, mask)
+    return {k: stats_[k] for k in ROLLOUT_MISMATCH}
 
 
 def _rollout_shape(logp_all: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

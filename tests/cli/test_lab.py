@@ -58,6 +58,9 @@ def test_cli_pretrain_and_train(tmp_path, lm_checkpoint, capsys):
         (["lm", "compare", "--seeds", "0"], "--seeds must be a positive number of seeds, got 0"),
         (["lm", "compare", "--steps", "-1"], "--steps must be a positive number of steps, got -1"),
         (["lm", "compare", "--param", "spo.eps=1", "--objectives", "drpo"], "parameters given for spo"),
+        (["lm", "mismatch", "--precisions", "bf16,int4"], "--precisions 'bf16,int4': unknown int4; valid: fp32"),
+        (["lm", "mismatch", "--precisions", ""], "unknown (none given)"),
+        (["lm", "mismatch", "--prompts", "0"], "--prompts must be a positive number of responses, got 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
@@ -135,3 +138,17 @@ def test_compare_quick_writes_the_table_figures_summary_and_token_logs(tmp_path,
     assert len(load_token_log(out / "lm_tokens" / logs[0])) > 0
     assert "lm_reward" in stdout and "lm_mismatch" in stdout and f"results: {out / 'lm_compare.parquet'}" in stdout
     assert list((out / CACHE_DIR).iterdir()) == [out / CACHE_DIR / lm_checkpoint.path.name]  # nothing retrained
+
+
+def test_mismatch_prints_each_engine_beside_the_published_sizes(tmp_path, lm_checkpoint, capsys):
+    csv = tmp_path / "mismatch.csv"
+    code, out, err = run(["lm", "mismatch", "--out", str(tmp_path), "--checkpoint", str(lm_checkpoint.path),
+                          "--precisions", "fp32,bf16", "--prompts", "16", "--csv", str(csv)], capsys)
+    assert code == 0, err
+    assert out.startswith("trainer (float32) against each engine at initialisation, 16 responses each")
+    table = pd.read_csv(csv).set_index("statistic")
+    assert list(table.columns) == ["fp32", "bf16", "published bf16", "published fp16"]
+    assert table.loc["mismatch_mean", "fp32"] == 0 and table.loc["mismatch_mean", "bf16"] > 0
+    assert table.loc["mismatch_mean", "published bf16"] == 0.004 and table.loc["responses", "bf16"] == 16
+    assert table.loc["rare_share", "published bf16"] == 0.078
+    assert not (tmp_path / CACHE_DIR).exists()  # the given checkpoint was used, nothing pretrained
