@@ -35,10 +35,9 @@ over the rollout's valid positions and the mean ``response_len`` in tokens, and,
 the step's updates, the statistics of :func:`drpo_sim.objectives.policy_loss` at update time
 (``shift_mean``/``shift_max`` of ``abs(pi - mu)``, the fractions of tokens the objective's
 weight masks, attenuates, turns corrective or amplifies, the weights), the loss, the gradient
-norm before clipping, and
-``nonfinite`` (a non-finite loss or gradient was met: that update was skipped). Then
-``collapsed`` (:func:`drpo_sim.stats.collapsed` on ``eval_reward``), ``initial_eval_reward``, and
-the configuration's fields.
+norm before clipping, and ``nonfinite`` (a non-finite loss or gradient was met: that update was
+skipped). Then ``collapsed`` (:func:`drpo_sim.stats.collapsed` on ``eval_reward``),
+``initial_eval_reward``, and the configuration's fields.
 """
 
 from __future__ import annotations
