@@ -467,16 +467,18 @@ def lab_figures(out: str | Path, comparison: lab.Comparison, formats: Formats = 
     return records
 
 
-def _lab_arguments(spec: LabSpec, profile: str, out: Path) -> tuple:
+def _lab_arguments(spec: LabSpec, profile: str, out: Path) -> tuple[tuple, dict]:
+    """The arguments of :func:`drpo_sim.run.lab.plan` and ``compare`` for ``spec`` in ``profile``."""
     run = spec.profile(profile)
-    return spec.objectives, spec.precisions, run.seeds, run.steps, out
+    return (spec.objectives, spec.precisions, run.seeds, run.steps, out), {
+        "token_log_objectives": run.token_log_objectives}
 
 
 def lab_cells(spec: LabSpec, profile: str, out: str | Path) -> list[Cell]:
     """The lab's cells (:func:`drpo_sim.run.lab.plan`; pretrains the model first, or loads it
     from ``out``'s cache)."""
-    return lab.plan(*_lab_arguments(spec, profile, Path(out)),
-                    token_log_objectives=spec.profile(profile).token_log_objectives).cells
+    args, kwargs = _lab_arguments(spec, profile, Path(out))
+    return lab.plan(*args, **kwargs).cells
 
 
 def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner: Runner,
@@ -489,8 +491,8 @@ def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner:
     figures ``replay_lm_<precision>_*``."""
     out = Path(out)
     t0 = time.perf_counter()
-    comparison = lab.compare(*_lab_arguments(spec, profile, out), runner=runner,
-                             token_log_objectives=spec.profile(profile).token_log_objectives)
+    args, kwargs = _lab_arguments(spec, profile, out)
+    comparison = lab.compare(*args, runner=runner, **kwargs)
     comparison.config["profile"] = profile
     records = lab_figures(out, comparison, formats, wall_time_s=time.perf_counter() - t0,
                           summary_file=spec.summary_file)

@@ -162,7 +162,8 @@ class Runner:
     def run(self, cells: Sequence[Cell], *, desc: str = "cells",
             on_result: Callable[[Cell, float], None] | None = None) -> list[pd.DataFrame]:
         """Every cell's table, in the order of ``cells``: from the store where it is there,
-        computed otherwise. ``on_result(cell, seconds)`` is called as each new cell is stored."""
+        computed otherwise. ``on_result(cell, seconds)`` is called as each new cell is stored by
+        this call (not for cells a :meth:`prefetch` computes)."""
         ids = [c.id for c in cells]
         if len(set(ids)) != len(ids):
             raise ValueError("two cells have the same specification; remove the duplicate")
@@ -180,9 +181,8 @@ class Runner:
             return [tables[c.id] for c in cells]
         with self.store.locked():
             stale = self.store.remove_stale()
-            done = {c.id for c in cells if self.store.done(c)}
-            unreadable = sum(1 for c in cells if c.id not in done and self.store.path(c).exists())
-            todo = [c for c in cells if c.id not in done]
+            done, todo = self._split(cells)
+            unreadable = sum(1 for c in todo if self.store.path(c).exists())
             report = RunReport(skipped=len(done), rerun_unreadable=unreadable, stale_tmp_removed=stale,
                                total=len(cells), executor=where if todo else "none (every cell was done)",
                                cells={cid: {"this_run": "skipped"} for cid in done})
@@ -191,6 +191,11 @@ class Runner:
             report.wall_s = time.perf_counter() - t0
             self.last = report
             return [self.store.read(c) for c in cells]
+
+    def _split(self, cells: Sequence[Cell]) -> tuple[set[str], list[Cell]]:
+        """The ids of the cells the store holds, and the cells still to compute (in order)."""
+        done = {c.id for c in cells if self.store.done(c)}
+        return done, [c for c in cells if c.id not in done]
 
     def prefetch(self, cells: Sequence[Cell], *, desc: str = "cells") -> None:
         """Start computing ``cells`` (in this order) in a background thread; return at once.
@@ -219,13 +224,10 @@ class Runner:
         try:
             with self.store.locked():
                 self.store.remove_stale()
-                todo = []
-                for c in cells:
-                    if self.store.done(c):
-                        pf.runs[c.id] = {"this_run": "skipped"}
-                        pf.done[c.id].set()
-                    else:
-                        todo.append(c)
+                done, todo = self._split(cells)
+                for cid in done:
+                    pf.runs[cid] = {"this_run": "skipped"}
+                    pf.done[cid].set()
                 execute, _ = self._executor()
                 self._compute(todo, execute, desc, stored, pf.runs, initial=len(cells) - len(todo),
                               total=len(cells))
