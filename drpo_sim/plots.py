@@ -651,3 +651,81 @@ def by_step_figure(by_step: pd.DataFrame, stem: str | Path, *, title: str, forma
         fig.suptitle(title, y=1.02)
         fig.tight_layout()
     return save(fig, stem, formats)
+
+
+def _smoothed(d: pd.DataFrame, column: str, window: int) -> pd.DataFrame:
+    """Per step: the mean over seeds of ``column``'s ``window``-step moving average, and its range
+    over seeds (NaN rows, such as steps without an evaluation, are left out first)."""
+    d = d.dropna(subset=[column]).sort_values(["seed", "step"])
+    rolled = d.groupby("seed")[column].transform(lambda x: x.rolling(window, min_periods=1).mean())
+    g = d.assign(_v=rolled).groupby("step")["_v"]
+    return pd.DataFrame({"mean": g.mean(), "lo": g.min(), "hi": g.max()}).reset_index()
+
+
+def arena_curves_figure(df: pd.DataFrame | Sequence[pd.DataFrame], stem: str | Path, *,
+                        panels: Sequence[tuple[str, Sequence[str], bool]],
+                        hue: str, order: Sequence[str], methods: dict[str, str] | None = None, title: str,
+                        window: int = 10, formats=("png",), ncols: int = 2) -> list[Path]:
+    """Arena runs against the step, one panel per ``(ylabel, columns, log y)``: for each value of
+    ``hue`` (in ``order``), the mean over seeds of each column's moving average (``window``
+    steps), its range over seeds shaded; a second column of a panel is drawn dashed. ``methods``
+    maps a hue value to its objective, for the toolkit's colours. ``df`` may also be one table
+    per panel."""
+    n = len(panels)
+    frames = [df] * n if isinstance(df, pd.DataFrame) else list(df)
+    nrows = -(-n // ncols)
+    palette = sns.color_palette("colorblind", max(len(order), 3))
+    with paper_style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.2 * nrows), squeeze=False)
+        for ax, (ylabel, columns, log), frame in zip(axes.flat, panels, frames):
+            for k, name in enumerate(order):
+                d = frame[frame[hue] == name]
+                if d.empty:
+                    continue
+                method = (methods or {}).get(name, name)
+                style = variant_style(name, method, k) if methods else {"color": palette[k], "lw": 1.8}
+                style.setdefault("color", palette[k])
+                for i, col in enumerate(columns):
+                    s = _smoothed(d, col, window)
+                    if s.empty:
+                        continue
+                    line = {**style, "ls": "--" if i else style.get("ls", "-")}
+                    ax.plot(s["step"], s["mean"], label=name if i == 0 else None, **line)
+                    ax.fill_between(s["step"], s["lo"], s["hi"], color=style["color"], alpha=0.10, lw=0)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            if log:
+                ax.set_yscale("log")
+        for ax in list(axes.flat)[n:]:
+            ax.set_visible(False)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), fontsize="small",
+                   bbox_to_anchor=(0.5, 0.0), frameon=False)
+        fig.suptitle(title, y=1.01)
+        fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+def grad_share_figure(shares: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+    """Stacked horizontal bars: for each row of ``shares`` (index: contestant), the share of the
+    gradient coefficients carried by each (mu bin, sign of A) column; positive advantages in
+    warm colours, negative in cool ones."""
+    cols = list(shares.columns)
+    pos = [c for c in cols if c.endswith("_pos")]
+    neg = [c for c in cols if c.endswith("_neg")]
+    colors = dict(zip(pos, sns.color_palette("OrRd", len(pos) + 1)[1:])) | dict(
+        zip(neg, sns.color_palette("PuBu", len(neg) + 1)[1:]))
+    with paper_style():
+        fig, ax = plt.subplots(figsize=(10, 0.5 * len(shares) + 2))
+        left = np.zeros(len(shares))
+        for c in pos + neg:
+            ax.barh(shares.index, shares[c], left=left, color=colors[c],
+                    label=c.replace("grad_share_", "").replace("_pos", ", A > 0").replace("_neg", ", A < 0"))
+            left += shares[c].to_numpy()
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of sum |c_t dJ_t/dlogp_t| over the run (mu bin, sign of A)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize="small", frameon=False)
+        ax.set_title(title)
+        fig.tight_layout()
+    return save(fig, stem, formats)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from drpo_sim import stats
+from drpo_sim.arena.train import COLLAPSE
 
 #: A phase-diagram cell is in a method's stable region when nothing collapsed there and its
 #: final-reward IQM keeps at least this share of the method's own on-policy value.
@@ -92,3 +93,91 @@ def lab_summary(df: pd.DataFrame) -> pd.DataFrame:
     summary.insert(2, "final", [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
                                 zip(summary["final_iqm"], summary["final_low"], summary["final_high"])])
     return summary
+
+
+ARENA_SUMMARY_COLUMNS = (
+    "objective", "variant", "precision", "lr", "seeds", "steps", "collapse_rate", "collapse_lo", "collapse_hi",
+    "median_collapse_step", "peak_train_reward", "final_train_reward", "final_heldout_reward", "mismatch_step0",
+    "mismatch_peak", "mismatch_final", "max_abs_shift_final",
+)
+ARENA_WINDOW = 10
+"""Steps in the moving averages of the arena's summary (training reward and mismatch per step)."""
+
+
+def arena_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """The arena's table (:mod:`drpo_sim.arena.train`) per (objective, variant, precision, lr),
+    one row each with :data:`ARENA_SUMMARY_COLUMNS`, means over seeds unless stated:
+
+    * ``collapse_rate`` with its exact 95% interval (:func:`drpo_sim.stats.clopper_pearson_ci`),
+      the share of seeds collapsed by the last step; ``median_collapse_step``, over the collapsed
+      seeds, of the first collapsed step (NaN if none collapsed);
+    * ``peak_train_reward``: the best :data:`ARENA_WINDOW`-step moving average of the training
+      reward; ``final_train_reward``: the mean of the last :data:`ARENA_WINDOW` steps;
+      ``final_heldout_reward``: the last evaluation;
+    * ``mismatch_step0``: mean ``abs(pi - mu)`` of the first rollout; ``mismatch_peak``: its
+      highest moving average; ``mismatch_final``: its mean over the last window;
+      ``max_abs_shift_final``: the largest ``abs(pi - mu)`` over the last window.
+    """
+    keys = ["objective", "variant", "precision", "lr"]
+    rows = []
+    for key, g in df.groupby(keys, sort=False):
+        g = g.sort_values(["seed", "step"])
+        by_seed = g.groupby("seed", sort=True)
+        n = by_seed.ngroups
+        steps = int(g["step"].max())
+        win = min(ARENA_WINDOW, steps)
+
+        def rolling(col: str):
+            return by_seed[col].transform(lambda x: x.rolling(win, min_periods=1).mean())
+
+        last = g[g["step"] > steps - win]
+        collapsed = by_seed["collapsed"].any()
+        first = g[g["collapsed"]].groupby("seed")["step"].min()
+        rate, lo, hi = stats.clopper_pearson_ci(int(collapsed.sum()), n)
+        held = g.dropna(subset=["heldout_reward"])
+        rows.append({
+            **dict(zip(keys, key)), "seeds": n, "steps": steps,
+            "collapse_rate": rate, "collapse_lo": lo, "collapse_hi": hi,
+            "median_collapse_step": float(first.median()) if len(first) else np.nan,
+            "peak_train_reward": g.assign(_r=rolling("reward")).groupby("seed")["_r"].max().mean(),
+            "final_train_reward": last.groupby("seed")["reward"].mean().mean(),
+            "final_heldout_reward": held.groupby("seed")["heldout_reward"].last().mean(),
+            "mismatch_step0": g[g["step"] == g["step"].min()]["mismatch_mean"].mean(),
+            "mismatch_peak": g.assign(_m=rolling("mismatch_mean")).groupby("seed")["_m"].max().mean(),
+            "mismatch_final": last.groupby("seed")["mismatch_mean"].mean().mean(),
+            "max_abs_shift_final": last.groupby("seed")["mismatch_max"].max().mean(),
+        })
+    return pd.DataFrame(rows, columns=list(ARENA_SUMMARY_COLUMNS))
+
+
+ARENA_CLIMB = 1.5
+"""The mismatch has started to climb once its moving average exceeds this multiple of its lowest so far."""
+ARENA_FALL = 0.9
+"""The training reward has started to fall once its moving average drops below this share of its best so far."""
+
+
+def order_of_events(df: pd.DataFrame) -> pd.DataFrame:
+    """For each collapsed run of the arena's table: the step at which its mismatch started to
+    climb (the :data:`ARENA_WINDOW`-step moving average of mean ``abs(pi - mu)`` first exceeds
+    :data:`ARENA_CLIMB` times its lowest value so far), the step at which its training reward
+    started to fall (its moving average first drops below :data:`ARENA_FALL` times its best so
+    far, after the best reached the collapse rule's ``min_peak``), the step it counts as
+    collapsed, and whether the climb came first. Thresholds declared before any run."""
+    keys = ["objective", "variant", "precision", "lr", "method", "seed"]
+    rows = []
+    for key, g in df[df.groupby(keys[:-1] + ["seed"])["collapsed"].transform("any")].groupby(keys, sort=False):
+        g = g.sort_values("step")
+        steps = g["step"].to_numpy()
+        win = min(ARENA_WINDOW, len(g))
+        mm = g["mismatch_mean"].rolling(win, min_periods=1).mean().to_numpy()
+        rw = g["reward"].rolling(win, min_periods=1).mean().to_numpy()
+        climb = mm > ARENA_CLIMB * np.minimum.accumulate(mm)
+        best = np.maximum.accumulate(rw)
+        fall = (rw < ARENA_FALL * best) & (best >= COLLAPSE.min_peak)
+        first = {name: (float(steps[np.argmax(flags)]) if flags.any() else np.nan)
+                 for name, flags in (("climb_step", climb), ("fall_step", fall))}
+        collapse = float(steps[np.argmax(g["collapsed"].to_numpy())])
+        rows.append({**dict(zip(keys, key)), **first, "collapse_step": collapse,
+                     "mismatch_first": bool(first["climb_step"] < first["fall_step"])
+                     if np.isfinite(first["climb_step"]) and np.isfinite(first["fall_step"]) else False})
+    return pd.DataFrame(rows, columns=[*keys, "climb_step", "fall_step", "collapse_step", "mismatch_first"])

@@ -52,22 +52,39 @@ def token_statistics(logp_pi: torch.Tensor, logp_mu: torch.Tensor, mask: torch.T
     float64. A mask with no valid token is a ``ValueError``."""
     if not bool(mask.any()):
         raise ValueError("no valid token: the mismatch of an empty rollout is undefined")
-    lp, lm = logp_pi[mask].double(), logp_mu[mask].double()
-    diff = lp.exp() - lm.exp()
-    log_r = lp - lm
-    per_seq = torch.where(mask, logp_pi.double() - logp_mu.double(), 0.0).sum(1)
-    lengths = mask.sum(1)
-    has = lengths > 0
+    return {k: float(v) for k, v in run_statistics(logp_pi, logp_mu, mask).items()}
+
+
+def run_statistics(logp_pi: torch.Tensor, logp_mu: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`token_statistics` for many runs at once: inputs ``[..., B, R]``, one float64 value
+    per leading index ``[...]`` (NaN for a run with no valid token); the one definition of the
+    statistics."""
+    m = mask.bool()
+    lp, lm = logp_pi.double(), logp_mu.double()
+    zero = torch.zeros((), dtype=torch.float64)
+    n = m.sum(dim=(-1, -2)).double()
+    diff = torch.where(m, lp.exp() - lm.exp(), zero)
+    log_r = torch.where(m, lp - lm, zero)
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=(-1, -2)) / n
+
+    def extreme(x: torch.Tensor, fn, fill: float) -> torch.Tensor:
+        v = fn(torch.where(m, x, torch.full((), fill, dtype=torch.float64)).flatten(-2), dim=-1)
+        return torch.where(n > 0, v, torch.full((), float("nan"), dtype=torch.float64))
+
+    lengths = m.sum(dim=-1).double()
+    per_token = torch.where(lengths > 0, log_r.sum(dim=-1) / lengths.clamp_min(1), zero)
     return {
-        "mismatch_mean": float(diff.abs().mean()),
-        "mismatch_max": float(diff.abs().max()),
-        "pi_minus_mu_mean": float(diff.mean()),
-        "pi_minus_mu_min": float(diff.min()),
-        "pi_minus_mu_max": float(diff.max()),
-        "log_ratio_mean": float(log_r.mean()),
-        "seq_log_ratio_per_token": float((per_seq[has] / lengths[has]).mean()),
-        "kl_k3": float((torch.expm1(log_r) - log_r).mean()),
-        "rare_share": float((lm.exp() <= RARE_MU).double().mean()),
+        "mismatch_mean": mean(diff.abs()),
+        "mismatch_max": extreme(diff.abs(), torch.amax, float("-inf")),
+        "pi_minus_mu_mean": mean(diff),
+        "pi_minus_mu_min": extreme(diff, torch.amin, float("inf")),
+        "pi_minus_mu_max": extreme(diff, torch.amax, float("-inf")),
+        "log_ratio_mean": mean(log_r),
+        "seq_log_ratio_per_token": per_token.sum(dim=-1) / (lengths > 0).sum(dim=-1).double(),
+        "kl_k3": mean(torch.where(m, torch.expm1(log_r) - log_r, zero)),
+        "rare_share": mean((m & (lm.exp() <= RARE_MU)).double()),
     }
 
 

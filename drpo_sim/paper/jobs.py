@@ -19,8 +19,12 @@ import pandas as pd
 
 from drpo_sim import analysis, dynamics, geometry, logs, objectives, plots, stats, summaries
 from drpo_sim._io import write_csv
+from drpo_sim.arena import calibration
+from drpo_sim.arena.train import COLLAPSE, GRAD_SHARES
 from drpo_sim.paper.manifest import FigureRecord
 from drpo_sim.paper.specs import (
+    ArenaSetting,
+    ArenaSpec,
     ConvergenceSpec,
     FlowSpec,
     GeometrySpec,
@@ -30,8 +34,9 @@ from drpo_sim.paper.specs import (
     ReplaySpec,
     SensitivitySpec,
 )
+from drpo_sim.results import write_results
 from drpo_sim.run import lab, sweep
-from drpo_sim.run.cells import Cell, sim_cell
+from drpo_sim.run.cells import Cell, arena_cell, sim_cell
 from drpo_sim.run.executor import Runner
 from drpo_sim.sim import SimConfig, simulate, with_param_columns
 from drpo_sim.tokens import TokenLogWriter
@@ -509,6 +514,115 @@ def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner:
 
 
 # ----------------------------------------------------------------------------------------------
+# the arena
+
+
+def arena_cells(spec: ArenaSpec, profile: str) -> list[Cell]:
+    """One cell per setting of the arena: its contestants x the profile's seeds."""
+    seeds = spec.profile(profile).seed_list
+    return [arena_cell(spec.config_for(s, profile), spec.contestants_for(s, profile), seeds, setting=s.name)
+            for s in spec.settings]
+
+
+def arena_calibration(spec: ArenaSpec, profile: str) -> dict:
+    """The calibration record of the spec's base model. The full profile reruns the whole
+    calibration (:func:`drpo_sim.arena.calibration.calibrate`) and stops if it would choose other
+    knobs than the spec declares; the quick one measures the declared base model only."""
+    knobs = {"d_model": spec.base.model.d_model, "steps": spec.base.steps, "zipf": spec.base.task.zipf}
+    if profile == "full":
+        result = calibration.calibrate()
+        chosen = {k: result["knobs"][k] for k in knobs}
+        if chosen != knobs:
+            raise RuntimeError(f"the calibration now chooses {chosen}, the arena's spec declares {knobs}: "
+                               "recalibrate, say so in the report, and rerun every arena experiment")
+    else:
+        result = {"knobs": {**knobs, "temperature": spec.config.temperature},
+                  "measured": calibration.init_statistics(spec.base), "targets": calibration.TARGETS,
+                  "rule": calibration.RULE, "grid": None}
+    return {**result, "profile": profile}
+
+
+def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner,
+                  formats: Formats = ("png",)) -> list[FigureRecord]:
+    """The arena's calibration record, its runs (:func:`arena_cells`), the summary
+    (:func:`drpo_sim.summaries.arena_summary`), the order of events of every collapsed run
+    (:func:`drpo_sim.summaries.order_of_events`) and the figures: ``sanity_test`` (the bf16
+    setting, every contestant), ``arena_precision``, ``arena_lr``, ``arena_moe`` (the control
+    contestants across settings) and ``arena_grad_share``."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    cal = arena_calibration(spec, profile)
+    calibration.write(cal, out)
+    cells = arena_cells(spec, profile)
+    tables = runner.run(cells, desc="arena")
+    df = pd.concat([t.assign(setting=c.labels["setting"]) for c, t in zip(cells, tables)], ignore_index=True)
+    prof = spec.profile(profile)
+    base, cfg = spec.base, spec.config
+    world = (f"arena: 1-layer transformer (d_model {base.model.d_model}) per run, walk task V = {base.task.vocab_size},"
+             f" H = {base.task.response_len}; {cfg.prompts_per_step} prompts x G = {cfg.group_size}, "
+             f"{cfg.updates_per_batch} updates/step, AdamW lr {cfg.lr:g}; {prof.seeds} seeds x {prof.steps} steps")
+    config = {"profile": profile, "summary": spec.summary_file, "events": spec.events_file,
+              "calibration": spec.calibration_file, "data": spec.data_file, "settings": [s.name for s in spec.settings],
+              "collapse": dataclasses.asdict(COLLAPSE)}
+    write_results(df, out / spec.data_file, config)
+    write_csv(summaries.arena_summary(df), out / spec.summary_file)
+    write_csv(summaries.order_of_events(df), out / spec.events_file)
+    seeds = prof.seed_list
+    labels = [c.label for c in spec.contestants]
+    methods = {c.label: c.objective for c in spec.contestants}
+    records = []
+
+    def record(name: str, files: list[Path], started: float) -> None:
+        records.append(FigureRecord(name, _names(files), spec.summary_file, "arena_figures", config,
+                                    time.perf_counter() - started, seeds))
+
+    sanity = df[df["setting"] == spec.settings[0].name]
+    panels = [("training reward", ["reward"], False), ("held-out reward (fp32 trainer)", ["heldout_reward"], False),
+              ("mean abs(pi - mu)", ["mismatch_mean"], True), ("max (solid) and min (dashed) of pi - mu",
+                                                               ["pi_minus_mu_max", "pi_minus_mu_min"], False)]
+    files = plots.arena_curves_figure(sanity, out / "sanity_test", panels=panels, hue="method", order=labels,
+                                      methods=methods, formats=formats,
+                                      title=f"DPPO's sanity test in the arena, {spec.settings[0].title}\n{world}")
+    record("sanity_test", files, t0)
+
+    controls = [c.label for c in spec.contestants_for(spec.settings[1], profile)]
+    for name, chosen, extra in (("arena_precision", ("fp32", "bf16", "fp16", "fp8"), []),
+                                ("arena_lr", ("bf16", "bf16_lr_low"), []),
+                                ("arena_moe", ("bf16", "moe", "moe_replay"), [("flip rate", ["flip_rate"], False)])):
+        t1 = time.perf_counter()
+        settings = [spec.setting(n) for n in chosen]
+        files = _arena_settings_figure(df, out / name, settings, controls, extra, formats,
+                                       title=f"{name.replace('arena_', 'the arena: ')}: control contestants\n{world}")
+        record(name, files, t1)
+
+    t1 = time.perf_counter()
+    shares = sanity.groupby("method")[list(GRAD_SHARES)].mean().reindex(labels)
+    files = plots.grad_share_figure(shares, out / "arena_grad_share", formats=formats,
+                                    title=f"Where each objective's gradient goes, {spec.settings[0].title}, "
+                                    "all steps and seeds")
+    record("arena_grad_share", files, t1)
+    return records
+
+
+def _arena_settings_figure(df: pd.DataFrame, stem: Path, settings: list[ArenaSetting], controls: list[str],
+                           extra: list, formats: Formats, title: str) -> list[Path]:
+    """One row per control contestant: its held-out reward, its mean ``abs(pi - mu)`` and the
+    ``extra`` panels, one line per setting."""
+    sub = df[df["setting"].isin([s.name for s in settings]) & df["method"].isin(controls)]
+    titles = {s.name: s.title for s in settings}
+    sub = sub.assign(setting_title=sub["setting"].map(titles))
+    panels, frames = [], []
+    for label in controls:
+        for ylabel, cols, log in [("held-out reward", ["heldout_reward"], False),
+                                  ("mean abs(pi - mu)", ["mismatch_mean"], True), *extra]:
+            panels.append((f"{label}: {ylabel}", cols, log))
+            frames.append(sub[sub["method"] == label])
+    return plots.arena_curves_figure(frames, stem, panels=panels, hue="setting_title",
+                                     order=[titles[s.name] for s in settings], ncols=2 + len(extra), title=title,
+                                     formats=formats)
+
+
+# ----------------------------------------------------------------------------------------------
 # the cells of a spec, before its job runs
 
 
@@ -536,6 +650,8 @@ def planned_cells(spec: object, profile: str, out: str | Path) -> list[Cell]:
         cells = sensitivity_sweep(spec, profile).cells()
     elif isinstance(spec, LabSpec):
         cells = lab_cells(spec, profile, out)
+    elif isinstance(spec, ArenaSpec):
+        cells = arena_cells(spec, profile)
     else:
         return []
     return sorted(cells, key=_sim_cost, reverse=True)

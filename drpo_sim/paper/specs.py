@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from drpo_sim.arena.calibration import CALIBRATION_FILE
+from drpo_sim.arena.pretrain import BaseModelConfig
+from drpo_sim.arena.train import ArenaConfig, Contestant
 from drpo_sim.config import LAB_OBJECTIVES, LAB_PRECISIONS, NOISE_PRESETS, check_profile
 
 # ----------------------------------------------------------------------------------------------
@@ -288,3 +291,88 @@ class LabSpec(_Profiled):
 
     def replay_prefix(self, precision: str) -> str:
         return f"replay_lm_{precision}_"
+
+
+@dataclass(frozen=True)
+class ArenaProfile(Profile):
+    """A profile of the arena: also how often it evaluates on held-out prompts, and which
+    contestants (labels) run in the control settings (None: the spec's controls)."""
+
+    eval_every: int = 10
+    controls: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ArenaSetting:
+    """One engine setting of the arena, run as one cell: its precision, its learning rate as a
+    multiple of the spec's, MoE and routing replay. ``controls``: only the control contestants run
+    (``only``: only those of them, by label, in the full profile)."""
+
+    name: str
+    title: str
+    precision: str = "bf16"
+    lr_scale: float = 1.0
+    moe: bool = False
+    routing_replay: bool = False
+    controls: bool = True
+    only: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ArenaSpec(_Profiled):
+    """The arena's sanity test and its controls: every setting x contestant x seed."""
+
+    quick: ArenaProfile
+    full: ArenaProfile
+    base: BaseModelConfig
+    """The calibrated base model (``arena_calibration.json`` records how it was chosen)."""
+    config: ArenaConfig
+    """Everything else; its ``base``, ``precision``, ``lr`` and ``steps`` are set per setting and profile."""
+    contestants: tuple[Contestant, ...]
+    controls: tuple[str, ...]
+    """Labels of the contestants run in the control settings."""
+    settings: tuple[ArenaSetting, ...]
+    n_experts: int = 4
+    data_file: str = "arena.parquet"
+    summary_file: str = "sanity_summary.csv"
+    events_file: str = "arena_order_of_events.csv"
+    calibration_file: str = CALIBRATION_FILE
+
+    def __post_init__(self) -> None:
+        labels = [c.label for c in self.contestants]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"ArenaSpec: duplicate contestant labels {labels}")
+        for name in (*self.controls, *(self.quick.controls or ()), *(self.full.controls or ())):
+            if name not in labels:
+                raise ValueError(f"ArenaSpec: control {name!r} is not a contestant ({', '.join(labels)})")
+        for setting in self.settings:
+            for name in setting.only or ():
+                if name not in self.controls:
+                    raise ValueError(f"ArenaSpec: setting {setting.name!r} runs {name!r}, which is not a control")
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ArenaSpec: duplicate setting names {names}")
+
+    def setting(self, name: str) -> ArenaSetting:
+        for s in self.settings:
+            if s.name == name:
+                return s
+        raise ValueError(f"unknown arena setting {name!r}; valid: {', '.join(s.name for s in self.settings)}")
+
+    def config_for(self, setting: ArenaSetting, profile: str) -> ArenaConfig:
+        """The full configuration of one setting in ``profile``."""
+        prof = self.profile(profile)
+        base = self.base
+        if setting.moe:
+            base = dataclasses.replace(base, model=dataclasses.replace(base.model, n_experts=self.n_experts))
+        return dataclasses.replace(self.config, base=base, precision=setting.precision,
+                                   lr=self.config.lr * setting.lr_scale, routing_replay=setting.routing_replay,
+                                   steps=prof.steps, eval_every=prof.eval_every)
+
+    def contestants_for(self, setting: ArenaSetting, profile: str) -> tuple[Contestant, ...]:
+        if not setting.controls:
+            return self.contestants
+        names = self.profile(profile).controls or self.controls
+        if setting.only is not None and profile == "full":
+            names = [n for n in names if n in setting.only]
+        return tuple(c for c in self.contestants if c.label in names)

@@ -1,9 +1,11 @@
 """Cells: the unit of work of every experiment, and what determines their numbers.
 
 A cell is one call of a world's run function: a simulation of one objective on a set of seeds
-(kind ``sim``: :func:`drpo_sim.sim.run_cell`) or one RL run of the tiny transformer lab (kind
-``lab``: :func:`drpo_sim.lm.rl.run_cell`). Sweeps, the paper's panels and the lab's comparison
-are lists of cells; :class:`~drpo_sim.run.executor.Runner` runs them, locally or on Dask, into a
+(kind ``sim``: :func:`drpo_sim.sim.run_cell`), one RL run of the tiny transformer lab (kind
+``lab``: :func:`drpo_sim.lm.rl.run_cell`), or one batch of arena runs, contestants x seeds in one
+engine setting (kind ``arena``: :func:`drpo_sim.arena.train.run_cell`). Sweeps, the paper's panels,
+the lab's comparison and the arena's settings are lists of cells;
+:class:`~drpo_sim.run.executor.Runner` runs them, locally or on Dask, into a
 :class:`~drpo_sim.run.store.CellStore`.
 
 **A cell's id** is the first 16 hex digits of the SHA-256 of the canonical JSON (sorted keys, no
@@ -32,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from drpo_sim import objectives, sim
+from drpo_sim.arena import train as arena
 from drpo_sim.lm import rl
 from drpo_sim.provenance import code_digest
 
@@ -70,9 +73,14 @@ def _train_lab(spec: Mapping[str, Any], inputs: Any) -> Output:
     return Output(table, {"tokens": (batches, meta)} if batches is not None else {})
 
 
+def _train_arena(spec: Mapping[str, Any], inputs: Any) -> Output:
+    return Output(arena.run_cell(spec))
+
+
 KINDS: dict[str, Kind] = {
     "sim": Kind("sim", _simulate, sim.__name__),
     "lab": Kind("lab", _train_lab, rl.__name__),
+    "arena": Kind("arena", _train_arena, arena.__name__),
 }
 
 
@@ -149,3 +157,10 @@ def sim_cell(config: Mapping[str, Any], method: str, params: Mapping[str, Any], 
             "params": {k: float(v) if k in floats and _is_int(v) else v for k, v in params.items()},
             "seeds": [int(s) for s in seeds]}
     return Cell("sim", spec, labels)
+
+
+def arena_cell(config: arena.ArenaConfig, contestants: list[arena.Contestant] | tuple[arena.Contestant, ...],
+               seeds: list[int] | tuple[int, ...], **labels: Any) -> Cell:
+    """An ``arena`` cell: every contestant on every seed, in ``config``'s engine setting
+    (:func:`drpo_sim.arena.train.cell_spec`)."""
+    return Cell("arena", arena.cell_spec(config, contestants, seeds), labels)

@@ -15,6 +15,7 @@ from types import ModuleType
 from drpo_sim.paper.analyses import (
     ablations,
     anchor,
+    arena,
     convergence,
     fixed_points,
     phase,
@@ -37,4 +38,5 @@ ORDER: dict[str, ModuleType] = {
     "anchor": anchor,
     "replay_sim": replay_sim,
     "tiny_lm": tiny_lm,
+    "arena": arena,
 }
