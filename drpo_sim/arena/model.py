@@ -138,7 +138,7 @@ def _norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _embed(p: Params, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """``tokens [R, N]`` at ``positions [N]`` -> ``[R, N, d]``."""
-    r = torch.arange(tokens.shape[0])[:, None]
+    r = torch.arange(tokens.shape[0], device=tokens.device)[:, None]
     return p["emb"][r, tokens] + p["pos"][:, positions]
 
 
@@ -175,11 +175,11 @@ def logits(p: Params, cfg: ArenaModel, tokens: torch.Tensor, routes: torch.Tenso
     if t > cfg.max_len:
         raise ValueError(f"sequence length {t} exceeds the model's max_len {cfg.max_len}")
     d = cfg.d_model
-    x = _embed(p, tokens.reshape(r, b * t), torch.arange(t).repeat(b))  # [R, B*T, d]
+    x = _embed(p, tokens.reshape(r, b * t), torch.arange(t, device=tokens.device).repeat(b))  # [R, B*T, d]
     qkv = _linear(_norm(x, p["ln1_g"], p["ln1_b"]), p["wqkv"], p["bqkv"]).view(r, b, t, 3 * d)
     q, k, v = (_heads(a, cfg.n_heads) for a in qkv.split(d, dim=-1))  # [R, B, h, T, dh]
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // cfg.n_heads))
-    future = torch.ones(t, t, dtype=torch.bool).triu(diagonal=1)
+    future = torch.ones(t, t, dtype=torch.bool, device=tokens.device).triu(diagonal=1)
     att = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
     y = (att @ v).transpose(2, 3).reshape(r, b * t, d)
     x = x + _linear(y, p["wo"], p["bo"])
@@ -249,14 +249,15 @@ class Engine:
             raise ValueError(f"prompt and response ({total} tokens) exceed the model's max_len {cfg.max_len}")
         d, nh = cfg.d_model, cfg.n_heads
         dh = d // nh
-        seqs = torch.cat([prompts, torch.zeros(r, b, n_new, dtype=torch.long)], dim=2)
-        logp = torch.zeros(r, b, n_new)
-        routes = torch.zeros(r, b, total - 1, dtype=torch.long) if cfg.moe else None
-        kc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt)
-        vc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt)
+        dev = prompts.device
+        seqs = torch.cat([prompts, torch.zeros(r, b, n_new, dtype=torch.long, device=dev)], dim=2)
+        logp = torch.zeros(r, b, n_new, device=dev)
+        routes = torch.zeros(r, b, total - 1, dtype=torch.long, device=dev) if cfg.moe else None
+        kc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt, device=dev)
+        vc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt, device=dev)
         scale = 1.0 / math.sqrt(dh)
         for t in range(total - 1):
-            x = _embed(p, seqs[:, :, t], torch.full((b,), t))  # [R, B, d]
+            x = _embed(p, seqs[:, :, t], torch.full((b,), t, device=dev))  # [R, B, d]
             qkv = _linear(_norm(x, p["ln1_g"], p["ln1_b"]), p["wqkv"], p["bqkv"]).view(r, b, 3, nh, dh)
             q = qkv[:, :, 0]
             kc[:, :, :, t] = qkv[:, :, 1]
@@ -274,7 +275,7 @@ class Engine:
             z = _linear(_norm(x, p["lnf_g"], p["lnf_b"]), p["head"], p["bhead"])
             lp = torch.log_softmax(z.float() / temperature, dim=-1)  # [R, B, V]
             j = t - plen + 1
-            tok = sample_inverse_cdf(lp.exp(), uniforms(j))
+            tok = sample_inverse_cdf(lp.exp(), uniforms(j).to(dev))
             seqs[:, :, t + 1] = tok
             logp[:, :, j] = lp.gather(-1, tok[..., None]).squeeze(-1)
         if self.precision == "fp32" and trainer is not None:

@@ -187,7 +187,8 @@ class _Adam:
     def __post_init__(self) -> None:
         self.m = {k: torch.zeros_like(p) for k, p in self.params.items()}
         self.v = {k: torch.zeros_like(p) for k, p in self.params.items()}
-        self.t = torch.zeros(next(iter(self.params.values())).shape[0])
+        first = next(iter(self.params.values()))
+        self.t = torch.zeros(first.shape[0], device=first.device)
 
     @torch.no_grad()
     def step(self, grads: Params, ok: torch.Tensor) -> None:
@@ -207,17 +208,22 @@ class _Adam:
 
 
 def train(config: ArenaConfig, contestants: Sequence[Contestant], seeds: Sequence[int], *,
-          progress: bool = False) -> pd.DataFrame:
+          device: str | torch.device = "cpu", progress: bool = False) -> pd.DataFrame:
     """Train every (contestant, seed) run from the base model; one row per run and step (module
-    docstring). Runs on one torch thread; deterministic given the seeds."""
+    docstring). On the CPU it runs on one torch thread; deterministic given the seeds (the prompts
+    and draws come from CPU generators on any ``device``, so a GPU run sees the same data, while
+    its kernels round differently)."""
     if not contestants or not seeds:
         raise ValueError("the arena needs at least one contestant and one seed")
     if len(set(contestants)) != len(contestants):
         raise ValueError("a contestant is listed twice")
     if len(set(seeds)) != len(seeds) or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be distinct non-negative integers, got {list(seeds)!r}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; run on the CPU (the default)")
     with torch_threads(1):
-        return _train(config, list(contestants), [int(s) for s in seeds], progress)
+        return _train(config, list(contestants), [int(s) for s in seeds], device, progress)
 
 
 def cell_spec(config: ArenaConfig, contestants: Sequence[Contestant], seeds: Sequence[int]) -> dict[str, Any]:
@@ -233,28 +239,35 @@ def run_cell(spec: dict[str, Any]) -> pd.DataFrame:
     return train(ArenaConfig.from_flat(spec["config"]), contestants, spec["seeds"])
 
 
-def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int], progress: bool) -> pd.DataFrame:
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int], device: torch.device,
+           progress: bool) -> pd.DataFrame:
     cfg, task = config.base.model, config.base.task
     C, S = len(contestants), len(seeds)
     R, P, G, U = C * S, config.prompts_per_step, config.group_size, config.updates_per_batch
     B, H, plen, temp = P * G, task.response_len, task.prompt_len, config.temperature
     mb = B // U
     objs = [c.build() for c in contestants]
-    run_contestant = torch.arange(C).repeat_interleave(S)  # run r = (contestant r // S, seed r % S)
-    params = replicate(pretrain(config.base), R)
+    run_contestant = torch.arange(C, device=device).repeat_interleave(S)  # run r: contestant r // S, seed r % S
+    params = {k: v.to(device) for k, v in replicate(pretrain(config.base), R).items()}
     for p in params.values():
         p.requires_grad_(True)
     opt = _Adam(params, config.lr, config.weight_decay)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    eval_prompts = task.prompts(config.n_eval, torch.Generator().manual_seed(EVAL_SEED))
-    coef = objectives.aggregation_weights(torch.ones(R, mb, H, dtype=torch.bool), AGG_MODE, horizon=H)
+    eval_prompts = task.prompts(config.n_eval, torch.Generator().manual_seed(EVAL_SEED)).to(device)
+    coef = objectives.aggregation_weights(torch.ones(R, mb, H, dtype=torch.bool, device=device), AGG_MODE,
+                                          horizon=H)
+    recomputed = torch.tensor([c.anchor == "recomputed" for c in contestants], device=device)[run_contestant]
     rows: list[dict[str, np.ndarray]] = []
     initial = _heldout(params, config, eval_prompts, R, step=0)
     for step in tqdm(range(1, config.steps + 1), desc=f"arena/{config.precision}", unit="step",
                      disable=not progress, leave=False):
         # 1-2. weight sync, rollout (prompts and draws shared by the runs of a seed)
-        prompts = torch.stack([task.prompts(P, g).repeat_interleave(G, dim=0) for g in gens])  # [S, B, 2]
-        draws = torch.stack([torch.rand(H, B, generator=g) for g in gens], dim=1)  # [H, S, B]
+        prompts = torch.stack([task.prompts(P, g).repeat_interleave(G, dim=0) for g in gens]).to(device)  # [S,B,2]
+        draws = torch.stack([torch.rand(H, B, generator=g) for g in gens], dim=1).to(device)  # [H, S, B]
         engine = Engine(params, cfg, config.precision)
         roll = engine.rollout(prompts.repeat(C, 1, 1), H, lambda j: draws[j].repeat(C, 1), temp,
                               trainer=params)
@@ -266,18 +279,18 @@ def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int],
             entropy = -(lp_all.exp() * lp_all).sum(-1).mean(dim=(-1, -2))
             del lp_all
         mask = torch.ones_like(logp_mu, dtype=torch.bool)
-        row = {k: v.numpy() for k, v in run_statistics(logp_old, logp_mu, mask).items() if k in ROLLOUT_MISMATCH}
-        row["entropy"] = entropy.double().numpy()
-        row["response_len"] = mask.sum(-1).double().mean(-1).numpy()
+        row = {k: _np(v) for k, v in run_statistics(logp_old, logp_mu, mask).items() if k in ROLLOUT_MISMATCH}
+        row["entropy"] = _np(entropy.double())
+        row["response_len"] = _np(mask.sum(-1).double().mean(-1))
         row["flip_rate"] = _flip_rate(params, config, seqs, roll.routes)
         # 4. reward, group-relative advantage
         reward = task.reward(seqs)  # [R, B]
-        adv = torch.from_numpy(group_relative(reward.view(R, P, G).double().numpy()).reshape(R, B)).float()
-        row["reward"] = reward.double().mean(-1).numpy()
+        adv = torch.from_numpy(group_relative(_np(reward.view(R, P, G).double())).reshape(R, B)).float()
+        adv = adv.to(device)
+        row["reward"] = _np(reward.double().mean(-1))
         # 5. updates
-        anchor = torch.where(torch.tensor([c.anchor == "recomputed" for c in contestants])[run_contestant, None, None],
-                             logp_old, logp_mu)
-        acc = _Accumulator(R)
+        anchor = torch.where(recomputed[:, None, None], logp_old, logp_mu)
+        acc = _Accumulator(R, device)
         for u in range(U):
             sl = slice(u * mb, (u + 1) * mb)
             routes = roll.routes[:, sl] if config.routing_replay else None  # R3: the engine's routes
@@ -317,7 +330,7 @@ def _flip_rate(params: Params, config: ArenaConfig, seqs: torch.Tensor,
         return np.full(R, np.nan)
     _, own = logits(params, config.base.model, seqs[..., :-1])
     plen = config.base.task.prompt_len
-    return (own[..., plen - 1:] != engine_routes[..., plen - 1:]).double().mean(dim=(-1, -2)).numpy()
+    return _np((own[..., plen - 1:] != engine_routes[..., plen - 1:]).double().mean(dim=(-1, -2)))
 
 
 @torch.no_grad()
@@ -325,23 +338,22 @@ def _heldout(params: Params, config: ArenaConfig, prompts: torch.Tensor, R: int,
     """Mean reward of one fp32 sample per held-out prompt, draws shared by every run."""
     task = config.base.task
     gen = torch.Generator().manual_seed(EVAL_SEED + step)
-    draws = torch.rand(task.response_len, len(prompts), generator=gen)
+    draws = torch.rand(task.response_len, len(prompts), generator=gen).to(prompts.device)
     roll = Engine(params, config.base.model, "fp32").rollout(
         prompts[None].expand(R, -1, -1), task.response_len, lambda j: draws[j][None].expand(R, -1),
         config.temperature)
-    return task.reward(roll.seqs).double().mean(-1).numpy()
+    return _np(task.reward(roll.seqs).double().mean(-1))
 
 
 class _Accumulator:
     """The step's update-time statistics, per run, averaged over its updates."""
 
-    def __init__(self, R: int):
-        self.R = R
+    def __init__(self, R: int, device: torch.device):
         self.n = 0
-        self.norm = torch.zeros(R, dtype=torch.float64)
-        self.bad = torch.zeros(R, dtype=torch.bool)
-        self.regions = {r: torch.zeros(R, dtype=torch.float64) for r in objectives.Regions.NAMES}
-        self.shares = {k: torch.zeros(R, dtype=torch.float64) for k in GRAD_SHARES}
+        self.norm = torch.zeros(R, dtype=torch.float64, device=device)
+        self.bad = torch.zeros(R, dtype=torch.bool, device=device)
+        self.regions = {r: torch.zeros(R, dtype=torch.float64, device=device) for r in objectives.Regions.NAMES}
+        self.shares = {k: torch.zeros(R, dtype=torch.float64, device=device) for k in GRAD_SHARES}
 
     def tokens(self, runs: slice, w: torch.Tensor, g: torch.Tensor, logp_mu: torch.Tensor, adv: torch.Tensor) -> None:
         regions = objectives.Regions.from_weight(w)
@@ -361,9 +373,9 @@ class _Accumulator:
         self.n += 1
 
     def result(self) -> dict[str, np.ndarray]:
-        out = {"grad_norm": (self.norm / self.n).numpy(), "nonfinite": self.bad.numpy().copy()}
-        out.update({f"{k}_frac": (v / self.n).numpy() for k, v in self.regions.items()})
-        out.update({k: (v / self.n).numpy() for k, v in self.shares.items()})
+        out = {"grad_norm": _np(self.norm / self.n), "nonfinite": _np(self.bad).copy()}
+        out.update({f"{k}_frac": _np(v / self.n) for k, v in self.regions.items()})
+        out.update({k: _np(v / self.n) for k, v in self.shares.items()})
         return out
 
 

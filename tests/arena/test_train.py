@@ -1,0 +1,146 @@
+"""drpo_sim.arena.train: the batched RL loop on a tiny arena: its table, shared seeds, the exact
+fp32 control, independence of the runs in a batch, the per-run optimiser, and bad configurations."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from drpo_sim.arena.model import ArenaModel
+from drpo_sim.arena.pretrain import BaseModelConfig, pretrain
+from drpo_sim.arena.task import WalkTask
+from drpo_sim.arena.train import (
+    GRAD_SHARES,
+    METRICS,
+    ArenaConfig,
+    Contestant,
+    _Adam,
+    cell_spec,
+    run_cell,
+    train,
+)
+
+TASK = WalkTask(vocab_size=16, n_classes=4, response_len=6)
+BASE = BaseModelConfig(model=ArenaModel(vocab_size=16, max_len=TASK.seq_len, d_model=16, n_heads=2, d_mlp=32),
+                       task=TASK, steps=20)
+CONFIG = ArenaConfig(base=BASE, steps=4, n_eval=8, eval_every=2, prompts_per_step=2, group_size=4,
+                     updates_per_batch=2, lr=3e-3)
+PG, TV = Contestant.of("pg_is"), Contestant.of("dppo_tv", delta=0.05)
+
+
+def test_table_columns_and_rows_on_cpu():
+    df = train(CONFIG, [PG, TV], [0, 3])
+    assert len(df) == 2 * 2 * CONFIG.steps
+    for col in ("objective", "variant", "method", "anchor", "params", "precision", "lr", "seed", "step",
+                "collapsed", "initial_heldout_reward", *METRICS):
+        assert col in df.columns, col
+    assert sorted(df["seed"].unique()) == [0, 3]
+    assert set(df["variant"]) == {"", "delta=0.05"}
+    # held-out reward only where evaluated (every 2 steps and the last)
+    assert df.loc[df["step"].isin([2, 4]), "heldout_reward"].notna().all()
+    assert df.loc[df["step"].isin([1, 3]), "heldout_reward"].isna().all()
+    assert (df["response_len"] == TASK.response_len).all()
+    shares = df[list(GRAD_SHARES)].sum(axis=1)
+    np.testing.assert_allclose(shares[df["grad_norm"] > 0], 1.0, rtol=1e-9)
+    assert df["mismatch_mean"].gt(0).all()  # bf16 engine
+
+
+def test_runs_of_a_seed_share_prompts_and_draws_on_cpu():
+    df = train(CONFIG, [PG, TV], [0, 1])
+    first = df[df["step"] == 1].set_index(["method", "seed"])
+    # step 1: every run starts from the base model and sees the same rollout as its seed's others
+    for col in ("reward", "mismatch_mean", "entropy"):
+        assert first.loc[("pg_is", 0), col] == first.loc[("dppo_tv delta 0.05", 0), col]
+    assert first.loc[("pg_is", 0), "reward"] != first.loc[("pg_is", 1), "reward"]
+
+
+def test_a_run_does_not_depend_on_the_others_in_its_batch_on_cpu():
+    together = train(CONFIG, [PG, TV], [0, 1])
+    alone = train(CONFIG, [TV], [1])
+    a = together[(together["method"] == TV.label) & (together["seed"] == 1)].reset_index(drop=True)
+    cols = ["reward", "heldout_reward", "mismatch_mean", "grad_norm"]
+    pd.testing.assert_frame_equal(a[cols], alone[cols].reset_index(drop=True), rtol=1e-5, atol=1e-7)
+
+
+def test_fp32_engine_has_no_mismatch_and_the_anchors_agree_on_cpu():
+    cfg = dataclasses.replace(CONFIG, precision="fp32")
+    minirl = Contestant.of("ppo", anchor="recomputed")
+    df = train(cfg, [Contestant.of("ppo"), minirl], [0])
+    assert (df[["mismatch_mean", "mismatch_max", "kl_k3"]] == 0).all().all()
+    a, b = (df[df["anchor"] == x].reset_index(drop=True) for x in ("rollout", "recomputed"))
+    pd.testing.assert_series_equal(a["heldout_reward"], b["heldout_reward"])
+    assert minirl.variant == "anchor=recomputed"
+
+
+def test_moe_reports_flip_rate_and_replays_routes_on_cpu():
+    moe = dataclasses.replace(BASE, model=dataclasses.replace(BASE.model, n_experts=2))
+    df = train(dataclasses.replace(CONFIG, base=moe, routing_replay=True), [PG], [0])
+    assert df["flip_rate"].between(0, 1).all()
+    assert set(df["variant"]) == {"moe_replay"}
+    dense = train(CONFIG, [PG], [0])
+    assert dense["flip_rate"].isna().all()
+
+
+def test_cell_spec_round_trip_on_cpu():
+    spec = cell_spec(CONFIG, [PG, TV], [0])
+    assert spec["contestants"][1]["params"]["delta"] == 0.05
+    pd.testing.assert_frame_equal(run_cell(spec), train(CONFIG, [PG, TV], [0]))
+    assert ArenaConfig.from_flat(CONFIG.flat()) == CONFIG
+
+
+def test_batched_adamw_matches_torch_on_cpu():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 4, 5, generator=gen)
+    ours = _Adam({"w": w.clone()}, lr=1e-2, weight_decay=0.01)
+    ref = [torch.nn.Parameter(w[r].clone()) for r in range(3)]
+    opt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.01)
+    for _ in range(3):
+        g = torch.randn(3, 4, 5, generator=gen)
+        ok = torch.tensor([True, False, True])  # run 1 skips its updates
+        ours.step({"w": g}, ok)
+        for r in (0, 2):
+            ref[r].grad = g[r].clone()
+        ref[1].grad = None
+        opt.step()
+    for r in range(3):
+        torch.testing.assert_close(ours.params["w"][r], ref[r].detach(), rtol=1e-5, atol=1e-7)
+    assert torch.equal(ours.params["w"][1], w[1])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"precision": "fp4"}, "unknown precision 'fp4'"),
+    ({"routing_replay": True}, "routing replay needs a mixture-of-experts model"),
+    ({"updates_per_batch": 3}, "does not split into 3 mini-batches"),
+    ({"lr": 0}, "lr must be a finite number > 0"),
+    ({"group_size": 1}, "group_size must be at least 2"),
+])
+def test_impossible_configurations_on_cpu(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(CONFIG, **kwargs)
+
+
+def test_bad_contestants_and_seeds_on_cpu():
+    with pytest.raises(ValueError, match="unknown anchor 'engine'"):
+        Contestant.of("pg_is", anchor="engine")
+    with pytest.raises(ValueError, match="unknown objective"):
+        Contestant.of("nope")
+    with pytest.raises(ValueError, match="listed twice"):
+        train(CONFIG, [PG, PG], [0])
+    with pytest.raises(ValueError, match="distinct non-negative integers"):
+        train(CONFIG, [PG], [0, 0])
+    with pytest.raises(ValueError, match="at least one contestant"):
+        train(CONFIG, [], [0])
+    with pytest.raises(ValueError, match="cannot represent the task"):
+        BaseModelConfig(model=ArenaModel(vocab_size=32), task=WalkTask())
+
+
+def test_pretraining_is_cached_and_deterministic_on_cpu():
+    a, b = pretrain(BASE), pretrain(BASE)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    a["emb"].zero_()  # a copy: the cache is untouched
+    assert not torch.equal(pretrain(BASE)["emb"], a["emb"])
