@@ -48,12 +48,13 @@ compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)
 endef
 export COMPILE_ALL
 
-bench: setup              ## throughput of the objectives, simulator, sweeps, replay and LM lab against physical floors
+bench: setup              ## throughput of the objectives, simulator, sweeps, replay, LM lab and arena against floors and peers
 	$(PY) benchmarks/bench_objectives.py
 	$(PY) benchmarks/bench_sim.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_replay.py
 	$(PY) benchmarks/bench_lm.py
+	$(PY) benchmarks/bench_arena.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis results

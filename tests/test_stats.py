@@ -239,6 +239,31 @@ def test_wilson_errors(k, n, conf, match):
         S.wilson_ci(k, n, conf)
 
 
+# ----------------------------------------------------------------------------- clopper-pearson
+
+
+def test_clopper_pearson_by_hand_on_cpu():
+    # k = 0: the upper bound solves (1 - p)^n = alpha / 2
+    p, low, high = S.clopper_pearson_ci(0, 4)
+    assert (p, low) == (0.0, 0.0)
+    assert high == pytest.approx(1 - 0.025 ** (1 / 4))  # 0.6024
+    # in general the bounds are beta quantiles
+    k, n = 3, 8
+    _, low, high = S.clopper_pearson_ci(k, n, 0.90)
+    assert low == pytest.approx(scipy.stats.beta.ppf(0.05, k, n - k + 1))
+    assert high == pytest.approx(scipy.stats.beta.ppf(0.95, k + 1, n - k))
+    _, low, high = S.clopper_pearson_ci(4, 4)
+    assert (low, high) == (pytest.approx(0.025 ** (1 / 4)), 1.0)
+    # never narrower than Wilson's at the extremes
+    assert S.clopper_pearson_ci(0, 10)[2] > S.wilson_ci(0, 10)[2]
+
+
+@pytest.mark.parametrize("k, n, match", [(0, 0, "n must be"), (5, 4, "k must be"), (True, 4, "k must be")])
+def test_clopper_pearson_errors(k, n, match):
+    with pytest.raises(ValueError, match=match):
+        S.clopper_pearson_ci(k, n)
+
+
 # ----------------------------------------------------------------------------- per-seed curve summaries
 
 CURVES = np.array([[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]])

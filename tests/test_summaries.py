@@ -7,7 +7,20 @@ import pandas as pd
 import pytest
 
 from drpo_sim import stats
-from drpo_sim.summaries import LAB_SUMMARY_LAST, STABLE_FRACTION, lab_summary, panel_summary, stable_region
+from drpo_sim.arena.train import COLLAPSE
+from drpo_sim.summaries import (
+    ARENA_CLIMB,
+    ARENA_FALL,
+    ARENA_SUMMARY_COLUMNS,
+    ARENA_WINDOW,
+    LAB_SUMMARY_LAST,
+    STABLE_FRACTION,
+    arena_summary,
+    lab_summary,
+    order_of_events,
+    panel_summary,
+    stable_region,
+)
 
 # ---------------------------------------------------------------------------------------------
 # panel_summary
@@ -180,3 +193,48 @@ def test_lab_summary_short_runs_and_no_reference():
     for methods in (("drpo",), ("pg_is",)):
         out = lab_summary(lab_table(methods=methods))
         assert "p_improve" not in out.columns and set(out["method"]) == set(methods)
+
+
+# ----------------------------------------------------------------------------- the arena
+
+
+def _arena_table(curves: dict[tuple[str, int], list[float]], mismatch: dict[tuple[str, int], list[float]]):
+    rows = []
+    for (method, seed), reward in curves.items():
+        collapsed = stats.collapsed(np.array([reward]), rule=COLLAPSE)[0]
+        for i, r in enumerate(reward):
+            rows.append({"objective": method, "variant": "", "precision": "bf16", "lr": 1e-3, "method": method,
+                         "seed": seed, "step": i + 1, "reward": r, "heldout_reward": r if i % 2 else np.nan,
+                         "mismatch_mean": mismatch[(method, seed)][i], "mismatch_max": 10 * mismatch[(method, seed)][i],
+                         "collapsed": bool(collapsed[i])})
+    return pd.DataFrame(rows)
+
+
+def test_arena_summary_and_order_of_events_by_hand_on_cpu():
+    n = 30
+    rise = list(np.linspace(0.2, 0.9, 10)) + [0.9] * (n - 10)
+    crash = list(np.linspace(0.2, 0.9, 10)) + [0.9] * 8 + [0.9 - 0.1 * k for k in range(1, 13)]  # 0.9 -> -0.3
+    flat_mm = [0.002] * n
+    climbing = [0.002] * 12 + [0.002 * 1.5 ** k for k in range(1, n - 11)]
+    df = _arena_table({("a", 0): rise, ("a", 1): rise, ("b", 0): crash, ("b", 1): rise},
+                      {("a", 0): flat_mm, ("a", 1): flat_mm, ("b", 0): climbing, ("b", 1): flat_mm})
+    s = arena_summary(df).set_index("objective")
+    assert list(arena_summary(df).columns) == list(ARENA_SUMMARY_COLUMNS)
+    assert s.loc["a", "collapse_rate"] == 0 and s.loc["b", "collapse_rate"] == 0.5
+    exact = stats.clopper_pearson_ci(1, 2)
+    assert s.loc["b", ["collapse_lo", "collapse_hi"]].tolist() == pytest.approx(list(exact[1:]))
+    first = 1 + next(i for i, r in enumerate(crash) if i > 10 and r < 0.45)  # below half the peak 0.9
+    assert first == 23
+    assert s.loc["b", "median_collapse_step"] == first
+    assert s.loc["a", "final_train_reward"] == pytest.approx(0.9)
+    assert s.loc["a", "final_heldout_reward"] == pytest.approx(0.9)
+    assert s.loc["a", "mismatch_step0"] == pytest.approx(0.002)
+    assert s.loc["a", "max_abs_shift_final"] == pytest.approx(0.02)
+    assert s.loc["b", "mismatch_peak"] > s.loc["b", "mismatch_step0"]
+    assert (s["seeds"] == 2).all() and (s["steps"] == n).all()
+    ev = order_of_events(df)
+    assert len(ev) == 1 and ev.iloc[0]["method"] == "b" and ev.iloc[0]["seed"] == 0
+    # the moving average of the mismatch passes 1.5 x its minimum before the reward's drops below 0.9 x its best
+    assert ev.iloc[0]["climb_step"] < ev.iloc[0]["fall_step"] <= ev.iloc[0]["collapse_step"] == first
+    assert bool(ev.iloc[0]["mismatch_first"])
+    assert ARENA_CLIMB > 1 and 0 < ARENA_FALL < 1 and ARENA_WINDOW >= 1

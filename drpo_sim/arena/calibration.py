@@ -115,9 +115,12 @@ def base_model(d_model: int, steps: int, zipf: float) -> BaseModelConfig:
 
 
 def write(result: dict[str, Any], out: str | Path) -> Path:
+    """``out/arena_calibration.json`` (strict JSON: a point that fails a requirement has score null)."""
     path = Path(out) / CALIBRATION_FILE
+    grid = [{**p, "score": p["score"] if math.isfinite(p["score"]) else None} for p in result.get("grid") or []]
+    result = {**result, "grid": grid or result.get("grid")}
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        Path(tmp).write_text(json.dumps(result, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 
 

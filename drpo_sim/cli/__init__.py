@@ -9,6 +9,7 @@ Subcommands::
     drpo-sim sweep CONFIG.toml --out DIR  a grid of simulations, resumable, locally or on a Dask cluster
     drpo-sim replay LOG... --out DIR      per-token analysis of token logs (real, simulated or from the LM lab)
     drpo-sim lm pretrain|train|compare    the tiny transformer lab
+    drpo-sim arena calibrate|run          the arena: the engine a reduced-precision pass over the trainer's weights
     drpo-sim reproduce [--quick|--full]   every analysis: figures, MANIFEST.json, claims.json, the report
     drpo-sim report                       regenerate the report from the result files and check its numbers
     drpo-sim explore [--port N]           the interactive trust-region explorer in the browser (--export FILE.html)
@@ -42,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "per-token analysis of token logs: mismatch, masks and weights of every objective",
     ),
     "lm": ("drpo_sim.cli.lab", "the tiny transformer lab: RL from real reduced-precision rollouts"),
+    "arena": ("drpo_sim.cli.arena", "the arena: RL where the mismatch comes from the policy's own parameters"),
     "reproduce": ("drpo_sim.cli.paper", "run every analysis: figures, MANIFEST.json, claims.json, the report"),
     "report": ("drpo_sim.cli.paper", "regenerate the report from the result files and check its numbers"),
     "explore": ("drpo_sim.cli.explore", "interactive trust-region explorer in the browser (or --export a page)"),

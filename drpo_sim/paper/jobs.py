@@ -561,7 +561,9 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
     world = (f"arena: 1-layer transformer (d_model {base.model.d_model}) per run, walk task V = {base.task.vocab_size},"
              f" H = {base.task.response_len}; {cfg.prompts_per_step} prompts x G = {cfg.group_size}, "
              f"{cfg.updates_per_batch} updates/step, AdamW lr {cfg.lr:g}; {prof.seeds} seeds x {prof.steps} steps")
-    config = {"profile": profile, "summary": spec.summary_file, "events": spec.events_file,
+    config = {"profile": profile, "methods": [c.label for c in spec.contestants],
+              "objectives": {c.label: c.spec() for c in spec.contestants},
+              "summary": spec.summary_file, "events": spec.events_file,
               "calibration": spec.calibration_file, "data": spec.data_file, "settings": [s.name for s in spec.settings],
               "collapse": dataclasses.asdict(COLLAPSE)}
     write_results(df, out / spec.data_file, config)
@@ -580,27 +582,26 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
     panels = [("training reward", ["reward"], False), ("held-out reward (fp32 trainer)", ["heldout_reward"], False),
               ("mean abs(pi - mu)", ["mismatch_mean"], True), ("max (solid) and min (dashed) of pi - mu",
                                                                ["pi_minus_mu_max", "pi_minus_mu_min"], False)]
-    files = plots.arena_curves_figure(sanity, out / "sanity_test", panels=panels, hue="method", order=labels,
+    files = plots.arena_curves_figure(sanity, out / spec.sanity_figure, panels=panels, hue="method", order=labels,
                                       methods=methods, formats=formats,
                                       title=f"DPPO's sanity test in the arena, {spec.settings[0].title}\n{world}")
-    record("sanity_test", files, t0)
+    record(spec.sanity_figure, files, t0)
 
-    controls = [c.label for c in spec.contestants_for(spec.settings[1], profile)]
-    for name, chosen, extra in (("arena_precision", ("fp32", "bf16", "fp16", "fp8"), []),
-                                ("arena_lr", ("bf16", "bf16_lr_low"), []),
-                                ("arena_moe", ("bf16", "moe", "moe_replay"), [("flip rate", ["flip_rate"], False)])):
+    for name, chosen in spec.control_figures:
         t1 = time.perf_counter()
         settings = [spec.setting(n) for n in chosen]
+        extra = [("flip rate", ["flip_rate"], False)] if any(s.moe for s in settings) else []
+        controls = [c.label for c in spec.contestants if all(c in spec.contestants_for(s, profile) for s in settings)]
         files = _arena_settings_figure(df, out / name, settings, controls, extra, formats,
-                                       title=f"{name.replace('arena_', 'the arena: ')}: control contestants\n{world}")
+                                       title=f"The arena's controls: {', '.join(s.title for s in settings)}\n{world}")
         record(name, files, t1)
 
     t1 = time.perf_counter()
     shares = sanity.groupby("method")[list(GRAD_SHARES)].mean().reindex(labels)
-    files = plots.grad_share_figure(shares, out / "arena_grad_share", formats=formats,
+    files = plots.grad_share_figure(shares, out / spec.grad_share_figure, formats=formats,
                                     title=f"Where each objective's gradient goes, {spec.settings[0].title}, "
                                     "all steps and seeds")
-    record("arena_grad_share", files, t1)
+    record(spec.grad_share_figure, files, t1)
     return records
 
 

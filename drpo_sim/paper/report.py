@@ -30,7 +30,7 @@ import pandas as pd
 from drpo_sim import objectives
 from drpo_sim._io import write_text
 from drpo_sim.config import REPLAY_OBJECTIVES
-from drpo_sim.paper.analyses import replay_sim, weight_table
+from drpo_sim.paper.analyses import arena, replay_sim, weight_table
 from drpo_sim.paper.claims import CLAIMS_FILE, STATEMENTS, load_claims
 from drpo_sim.paper.manifest import MANIFEST_FILE, load_manifest, read_json, total_wall_time
 from drpo_sim.paper.numbers import (
@@ -437,6 +437,11 @@ def _how_tested(ctx: _Context) -> str:
          "verifiable reward, then trained with RL by each objective while its rollouts are sampled by a copy of "
          "the model in real bf16 or fp8 arithmetic: the training-inference mismatch is produced by the number "
          "formats, not injected."),
+        ("**The arena.** A world where the engine is a second numerical pass, in bf16, fp16 or fp8, over the very "
+         "parameters the float32 trainer updates, so the mismatch moves with the parameters as training goes; "
+         "responses are long, what is right depends on the prefix, and every objective and seed trains as one "
+         "slice of a batch of models. Its knobs were calibrated from statistics at initialisation only, before "
+         "any comparison (`docs/arena.md`)."),
         ("**Token-log replay.** Any token log (the simulator's, the lab's, or a real training dump) is replayed "
          "through every objective's weight, token by token, to see what each would mask, attenuate or correct."),
         ("**Statistics.** A method's result is the interquartile mean (IQM) over seeds, with a stratified "
@@ -475,6 +480,63 @@ def _claim_section(ctx: _Context, number: int) -> str:
     if claim["sources"]:
         how += "; it reads " + ", ".join(ctx.source(s) for s in claim["sources"])
     parts.append(how + ".")
+    return "\n\n".join(parts)
+
+
+def _arena(ctx: _Context) -> str:
+    """DPPO's sanity test in the arena: the calibration, the figure, the bf16 table and the controls."""
+    spec = arena.SPEC
+    summary = _read_csv(ctx.results / spec.summary_file)
+    if summary is None or not ctx.has_png(spec.sanity_figure):
+        return ""
+    summary["variant"] = summary["variant"].fillna("")
+    parts = ["## The arena: DPPO's sanity test"]
+    cal_path = ctx.results / spec.calibration_file
+    if cal_path.is_file():
+        cal = read_json(cal_path)
+        m, t = cal["measured"], cal["targets"]
+        parts.append(
+            "The arena's knobs were fixed from statistics at initialisation before any comparison "
+            f"({ctx.source(spec.calibration_file)}): under bf16 the mean `abs(pi - mu)` of sampled tokens is "
+            f"{format_number(m['bf16']['mismatch_mean'])} (published: about {format_number(t['mismatch_mean'])}), "
+            f"{format_percent(m['bf16']['rare_share'])} of sampled tokens have `mu <= 0.01` (published: about "
+            f"{format_percent(t['rare_share'])}), the log-ratio drift is "
+            f"{format_number(m['bf16']['seq_log_ratio_per_token'])} nats per token (published: about "
+            f"{format_number(t['seq_log_ratio_per_token'])}), and fp16's mismatch is "
+            f"{format_number(m['fp16']['mismatch_mean'])}.")
+    parts.append(ctx.figure(spec.sanity_figure, "DPPO's sanity test in the arena"))
+
+    def name(row) -> str:
+        return f"{row.objective} ({row.variant})" if row.variant else row.objective
+
+    def interval(row) -> str:
+        return (f"{format_percent(row.collapse_rate)} [{format_percent(row.collapse_lo)}, "
+                f"{format_percent(row.collapse_hi)}]")
+
+    lr = summary["lr"].max()
+    main = summary[(summary["precision"] == "bf16") & (summary["lr"] == lr)
+                   & ~summary["variant"].str.contains("moe")]
+    rows = [[name(r), interval(r), format_number(r.median_collapse_step), format_number(r.peak_train_reward),
+             format_number(r.final_heldout_reward),
+             " / ".join(format_number(x) for x in (r.mismatch_step0, r.mismatch_peak, r.mismatch_final)),
+             format_number(r.max_abs_shift_final)] for r in main.itertuples()]
+    seeds, steps = int(main["seeds"].max()), int(main["steps"].max())
+    parts.append(f"Under bf16, {format_number(seeds)} seeds x {format_number(steps)} steps each (collapse: the "
+                 "held-out reward falls below half its best after reaching 0.5; exact 95% interval over seeds):")
+    parts.append(_table(["objective", "collapse rate", "median collapse step", "peak train reward",
+                         "final held-out reward", "mean abs(pi - mu): first step / peak / final",
+                         "max abs(pi - mu), final"], rows))
+    controls = summary.drop(main.index)
+    if len(controls):
+        rows = [[name(r), r.precision, format_number(r.lr), interval(r), format_number(r.final_heldout_reward),
+                 f"{format_number(r.mismatch_step0)} / {format_number(r.mismatch_final)}"]
+                for r in controls.itertuples()]
+        parts.append("The controls: the same contestants with other engines, a lower learning rate, and a "
+                     "mixture of experts with and without routing replay:")
+        parts.append(_table(["objective", "engine", "lr", "collapse rate", "final held-out reward",
+                             "mean abs(pi - mu): first step / final"], rows))
+    parts.append(f"The order of events of every collapsed run is in {ctx.source(spec.events_file)}.")
+    parts += [ctx.figure(f) for f in spec.figures[1:] if ctx.has_png(f)]
     return "\n\n".join(parts)
 
 
@@ -534,7 +596,7 @@ def render_report(results: Path | str, paper: Path | str) -> str:
     ctx = _Context(results, paper, load_claims(results), load_manifest(results))
     sections = [_header(ctx), _summary(ctx), _what_drpo_is(ctx), _how_tested(ctx)]
     sections += [_claim_section(ctx, n) for n in _all_claim_numbers(ctx)]
-    sections += [_other_figures(ctx), _limits(ctx), _reproduce(ctx)]
+    sections += [_arena(ctx), _other_figures(ctx), _limits(ctx), _reproduce(ctx)]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -548,6 +610,7 @@ def report_inputs(results: Path | str) -> list[str]:
     prefix = _replay_prefix(results)
     if prefix is not None:
         names += [f"{prefix}objectives.csv", f"{prefix}replay.json"]
+    names += [f for f in (arena.SPEC.summary_file, arena.SPEC.calibration_file) if (results / f).is_file()]
     for claim in load_claims(results):
         names += [s for s in claim.get("sources", []) if (results / s).is_file()]
     return list(dict.fromkeys(names))

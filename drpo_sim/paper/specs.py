@@ -333,6 +333,14 @@ class ArenaSpec(_Profiled):
     """Labels of the contestants run in the control settings."""
     settings: tuple[ArenaSetting, ...]
     n_experts: int = 4
+    sanity_figure: str = "sanity_test"
+    control_figures: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("arena_precision", ("fp32", "bf16", "fp16", "fp8")),
+        ("arena_lr", ("bf16", "bf16_lr_low")),
+        ("arena_moe", ("bf16", "moe", "moe_replay")),
+    )
+    """Each figure of the control contestants: its name and the settings it sets side by side."""
+    grad_share_figure: str = "arena_grad_share"
     data_file: str = "arena.parquet"
     summary_file: str = "sanity_summary.csv"
     events_file: str = "arena_order_of_events.csv"
@@ -352,6 +360,14 @@ class ArenaSpec(_Profiled):
         names = [s.name for s in self.settings]
         if len(set(names)) != len(names):
             raise ValueError(f"ArenaSpec: duplicate setting names {names}")
+        for figure, chosen in self.control_figures:
+            for name in chosen:
+                if name not in names:
+                    raise ValueError(f"ArenaSpec: figure {figure!r} shows setting {name!r}, which is not declared")
+
+    @property
+    def figures(self) -> tuple[str, ...]:
+        return (self.sanity_figure, *(name for name, _ in self.control_figures), self.grad_share_figure)
 
     def setting(self, name: str) -> ArenaSetting:
         for s in self.settings:

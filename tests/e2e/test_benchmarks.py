@@ -63,3 +63,16 @@ def test_replay_benchmark_writes_its_table(tmp_path):
     table = pd.read_csv(out)
     assert list(table["stage"]) == ["bare", "validate", "replay"]
     assert (table["tokens"] == 20000).all() and (table["seconds"] > 0).all() and (table["peak_rss_mb"] > 0).all()
+
+
+def test_arena_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "arena.csv"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_arena.py"), "--runs", "2", "--repeats", "1",
+         "--precisions", "bf16", "--csv", str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "slower than the bare torch forward+backward" in res.stdout
+    table = pd.read_csv(out)
+    assert list(table["phase"]) == ["rollout", "update", "bare forward", "bare forward+backward"]
+    assert (table["tokens_per_s"] > 0).all() and (table["tokens"] == 2 * 32 * 64).all()

@@ -26,6 +26,7 @@ from drpo_sim.paper.analyses import (
     thresholds,
 )
 from drpo_sim.paper.specs import (
+    ArenaSpec,
     ConvergenceSpec,
     FlowSpec,
     GeometrySpec,
@@ -56,6 +57,8 @@ def figures_of(spec) -> list[str]:
         return [spec.figure]
     if isinstance(spec, ReplaySpec):
         return [spec.prefix + f for f in REPLAY_FIGURES]
+    if isinstance(spec, ArenaSpec):
+        return list(spec.figures)
     if isinstance(spec, LabSpec):
         return ["lm_reward", "lm_mismatch", *(spec.replay_prefix(p) + f for p in spec.replay_precisions
                                               for f in REPLAY_FIGURES)]
@@ -73,12 +76,14 @@ def files_of(spec) -> set[str]:
         names |= {spec.file(t) for t in REPLAY_TABLES}
     if isinstance(spec, LabSpec):
         names |= {spec.replay_prefix(p) + t for p in spec.replay_precisions for t in REPLAY_TABLES}
+    if isinstance(spec, ArenaSpec):
+        names |= {spec.events_file, spec.calibration_file}
     return names
 
 
 def test_the_analyses_run_in_their_order():
     assert list(ORDER) == ["weight_table", "fixed_points", "convergence", "settings", "phase", "thresholds",
-                           "ablations", "anchor", "replay_sim", "tiny_lm"]
+                           "ablations", "anchor", "replay_sim", "tiny_lm", "arena"]
     assert all(module.__name__ == f"drpo_sim.paper.analyses.{name}" for name, module in ORDER.items())
 
 

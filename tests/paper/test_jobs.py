@@ -4,16 +4,25 @@ a phase diagram."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
 import pytest
+from figure_checks import assert_real_image
 
 from drpo_sim import summaries
+from drpo_sim.arena.model import ArenaModel
+from drpo_sim.arena.pretrain import BaseModelConfig
+from drpo_sim.arena.task import WalkTask
+from drpo_sim.arena.train import ArenaConfig, Contestant
 from drpo_sim.paper import jobs
 from drpo_sim.paper.analyses import ORDER
 from drpo_sim.paper.specs import (
     TABULAR_TASK,
+    ArenaProfile,
+    ArenaSetting,
+    ArenaSpec,
     ConvergenceSpec,
     GridProfile,
     PanelFigure,
@@ -159,3 +168,65 @@ def test_planned_cells_are_the_cells_the_job_asks_for(name, tmp_path, monkeypatc
     assert sorted(c.id for c in planned) == sorted(c.id for c in asked)
     costs = [jobs._sim_cost(c) for c in planned]
     assert costs == sorted(costs, reverse=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the arena
+
+
+def _tiny_arena():
+    task = WalkTask(vocab_size=16, n_classes=4, response_len=6)
+    base = BaseModelConfig(model=ArenaModel(vocab_size=16, max_len=task.seq_len, d_model=16, n_heads=2, d_mlp=32),
+                           task=task, steps=10)
+    return ArenaSpec(
+        quick=ArenaProfile(steps=4, seeds=2, eval_every=2, controls=("pg",)),
+        full=ArenaProfile(steps=4, seeds=2, eval_every=2),
+        base=base,
+        config=ArenaConfig(base=base, prompts_per_step=2, group_size=4, updates_per_batch=2, n_eval=8),
+        contestants=(Contestant.of("pg_is", label="pg"), Contestant.of("dppo_tv", label="tv"),
+                     Contestant.of("ppo", anchor="recomputed", label="minirl")),
+        controls=("pg", "tv"),
+        settings=(ArenaSetting("bf16", "bf16", controls=False), ArenaSetting("fp32", "fp32", precision="fp32"),
+                  ArenaSetting("fp16", "fp16", precision="fp16"), ArenaSetting("fp8", "fp8", precision="fp8"),
+                  ArenaSetting("bf16_lr_low", "low lr", lr_scale=0.5),
+                  ArenaSetting("moe", "moe", moe=True), ArenaSetting("moe_replay", "replay", moe=True,
+                                                                      routing_replay=True, only=("tv",))),
+        n_experts=2,
+    )
+
+
+def test_arena_figures_on_a_tiny_spec(tmp_path):
+    spec = _tiny_arena()
+    cells = jobs.arena_cells(spec, "quick")
+    assert [c.labels["setting"] for c in cells] == [s.name for s in spec.settings]
+    assert [len(c.spec["contestants"]) for c in cells] == [3, 1, 1, 1, 1, 1, 1]  # quick: the profile's controls
+    assert [len(c.spec["contestants"]) for c in jobs.arena_cells(spec, "full")][-2:] == [2, 1]  # only=("tv",)
+    runner = Runner(store=CellStore(tmp_path / "cells"), n_jobs=1)
+    records = jobs.arena_figures(tmp_path, spec, "quick", runner, formats=("png",))
+    assert [r.figure for r in records] == list(spec.figures)
+    for r in records:
+        assert_real_image(tmp_path / r.files[0])
+        assert r.seeds == [0, 1] and r.config["methods"] == ["pg", "tv", "minirl"]
+    summary = pd.read_csv(tmp_path / spec.summary_file, keep_default_na=False)
+    assert list(summary.columns) == list(summaries.ARENA_SUMMARY_COLUMNS)
+    assert len(summary) == 3 + 6  # bf16: 3 contestants; each of the 6 control settings: pg (quick ignores only=)
+    assert set(summary["variant"]) >= {"", "anchor=recomputed", "moe", "moe_replay"}
+    assert summary.loc[summary["precision"] == "fp32", "mismatch_final"].eq(0).all()
+    cal = json.loads((tmp_path / spec.calibration_file).read_text())
+    assert cal["profile"] == "quick" and cal["grid"] is None and cal["measured"]["bf16"]["mismatch_mean"] > 0
+    assert (tmp_path / spec.events_file).is_file() and (tmp_path / spec.data_file).is_file()
+    # a rerun reads every cell from the store
+    jobs.arena_figures(tmp_path, spec, "quick", runner, formats=("png",))
+    assert runner.last.ran == 0 and runner.last.skipped == len(cells)
+
+
+def test_arena_spec_refuses_what_it_cannot_run():
+    spec = _tiny_arena()
+    with pytest.raises(ValueError, match="control 'nope' is not a contestant"):
+        dataclasses.replace(spec, controls=("nope",))
+    with pytest.raises(ValueError, match="shows setting 'fp4', which is not declared"):
+        dataclasses.replace(spec, control_figures=(("x", ("fp4",)),))
+    with pytest.raises(ValueError, match="runs 'minirl', which is not a control"):
+        dataclasses.replace(spec, settings=(ArenaSetting("bf16", "bf16", only=("minirl",)),), control_figures=())
+    with pytest.raises(ValueError, match="unknown arena setting 'fp4'"):
+        spec.setting("fp4")
