@@ -729,3 +729,29 @@ def grad_share_figure(shares: pd.DataFrame, stem: str | Path, *, title: str, for
         ax.set_title(title)
         fig.tight_layout()
     return save(fig, stem, formats)
+
+
+def order_of_events_figure(events: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+    """Each collapsed run as a point: the step its mismatch started to climb against the step its
+    reward started to fall (:func:`drpo_sim.summaries.order_of_events`); below the diagonal, the
+    mismatch moved first. Runs without a fall step sit on the right edge at their collapse step."""
+    with paper_style():
+        fig, ax = plt.subplots(figsize=(6.4, 5.4))
+        if events.empty:
+            ax.text(0.5, 0.5, "no run collapsed", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            fall = events["fall_step"].fillna(events["collapse_step"])
+            top = float(np.nanmax([fall.max(), events["climb_step"].max(), 1.0]))
+            ax.plot([0, top], [0, top], color="0.6", lw=1, ls="--")
+            palette = sns.color_palette("colorblind", 10)
+            for k, (method, d) in enumerate(events.groupby("method", sort=False)):
+                ax.scatter(fall[d.index], d["climb_step"], color=palette[k % 10], s=40, edgecolor="k", lw=0.5,
+                           label=f"{method} ({d['precision'].iloc[0]})")
+            ax.set_xlabel("step the training reward started to fall")
+            ax.set_ylabel("step the mismatch started to climb")
+            ax.legend(loc="best", fontsize="small")
+        ax.set_title(title)
+        fig.tight_layout()
+    return save(fig, stem, formats)

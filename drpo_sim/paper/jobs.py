@@ -568,7 +568,8 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
               "collapse": dataclasses.asdict(COLLAPSE)}
     write_results(df, out / spec.data_file, config)
     write_csv(summaries.arena_summary(df), out / spec.summary_file)
-    write_csv(summaries.order_of_events(df), out / spec.events_file)
+    events = summaries.order_of_events(df)
+    write_csv(events, out / spec.events_file)
     seeds = prof.seed_list
     labels = [c.label for c in spec.contestants]
     methods = {c.label: c.objective for c in spec.contestants}
@@ -602,6 +603,11 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
                                     title=f"Where each objective's gradient goes, {spec.settings[0].title}, "
                                     "all steps and seeds")
     record(spec.grad_share_figure, files, t1)
+
+    t1 = time.perf_counter()
+    files = plots.order_of_events_figure(events, out / spec.events_figure, formats=formats,
+                                         title="The order of events in every collapsed run")
+    record(spec.events_figure, files, t1)
     return records
 
 

@@ -341,6 +341,7 @@ class ArenaSpec(_Profiled):
     )
     """Each figure of the control contestants: its name and the settings it sets side by side."""
     grad_share_figure: str = "arena_grad_share"
+    events_figure: str = "arena_order_of_events"
     data_file: str = "arena.parquet"
     summary_file: str = "sanity_summary.csv"
     events_file: str = "arena_order_of_events.csv"
@@ -367,7 +368,8 @@ class ArenaSpec(_Profiled):
 
     @property
     def figures(self) -> tuple[str, ...]:
-        return (self.sanity_figure, *(name for name, _ in self.control_figures), self.grad_share_figure)
+        return (self.sanity_figure, *(name for name, _ in self.control_figures), self.grad_share_figure,
+                self.events_figure)
 
     def setting(self, name: str) -> ArenaSetting:
         for s in self.settings:

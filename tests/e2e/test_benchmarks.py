@@ -72,7 +72,7 @@ def test_arena_benchmark_writes_its_table(tmp_path):
          "--precisions", "bf16", "--csv", str(out)],
         capture_output=True, text=True, check=True,
     )
-    assert "slower than the bare torch forward+backward" in res.stdout
+    assert "time per token of the bare torch forward+backward" in res.stdout
     table = pd.read_csv(out)
     assert list(table["phase"]) == ["rollout", "update", "bare forward", "bare forward+backward"]
     assert (table["tokens_per_s"] > 0).all() and (table["tokens"] == 2 * 32 * 64).all()

@@ -7,7 +7,7 @@ nothing may collapse; fp16; fp8), a learning rate three times lower, and a top-1
 experts with and without routing replay. The base model is the calibrated one
 (``arena_calibration.json``, fixed from statistics at initialisation before any comparison).
 
-Figures: sanity_test, arena_precision, arena_lr, arena_moe, arena_grad_share (data:
+Figures: sanity_test, arena_precision, arena_lr, arena_moe, arena_grad_share, arena_order_of_events (data:
 sanity_summary.csv, arena.parquet, arena_order_of_events.csv, arena_calibration.json).
 """
 
