@@ -724,7 +724,7 @@ def grad_share_figure(shares: pd.DataFrame, stem: str | Path, *, title: str, for
             left += shares[c].to_numpy()
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
-        ax.set_xlabel("share of sum |c_t dJ_t/dlogp_t| over the run (mu bin, sign of A)")
+        ax.set_xlabel("share of a step's sum |c_t dJ_t/dlogp_t| (mu bin, sign of A)")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize="small", frameon=False)
         ax.set_title(title)
         fig.tight_layout()

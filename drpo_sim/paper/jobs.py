@@ -561,9 +561,9 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
     world = (f"arena: 1-layer transformer (d_model {base.model.d_model}) per run, walk task V = {base.task.vocab_size},"
              f" H = {base.task.response_len}; {cfg.prompts_per_step} prompts x G = {cfg.group_size}, "
              f"{cfg.updates_per_batch} updates/step, AdamW lr {cfg.lr:g}; {prof.seeds} seeds x {prof.steps} steps")
-    config = {"profile": profile, "methods": [c.label for c in spec.contestants],
-              "objectives": {c.label: c.spec() for c in spec.contestants},
-              "summary": spec.summary_file, "events": spec.events_file,
+    config = {"profile": profile, "methods": [c.label for c in spec.contestants], "precisions": sorted(
+              {s.precision for s in spec.settings}), "lr": cfg.lr, "group_size": cfg.group_size,
+              "steps": prof.steps, "summary": spec.summary_file, "events": spec.events_file,
               "calibration": spec.calibration_file, "data": spec.data_file, "settings": [s.name for s in spec.settings],
               "collapse": dataclasses.asdict(COLLAPSE)}
     write_results(df, out / spec.data_file, config)
@@ -598,10 +598,11 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
         record(name, files, t1)
 
     t1 = time.perf_counter()
-    shares = sanity.groupby("method")[list(GRAD_SHARES)].mean().reindex(labels)
+    with_gradient = sanity[sanity[list(GRAD_SHARES)].sum(axis=1) > 0]  # steps where some advantage was not 0
+    shares = with_gradient.groupby("method")[list(GRAD_SHARES)].mean().reindex(labels)
     files = plots.grad_share_figure(shares, out / spec.grad_share_figure, formats=formats,
                                     title=f"Where each objective's gradient goes, {spec.settings[0].title}, "
-                                    "all steps and seeds")
+                                    "mean over the steps with a gradient, all seeds")
     record(spec.grad_share_figure, files, t1)
 
     t1 = time.perf_counter()

@@ -23,7 +23,7 @@ SANITY = "bf16"
 MOE_CONTROLS = ("PG-IS", "CISPO", "DPPO-Binary-TV", "DRPO (delta 12.5)")
 
 SPEC = ArenaSpec(
-    quick=ArenaProfile(steps=30, seeds=1, eval_every=5, controls=("PG-IS", "DPPO-Binary-TV")),
+    quick=ArenaProfile(steps=20, seeds=1, eval_every=5, controls=("PG-IS", "DPPO-Binary-TV")),
     full=ArenaProfile(steps=600, seeds=4, eval_every=10),
     # the calibrated knobs (drpo_sim.arena.calibration, figures/arena_calibration.json; the full
     # profile reruns the calibration and stops if it would choose others)
