@@ -62,6 +62,15 @@ VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive")
 IMAGE_FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 
 
+def check_positive_ints(config: Any, *names: str) -> None:
+    """``ValueError`` naming the first field of ``config`` among ``names`` that is not a positive
+    integer (a bool is not one): ``"WalkTask.vocab_size must be a positive integer, got 0"``."""
+    for name in names:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {v!r}")
+
+
 def check_profile(profile: str) -> str:
     """``profile`` if it is one of :data:`PROFILES`, else a ``ValueError`` naming the valid ones."""
     if profile not in PROFILES:

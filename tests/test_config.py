@@ -4,6 +4,7 @@ the checks of the declared defaults."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -172,3 +173,19 @@ def test_default_objective_lists_are_registered_objectives():
     assert config.PAPER_METHODS == ("pg_is", "grpo", "spo", "dppo_tv", "drpo")
     assert config.LAB_PRECISIONS[0] == "fp32"  # the on-policy control
     assert config.VERDICTS == ("supported", "not supported", "inconclusive")
+
+
+def test_check_positive_ints_names_the_class_and_field():
+    from dataclasses import dataclass
+
+    from drpo_sim.config import check_positive_ints
+
+    @dataclass
+    class Sizes:
+        a: object = 1
+        b: object = 2
+
+    check_positive_ints(Sizes(), "a", "b")
+    for bad in (0, -3, 1.0, True, "2", None):
+        with pytest.raises(ValueError, match=rf"^Sizes\.b must be a positive integer, got {re.escape(repr(bad))}$"):
+            check_positive_ints(Sizes(b=bad), "a", "b")

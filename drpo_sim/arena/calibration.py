@@ -131,4 +131,4 @@ def load(path: str | Path) -> BaseModelConfig:
         base = json.loads(path.read_text())["base"]
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{path}: not an arena calibration file ({e}); run `drpo-sim arena calibrate`") from None
-    return BaseModelConfig(**{**base, "model": ArenaModel(**base["model"]), "task": WalkTask(**base["task"])})
+    return BaseModelConfig.from_flat(base)

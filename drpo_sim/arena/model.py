@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from drpo_sim.config import check_positive_ints
 from drpo_sim.lm.precision import FP8_DTYPE, quantize_fp8
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
@@ -64,10 +65,7 @@ class ArenaModel:
     """0: a dense MLP; ``K >= 2``: a top-1 mixture of ``K`` experts (module docstring)."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_len", "d_model", "n_heads", "d_mlp"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ArenaModel.{name} must be a positive integer, got {v!r}")
+        check_positive_ints(self, "vocab_size", "max_len", "d_model", "n_heads", "d_mlp")
         if self.d_model % self.n_heads:
             raise ValueError(f"ArenaModel: d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if isinstance(self.n_experts, bool) or not isinstance(self.n_experts, int) or self.n_experts in (1,) \
@@ -106,7 +104,7 @@ def init_params(cfg: ArenaModel, generator: torch.Generator) -> Params:
     for name, shape in shapes(cfg).items():
         if name.endswith("_g"):
             t = torch.ones(shape)
-        elif name.endswith(("_b", "bias")) or name.startswith("b"):
+        elif name.endswith("_b") or name.startswith("b"):
             t = torch.zeros(shape)
         else:
             std = 0.02 / math.sqrt(2) if name in ("wo", "w2") else 0.02
@@ -196,6 +194,13 @@ def response_logprobs(p: Params, cfg: ArenaModel, seqs: torch.Tensor, prompt_len
     and its log-prob of each response token ``[R, B, H]`` (``seqs [R, B, P + H]``; ``routes``
     as in :func:`logits`, for the input positions ``seqs[..., :-1]``)."""
     z, _ = logits(p, cfg, seqs[..., :-1], routes)
+    return logprobs_of(z, seqs, prompt_len, temperature)
+
+
+def logprobs_of(z: torch.Tensor, seqs: torch.Tensor, prompt_len: int, temperature: float = 1.0,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`response_logprobs` from the logits ``z [R, B, P + H - 1, V]`` of ``seqs[..., :-1]``
+    (for a caller that also needs :func:`logits`' routes)."""
     lp_all = torch.log_softmax(z[:, :, prompt_len - 1:] / temperature, dim=-1)
     return lp_all, lp_all.gather(-1, seqs[..., prompt_len:, None]).squeeze(-1)
 

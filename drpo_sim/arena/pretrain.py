@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from drpo_sim.arena.model import ArenaModel, Params, init_params, logits
 from drpo_sim.arena.task import WalkTask
+from drpo_sim.config import check_positive_ints
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,7 @@ class BaseModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"BaseModelConfig.{name} must be a positive integer, got {v!r}")
+        check_positive_ints(self, "steps", "batch_size")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"BaseModelConfig.lr must be > 0, got {self.lr!r}")
         if self.model.vocab_size != self.task.vocab_size:
@@ -50,6 +48,12 @@ class BaseModelConfig:
         if self.model.max_len < self.task.seq_len:
             raise ValueError(f"the task's sequences ({self.task.seq_len} tokens) do not fit the model's "
                              f"max_len {self.model.max_len}: the model cannot represent the task")
+
+
+    @classmethod
+    def from_flat(cls, d: dict) -> BaseModelConfig:
+        """The configuration from :func:`dataclasses.asdict` of one (nested model and task as dicts)."""
+        return cls(**{**d, "model": ArenaModel(**d["model"]), "task": WalkTask(**d["task"])})
 
 
 def pretrain(config: BaseModelConfig) -> Params:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from drpo_sim.config import check_positive_ints
+
 
 @dataclass(frozen=True)
 class WalkTask:
@@ -37,10 +39,7 @@ class WalkTask:
     """Exponent of the long tail of the supervised data within each class (module docstring)."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_classes", "response_len"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"WalkTask.{name} must be a positive integer, got {v!r}")
+        check_positive_ints(self, "vocab_size", "n_classes", "response_len")
         if self.n_classes < 2 or self.vocab_size % self.n_classes or self.vocab_size == self.n_classes:
             raise ValueError(f"WalkTask: vocab_size ({self.vocab_size}) must be a multiple of n_classes "
                              f"({self.n_classes}), with at least 2 classes of at least 2 tokens each")

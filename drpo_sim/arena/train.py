@@ -58,9 +58,9 @@ from tqdm.auto import tqdm
 
 from drpo_sim import objectives, stats
 from drpo_sim.advantages import group_relative
-from drpo_sim.arena.model import PRECISIONS, ArenaModel, Engine, Params, logits, replicate, response_logprobs
+from drpo_sim.arena.model import PRECISIONS, Engine, Params, logits, logprobs_of, replicate, response_logprobs
 from drpo_sim.arena.pretrain import BaseModelConfig, pretrain
-from drpo_sim.arena.task import WalkTask
+from drpo_sim.config import check_positive_ints
 from drpo_sim.lm.mismatch import run_statistics
 from drpo_sim.lm.model import torch_threads
 
@@ -145,10 +145,8 @@ class ArenaConfig:
             raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.routing_replay and not self.base.model.moe:
             raise ValueError("routing replay needs a mixture-of-experts model (n_experts >= 2)")
-        for name in ("prompts_per_step", "group_size", "updates_per_batch", "steps", "n_eval", "eval_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ArenaConfig.{name} must be a positive integer, got {v!r}")
+        check_positive_ints(self, "prompts_per_step", "group_size", "updates_per_batch", "steps", "n_eval",
+                            "eval_every")
         if self.group_size < 2:
             raise ValueError(f"group_size must be at least 2 (group-relative advantages), got {self.group_size}")
         if (self.prompts_per_step * self.group_size) % self.updates_per_batch:
@@ -165,9 +163,7 @@ class ArenaConfig:
 
     @classmethod
     def from_flat(cls, d: dict[str, Any]) -> ArenaConfig:
-        b = dict(d["base"])
-        base = BaseModelConfig(**{**b, "model": ArenaModel(**b["model"]), "task": WalkTask(**b["task"])})
-        return cls(**{**d, "base": base})
+        return cls(**{**d, "base": BaseModelConfig.from_flat(d["base"])})
 
 
 @dataclass
@@ -274,15 +270,15 @@ def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int],
         seqs, logp_mu = roll.seqs, roll.logp
         # 3. the trainer's pi_old of the same tokens (with routing replay, on the engine's routes)
         with torch.no_grad():
-            lp_all, logp_old = response_logprobs(params, cfg, seqs, plen, temp,
-                                                 roll.routes if config.routing_replay else None)
+            z, own_routes = logits(params, cfg, seqs[..., :-1], roll.routes if config.routing_replay else None)
+            lp_all, logp_old = logprobs_of(z, seqs, plen, temp)
             entropy = -(lp_all.exp() * lp_all).sum(-1).mean(dim=(-1, -2))
-            del lp_all
+            del z, lp_all
         mask = torch.ones_like(logp_mu, dtype=torch.bool)
         row = {k: _np(v) for k, v in run_statistics(logp_old, logp_mu, mask).items() if k in ROLLOUT_MISMATCH}
         row["entropy"] = _np(entropy.double())
         row["response_len"] = _np(mask.sum(-1).double().mean(-1))
-        row["flip_rate"] = _flip_rate(params, config, seqs, roll.routes)
+        row["flip_rate"] = _flip_rate(params, config, seqs, roll.routes, None if config.routing_replay else own_routes)
         # 4. reward, group-relative advantage
         reward = task.reward(seqs)  # [R, B]
         adv = torch.from_numpy(group_relative(_np(reward.view(R, P, G).double())).reshape(R, B)).float()
@@ -322,13 +318,16 @@ def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int],
 
 
 @torch.no_grad()
-def _flip_rate(params: Params, config: ArenaConfig, seqs: torch.Tensor,
-               engine_routes: torch.Tensor | None) -> np.ndarray:
-    """Share of response-producing positions whose trainer route differs from the engine's (NaN if dense)."""
+def _flip_rate(params: Params, config: ArenaConfig, seqs: torch.Tensor, engine_routes: torch.Tensor | None,
+               own: torch.Tensor | None) -> np.ndarray:
+    """Share of response-producing positions whose trainer route differs from the engine's (NaN if
+    dense). ``own``: the trainer's own routes when its rollout-time pass already chose them (without
+    routing replay); with replay they come from one more pass without it."""
     R = seqs.shape[0]
     if engine_routes is None:
         return np.full(R, np.nan)
-    _, own = logits(params, config.base.model, seqs[..., :-1])
+    if own is None:
+        _, own = logits(params, config.base.model, seqs[..., :-1])
     plen = config.base.task.prompt_len
     return _np((own[..., plen - 1:] != engine_routes[..., plen - 1:]).double().mean(dim=(-1, -2)))
 
@@ -403,12 +402,9 @@ def _table(rows: list[dict[str, np.ndarray]], initial: np.ndarray, config: Arena
         **cols,
     })
     held = np.concatenate([initial[:, None], np.stack([r["heldout_reward"] for r in rows], axis=1)], axis=1)
-    evaluated = ~np.isnan(held)
-    evaluated[:, 0] = True
-    curves = np.where(evaluated, held, np.nan)
     flags = np.concatenate([np.zeros((R, 1), bool), np.stack([r["nonfinite"] for r in rows], axis=1)], axis=1)
-    # collapse on the evaluated points, carried forward between evaluations
-    filled = pd.DataFrame(curves.T).ffill().to_numpy().T
+    # collapse on the evaluated points (NaN between evaluations), carried forward between them
+    filled = pd.DataFrame(held.T).ffill().to_numpy().T
     df["collapsed"] = stats.collapsed(filled, flags, COLLAPSE)[:, 1:].reshape(-1)
     df["initial_heldout_reward"] = np.repeat(initial, steps)
     df["nonfinite"] = df["nonfinite"].astype(bool)
