@@ -418,11 +418,13 @@ def phase_figure(
     return save(fig, stem, formats)
 
 
-def sensitivity_figure(summary: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",)) -> list[Path]:
+def sensitivity_figure(summary: pd.DataFrame, stem: str | Path, *, title: str, formats=("png",),
+                       legend: str = "engine noise") -> list[Path]:
     """Final-reward IQM (95% interval as error bars) against each method's threshold ``delta``.
 
-    ``summary`` has ``method``, ``delta``, ``level`` (the noise setting, one line each),
-    ``final_iqm``, ``final_low``, ``final_high``; one panel per method, log-scaled ``delta``.
+    ``summary`` has ``method``, ``delta``, ``level`` (the noise setting or another condition, one
+    line each; ``legend`` titles them), ``final_iqm``, ``final_low``, ``final_high``; one panel
+    per method, log-scaled ``delta``.
     """
     methods = list(dict.fromkeys(summary["method"]))
     levels = list(dict.fromkeys(summary["level"]))
@@ -434,14 +436,14 @@ def sensitivity_figure(summary: pd.DataFrame, stem: str | Path, *, title: str, f
                 d = summary[(summary["method"] == m) & (summary["level"] == lev)].sort_values("delta")
                 err = np.vstack([d["final_iqm"] - d["final_low"], d["final_high"] - d["final_iqm"]])
                 ax.errorbar(d["delta"], d["final_iqm"], yerr=err, marker=markers[k % 4], capsize=3,
-                            color=STYLE.get(m, {}).get("color"), alpha=1.0 - 0.45 * k, label=str(lev))
+                            color=STYLE.get(m, {}).get("color"), alpha=1.0 - 0.3 * k, label=str(lev))
             ax.set_xscale("log")
             deltas = np.sort(summary.loc[summary["method"] == m, "delta"].unique())
             ax.set_xticks(deltas, [f"{v:g}" for v in deltas])
             ax.minorticks_off()
             ax.set_xlabel(f"{m} delta")
             ax.set_title(m)
-            ax.legend(title="engine noise", fontsize="small")
+            ax.legend(title=legend, fontsize="x-small", loc="best", framealpha=0.6)
         axes[0, 0].set_ylabel("final reward (IQM, 95% CI)")
         fig.suptitle(title, y=1.03)
         fig.tight_layout()

@@ -2,12 +2,16 @@
 
 One function per kind of experiment, each returning one row per group with point estimates and
 intervals over seeds: :func:`panel_summary` (settings x variants of the simulator),
-:func:`stable_region` (a phase diagram's stable cells) and :func:`lab_summary` (the tiny
-transformer lab). :mod:`drpo_sim.stats` holds the statistics themselves; this module only says
+:func:`stable_region` (a phase diagram's stable cells), :func:`lab_summary` (the tiny
+transformer lab) and :func:`arena_summary`; and :func:`seed_table`, one row per group and seed,
+the per-seed outcomes that paired comparisons and survival curves need
+(:mod:`drpo_sim.stats.compare`). :mod:`drpo_sim.stats` holds the statistics themselves; this module only says
 which statistic of which column each summary reports.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,6 +25,66 @@ STABLE_FRACTION = 0.9
 
 #: The lab's final reward of a seed: the mean held-out reward over its last this many steps.
 LAB_SUMMARY_LAST = 10
+
+
+SEED_TABLE_COLUMNS = ("seed", "final", "auc", "peak", "collapsed", "collapse_step", "end_step")
+
+
+def seed_table(df: pd.DataFrame, group: Sequence[str], *, metric: str = "expected_reward", last: int = 1,
+               rule: stats.CollapseRule = stats.CollapseRule(), at_end: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per group and seed of a tidy result table (one row per group, seed and step): the
+    ``group`` columns, then :data:`SEED_TABLE_COLUMNS`:
+
+    * ``final``: :func:`drpo_sim.stats.final_reward` of ``metric`` (mean of the ``last`` steps);
+      ``auc``: :func:`drpo_sim.stats.area_under_curve`; ``peak``: its highest value. Rows where
+      ``metric`` is NaN (the arena's held-out reward between evaluations) are left out first;
+    * ``collapsed``: the table's ``collapsed`` column at any step where it has one, otherwise
+      ``rule`` (:class:`drpo_sim.stats.CollapseRule`) on the curve and the ``nonfinite`` column;
+      ``collapse_step``: the first step counted collapsed (NaN if none), ``end_step``: the last
+      step of the run, where a run that did not collapse is censored (survival curves);
+    * each column of ``at_end`` at the last step (e.g. the mismatch ``shift_mean``), suffixed
+      ``_final``.
+
+    A seed whose curve is not finite keeps NaN ``final`` and ``auc`` and counts as collapsed.
+    """
+    group = list(group)
+    rows = []
+    for keys, g in df.groupby(group, sort=True):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        collapse_flags = (_pivot_bool(g, "collapsed") if "collapsed" in g.columns else None)
+        g_metric = g.dropna(subset=[metric]) if g[metric].isna().any() and "collapsed" in g.columns else g
+        curves = g_metric.pivot(index="seed", columns="step", values=metric).sort_index().sort_index(axis=1)
+        values = curves.to_numpy(dtype=float)
+        steps = curves.columns.to_numpy(dtype=float)
+        if collapse_flags is None:
+            nonfinite = (g.pivot(index="seed", columns="step", values="nonfinite").sort_index().sort_index(axis=1)
+                         .to_numpy(dtype=bool) if "nonfinite" in g.columns else None)
+            flags = rule.detect(values, nonfinite)
+            flag_steps = steps
+        else:
+            flags, flag_steps = collapse_flags.to_numpy(dtype=bool), collapse_flags.columns.to_numpy(dtype=float)
+        finite = np.isfinite(values).all(axis=1)
+        final = np.where(finite, stats.final_reward(values, last), np.nan)
+        auc = np.where(finite, stats.area_under_curve(values), np.nan)
+        hit = flags.any(axis=1)
+        end = g.groupby("seed")["step"].max().sort_index()
+        block = pd.DataFrame({
+            "seed": curves.index.to_numpy(), "final": final, "auc": auc, "peak": np.fmax.reduce(values, axis=1),
+            "collapsed": hit | ~finite,
+            "collapse_step": np.where(hit, flag_steps[np.argmax(flags, axis=1)], np.nan),
+            "end_step": end.to_numpy(dtype=float),
+        })
+        last_rows = g[g["step"] == g.groupby("seed")["step"].transform("max")].set_index("seed").sort_index()
+        for col in at_end:
+            block[f"{col}_final"] = last_rows[col].to_numpy(dtype=float)
+        for k, v in zip(reversed(group), reversed(keys)):
+            block.insert(0, k, v)
+        rows.append(block)
+    return pd.concat(rows, ignore_index=True)
+
+
+def _pivot_bool(g: pd.DataFrame, column: str) -> pd.DataFrame:
+    return g.pivot(index="seed", columns="step", values=column).sort_index().sort_index(axis=1).astype(bool)
 
 
 def panel_summary(df: pd.DataFrame) -> pd.DataFrame:

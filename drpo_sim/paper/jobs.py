@@ -185,6 +185,7 @@ def convergence_figures(out: str | Path, spec: ConvergenceSpec, profile: str, ru
     write_csv(pd.concat([b.assign(metric=m) for m, b in bands.items()], ignore_index=True), out / spec.data_file)
     summary = stats.summarize_runs(df, reference="pg_is", nan_policy="omit")
     write_csv(summary, out / spec.summary_file)
+    write_csv(summaries.seed_table(df, ["method"], at_end=("shift_mean",)), out / spec.seeds_file)
     o, e = cfg.offpolicy, cfg.env
     title = (
         f"Tabular task ({e.n_prompts} prompts x {e.horizon} tokens, V = {e.vocab_size}, prefix reward): "
@@ -267,6 +268,8 @@ def sensitivity_figures(out: str | Path, spec: SensitivitySpec, profile: str, ru
         level=lambda d: [f"noise {v:g}" for v in d["noise_std"]]
     )
     write_csv(summary, out / spec.data_file)
+    seeds = summaries.seed_table(df, ["method", "noise_std", "param_delta"]).rename(columns={"param_delta": "delta"})
+    write_csv(seeds, out / spec.seeds_file)
     files = plots.sensitivity_figure(
         summary, out / spec.name, formats=formats,
         title=(f"Final reward against the trust-region threshold, tabular task, staleness "
@@ -320,6 +323,7 @@ def panel_figures(out: str | Path, spec: PanelSpec, profile: str, runner: Runner
                        for m, _, _ in PANEL_METRICS], ignore_index=True)
     write_csv(bands, out / spec.data_file)
     write_csv(summaries.panel_summary(df), out / spec.summary_file)
+    write_csv(summaries.seed_table(df, ["setting", "variant", "method"], at_end=("shift_mean",)), out / spec.seeds_file)
     compute = time.perf_counter() - t0
     titles = {s.name: s.title for s in spec.settings}
     methods = {v.label: v.method for v in spec.variants}
@@ -337,6 +341,31 @@ def panel_figures(out: str | Path, spec: PanelSpec, profile: str, runner: Runner
                                     {**config, "shown": list(fig.variants)}, time.perf_counter() - t, run.seed_list))
     records[0].wall_time_s += compute
     return records
+
+
+def tuning_figures(out: str | Path, spec: PanelSpec, profile: str, runner: Runner,
+                   formats: Formats = ("png",)) -> list[FigureRecord]:
+    """A tuning run: every variant (one method at several ``delta``) in every setting, on the
+    profile's seeds (tuning seeds, apart from any comparison's); writes ``spec.summary_file``
+    (:func:`drpo_sim.summaries.panel_summary` with the variant's ``delta``) and ``spec.seeds_file``,
+    and one figure, ``spec.name``: final reward against ``delta`` per method, one line per setting."""
+    run = spec.profile(profile)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    df = panel_table(spec, profile, runner)
+    delta = {v.label: v.params["delta"] for v in spec.variants}
+    summary = summaries.panel_summary(df).assign(delta=lambda d: d["variant"].map(delta))
+    write_csv(summary, out / spec.summary_file)
+    write_csv(summaries.seed_table(df, ["setting", "variant", "method"], at_end=("shift_mean",)).assign(
+        delta=lambda d: d["variant"].map(delta)), out / spec.seeds_file)
+    titles = {s.name: s.title for s in spec.settings}
+    files = plots.sensitivity_figure(
+        summary.assign(level=summary["setting"].map(titles)), out / spec.name, formats=formats, legend="setting",
+        title=f"Tuning each penalty's delta on its own seeds ({run.seeds} seeds from {run.first_seed} x {run.steps} "
+              "steps, tabular task; claim 10)")
+    return [FigureRecord(spec.name, _names(files), spec.summary_file, "paper.jobs.panel_table", spec.describe(run),
+                         time.perf_counter() - t0, run.seed_list)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -563,11 +592,13 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
              f"{cfg.updates_per_batch} updates/step, AdamW lr {cfg.lr:g}; {prof.seeds} seeds x {prof.steps} steps")
     config = {"profile": profile, "methods": [c.label for c in spec.contestants], "precisions": sorted(
               {s.precision for s in spec.settings}), "lr": cfg.lr, "group_size": cfg.group_size,
-              "steps": prof.steps, "summary": spec.summary_file, "events": spec.events_file,
+              "steps": prof.steps, "summary": spec.summary_file, "events": spec.events_file, "seeds": spec.seeds_file,
               "calibration": spec.calibration_file, "data": spec.data_file, "settings": [s.name for s in spec.settings],
               "collapse": dataclasses.asdict(COLLAPSE)}
     write_results(df, out / spec.data_file, config)
     write_csv(summaries.arena_summary(df), out / spec.summary_file)
+    write_csv(summaries.seed_table(df, ["setting", "method", "objective", "variant", "precision", "lr"],
+                                   metric="heldout_reward", at_end=("mismatch_mean",)), out / spec.seeds_file)
     events = summaries.order_of_events(df)
     write_csv(events, out / spec.events_file)
     seeds = prof.seed_list

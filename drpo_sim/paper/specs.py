@@ -49,14 +49,16 @@ STRESS: Mapping[str, Any] = {"bias_std": 1.0, "noise_std": 0.3, "staleness": 16,
 
 @dataclass(frozen=True)
 class Profile:
-    """How long an analysis runs in one profile: optimiser ``steps`` and the number of ``seeds``."""
+    """How long an analysis runs in one profile: optimiser ``steps`` and the number of ``seeds``,
+    numbered from ``first_seed`` (a tuning run takes seeds no evaluation uses)."""
 
     steps: int
     seeds: int
+    first_seed: int = 0
 
     @property
     def seed_list(self) -> list[int]:
-        return list(range(self.seeds))
+        return list(range(self.first_seed, self.first_seed + self.seeds))
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ class _Profiled:
 
 
 class _Tables(_Profiled):
-    """Mixin: a spec whose ``name`` names its result tables, ``<name>.csv`` and ``<name>_summary.csv``."""
+    """Mixin: a spec whose ``name`` names its result tables, ``<name>.csv``, ``<name>_summary.csv``
+    and ``<name>_seeds.csv`` (one row per seed: :func:`drpo_sim.summaries.seed_table`)."""
 
     name: str
 
@@ -97,6 +100,10 @@ class _Tables(_Profiled):
     @property
     def summary_file(self) -> str:
         return f"{self.name}_summary.csv"
+
+    @property
+    def seeds_file(self) -> str:
+        return f"{self.name}_seeds.csv"
 
 
 def param_suffix(params: Mapping[str, Any]) -> str:
@@ -345,6 +352,7 @@ class ArenaSpec(_Profiled):
     data_file: str = "arena.parquet"
     summary_file: str = "sanity_summary.csv"
     events_file: str = "arena_order_of_events.csv"
+    seeds_file: str = "arena_seeds.csv"
     calibration_file: str = CALIBRATION_FILE
 
     def __post_init__(self) -> None:

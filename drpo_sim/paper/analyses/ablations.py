@@ -3,6 +3,10 @@ at delta = 0.5, where the regulariser binds (claims 8, 9, 10): no abs(A) factor 
 (Figure 4), the penalty built from the sampled token's KL, TV or K3 divergence (Figure 5), and
 DRPO's penalty only outside DPPO-TV's trust region (Figure 11).
 
+Every divergence also runs at every delta of :data:`TUNING_DELTAS`, so that claim 10 can compare
+each at the delta its own tuning run chose (:mod:`~drpo_sim.paper.analyses.divergence_tuning`,
+on other seeds) on these seeds.
+
 Figures: ablation_abs_adv, ablation_divergences, ablation_mask (data: ablations.csv, ablations_summary.csv).
 """
 
@@ -13,6 +17,13 @@ ABLATIONS = ("drpo", "drpo_no_abs_adv", "drpo_kl", "drpo_tv", "drpo_k3", "mask_d
 #: the second threshold, where the regulariser binds
 BINDING_DELTA = 0.5
 DIVERGENCES = ("drpo", "drpo_kl", "drpo_tv", "drpo_k3")
+#: the thresholds each divergence is tuned over (claim 10): the same grid, so the same budget, for each
+TUNING_DELTAS = (0.15, BINDING_DELTA, 2.5, 12.5, 50.0)
+#: the ablation settings (shared with the tuning run)
+SETTINGS = (
+    Setting("fp8_stale", "fp8-like engine, 8 updates stale", FP8_STALE),
+    Setting("stress", "engine bias 1, noise 0.3, 16 stale, lr 0.2", STRESS),
+)
 
 
 def _at(method: str) -> str:
@@ -30,13 +41,11 @@ MASK_FIGURE = PanelFigure("ablation_mask", "mask_drpo: DRPO's penalty only outsi
 SPEC = PanelSpec(
     name="ablations",
     config=TABULAR_TASK,
-    settings=(
-        Setting("fp8_stale", "fp8-like engine, 8 updates stale", FP8_STALE),
-        Setting("stress", "engine bias 1, noise 0.3, 16 stale, lr 0.2", STRESS),
-    ),
+    settings=SETTINGS,
     variants=(
         *(Variant(m) for m in ABLATIONS),
         *(Variant(m, {"delta": BINDING_DELTA}) for m in ABLATIONS),
+        *(Variant(m, {"delta": d}) for m in DIVERGENCES for d in TUNING_DELTAS if d not in (12.5, BINDING_DELTA)),
         Variant("dppo_tv"),
         Variant("pg_is"),
     ),
