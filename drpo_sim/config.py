@@ -56,7 +56,7 @@ NOISE_PRESETS: dict[str, dict[str, float | str]] = {
 PROFILES: tuple[str, ...] = ("quick", "full")
 
 #: The verdicts a claim can get (:mod:`drpo_sim.paper.claims`).
-VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive")
+VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive", "not testable here")
 
 #: Image formats a figure can be written in.
 IMAGE_FORMATS: tuple[str, ...] = ("png", "pdf", "svg")

@@ -112,7 +112,10 @@ def test_code_digest_follows_code_not_docstrings_comments_or_other_modules(tmp_p
     _edit(sim, '"""``table[row, token]``', '"""Edited: ``table[row, token]``')  # function docstring
     (root / "plots.py").write_text((root / "plots.py").read_text() + "\nX_NEW = 1\n")  # not in sim's closure
     assert digest() == base
-    _edit(root / "stats.py", "def iqm(", "IQM_NEW = 2\n\n\ndef iqm(")  # a statement in an imported module
+    # a module of a package the simulator does not import (stats.compare) is not in its closure
+    _edit(root / "stats" / "compare.py", "def holm(", "HOLM_NEW = 3\n\n\ndef holm(")
+    assert digest() == base
+    _edit(root / "stats" / "__init__.py", "def iqm(", "IQM_NEW = 2\n\n\ndef iqm(")  # a statement in an imported module
     changed = digest()
     assert changed != base
     _edit(sim, 'MODES = ("sampled", "exact")', 'MODES = ("exact", "sampled")')  # a statement of sim itself

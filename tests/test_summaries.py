@@ -19,6 +19,7 @@ from drpo_sim.summaries import (
     lab_summary,
     order_of_events,
     panel_summary,
+    seed_table,
     stable_region,
 )
 
@@ -79,6 +80,31 @@ def test_panel_summary_by_hand_on_cpu():
     # the summary is stats.summarize_runs's, with the mismatch columns beside it
     ref = stats.summarize_runs(panel_table(), group=["setting", "variant"], nan_policy="omit")
     pd.testing.assert_frame_equal(out[ref.columns], ref)
+
+
+def test_seed_table_by_hand_on_cpu():
+    t = seed_table(panel_table(), ["setting", "variant", "method"], at_end=("shift_mean",))
+    assert list(t.columns[:3]) == ["setting", "variant", "method"] and len(t) == 7
+    row = t[(t["variant"] == "drpo (delta 0.5)") & (t["seed"] == 2)].iloc[0]
+    # 0.3, 0.8, 0.2: collapsed at step 3 (below half of 0.8), final 0.2, AUC the mean, censoring at step 3
+    assert (row["final"], row["peak"], row["collapsed"], row["collapse_step"], row["end_step"]) == (
+        0.2, 0.8, True, 3, 3)
+    assert row["auc"] == pytest.approx((0.3 + 0.8 + 0.2) / 3) and row["shift_mean_final"] == 0.03
+    alive = t[(t["variant"] == "drpo (delta 0.5)") & (t["seed"] == 0)].iloc[0]
+    assert not alive["collapsed"] and np.isnan(alive["collapse_step"]) and alive["end_step"] == 3
+    # the non-finite seed: no final reward, counted as collapsed (never dropped)
+    bad = t[(t["variant"] == "grpo") & (t["seed"] == 2)].iloc[0]
+    assert np.isnan(bad["final"]) and bad["collapsed"] and bad["collapse_step"] == 3
+    # the same collapse as summarize_runs counts
+    summary = panel_summary(panel_table())
+    rates = t.groupby("variant")["collapsed"].mean()
+    assert summary.set_index("variant")["collapse_rate"].to_dict() == pytest.approx(rates.to_dict())
+    # a table's own collapsed column is used as given, and NaN rows (between evaluations) left out
+    arena_like = pd.DataFrame({"method": "m", "seed": 0, "step": [1, 2, 3, 4],
+                               "heldout_reward": [0.5, np.nan, 0.9, np.nan], "collapsed": [False, False, True, True]})
+    row = seed_table(arena_like, ["method"], metric="heldout_reward").iloc[0]
+    assert (row["final"], row["peak"], row["collapsed"]) == (0.9, 0.9, True)
+    assert (row["collapse_step"], row["end_step"]) == (3, 4)
 
 
 def test_panel_summary_keeps_settings_apart():

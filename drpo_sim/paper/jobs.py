@@ -33,6 +33,7 @@ from drpo_sim.paper.specs import (
     PhaseSpec,
     ReplaySpec,
     SensitivitySpec,
+    TuningSpec,
 )
 from drpo_sim.results import write_results
 from drpo_sim.run import lab, sweep
@@ -280,7 +281,7 @@ def sensitivity_figures(out: str | Path, spec: SensitivitySpec, profile: str, ru
                          time.perf_counter() - t0, list(sw.seeds))]
 
 
-def panel_cells(spec: PanelSpec, profile: str) -> list[Cell]:
+def panel_cells(spec: PanelSpec | TuningSpec, profile: str) -> list[Cell]:
     """One ``sim`` cell per setting and variant, all on the profile's seeds."""
     run = spec.profile(profile)
     cells = []
@@ -292,7 +293,7 @@ def panel_cells(spec: PanelSpec, profile: str) -> list[Cell]:
     return cells
 
 
-def panel_table(spec: PanelSpec, profile: str, runner: Runner) -> pd.DataFrame:
+def panel_table(spec: PanelSpec | TuningSpec, profile: str, runner: Runner) -> pd.DataFrame:
     """Every variant trained in every setting on the same seeds; one tidy table with columns
     ``setting`` and ``variant`` added to :func:`drpo_sim.sim.simulate`'s."""
     cells = panel_cells(spec, profile)
@@ -343,7 +344,7 @@ def panel_figures(out: str | Path, spec: PanelSpec, profile: str, runner: Runner
     return records
 
 
-def tuning_figures(out: str | Path, spec: PanelSpec, profile: str, runner: Runner,
+def tuning_figures(out: str | Path, spec: TuningSpec, profile: str, runner: Runner,
                    formats: Formats = ("png",)) -> list[FigureRecord]:
     """A tuning run: every variant (one method at several ``delta``) in every setting, on the
     profile's seeds (tuning seeds, apart from any comparison's); writes ``spec.summary_file``
@@ -361,10 +362,10 @@ def tuning_figures(out: str | Path, spec: PanelSpec, profile: str, runner: Runne
         delta=lambda d: d["variant"].map(delta)), out / spec.seeds_file)
     titles = {s.name: s.title for s in spec.settings}
     files = plots.sensitivity_figure(
-        summary.assign(level=summary["setting"].map(titles)), out / spec.name, formats=formats, legend="setting",
+        summary.assign(level=summary["setting"].map(titles)), out / spec.figure, formats=formats, legend="setting",
         title=f"Tuning each penalty's delta on its own seeds ({run.seeds} seeds from {run.first_seed} x {run.steps} "
               "steps, tabular task; claim 10)")
-    return [FigureRecord(spec.name, _names(files), spec.summary_file, "paper.jobs.panel_table", spec.describe(run),
+    return [FigureRecord(spec.figure, _names(files), spec.summary_file, "paper.jobs.panel_table", spec.describe(run),
                          time.perf_counter() - t0, run.seed_list)]
 
 
@@ -679,7 +680,7 @@ def planned_cells(spec: object, profile: str, out: str | Path) -> list[Cell]:
     """The cells the job of ``spec`` will ask its runner for, costliest first (none for the specs
     whose jobs train nothing), so a driver can hand them to the runner early
     (:meth:`~drpo_sim.run.executor.Runner.prefetch`). Built by the same functions the jobs use."""
-    if isinstance(spec, PanelSpec):
+    if isinstance(spec, (PanelSpec, TuningSpec)):
         cells = panel_cells(spec, profile)
     elif isinstance(spec, ConvergenceSpec):
         cells = convergence_cells(spec, profile)

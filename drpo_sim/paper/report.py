@@ -196,13 +196,45 @@ def _summary(ctx: _Context) -> str:
         name = f"[{n}]({_anchor(n, statement)})"
         claim = by_number.get(n)
         if claim is None:
-            rows.append([name, short, "not tested", "not tested in this run"])
+            rows.append([name, short, "not tested", "-", "not tested in this run"])
         else:
-            rows.append([name, short, f"**{claim['verdict']}**", claim["reason"]])
+            rows.append([name, short, f"**{claim['verdict']}**", _tested_in(claim), claim["reason"]])
     intro = ("The claims of the project's reference (`docs/reference.md`, \"Claims the toolkit tests\"), each "
-             "put to a test by `drpo_sim.paper.claims` (supported, not supported or inconclusive, with the reason "
-             "measured).")
-    return "\n\n".join(["## Summary", intro, _table(["Claim", "Statement (short)", "Verdict", "Why"], rows)])
+             "put to a test by `drpo_sim.paper.claims`: supported, not supported, inconclusive (neither a "
+             "difference nor an equivalence is shown), or not testable here (the world it ran in lacks the "
+             "mechanism the claim is about), with the reason measured and the world and profile it comes from.")
+    return "\n\n".join(["## Summary", intro,
+                         _table(["Claim", "Statement (short)", "Verdict", "Tested in", "Why"], rows)])
+
+
+def _tested_in(claim: dict) -> str:
+    """Where a verdict comes from: the world and the run's profile (older claim files: unknown)."""
+    world = claim.get("world")
+    if not world:
+        return "not recorded"
+    profile = claim.get("profile")
+    return f"{world} ({profile} profile)" if profile and profile != "unknown" else world
+
+
+def _how_this_claim_was_tested(claim: dict) -> str:
+    """One paragraph: the world and profile, the test, its margin and level, seeds and cells, the
+    corrected p-value, and for "not testable here" the mechanisms the world lacks."""
+    if "test" not in claim:
+        return "This claim file does not record how the claim was tested (it predates those fields)."
+    parts = [f"**Tested in** the {_tested_in(claim)}, with {claim['test']}"]
+    if claim.get("margin") is not None:
+        parts.append(f"equivalence margin {format_number(claim['margin'])} (declared before the run)")
+    if claim.get("confidence") is not None:
+        parts.append(f"intervals at {format_percent(claim['confidence'])}")
+    if claim.get("n_seeds"):
+        cells = claim.get("n_cells") or 0
+        parts.append(f"{claim['n_seeds']} seeds" + (f", {cells} {'cell' if cells == 1 else 'cells'}" if cells else ""))
+    if claim.get("p_value") is not None:
+        parts.append(f"decisive corrected p-value {format_number(claim['p_value'])}")
+    text = "; ".join(parts) + "."
+    if claim.get("needs"):
+        text += " It needs: " + ", ".join(f"`{m}`" for m in claim["needs"]) + "."
+    return text
 
 
 def objectives_table(names: Sequence[str] = REPLAY_OBJECTIVES, *, sources: bool = False) -> str:
@@ -444,10 +476,15 @@ def _how_tested(ctx: _Context) -> str:
          "any comparison (`docs/arena.md`)."),
         ("**Token-log replay.** Any token log (the simulator's, the lab's, or a real training dump) is replayed "
          "through every objective's weight, token by token, to see what each would mask, attenuate or correct."),
-        ("**Statistics.** A method's result is the interquartile mean (IQM) over seeds, with a stratified "
-         "bootstrap confidence interval (runs resampled within each method); two methods differ measurably when "
-         "their intervals do not overlap."
-         + _confidence_sentence(ctx)),
+        ("**Statistics.** The figures and summaries show a method's interquartile mean (IQM) over seeds with a "
+         "stratified bootstrap interval (runs resampled within each method)."
+         + _confidence_sentence(ctx)
+         + " The verdicts use other rules (`drpo_sim.stats.compare`), since every method runs on the same seeds: "
+         "paired per-seed differences with a sign-flip permutation test and a paired bootstrap interval, Holm's "
+         "correction over each claim's cells, an equivalence test (TOST) within a margin declared before the run "
+         "wherever a claim says two methods are alike, and, for stability, collapse rates with exact intervals "
+         "and the log-rank test of time to collapse (a trimmed mean would drop exactly the seeds that collapse). "
+         "A claim also declares the mechanism it needs; a world without it gives \"not testable here\"."),
         "The jobs of this run, with their configurations as recorded in `MANIFEST.json`:",
     ]
     rows = [[", ".join(f"`{f}`" for f in g["figures"]), f"`{g['job']}`", _describe_seeds(g["seeds"]),
@@ -471,6 +508,7 @@ def _claim_section(ctx: _Context, number: int) -> str:
                      + ("." if statement else "; its statement is in `docs/reference.md`."))
         return "\n\n".join(parts)
     parts.append(f"**Verdict: {claim['verdict']}.** Why: {claim['reason']}.")
+    parts.append(_how_this_claim_was_tested(claim))
     parts += [ctx.figure(name) for name in claim.get("figures", [])]
     numbers = claim["numbers"]
     if numbers:

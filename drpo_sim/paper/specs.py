@@ -8,12 +8,16 @@ not exist is an import error, not a surprise at the end of an hour-long run.
 
 The conditions several analyses share are declared here once: the tabular task of the simulation
 figures and the engines (:data:`BF16`, :data:`FP8`, :data:`FP8_STALE`, :data:`STRESS`).
+
+So are the *worlds* (:class:`World`): each declares the mechanisms (:data:`MECHANISMS`) it has,
+every spec names the world it runs in, and a claim that needs a mechanism its world lacks gets
+the verdict "not testable here" (:mod:`drpo_sim.paper.claims`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +25,51 @@ from drpo_sim.arena.calibration import CALIBRATION_FILE
 from drpo_sim.arena.pretrain import BaseModelConfig
 from drpo_sim.arena.train import ArenaConfig, Contestant
 from drpo_sim.config import LAB_OBJECTIVES, LAB_PRECISIONS, NOISE_PRESETS, check_profile
+
+# ----------------------------------------------------------------------------------------------
+# worlds and their mechanisms
+
+#: What a world can have that a claim may need, by name.
+MECHANISMS: Mapping[str, str] = {
+    "mismatch": "an engine whose probabilities mu differ from the trainer's pi",
+    "policy_dependent_mismatch": "an engine mismatch that depends on where the parameters are (a second "
+                                 "numerical pass over the trainer's own weights), so training can make it grow",
+    "advantage_spread": "advantages whose size is varied on purpose across prompts (mixed reward scales)",
+    "seeds": "independent runs on shared seeds",
+}
+
+
+@dataclass(frozen=True)
+class World:
+    """Where a claim is tested: a name, a description, and the :data:`MECHANISMS` it has."""
+
+    name: str
+    description: str
+    mechanisms: frozenset[str]
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.mechanisms) - set(MECHANISMS))
+        if unknown:
+            raise ValueError(f"world {self.name}: unknown mechanisms {unknown}; known: {sorted(MECHANISMS)}")
+
+    def lacks(self, needs: Sequence[str]) -> list[str]:
+        """The mechanisms of ``needs`` this world does not have (unknown names are an error)."""
+        unknown = sorted(set(needs) - set(MECHANISMS))
+        if unknown:
+            raise ValueError(f"unknown mechanisms {unknown}; known: {sorted(MECHANISMS)}")
+        return [m for m in needs if m not in self.mechanisms]
+
+
+#: The objectives' closed forms, evaluated exactly: no training, no seeds.
+REGISTRY = World("registry", "the objectives' closed forms, evaluated exactly", frozenset())
+#: The simulator: the engine's error is injected (noise, bias, rounding of the logits, staleness),
+#: so it does not follow the policy anywhere the parameters go.
+SIMULATOR = World("simulator", "tabular tasks; engine error injected into the logits, stale rollouts",
+                  frozenset({"mismatch", "seeds"}))
+#: The arena: the engine is a reduced-precision pass over the trainer's own parameters.
+ARENA = World("arena", "1-layer transformers; the engine a bf16/fp16/fp8 pass over the trainer's own weights",
+              frozenset({"mismatch", "policy_dependent_mismatch", "seeds"}))
+
 
 # ----------------------------------------------------------------------------------------------
 # shared conditions
@@ -193,6 +242,7 @@ class ConvergenceSpec(_Tables):
     config: Mapping[str, Any]
     quick: Profile
     full: Profile
+    world: World = SIMULATOR
 
 
 @dataclass(frozen=True)
@@ -211,6 +261,7 @@ class PanelSpec(_Tables):
     figures: tuple[PanelFigure, ...]
     quick: Profile
     full: Profile
+    world: World = SIMULATOR
 
     def __post_init__(self) -> None:
         labels = [v.label for v in self.variants]
@@ -246,6 +297,36 @@ class PanelSpec(_Tables):
 
 
 @dataclass(frozen=True)
+class TuningSpec(_Tables):
+    """A tuning run: each method at every threshold ``delta`` of one grid (the same budget for
+    each), in several settings, on seeds of its own (``first_seed`` of its profiles); its figure
+    is ``name``."""
+
+    name: str
+    config: Mapping[str, Any]
+    settings: tuple[Setting, ...]
+    methods: tuple[str, ...]
+    deltas: tuple[float, ...]
+    quick: Profile
+    full: Profile
+    world: World = SIMULATOR
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        return tuple(Variant(m, {"delta": d}) for m in self.methods for d in self.deltas)
+
+    @property
+    def figure(self) -> str:
+        return self.name
+
+    def describe(self, profile: Profile) -> dict[str, Any]:
+        """The spec as the manifest records it."""
+        return {"config": dict(self.config),
+                "settings": {s.name: {"title": s.title, **s.fields} for s in self.settings},
+                "methods": list(self.methods), "deltas": list(self.deltas), **dataclasses.asdict(profile)}
+
+
+@dataclass(frozen=True)
 class PhaseSpec(_Tables):
     """A grid of engine noise x staleness (from the profile) for several methods."""
 
@@ -254,6 +335,7 @@ class PhaseSpec(_Tables):
     quick: GridProfile
     full: GridProfile
     name: str = "phase_diagram"
+    world: World = SIMULATOR
 
 
 @dataclass(frozen=True)
@@ -267,6 +349,7 @@ class SensitivitySpec(_Tables):
     quick: Profile
     full: Profile
     name: str = "threshold_sensitivity"
+    world: World = SIMULATOR
 
 
 @dataclass(frozen=True)
@@ -278,6 +361,7 @@ class ReplaySpec(_Profiled):
     quick: Profile
     full: Profile
     prefix: str = "replay_sim_"
+    world: World = SIMULATOR
 
     def file(self, table: str) -> str:
         """The name of one of the replay's tables: ``regions_by_mu.csv``, ``objectives.csv``, ``replay.json``."""
@@ -354,6 +438,7 @@ class ArenaSpec(_Profiled):
     events_file: str = "arena_order_of_events.csv"
     seeds_file: str = "arena_seeds.csv"
     calibration_file: str = CALIBRATION_FILE
+    world: World = ARENA
 
     def __post_init__(self) -> None:
         labels = [c.label for c in self.contestants]

@@ -20,7 +20,9 @@ from drpo_sim.paper.analyses import (
     ORDER,
     ablations,
     anchor,
+    arena,
     convergence,
+    divergence_tuning,
     replay_sim,
     settings,
     thresholds,
@@ -35,6 +37,7 @@ from drpo_sim.paper.specs import (
     PhaseSpec,
     ReplaySpec,
     SensitivitySpec,
+    TuningSpec,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +52,7 @@ def figures_of(spec) -> list[str]:
     """The figures an analysis's spec draws."""
     if isinstance(spec, PanelSpec):
         return [f.name for f in spec.figures]
-    if isinstance(spec, (ConvergenceSpec, PhaseSpec, SensitivitySpec)):
+    if isinstance(spec, (ConvergenceSpec, PhaseSpec, SensitivitySpec, TuningSpec)):
         return [spec.name]
     if isinstance(spec, GeometrySpec):
         return [spec.weight_figure, spec.ablations_figure, spec.plane_figure, spec.delta_range_figure]
@@ -67,7 +70,7 @@ def figures_of(spec) -> list[str]:
 
 def files_of(spec) -> set[str]:
     """The data and summary files an analysis's spec writes."""
-    names = {getattr(spec, attr) for attr in ("data_file", "summary_file") if hasattr(spec, attr)}
+    names = {getattr(spec, attr) for attr in ("data_file", "summary_file", "seeds_file") if hasattr(spec, attr)}
     if isinstance(spec, GeometrySpec):
         names |= {spec.weight_file, spec.plane_file, spec.delta_range_file, spec.delta_curves_file}
     if isinstance(spec, FlowSpec):
@@ -83,7 +86,7 @@ def files_of(spec) -> set[str]:
 
 def test_the_analyses_run_in_their_order():
     assert list(ORDER) == ["weight_table", "fixed_points", "convergence", "settings", "phase", "thresholds",
-                           "ablations", "anchor", "replay_sim", "tiny_lm", "arena"]
+                           "divergence_tuning", "ablations", "anchor", "replay_sim", "tiny_lm", "arena"]
     assert all(module.__name__ == f"drpo_sim.paper.analyses.{name}" for name, module in ORDER.items())
 
 
@@ -112,7 +115,7 @@ def test_every_result_file_a_claim_reads_is_written_by_some_analysis():
     for number, names in claims.CLAIM_FILES.items():
         for f in names:
             assert f in written, f"claim {number} reads {f}, which no analysis's spec declares"
-    assert claims.CLAIM_FILES[7] == (thresholds.SPEC.data_file,)
+    assert claims.CLAIM_FILES[7] == (thresholds.SPEC.seeds_file,)
     assert written["threshold_sensitivity.csv"] == "thresholds"
     assert written[claims.CLAIM_FILES[5][0]] == "replay_sim"
     assert written[claims.CLAIM_FILES[12][0]] == "convergence"
@@ -123,23 +126,27 @@ def _default(function, parameter: str):
 
 
 def test_the_labels_the_claims_default_to_exist_in_the_specs():
-    # claim 4: the methods without a trust region, the negative-only mask and the stress setting
-    anchor_labels = {v.label for v in anchor.SPEC.variants}
+    # claim 4: the arena's contestants without a trust region, and the trust region
+    arena_labels = {c.label for c in arena.SPEC.contestants}
+    assert set(_default(claims.claim_4, "free")) | {_default(claims.claim_4, "trust_region")} <= arena_labels
+    assert arena.SPEC.setting(_default(claims.claim_4, "setting"))
+    # claim 6: DRPO at the paper's delta and at DPPO-TV's, against DPPO-TV
     settings_labels = {v.label for v in settings.SPEC.variants}
-    free = set(_default(claims.claim_4, "free"))
-    assert free <= anchor_labels and free & settings_labels  # the six settings run pg_is, not cispo
-    assert _default(claims.claim_4, "neg_only") in anchor_labels
-    assert anchor.SPEC.setting(_default(claims.claim_4, "stress"))
-    # claim 6: DRPO at DPPO-TV's delta and at the paper's, against DPPO-TV
-    assert set(_default(claims.claim_6, "drpo")) | {_default(claims.claim_6, "dppo")} <= settings_labels
-    # claims 8, 9, 10: each ablation at the paper's threshold and at the binding delta
+    assert {_default(claims.claim_6, k) for k in ("drpo_paper", "drpo_same", "dppo")} <= settings_labels
+    # claims 8, 9: each ablation at the paper's threshold and at the binding delta; claim 10: every
+    # divergence at every delta its tuning run may choose
     ablation_labels = {v.label for v in ablations.SPEC.variants}
-    for claim in (claims.claim_8, claims.claim_9, claims.claim_10):
-        delta = _default(claim, "delta")
-        assert delta == ablations.BINDING_DELTA
-        for method in ("drpo", "drpo_no_abs_adv", "mask_drpo", *_default(claims.claim_10, "others")):
-            assert ablations.SPEC.label(method) in ablation_labels
-            assert ablations.SPEC.label(method, delta=delta) in ablation_labels
+    for claim in (claims.claim_8, claims.claim_9):
+        assert _default(claim, "deltas") == (12.5, ablations.BINDING_DELTA)
+    for method in ("drpo", "drpo_no_abs_adv", "mask_drpo"):
+        for delta in (12.5, ablations.BINDING_DELTA):
+            assert claims._ablation_label(method, delta) in ablation_labels
+    for method in ablations.DIVERGENCES:
+        for delta in divergence_tuning.SPEC.deltas:
+            assert claims._ablation_label(method, delta) in ablation_labels
+    assert set(_default(claims.claim_10, "others")) <= set(divergence_tuning.SPEC.methods)
+    assert divergence_tuning.SPEC.settings == ablations.SPEC.settings
+    assert not set(divergence_tuning.SPEC.full.seed_list) & set(ablations.SPEC.full.seed_list)
     # claim 11: both anchors of each condition are settings of the anchor analysis
     for _, rollout, recompute in anchor.PAIRS:
         assert anchor.SPEC.setting(rollout.name) == rollout and anchor.SPEC.setting(recompute.name) == recompute

@@ -1,5 +1,5 @@
 """The claim tests (drpo_sim.paper.claims): the geometric claims hold; claim 5 reads a replay table; the
-others read the analyses' summaries, with each verdict made to flip; the verdict table."""
+others read the analyses' per-seed tables, with each rule made to flip; the verdict table."""
 
 import json
 import re
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drpo_sim import analysis
+from drpo_sim import analysis, stats
 from drpo_sim.paper import claims
 from drpo_sim.tokens import TokenBatch
 
@@ -68,175 +68,250 @@ def test_claim_5_verdicts_follow_the_log_on_cpu(tmp_path):
         claims.ClaimResult(1, "maybe", "", {})
 
 
-def sensitivity_table(dppo_high_needs_more=True, drpo_flat=True):
-    rows = []
-    for noise, level in ((0.1, "noise 0.1"), (1.0, "noise 1")):
-        for d in (0.05, 0.15, 0.6):
-            good = d >= (0.6 if (noise == 1.0 and dppo_high_needs_more) else 0.15)
-            iqm = 0.8 if good else 0.5
-            rows.append(dict(method="dppo_tv", noise_std=noise, level=level, delta=d, final_iqm=iqm,
-                             final_low=iqm - 0.02, final_high=iqm + 0.02))
-        for d in (2.5, 12.5):
-            iqm = 0.8 if (drpo_flat or d == 12.5) else 0.6
-            rows.append(dict(method="drpo", noise_std=noise, level=level, delta=d, final_iqm=iqm,
-                             final_low=iqm - 0.02, final_high=iqm + 0.02))
-    return pd.DataFrame(rows)
-
-
-def test_claim_7_verdicts_on_cpu():
-    c = claims.claim_7(sensitivity_table())
-    assert c.verdict == "supported"
-    assert c.numbers["dppo_tv_smallest_near_best_delta_noise0.1"] == 0.15
-    assert c.numbers["dppo_tv_smallest_near_best_delta_noise1"] == 0.6
-    assert claims.claim_7(sensitivity_table(dppo_high_needs_more=False)).verdict == "not supported"
-    assert claims.claim_7(sensitivity_table(drpo_flat=False)).verdict == "not supported"
-
-
-def test_claim_12_verdicts_on_cpu():
-    def summary(drpo_iqm, p):
-        return pd.DataFrame([
-            dict(method="pg_is", n_seeds=24, final_iqm=0.9, final_low=0.88, final_high=0.92, p_improve=np.nan,
-                 p_improve_low=np.nan, p_improve_high=np.nan),
-            dict(method="drpo", n_seeds=24, final_iqm=drpo_iqm, final_low=drpo_iqm - 0.02, final_high=drpo_iqm + 0.02,
-                 p_improve=p, p_improve_low=p - 0.15, p_improve_high=p + 0.15),
-        ])
-    assert claims.claim_12(summary(0.89, 0.45)).verdict == "not supported"
-    assert claims.claim_12(summary(0.80, 0.10)).verdict == "supported"
-    assert claims.claim_12(summary(0.89, 0.80)).verdict == "supported"  # P(improve) interval excludes 0.5
-
-
 # ------------------------------------------------------------------------------------------------
-# claims read off panel summaries (drpo_sim.summaries.panel_summary): synthetic tables where each verdict flips
+# claims read off per-seed tables (drpo_sim.summaries.seed_table): synthetic tables where each rule flips
+
+N_SEEDS = 12
+_RNG = np.random.default_rng(7)
+#: what every method shares on a seed (common random numbers): a large seed-to-seed spread
+SEED_EFFECT = _RNG.normal(0.0, 0.1, N_SEEDS)
+#: small run-to-run noise, the same draw for every table so the verdicts do not depend on luck
+RUN_NOISE = _RNG.normal(0.0, 0.003, (64, N_SEEDS))
 
 
-def panel(rows: dict[tuple[str, str], float], *, width: float = 0.02, collapse: dict | None = None,
-          shift: dict | None = None, auc: dict | None = None) -> pd.DataFrame:
-    """A panel summary: final reward ``rows[(setting, variant)]`` with an interval of +-width;
-    AUC, final mismatch and collapse rate from the optional dicts (defaults: the reward, 0.01, 0)."""
-    out = []
-    for (setting, variant), v in rows.items():
-        a = (auc or {}).get((setting, variant), v)
-        s = (shift or {}).get((setting, variant), 0.01)
-        out.append(dict(setting=setting, variant=variant, method=variant.split(" ")[0], n_seeds=8,
-                        final_iqm=v, final_low=v - width, final_high=v + width,
-                        auc_iqm=a, auc_low=a - width, auc_high=a + width,
-                        collapse_rate=(collapse or {}).get((setting, variant), 0.0),
-                        shift_final_iqm=s, shift_final_low=s * 0.9, shift_final_high=s * 1.1,
-                        shift_peak=0.05, reward_peak=v, kept_of_peak=1.0))
-    return pd.DataFrame(out)
+def seed_rows(keys: dict, value: float, k: int = 0, **extra) -> list[dict]:
+    """One group's per-seed rows: ``final`` and ``auc`` = value + the seed's shared effect + a
+    little noise (draw ``k``); other columns from ``extra`` (scalars or per-seed arrays)."""
+    v = value + SEED_EFFECT + RUN_NOISE[k % len(RUN_NOISE)]
+    rows = []
+    for i in range(N_SEEDS):
+        row = {**keys, "seed": i, "final": v[i], "auc": v[i], "peak": v[i], "collapsed": False,
+               "collapse_step": np.nan, "end_step": 200.0, "shift_mean_final": 0.01}
+        row.update({c: (x[i] if np.ndim(x) else x) for c, x in extra.items()})
+        rows.append(row)
+    return rows
+
+
+def test_paired_rules_beat_overlapping_intervals_on_cpu():
+    # a consistent +0.03 on every seed, under a seed-to-seed spread of 0.1: the unpaired intervals overlap,
+    # the paired test sees it
+    rows = pd.DataFrame(seed_rows({"method": "drpo"}, 0.63, 1) + seed_rows({"method": "pg_is"}, 0.60, 2))
+    _, low, _ = stats.bootstrap_ci(rows.loc[rows["method"] == "drpo", "final"].to_numpy())
+    _, _, high = stats.bootstrap_ci(rows.loc[rows["method"] == "pg_is", "final"].to_numpy())
+    assert low < high  # the old rule: overlapping intervals, no difference
+    c = claims.claim_12(rows, margin=0.01)
+    assert c.verdict == "supported" and c.p_value < 0.01
+    assert c.numbers["drpo_minus_pg_is_final_diff"] == pytest.approx(0.03, abs=0.003)
+
+
+def test_claim_12_is_an_equivalence_test_on_cpu():
+    same = pd.DataFrame(seed_rows({"method": "drpo"}, 0.6, 1) + seed_rows({"method": "pg_is"}, 0.6, 2))
+    c = claims.claim_12(same)
+    assert c.verdict == "not supported" and "equivalent within the margin" in c.reason
+    assert c.margin == claims.REWARD_MARGIN and c.n_seeds == N_SEEDS and c.world == "simulator"
+    # the margin decides: a 0.03 difference is equivalent within 0.05, a measured difference within 0.01
+    diff = pd.DataFrame(seed_rows({"method": "drpo"}, 0.63, 1) + seed_rows({"method": "pg_is"}, 0.60, 2))
+    assert claims.claim_12(diff, margin=0.05).verdict == "not supported"
+    assert claims.claim_12(diff, margin=0.01).verdict == "supported"
+    # too noisy to tell either way
+    noisy = same.copy()
+    noisy.loc[noisy["method"] == "drpo", "final"] += np.resize([0.3, -0.3], N_SEEDS)
+    assert claims.claim_12(noisy).verdict == "inconclusive"
+    # a paired test needs shared seeds
+    with pytest.raises(ValueError, match="different seeds"):
+        claims.claim_12(same[~((same["method"] == "drpo") & (same["seed"] == 0))])
 
 
 SETTINGS = ("bf16", "fp8_rollout", "stale")
 
 
-def test_claim_6_compares_speed_at_the_same_threshold_on_cpu():
-    def table(delta015_auc):
-        rows = {}
-        for s in SETTINGS:
-            rows.update({(s, "dppo_tv"): 0.5, (s, "drpo"): 0.5, (s, "drpo (delta 0.15)"): 0.5})
-        return panel(rows, auc={(s, "drpo (delta 0.15)"): delta015_auc[i] for i, s in enumerate(SETTINGS)})
-    c = claims.claim_6(table([0.6, 0.6, 0.5]))
+def settings_seeds(paper: list[float], same: list[float]) -> pd.DataFrame:
+    """DPPO-TV at AUC 0.5 in each setting; DRPO (12.5) and DRPO (0.15) at the given AUCs."""
+    rows = []
+    for i, s in enumerate(SETTINGS):
+        rows += seed_rows({"setting": s, "variant": "dppo_tv", "method": "dppo_tv"}, 0.5, 3 * i)
+        rows += seed_rows({"setting": s, "variant": "drpo", "method": "drpo"}, paper[i], 3 * i + 1)
+        rows += seed_rows({"setting": s, "variant": "drpo (delta 0.15)", "method": "drpo"}, same[i], 3 * i + 2)
+    return pd.DataFrame(rows)
+
+
+def test_claim_6_at_the_papers_thresholds_and_at_equal_delta_on_cpu():
+    c = claims.claim_6(settings_seeds([0.6, 0.6, 0.5], [0.4, 0.4, 0.4]))
+    assert c.verdict == "supported" and c.numbers["paper_faster"] == 2 and c.numbers["same_delta_slower"] == 3
+    assert "equal delta" in c.reason and c.n_cells == 3
+    assert claims.claim_6(settings_seeds([0.6, 0.5, 0.4], [0.5] * 3)).verdict == "inconclusive"
+    slower = claims.claim_6(settings_seeds([0.5, 0.4, 0.5], [0.5] * 3))
+    assert slower.verdict == "not supported" and "slower in 1 (fp8_rollout)" in slower.reason
+    # no difference anywhere: "not supported" only because equivalence is shown, else inconclusive
+    assert claims.claim_6(settings_seeds([0.5] * 3, [0.5] * 3)).verdict == "not supported"
+    assert claims.claim_6(settings_seeds([0.5] * 3, [0.5] * 3), margin=0.001).verdict == "inconclusive"
+
+
+def sensitivity_seeds(dppo_best: tuple[float, float], needed: tuple[float, float], drpo_gap: float = 0.0,
+                      grid=(0.05, 0.15, 0.3, 0.6, 1.0)) -> pd.DataFrame:
+    """DPPO-TV at two noise levels: 0.8 at ``best``, 0.79 from ``needed`` up, 0.5 below; DRPO at 2.5
+    and 12.5, apart by ``drpo_gap``."""
+    rows, k = [], 0
+    for noise, best, need in zip((0.1, 1.0), dppo_best, needed):
+        for d in grid:
+            v = 0.8 if d == best else (0.79 if d >= need else 0.5)
+            rows += seed_rows({"method": "dppo_tv", "noise_std": noise, "delta": d}, v, k)
+            k += 1
+        for d in (2.5, 12.5):
+            gap = drpo_gap if d == 2.5 else 0.0
+            rows += seed_rows({"method": "drpo", "noise_std": noise, "delta": d}, 0.8 + gap, k)
+            k += 1
+    return pd.DataFrame(rows)
+
+
+def test_claim_7_verdicts_on_cpu():
+    c = claims.claim_7(sensitivity_seeds((0.3, 0.6), (0.15, 0.6)))
     assert c.verdict == "supported"
-    assert c.numbers["same_geometry_faster"] == 2 and c.numbers["same_geometry_slower"] == 0
-    assert claims.claim_6(table([0.6, 0.5, 0.4])).verdict == "inconclusive"
-    c = claims.claim_6(table([0.5, 0.4, 0.5]))
-    assert c.verdict == "not supported" and "slower in 1 (fp8_rollout)" in c.reason
+    assert c.numbers["dppo_tv_smallest_near_best_delta_noise_0.1"] == 0.15
+    assert c.numbers["dppo_tv_smallest_near_best_delta_noise_1"] == 0.6
+    assert claims.claim_7(sensitivity_seeds((0.3, 0.3), (0.15, 0.15))).verdict == "not supported"
+    assert claims.claim_7(sensitivity_seeds((0.3, 0.6), (0.15, 0.6), drpo_gap=-0.2)).verdict == "not supported"
+    # the best at an end of the grid (1: no mask at all) cannot be placed
+    edge = claims.claim_7(sensitivity_seeds((0.3, 1.0), (0.15, 0.6)))
+    assert edge.verdict == "inconclusive" and "end of the grid (delta 1 at noise 1)" in edge.reason
 
 
 ABLATED = ("drpo", "drpo_no_abs_adv", "drpo_kl", "drpo_tv", "drpo_k3", "mask_drpo")
+TUNED = (0.15, 0.5, 2.5, 12.5, 50.0)
 
 
-def ablation_table(changes: dict[str, float], collapse: dict | None = None) -> pd.DataFrame:
-    rows = {}
+def ablation_seeds(changes: dict[str, float]) -> pd.DataFrame:
+    """Every ablation at 0.7 in both settings and at every delta, unless ``changes["setting:label"]``."""
+    rows, k = [], 0
     for s in ("fp8_stale", "stress"):
         for v in ABLATED:
-            for sfx in ("", " (delta 0.5)"):
-                rows[(s, v + sfx)] = 0.7 + changes.get(f"{s}:{v}{sfx}", 0.0)
-    return panel(rows, collapse=collapse)
+            for d in TUNED:
+                label = v if d == 12.5 else f"{v} (delta {d:g})"
+                value = 0.7 + changes.get(f"{s}:{label}", 0)
+                rows += seed_rows({"setting": s, "variant": label, "method": v}, value, k)
+                k += 1
+    return pd.DataFrame(rows)
 
 
-def test_ablation_claims_verdicts_on_cpu():
-    same = ablation_table({})
-    assert claims.claim_8(same).verdict == "not supported"
-    assert claims.claim_9(same).verdict == "supported"
-    assert claims.claim_10(same).verdict == "not supported"
-    c8 = claims.claim_8(ablation_table({"stress:drpo_no_abs_adv (delta 0.5)": -0.2}))
-    assert c8.verdict == "supported" and c8.numbers["worse"] == 1 and "stress (delta 0.5)" in c8.reason
-    mixed = ablation_table({"stress:drpo_no_abs_adv": -0.2, "fp8_stale:drpo_no_abs_adv": 0.2})
-    assert claims.claim_8(mixed).verdict == "inconclusive"
-    # more collapses count as worse even where the rewards' intervals overlap
-    collapsing = ablation_table({}, collapse={("stress", "drpo_no_abs_adv"): 0.25})
-    assert claims.claim_8(collapsing).verdict == "supported"
-    # named by its cell, delta included, and counted once
-    c8 = claims.claim_8(ablation_table({"stress:drpo_no_abs_adv (delta 0.5)": -0.2},
-                                       collapse={("stress", "drpo_no_abs_adv (delta 0.5)"): 0.25}))
-    assert c8.numbers["worse"] == 1 and "(stress (delta 0.5))" in c8.reason
-    assert claims.claim_9(ablation_table({"fp8_stale:mask_drpo": 0.1})).verdict == "not supported"
-    worse_all = {f"stress:{m}": -0.2 for m in ("drpo_kl", "drpo_tv", "drpo_k3")}
-    assert claims.claim_10(ablation_table(worse_all)).verdict == "supported"
-    assert claims.claim_10(ablation_table({"stress:drpo_kl": -0.2})).verdict == "inconclusive"  # TV, K3 never worse
+def tuning_summary(best: dict[str, float]) -> pd.DataFrame:
+    """The tuning run: each divergence's final IQM peaks at ``best[method]`` (default 12.5)."""
+    rows = []
+    for s in ("fp8_stale", "stress"):
+        for m in ("drpo", "drpo_kl", "drpo_tv", "drpo_k3"):
+            for d in TUNED:
+                rows.append(dict(setting=s, method=m, variant=f"{m} (delta {d:g})", delta=d,
+                                 final_iqm=0.8 if d == best.get(m, 12.5) else 0.6))
+    return pd.DataFrame(rows)
 
 
-def anchor_table(recompute_shift: float, neg_collapse: float = 0.0, free_collapse: float = 0.0) -> pd.DataFrame:
-    rows, shift, collapse = {}, {}, {}
+def test_claim_8_is_not_testable_without_a_spread_of_advantages_on_cpu():
+    c = claims.claim_8(ablation_seeds({"stress:drpo_no_abs_adv (delta 0.5)": -0.2}))
+    assert c.verdict == "not testable here" and "lacks advantage_spread" in c.reason
+    assert "lower in 1 (stress delta 0.5)" in c.reason and c.needs[1] == "advantage_spread"
+
+
+def test_claim_9_is_an_equivalence_test_on_cpu():
+    assert claims.claim_9(ablation_seeds({})).verdict == "supported"
+    c = claims.claim_9(ablation_seeds({"fp8_stale:mask_drpo": 0.1}))
+    assert c.verdict == "not supported" and "(fp8_stale delta 12.5)" in c.reason
+    # a difference inside the margin is still equivalence
+    assert claims.claim_9(ablation_seeds({"fp8_stale:mask_drpo": 0.02})).verdict == "supported"
+    # no difference measured, but none shown equivalent: inconclusive (absence of evidence)
+    assert claims.claim_9(ablation_seeds({}), margin=0.0005).verdict == "inconclusive"
+
+
+def test_claim_10_compares_each_penalty_at_its_tuned_delta_on_cpu():
+    assert claims.claim_10(tuning_summary({}), ablation_seeds({})).verdict == "not supported"
+    worse = {f"stress:{m}": -0.2 for m in ("drpo_kl", "drpo_tv", "drpo_k3")}
+    assert claims.claim_10(tuning_summary({}), ablation_seeds(worse)).verdict == "supported"
+    assert claims.claim_10(tuning_summary({}), ablation_seeds({"stress:drpo_kl": -0.2})).verdict == "inconclusive"
+    # the same table, but KL tuned to 2.5, where it does as well as DRPO: no longer worse there
+    kl_bad_at_default = {**worse, "stress:drpo_kl (delta 2.5)": 0.0}
+    c = claims.claim_10(tuning_summary({"drpo_kl": 2.5}), ablation_seeds(kl_bad_at_default))
+    assert c.verdict == "inconclusive" and c.numbers["drpo_kl_stress_tuned_delta"] == 2.5
+    assert "tuned at an end of the grid" not in c.reason
+    assert "drpo_tv 50 in stress" in claims.claim_10(tuning_summary({"drpo_tv": 50.0}), ablation_seeds({})).reason
+
+
+def anchor_seeds(recompute_shift: float) -> pd.DataFrame:
+    rows, k = [], 0
     for base in ("fp8_stale", "stress"):
         for anchor in ("rollout", "recompute"):
             for v in ("pg_is", "cispo", "dppo_tv (A<0 only)", "drpo"):
-                rows[(f"{base}_{anchor}", v)] = 0.6
-                shift[(f"{base}_{anchor}", v)] = recompute_shift if anchor == "recompute" else 0.01
-    collapse[("stress_rollout", "pg_is")] = free_collapse
-    collapse[("stress_rollout", "dppo_tv (A<0 only)")] = neg_collapse
-    return panel(rows, shift=shift, collapse=collapse)
+                shift = recompute_shift if anchor == "recompute" else 0.01
+                rows += seed_rows({"setting": f"{base}_{anchor}", "variant": v, "method": v.split(" ")[0]}, 0.6, k,
+                                  shift_mean_final=shift + 0.001 * RUN_NOISE[k] / 0.003)
+                k += 1
+    return pd.DataFrame(rows)
 
 
-def test_claim_11_compares_the_final_mismatch_of_the_two_anchors_on_cpu():
-    c = claims.claim_11(anchor_table(0.03))
-    assert c.verdict == "supported" and c.numbers["more_mismatch"] == c.numbers["pairs"] == 8
-    assert claims.claim_11(anchor_table(0.01)).verdict == "not supported"
-    assert claims.claim_11(anchor_table(0.005)).verdict == "not supported"
+def test_claim_11_is_not_testable_in_the_simulator_on_cpu():
+    c = claims.claim_11(anchor_seeds(0.03))
+    assert c.verdict == "not testable here" and "lacks policy_dependent_mismatch" in c.reason
+    assert "final mismatch is higher in 8" in c.reason and c.n_cells == 8
+    assert "higher in 0" in claims.claim_11(anchor_seeds(0.005)).reason
 
 
-def test_claim_4_needs_a_collapse_without_trust_region_on_cpu():
-    settings = panel({(s, "pg_is"): 0.8 for s in SETTINGS})
-    c = claims.claim_4(settings, anchor_table(0.01))
-    assert c.verdict == "not supported" and c.numbers["free_collapse_rate_max"] == 0
-    assert claims.claim_4(settings, anchor_table(0.01, free_collapse=0.5)).verdict == "supported"
-    assert claims.claim_4(settings, anchor_table(0.01, free_collapse=0.5, neg_collapse=0.5)).verdict == "inconclusive"
+def arena_seeds(peak: float, free_collapse: int, tr_collapse: int, when: float = 100.0) -> pd.DataFrame:
+    rows = []
+    for m, k in (("PG-IS", free_collapse), ("CISPO", free_collapse), ("DPPO-Binary-TV", tr_collapse),
+                 ("DRPO (delta 12.5)", 0)):
+        hit = np.arange(N_SEEDS) < k
+        rows += seed_rows({"setting": "bf16", "method": m}, 0.5, 0, peak=peak, collapsed=hit,
+                          collapse_step=np.where(hit, when, np.nan), end_step=600.0)
+    return pd.DataFrame(rows)
+
+
+def test_claim_4_needs_the_saturated_phase_and_tests_collapse_on_cpu():
+    c = claims.claim_4(arena_seeds(0.6, 0, 0))
+    assert c.verdict == "not testable here" and "never reach the saturated phase" in c.reason
+    assert c.world == "arena" and c.numbers["best_median_peak_heldout"] == 0.6
+    assert claims.claim_4(arena_seeds(0.95, 0, 0)).verdict == "not supported"
+    c = claims.claim_4(arena_seeds(0.95, 8, 0))
+    assert c.verdict == "supported" and c.numbers["PG_IS_collapse_rate"] == pytest.approx(8 / 12)
+    assert c.numbers["PG_IS_collapse_low"] > 0.3 and c.numbers["PG_IS_logrank_p_holm"] < 0.05
+    assert claims.claim_4(arena_seeds(0.95, 2, 0)).verdict == "inconclusive"  # too few to tell
+    assert claims.claim_4(arena_seeds(0.95, 8, 8)).verdict == "not supported"
 
 
 def test_claims_from_results_names_a_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="settings_summary.csv"):
+    with pytest.raises(FileNotFoundError, match="arena_seeds.csv"):
         claims.claims_from_results(tmp_path)
 
 
 def test_the_table_parameters_are_named_after_their_analyses_on_cpu():
-    settings = panel({(s, "pg_is"): 0.8 for s in SETTINGS})
-    assert claims.claim_4(settings_table=settings, anchor_table=anchor_table(0.01, free_collapse=0.5)).verdict == \
-        "supported"
-    rows = {}
-    for s in SETTINGS:
-        rows.update({(s, "dppo_tv"): 0.5, (s, "drpo"): 0.5, (s, "drpo (delta 0.15)"): 0.5})
-    assert claims.claim_6(settings_table=panel(rows)).verdict == "not supported"
-    for claim in (claims.claim_8, claims.claim_9, claims.claim_10):
-        assert claim(ablation_table=ablation_table({})).number == int(claim.__name__.split("_")[1])
-    assert claims.claim_11(anchor_table=anchor_table(0.03)).verdict == "supported"
+    assert claims.claim_4(arena_seeds=arena_seeds(0.6, 0, 0)).number == 4
+    assert claims.claim_6(settings_seeds=settings_seeds([0.5] * 3, [0.5] * 3)).number == 6
+    assert claims.claim_7(sensitivity_seeds=sensitivity_seeds((0.3, 0.6), (0.15, 0.6))).number == 7
+    for claim in (claims.claim_8, claims.claim_9):
+        assert claim(ablation_seeds=ablation_seeds({})).number == int(claim.__name__.split("_")[1])
+    assert claims.claim_10(tuning_summary=tuning_summary({}), ablation_seeds=ablation_seeds({})).number == 10
+    assert claims.claim_11(anchor_seeds=anchor_seeds(0.03)).number == 11
 
 
 def test_write_and_load_claims_round_trip(tmp_path):
-    results = [claims.claim_2(vocab_sizes=(8,), trials=2), claims.claim_12(pd.DataFrame([
-        dict(method="pg_is", n_seeds=4, final_iqm=0.9, final_low=0.88, final_high=0.92, p_improve=np.nan,
-             p_improve_low=np.nan, p_improve_high=np.nan),
-        dict(method="drpo", n_seeds=4, final_iqm=0.8, final_low=0.78, final_high=0.82, p_improve=0.1,
-             p_improve_low=0.0, p_improve_high=0.2)]))]
+    results = [claims.claim_2(vocab_sizes=(8,), trials=2), claims.claim_12(pd.DataFrame(
+        seed_rows({"method": "drpo"}, 0.5, 1) + seed_rows({"method": "pg_is"}, 0.6, 2)))]
+    results[1].profile = "quick"
     claims.write_claims(results, tmp_path / claims.CLAIMS_FILE)
     loaded = claims.load_claims(tmp_path)
     assert [c["number"] for c in loaded] == [2, 12] and loaded[1]["verdict"] == "supported"
     assert loaded[0]["statement"] == claims.STATEMENTS[2] and loaded[1]["figures"] == ["convergence_fp8_stale"]
+    assert loaded[1]["world"] == "simulator" and loaded[1]["profile"] == "quick" and loaded[1]["n_seeds"] == N_SEEDS
+    assert loaded[0]["world"] == "registry" and loaded[0]["p_value"] is None
     (tmp_path / claims.CLAIMS_FILE).write_text(json.dumps(loaded + [loaded[0]]))
     with pytest.raises(ValueError, match="claims.json: claim 2: appears twice"):
         claims.load_claims(tmp_path)
+    (tmp_path / claims.CLAIMS_FILE).write_text(json.dumps([{**loaded[0], "n_seeds": "many"}]))
+    with pytest.raises(ValueError, match="claim 2: 'n_seeds' has the wrong type"):
+        claims.load_claims(tmp_path)
+    # a file written before the testing fields existed still loads
+    old = [{k: v for k, v in c.items() if k not in claims.TESTED_FIELDS} for c in loaded]
+    (tmp_path / claims.CLAIMS_FILE).write_text(json.dumps(old))
+    assert [c["number"] for c in claims.load_claims(tmp_path)] == [2, 12]
     with pytest.raises(FileNotFoundError, match="claims.json: not found"):
         claims.load_claims(tmp_path / "nowhere")
+
 
 
 OURS = [{"number": 2, "verdict": "supported"}, {"number": 1, "verdict": "not supported"},
@@ -260,7 +335,7 @@ def test_verdict_table_beside_a_reference_marks_disagreements():
     agree = lines[0].index("agree")
     rows = {int(line.split()[0]): line for line in lines[1:-1]}
     assert list(rows) == [1, 2, 3]
-    assert rows[1][agree:] == "yes" and "not supported  not supported" in rows[1]
+    assert rows[1][agree:] == "yes" and re.search("not supported +not supported", rows[1])
     assert rows[2][agree:] == "NO" and re.search(r"supported\s+inconclusive\s+NO$", rows[2])
     assert rows[3][agree:] == "NO" and re.search(r"inconclusive\s+not tested\s+NO$", rows[3])  # not in the reference
     assert lines[-1] == "1 of 3 verdicts agree"

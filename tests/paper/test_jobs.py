@@ -30,6 +30,7 @@ from drpo_sim.paper.specs import (
     PhaseSpec,
     Profile,
     Setting,
+    TuningSpec,
     Variant,
 )
 from drpo_sim.run import lab
@@ -94,6 +95,11 @@ def test_panel_figures_draw_write_their_tables_and_resume_from_the_store(panel, 
     assert records[0].config["shown"] == ["drpo", "drpo (delta 0.15)"] and records[0].wall_time_s > 0
     assert (out / "tiny.csv").is_file() and (out / "tiny_summary.csv").is_file()
     assert (runner.last.ran, runner.last.skipped) == (4, 0)
+    # one row per setting, variant and seed: what the claims' paired tests read
+    seeds = pd.read_csv(out / PANEL.seeds_file)
+    assert len(seeds) == 2 * 2 * 3 and set(seeds["seed"]) == {0, 1, 2}
+    pd.testing.assert_frame_equal(seeds, summaries.seed_table(panel, ["setting", "variant", "method"],
+                                                              at_end=("shift_mean",)), check_dtype=False, rtol=1e-7)
     # the summary of exactly the panel's table (written to 8 significant digits)
     pd.testing.assert_frame_equal(pd.read_csv(out / "tiny_summary.csv"), summaries.panel_summary(panel),
                                   check_dtype=False, rtol=1e-7)
@@ -106,6 +112,23 @@ def test_panel_figures_draw_write_their_tables_and_resume_from_the_store(panel, 
     jobs.panel_figures(out, PANEL, "quick", rerun)
     assert (rerun.last.ran, rerun.last.skipped, rerun.last.total) == (0, 4, 4)
     assert {f: (out / f).read_bytes() for f in before} == before
+
+
+def test_tuning_figures_run_every_delta_on_seeds_of_their_own(tmp_path):
+    spec = TuningSpec(name="tiny_tuning", config=TINY, settings=PANEL.settings, methods=("drpo", "drpo_kl"),
+                      deltas=(0.5, 12.5), quick=Profile(steps=4, seeds=2, first_seed=100),
+                      full=Profile(steps=4, seeds=2, first_seed=100))
+    assert [v.label for v in spec.variants] == ["drpo (delta 0.5)", "drpo (delta 12.5)", "drpo_kl (delta 0.5)",
+                                                "drpo_kl (delta 12.5)"]
+    assert jobs.planned_cells(spec, "quick", tmp_path) and all(c.spec["seeds"] == [100, 101]
+                                                          for c in jobs.planned_cells(spec, "quick", tmp_path))
+    records = jobs.tuning_figures(tmp_path, spec, "quick", Runner(n_jobs=1))
+    assert [r.figure for r in records] == ["tiny_tuning"] and records[0].seeds == [100, 101]
+    assert_real_image(tmp_path / "tiny_tuning.png")
+    summary = pd.read_csv(tmp_path / spec.summary_file)
+    assert len(summary) == 2 * 4 and set(summary["delta"]) == {0.5, 12.5}
+    seeds = pd.read_csv(tmp_path / spec.seeds_file)
+    assert set(seeds["seed"]) == {100, 101} and set(seeds["delta"]) == {0.5, 12.5}
 
 
 def test_convergence_figures_on_a_tiny_spec(tmp_path):

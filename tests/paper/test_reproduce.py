@@ -78,7 +78,7 @@ def test_the_cheap_analyses_run_one_at_a_time_and_merge_into_the_manifest(tmp_pa
 
 
 def test_the_claims_on_an_empty_directory_name_the_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"claim 4 reads .*settings_summary\.csv.*which does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"claim 4 reads .*arena_seeds\.csv.*which does not exist"):
         rp.reproduce(tmp_path, only=["claims"], progress=False)
     assert not (tmp_path / "claims.json").exists() and not (tmp_path / "MANIFEST.json").exists()
 

@@ -21,6 +21,9 @@ from drpo_sim.paper.specs import ArenaProfile, ArenaSetting, ArenaSpec
 MINIRL = "MiniRL"
 SANITY = "bf16"
 MOE_CONTROLS = ("PG-IS", "CISPO", "DPPO-Binary-TV", "DRPO (delta 12.5)")
+#: claim 4: the contestants without a trust region, and the trust region they are held against
+FREE = ("PG-IS", "CISPO")
+TRUST_REGION = "DPPO-Binary-TV"
 
 SPEC = ArenaSpec(
     quick=ArenaProfile(steps=20, seeds=1, eval_every=5, controls=("PG-IS", "DPPO-Binary-TV")),

@@ -13,17 +13,17 @@ Figure: divergence_tuning (data: divergence_tuning_summary.csv, divergence_tunin
 
 from drpo_sim.paper import jobs
 from drpo_sim.paper.analyses.ablations import DIVERGENCES, SETTINGS, TUNING_DELTAS
-from drpo_sim.paper.specs import TABULAR_TASK, PanelSpec, Profile, Variant
+from drpo_sim.paper.specs import TABULAR_TASK, Profile, TuningSpec
 
 #: the tuning runs' seeds start here, far from the evaluation seeds (0, 1, ...)
 FIRST_SEED = 1000
 
-SPEC = PanelSpec(
+SPEC = TuningSpec(
     name="divergence_tuning",
     config=TABULAR_TASK,
     settings=SETTINGS,
-    variants=tuple(Variant(m, {"delta": d}) for m in DIVERGENCES for d in TUNING_DELTAS),
-    figures=(),
+    methods=DIVERGENCES,
+    deltas=TUNING_DELTAS,
     quick=Profile(steps=120, seeds=3, first_seed=FIRST_SEED),
     full=Profile(steps=200, seeds=8, first_seed=FIRST_SEED),
 )
