@@ -8,7 +8,7 @@ PROFILE ?= quick
 
 .PHONY: reproduce test setup setup-test browser bench clean
 
-reproduce: setup          ## set up, then the quick profile into results/quick/, verdicts beside the committed run's (PROFILE=full: regenerate figures/ and paper/, about an hour)
+reproduce: setup          ## set up, then the quick profile into results/quick/, verdicts beside the committed run's (PROFILE=full: regenerate figures/ and paper/, about 2.5 hours)
 	$(VENV)/bin/drpo-sim reproduce --$(PROFILE)
 
 test: setup-test browser  ## set up (with the test tools), then lint (ruff, import layers) and run the whole test suite

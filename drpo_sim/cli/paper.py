@@ -47,7 +47,7 @@ def configure_reproduce(p: argparse.ArgumentParser) -> None:
     group.add_argument("--quick", dest="profile", action="store_const", const="quick",
                        help="the fast profile (default): minutes on 2 cores, into its own folder")
     group.add_argument("--full", dest="profile", action="store_const", const="full",
-                       help="the full profile: enough seeds to separate the methods (about an hour on 2 cores); "
+                       help="the full profile: enough seeds to separate the methods (about 2.5 hours on 2 cores); "
                        "regenerates the committed figures/ and paper/")
     p.add_argument("--out", help=f"output directory (default: {DEFAULT_OUT['quick']} for --quick, "
                    f"{DEFAULT_OUT['full']} for --full)")

@@ -617,7 +617,7 @@ def _reproduce(ctx: _Context) -> str:
         "## Reproduce",
         "From a checkout, with Python and the package registries only:",
         ("```sh\n"
-         "make reproduce PROFILE=full   # set up .venv, then regenerate figures/ and this page (about an hour)\n"
+         "make reproduce PROFILE=full   # set up .venv, then regenerate figures/ and this page (two and a half hours)\n"
          "drpo-sim reproduce --full     # the same with an installed package; --quick for a first result in minutes\n"
          "```"),
         "and this page from the results:",
