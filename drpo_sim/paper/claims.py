@@ -561,7 +561,8 @@ def claim_6(settings_seeds: pd.DataFrame | str | Path, *, drpo_paper: str = sett
     Verdict (at the papers' thresholds; :func:`_directional`): supported when DRPO is measured
     faster in at least half the settings and slower in none; not supported when it is measured
     slower somewhere and faster nowhere, or equivalent (TOST within ``margin``) everywhere;
-    inconclusive otherwise. The equal-delta family is reported beside it.
+    inconclusive otherwise. The equal-delta family is reported beside it. A difference can be both
+    measured and equivalent (real, but smaller than the margin).
     """
     seeds, name = _table(settings_seeds)
     names = list(dict.fromkeys(seeds["setting"]))
@@ -580,9 +581,9 @@ def claim_6(settings_seeds: pd.DataFrame | str | Path, *, drpo_paper: str = sett
     for label, drpo in (("paper", drpo_paper), ("same_delta", drpo_same)):
         above, below, same = _split(fams[label])
         which = "the papers' thresholds" if label == "paper" else "equal delta"
-        parts.append(f"{drpo} against {dppo} ({which}): "
-                     f"faster in {len(above)}{_listing(above)}, slower in {len(below)}{_listing(below)}, "
-                     f"equivalent in {len(same)} of {len(names)} settings")
+        parts.append(f"{drpo} against {dppo} ({which}): measured faster in {len(above)}{_listing(above)} and "
+                     f"slower in {len(below)}{_listing(below)} of {len(names)} settings, equivalent within "
+                     f"{margin:g} in {len(same)}")
     return ClaimResult(6, verdict, "; ".join(parts), numbers, [name or "settings seeds"], [settings.FIGURE.name],
                        world=settings.SPEC.world.name, test=_paired_test(margin, "AUC"), confidence=CONFIDENCE,
                        margin=margin, n_seeds=_n_seeds(fams["paper"]), n_cells=len(names),
