@@ -514,7 +514,9 @@ def claim_4(arena_seeds: pd.DataFrame | str | Path, *, setting: str = arena.SANI
             "not testable here",
             f"the arena has the policy-dependent mismatch, but its runs never reach the saturated phase where the "
             f"published collapses happen: the best median peak held-out reward ({best}) is {peaks.max():.3f}, below "
-            f"{SATURATION:g}", numbers, test="collapse needs a saturated phase first")
+            f"{SATURATION:g}", numbers,
+            test=f"first whether the runs reach the saturated phase (median peak held-out reward >= {SATURATION:g}); "
+                 "only then collapse rates, log-rank and McNemar tests")
     ps = {}
     for m in (*free, trust_region):
         d = t[t["method"] == m]

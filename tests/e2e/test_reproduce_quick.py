@@ -14,6 +14,7 @@ from figure_checks import assert_real_image
 
 import drpo_sim
 from drpo_sim import cli
+from drpo_sim.config import VERDICTS
 from drpo_sim.paper import report
 from drpo_sim.paper.analyses import ORDER, weight_table
 from drpo_sim.paper.numbers import check_numbers
@@ -92,7 +93,9 @@ def test_reproduce_quick_runs_every_analysis_and_writes_the_report(quick):
     # every claim has a verdict, with its figures drawn
     claims = json.loads((out / "claims.json").read_text())
     assert len(claims) == 12 and [c["number"] for c in claims] == list(range(1, 13))
-    assert {c["verdict"] for c in claims} <= {"supported", "not supported", "inconclusive"}
+    assert {c["verdict"] for c in claims} <= set(VERDICTS)
+    # each verdict says where it comes from: the world, the quick profile
+    assert all(c["world"] and c["profile"] == "quick" for c in claims)
     assert claims[0]["verdict"] == claims[1]["verdict"] == claims[2]["verdict"] == "supported"  # exact math
     for c in claims:
         assert c["numbers"] and c["reason"], c["number"]
