@@ -677,6 +677,17 @@ def _ablation_pairs(seeds: pd.DataFrame, variant: str, base: str,
     return pairs
 
 
+def _ablation_family(seeds: pd.DataFrame, variant: str, base: str, deltas: Sequence[float],
+                     margin: float) -> tuple[dict[str, _Cell], dict[str, float]]:
+    """``variant`` against ``base`` on the ablations' seeds, per cell (:func:`_ablation_pairs`), as
+    a family (:func:`_family`), and its numbers, named ``<variant>_vs_<base>_<cell>``."""
+    cells = _family(_ablation_pairs(seeds, variant, base, deltas), margin)
+    numbers: dict[str, float] = {}
+    for k, c in cells.items():
+        _record(numbers, f"{variant}_vs_{base}_{k}", c)
+    return cells, numbers
+
+
 def claim_8(ablation_seeds: pd.DataFrame | str | Path, *, deltas: Sequence[float] = (12.5, ablations.BINDING_DELTA),
             margin: float = REWARD_MARGIN) -> ClaimResult:
     """Claim 8 needs advantages whose spread is varied on purpose (``advantage_spread``); no world
@@ -686,11 +697,8 @@ def claim_8(ablation_seeds: pd.DataFrame | str | Path, *, deltas: Sequence[float
     here, a penalty several times stronger that also pulls tokens with ``A`` near 0 toward ``mu``.
     """
     seeds, name = _table(ablation_seeds)
-    # drpo minus the ablation: "above" is the ablation doing worse, the claim's direction
-    cells = _family(_ablation_pairs(seeds, "drpo", "drpo_no_abs_adv", deltas), margin)
-    numbers: dict[str, float] = {}
-    for k, c in cells.items():
-        _record(numbers, f"drpo_minus_no_abs_adv_{k}", c)
+    # drpo against the ablation: "above" is the ablation doing worse, the claim's direction
+    cells, numbers = _ablation_family(seeds, "drpo", "drpo_no_abs_adv", deltas, margin)
     worse, better, same = _split(cells)
     world = ablations.SPEC.world
     missing = world.lacks(DESIGN[8])
@@ -716,10 +724,7 @@ def claim_9(ablation_seeds: pd.DataFrame | str | Path, *, deltas: Sequence[float
     inconclusive otherwise (too few seeds to tell).
     """
     seeds, name = _table(ablation_seeds)
-    cells = _family(_ablation_pairs(seeds, "mask_drpo", "drpo", deltas), margin)
-    numbers: dict[str, float] = {}
-    for k, c in cells.items():
-        _record(numbers, f"mask_drpo_vs_drpo_{k}", c)
+    cells, numbers = _ablation_family(seeds, "mask_drpo", "drpo", deltas, margin)
     above, below, same = _split(cells)
     beyond = [k for k in above + below if k not in same]
     verdict = "supported" if len(same) == len(cells) else ("not supported" if beyond else "inconclusive")
