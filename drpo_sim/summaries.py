@@ -36,8 +36,9 @@ def seed_table(df: pd.DataFrame, group: Sequence[str], *, metric: str = "expecte
     ``group`` columns, then :data:`SEED_TABLE_COLUMNS`:
 
     * ``final``: :func:`drpo_sim.stats.final_reward` of ``metric`` (mean of the ``last`` steps);
-      ``auc``: :func:`drpo_sim.stats.area_under_curve`; ``peak``: its highest value. Rows where
-      ``metric`` is NaN (the arena's held-out reward between evaluations) are left out first;
+      ``auc``: :func:`drpo_sim.stats.area_under_curve`; ``peak``: its highest value. In a table
+      with its own ``collapsed`` column, rows where ``metric`` is NaN (the arena's held-out reward
+      between evaluations) are left out first; elsewhere a NaN makes the seed's curve not finite;
     * ``collapsed``: the table's ``collapsed`` column at any step where it has one, otherwise
       ``rule`` (:class:`drpo_sim.stats.CollapseRule`) on the curve and the ``nonfinite`` column;
       ``collapse_step``: the first step counted collapsed (NaN if none), ``end_step``: the last
