@@ -52,40 +52,33 @@ def seed_table(df: pd.DataFrame, group: Sequence[str], *, metric: str = "expecte
     rows = []
     for keys, g in df.groupby(group, sort=True):
         keys = keys if isinstance(keys, tuple) else (keys,)
-        collapse_flags = (_pivot_bool(g, "collapsed") if "collapsed" in g.columns else None)
-        g_metric = g.dropna(subset=[metric]) if g[metric].isna().any() and "collapsed" in g.columns else g
-        curves = g_metric.pivot(index="seed", columns="step", values=metric).sort_index().sort_index(axis=1)
+        own_flags = "collapsed" in g.columns
+        curves = stats._pivot(g.dropna(subset=[metric]) if own_flags else g, metric)
         values = curves.to_numpy(dtype=float)
-        steps = curves.columns.to_numpy(dtype=float)
-        if collapse_flags is None:
-            nonfinite = (g.pivot(index="seed", columns="step", values="nonfinite").sort_index().sort_index(axis=1)
-                         .to_numpy(dtype=bool) if "nonfinite" in g.columns else None)
-            flags = rule.detect(values, nonfinite)
-            flag_steps = steps
+        if own_flags:
+            table = stats._pivot(g, "collapsed")
+            flags, flag_steps = table.to_numpy(dtype=bool), table.columns.to_numpy(dtype=float)
         else:
-            flags, flag_steps = collapse_flags.to_numpy(dtype=bool), collapse_flags.columns.to_numpy(dtype=float)
+            nonfinite = stats._pivot(g, "nonfinite").to_numpy(dtype=bool) if "nonfinite" in g.columns else None
+            flags, flag_steps = rule.detect(values, nonfinite), curves.columns.to_numpy(dtype=float)
         finite = np.isfinite(values).all(axis=1)
-        final = np.where(finite, stats.final_reward(values, last), np.nan)
-        auc = np.where(finite, stats.area_under_curve(values), np.nan)
         hit = flags.any(axis=1)
-        end = g.groupby("seed")["step"].max().sort_index()
+        last_rows = g[g["step"] == g.groupby("seed")["step"].transform("max")].set_index("seed").sort_index()
         block = pd.DataFrame({
-            "seed": curves.index.to_numpy(), "final": final, "auc": auc, "peak": np.fmax.reduce(values, axis=1),
+            "seed": curves.index.to_numpy(),
+            "final": np.where(finite, stats.final_reward(values, last), np.nan),
+            "auc": np.where(finite, stats.area_under_curve(values), np.nan),
+            "peak": np.fmax.reduce(values, axis=1),
             "collapsed": hit | ~finite,
             "collapse_step": np.where(hit, flag_steps[np.argmax(flags, axis=1)], np.nan),
-            "end_step": end.to_numpy(dtype=float),
+            "end_step": last_rows["step"].to_numpy(dtype=float),
         })
-        last_rows = g[g["step"] == g.groupby("seed")["step"].transform("max")].set_index("seed").sort_index()
         for col in at_end:
             block[f"{col}_final"] = last_rows[col].to_numpy(dtype=float)
         for k, v in zip(reversed(group), reversed(keys)):
             block.insert(0, k, v)
         rows.append(block)
     return pd.concat(rows, ignore_index=True)
-
-
-def _pivot_bool(g: pd.DataFrame, column: str) -> pd.DataFrame:
-    return g.pivot(index="seed", columns="step", values=column).sort_index().sort_index(axis=1).astype(bool)
 
 
 def panel_summary(df: pd.DataFrame) -> pd.DataFrame:

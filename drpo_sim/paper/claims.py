@@ -524,12 +524,13 @@ def claim_4(arena_seeds: pd.DataFrame | str | Path, *, setting: str = arena.SANI
         rate, lo, hi = stats.clopper_pearson_ci(k, len(d), CONFIDENCE)
         numbers[_key(m, "collapse_rate")], numbers[_key(m, "collapse_low")], numbers[_key(m, "collapse_high")] = (
             rate, lo, hi)
-    ref = t[t["method"] == trust_region]
+    def time_to_collapse(d: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Each seed's collapse step, or its last step (censored), and whether it collapsed."""
+        return np.where(d["collapsed"], d["collapse_step"], d["end_step"]), d["collapsed"].to_numpy(bool)
+
+    ref = time_to_collapse(t[t["method"] == trust_region])
     for m in free:
-        d = t[t["method"] == m]
-        time = np.where(d["collapsed"], d["collapse_step"], d["end_step"])
-        ref_time = np.where(ref["collapsed"], ref["collapse_step"], ref["end_step"])
-        ps[m] = compare.logrank_test(time, d["collapsed"].to_numpy(bool), ref_time, ref["collapsed"].to_numpy(bool))
+        ps[m] = compare.logrank_test(*time_to_collapse(t[t["method"] == m]), *ref)
         x, y = _aligned(t.assign(c=t["collapsed"].astype(float)), {"method": m}, {"method": trust_region}, "c",
                         "claim 4")
         b, c, p_mc = compare.mcnemar_test(x > 0, y > 0)

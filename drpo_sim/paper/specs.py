@@ -185,6 +185,11 @@ class Setting:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _describe_settings(settings: Sequence[Setting]) -> dict[str, dict[str, Any]]:
+    """Settings as a manifest records them: name -> title and the fields they change."""
+    return {s.name: {"title": s.title, **s.fields} for s in settings}
+
+
 @dataclass(frozen=True)
 class PanelFigure:
     """One figure of a panel experiment: those variants, one column per setting shown."""
@@ -291,7 +296,7 @@ class PanelSpec(_Tables):
     def describe(self, profile: Profile) -> dict[str, Any]:
         """The spec as the manifest records it."""
         return {"config": dict(self.config),
-                "settings": {s.name: {"title": s.title, **s.fields} for s in self.settings},
+                "settings": _describe_settings(self.settings),
                 "variants": {v.label: [v.method, dict(v.params)] for v in self.variants},
                 "methods": sorted({v.method for v in self.variants}), **dataclasses.asdict(profile)}
 
@@ -322,7 +327,7 @@ class TuningSpec(_Tables):
     def describe(self, profile: Profile) -> dict[str, Any]:
         """The spec as the manifest records it."""
         return {"config": dict(self.config),
-                "settings": {s.name: {"title": s.title, **s.fields} for s in self.settings},
+                "settings": _describe_settings(self.settings),
                 "methods": list(self.methods), "deltas": list(self.deltas), **dataclasses.asdict(profile)}
 
 
