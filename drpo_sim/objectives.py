@@ -64,9 +64,12 @@ from drpo_sim._xp import (
 
 LOG_RATIO_MAX = 20.0
 """Cap on ``log(pi / mu)``; see the module docstring."""
+BATCH_SCALE = "batch"
+"""The ``adv_scale`` of :class:`DRPONoAbsAdv` that stands for the batch's mean ``abs(A)``."""
 
 __all__ = [
     "AGG_MODES",
+    "BATCH_SCALE",
     "LOG_RATIO_MAX",
     "Objective",
     "Regions",
@@ -301,7 +304,8 @@ BLOCK_TOKENS = {"numpy": 16384, "torch": 65536}
 
 
 def _evaluate(
-    fn: Callable[[TokenTerms], Array], logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool
+    fn: Callable[[TokenTerms], Array], logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool,
+    blocks: bool = True,
 ) -> Array:
     """Evaluate a per-token function of :class:`TokenTerms` over a call's tokens.
 
@@ -310,13 +314,14 @@ def _evaluate(
     lives in cache instead of being a fresh array of the call's full size, which would cost a
     pass over memory and a round of page faults each (``benchmarks/bench_objectives.py``
     measures the difference). The loop runs over blocks of ``BLOCK_TOKENS`` tokens, never over
-    tokens; the result is identical to the whole-array evaluation.
+    tokens; the result is identical to the whole-array evaluation. ``blocks=False`` (an objective
+    that is not elementwise) evaluates the whole array at once.
     """
     xp, arrays = as_float_arrays(logp, logp_behavior, advantage)
     shape = broadcast_shape(*arrays)
     n = math.prod(shape)
     block = BLOCK_TOKENS["torch" if is_torch(xp) else "numpy"]
-    if n <= 2 * block or (not detach and requires_grad(arrays[0])):
+    if not blocks or n <= 2 * block or (not detach and requires_grad(arrays[0])):
         t = TokenTerms(xp, *arrays, shape, detach=detach)
         return t.full(fn(t))
     flat = [xp.reshape(xp.broadcast_to(stop_gradient(a), shape), (-1,)) for a in arrays]
@@ -386,19 +391,27 @@ class Objective:
     # public API --------------------------------------------------------------------------
     def surrogate(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
         """Per-token ``J_t`` to maximise; differentiable through ``logp`` for torch tensors."""
-        return _evaluate(self._surrogate, logp, logp_behavior, advantage, detach=False)
+        return _evaluate(self._surrogate, logp, logp_behavior, advantage, detach=False, blocks=self.elementwise)
 
     def weight(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
         """Per-token ``w_t`` with ``dJ_t/dlogp = advantage * r * w_t`` (no gradient attached)."""
-        return _evaluate(self._weight, logp, logp_behavior, advantage, detach=True)
+        return _evaluate(self._weight, logp, logp_behavior, advantage, detach=True, blocks=self.elementwise)
 
     def grad_logp(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
         """Closed-form ``dJ_t/dlogp`` (``A r w`` for every objective whose weight is defined)."""
-        return _evaluate(self._grad_logp, logp, logp_behavior, advantage, detach=True)
+        return _evaluate(self._grad_logp, logp, logp_behavior, advantage, detach=True, blocks=self.elementwise)
 
     def regions(self, logp: Array, logp_behavior: Array, advantage: Array) -> Regions:
         """Which tokens this objective masks, attenuates, turns corrective or amplifies."""
         return Regions.from_weight(self.weight(logp, logp_behavior, advantage))
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether each token's value depends on that token's inputs only (every objective but one
+        that takes a statistic of the whole batch, such as ``drpo_no_abs_adv`` with
+        ``adv_scale="batch"``); only elementwise objectives may be evaluated block by block or on
+        padded batches."""
+        return True
 
     @property
     def params(self) -> dict[str, Any]:
@@ -762,39 +775,65 @@ class MaskDRPO(_DeltaPair, Objective):
 class DRPONoAbsAdv(Objective):
     """Ablation of Yao et al. 2026: DRPO without the ``abs(A)`` factor on the penalty (chosen form).
 
-    ``J = r A - adv_scale mu (r-1)^2 / (2 delta)``: a plain divergence penalty with a fixed
-    coefficient, whose strength no longer follows the size of the advantage. Its gradient,
-    ``A r - adv_scale r (pi - mu) / delta``, is not zero at ``A = 0``, so the weight
-    ``w = 1 - adv_scale (pi - mu) / (A delta)`` has no finite value there: :meth:`weight`
-    evaluates it with ``abs(A)`` floored at ``adv_floor`` (sign of 0 taken as +), and
-    :meth:`grad_logp` gives the exact gradient everywhere.
+    ``J = r A - c mu (r-1)^2 / (2 delta)``: a plain divergence penalty with one coefficient ``c``
+    for every token, whose strength no longer follows the size of each token's advantage. ``c`` is
+    ``adv_scale``: a number, or ``"batch"`` (:data:`BATCH_SCALE`), the batch's mean ``abs(A)``
+    over its tokens. The batch mean is the fair ablation: the penalty keeps DRPO's average strength
+    and loses only its distribution over tokens, whereas ``c = 1`` with ``abs(A) <= 1`` is also a
+    stronger penalty. With ``"batch"`` the batch is the last two axes of the call (samples x
+    tokens), one batch per index of any leading axes (independent runs, as the simulator and the
+    arena stack them); a 1-D call is one batch. Every token of the call enters the mean, so
+    :func:`policy_loss` refuses it on a padded batch.
+
+    Its gradient, ``A r - c r (pi - mu) / delta``, is not zero at ``A = 0``, so the weight
+    ``w = 1 - c (pi - mu) / (A delta)`` has no finite value there: :meth:`weight` evaluates it with
+    ``abs(A)`` floored at ``adv_floor`` (sign of 0 taken as +), and :meth:`grad_logp` gives the exact
+    gradient everywhere.
     """
 
     name: ClassVar[str] = "drpo_no_abs_adv"
     formula: ClassVar[Formula] = Formula(
-        "r*A - adv_scale * mu * (r-1)^2 / (2*delta)",
-        "1 - adv_scale (pi - mu) / (A delta)",
-        "DRPO without the abs(A) factor on its penalty",
+        "r*A - c * mu * (r-1)^2 / (2*delta)",
+        "1 - c (pi - mu) / (A delta)",
+        "DRPO without the abs(A) factor on its penalty (c: adv_scale, or the batch's mean abs(A))",
         "Yao et al. 2026, ablation (form chosen here)",
     )
     delta: float = 12.5
-    adv_scale: float = 1.0
+    adv_scale: float | str = 1.0
     adv_floor: float = 1e-6
 
     def __post_init__(self):
-        self._check_positive("delta", "adv_scale", "adv_floor")
+        self._check_positive("delta", "adv_floor")
+        if self.adv_scale != BATCH_SCALE:
+            if isinstance(self.adv_scale, str):
+                raise ValueError(f"{self.name}: adv_scale must be a finite number > 0 or {BATCH_SCALE!r}, "
+                                 f"got {self.adv_scale!r}")
+            self._check_positive("adv_scale")
+
+    @property
+    def elementwise(self) -> bool:
+        return self.adv_scale != BATCH_SCALE
+
+    def _scale(self, t):
+        """``c``: ``adv_scale``, or the batch's mean ``abs(A)`` (class docstring), a constant."""
+        if self.elementwise:
+            return self.adv_scale
+        xp, abs_adv = t.xp, stop_gradient(t.full(t.abs_adv))
+        axes = tuple(range(max(abs_adv.ndim - 2, 0), abs_adv.ndim))
+        # summed in float64, so NumPy and torch (whose float32 sums differ in order) agree
+        return xp.astype(xp.mean(xp.astype(abs_adv, xp.float64), axis=axes, keepdims=True), abs_adv.dtype)
 
     def _surrogate(self, t):
-        return t.ratio * t.advantage - self.adv_scale * _drpo_regulariser(t, self.delta)
+        return t.ratio * t.advantage - self._scale(t) * _drpo_regulariser(t, self.delta)
 
     def _weight(self, t):
         xp, a = t.xp, t.advantage
         sign_nonzero = xp.where(a < 0, -xp.ones_like(a), xp.ones_like(a))
         a_safe = sign_nonzero * xp.maximum(xp.abs(a), xp.full_like(a, self.adv_floor))
-        return 1.0 - self.adv_scale * t.shift / (a_safe * self.delta)
+        return 1.0 - self._scale(t) * t.shift / (a_safe * self.delta)
 
     def _grad_logp(self, t):
-        return t.ratio * (t.advantage - self.adv_scale * t.shift / self.delta)
+        return t.ratio * (t.advantage - self._scale(t) * t.shift / self.delta)
 
 
 @register
@@ -1004,6 +1043,9 @@ def policy_loss(
     if tuple(mask.shape) != tuple(logp_f.shape):
         raise ValueError(f"mask has shape {tuple(mask.shape)} but logp has shape {tuple(logp_f.shape)}")
 
+    if not obj.elementwise and not bool(xp.all(mask != 0)):
+        raise ValueError(f"{obj} takes a statistic of the whole batch, which its padded tokens would enter: "
+                         "pass an unpadded batch, or parameters that make it elementwise")
     surrogate = obj.surrogate(logp_f, lpb_f, adv_f)
     loss = -aggregate(surrogate, mask, agg_mode, horizon=horizon)
     metrics = token_metrics(obj, logp_f, lpb_f, adv_f, mask)

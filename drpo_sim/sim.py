@@ -131,6 +131,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     collapse_drop: float = 0.5
+    reward_scale_spread: float = 0.0
+    """Mixed reward scales across prompts, in decades: the rewards the learner's advantages are
+    computed from are those of the task times ``10^(s (u_p - 1/2))`` for prompt ``p``, with ``u_p``
+    evenly spaced over ``[0, 1]`` across the prompts, so advantages of different prompts differ in
+    size by up to a factor ``10^s`` (geometric mean scale 1). The reported rewards stay the task's.
+    0: every prompt on the task's scale. Needs the sampled mode and at least two prompts."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -152,6 +158,10 @@ class TrainConfig:
             raise ValueError(f"collapse_drop must be in (0, 1], got {self.collapse_drop}")
         if self.std_norm and self.group_size < 2 and self.mode == "sampled":
             raise ValueError("std_norm needs group_size >= 2")
+        if not (np.isfinite(self.reward_scale_spread) and 0 <= self.reward_scale_spread <= 6):
+            raise ValueError(f"reward_scale_spread must be in [0, 6] decades, got {self.reward_scale_spread}")
+        if self.reward_scale_spread and self.mode != "sampled":
+            raise ValueError("reward_scale_spread scales the rewards of sampled prompts: it needs mode='sampled'")
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,8 @@ class SimConfig:
                 )
             if self.train.prompts_per_step > env.n_prompts:
                 raise ValueError(f"prompts_per_step={self.train.prompts_per_step} exceeds n_prompts={env.n_prompts}")
+            if self.train.reward_scale_spread and env.n_prompts < 2:
+                raise ValueError("reward_scale_spread needs at least two prompts to spread the reward scales over")
 
     def flat(self) -> dict[str, Any]:
         """All fields in one flat dict (field names are unique across sections)."""
@@ -306,6 +318,14 @@ def _seed_axis(x: np.ndarray, like: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Sampling and scattering on [N, S, V] tables
 # --------------------------------------------------------------------------------------------
+
+
+def reward_scales(spread: float, n_prompts: int) -> np.ndarray:
+    """The learner's reward scale of each prompt, ``10^(spread (u_p - 1/2))`` with ``u_p`` evenly
+    spaced over ``[0, 1]`` (:attr:`TrainConfig.reward_scale_spread`); all ones at ``spread = 0``."""
+    if spread == 0 or n_prompts < 2:
+        return np.ones(n_prompts)
+    return 10.0 ** (spread * (np.linspace(0.0, 1.0, n_prompts) - 0.5))
 
 
 def sample_tokens(probs: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -487,7 +507,8 @@ class Simulation:
         u = self.streams.random((p_step, g_, t_))
         tokens = sample_tokens(mu, rows.ravel(), u.ravel()).reshape(rows.shape)
         rewards = env.rewards(prompts, tokens)
-        adv = advantages.group_relative(rewards, std_norm=tr.std_norm)
+        scales = reward_scales(tr.reward_scale_spread, env.n_prompts)[prompts][..., None]  # [N, P, 1]
+        adv = advantages.group_relative(rewards * scales, std_norm=tr.std_norm)
         b = p_step * g_
         rows, tokens = rows.reshape(n, b, t_), tokens.reshape(n, b, t_)
         adv, rewards = adv.reshape(n, b, 1), rewards.reshape(n, b)

@@ -26,6 +26,7 @@ CONFIGS: list[tuple[str, dict]] = [
     ("mask_drpo", {"delta": 0.15, "delta_low": 0.1, "delta_high": 0.1}),
     ("drpo_no_abs_adv", {}),
     ("drpo_no_abs_adv", {"delta": 0.5, "adv_scale": 2.0}),
+    ("drpo_no_abs_adv", {"delta": 0.5, "adv_scale": "batch"}),
     ("drpo_kl", {}),
     ("drpo_kl", {"delta": 0.5}),
     ("drpo_tv", {}),

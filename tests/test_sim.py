@@ -18,6 +18,7 @@ from drpo_sim.sim import (
     Simulation,
     gather,
     logit_gradient,
+    reward_scales,
     run,
     run_cell,
     sample_tokens,
@@ -180,6 +181,29 @@ def test_simulate_rejects_bad_requests():
         SimConfig.from_flat({"noise": 0.1})
     with pytest.raises(ValueError, match="token logs need sampled mode"):
         run(cfg(mode="exact"), "drpo", [0], token_sink=lambda b: None)
+
+
+def test_reward_scales_spread_the_advantages_across_prompts_on_cpu():
+    s = reward_scales(2.0, 8)
+    assert s[-1] / s[0] == pytest.approx(100.0) and np.exp(np.log(s).mean()) == pytest.approx(1.0)
+    assert np.all(np.diff(s) > 0) and np.array_equal(reward_scales(0.0, 8), np.ones(8))
+    c = cfg(env="tabular", vocab_size=16, n_prompts=4, horizon=2, steps=4, updates_per_batch=2)
+    spread = dataclasses.replace(c, train=dataclasses.replace(c.train, reward_scale_spread=2.0))
+    # each prompt's logits are parameters of their own, whose Adam step does not depend on the
+    # size of their gradient: plain policy gradient hardly notices the scales...
+    base, wide = run(c, "pg_is", [0]), run(spread, "pg_is", [0])
+    assert base.sample_reward.iloc[0] == wide.sample_reward.iloc[0]  # same first batch, same task rewards
+    np.testing.assert_allclose(base.expected_reward, wide.expected_reward, rtol=1e-4)
+    # ...while one penalty coefficient for the whole batch weighs differently against each prompt's advantages
+    params = {"adv_scale": "batch", "delta": 0.5}
+    base, wide = run(c, "drpo_no_abs_adv", [0], params=params), run(spread, "drpo_no_abs_adv", [0], params=params)
+    assert np.abs(base.expected_reward.to_numpy() - wide.expected_reward.to_numpy())[1:].min() > 1e-4
+    with pytest.raises(ValueError, match="reward_scale_spread must be in"):
+        SimConfig.from_flat({"reward_scale_spread": -1.0})
+    with pytest.raises(ValueError, match="needs mode='sampled'"):
+        SimConfig.from_flat({"mode": "exact", "reward_scale_spread": 1.0})
+    with pytest.raises(ValueError, match="at least two prompts"):
+        SimConfig.from_flat({"env": "bandit", "reward_scale_spread": 1.0})
 
 
 # ---------------------------------------------------------------------------------------------

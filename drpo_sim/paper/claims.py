@@ -55,6 +55,7 @@ from drpo_sim.paper.analyses import (
     divergence_tuning,
     fixed_points,
     replay_sim,
+    reward_scales,
     settings,
     thresholds,
     weight_table,
@@ -689,27 +690,55 @@ def _ablation_family(seeds: pd.DataFrame, variant: str, base: str, deltas: Seque
     return cells, numbers
 
 
-def claim_8(ablation_seeds: pd.DataFrame | str | Path, *, deltas: Sequence[float] = (12.5, ablations.BINDING_DELTA),
-            margin: float = REWARD_MARGIN) -> ClaimResult:
-    """Claim 8 needs advantages whose spread is varied on purpose (``advantage_spread``); no world
-    here varies it, so its verdict is "not testable here". The ablation the toolkit has,
-    ``drpo_no_abs_adv`` against ``drpo`` per cell (setting x delta), is measured anyway and
-    reported, with its confound: it replaces ``abs(A)`` by the constant 1 while ``abs(A) <= 1``
-    here, a penalty several times stronger that also pulls tokens with ``A`` near 0 toward ``mu``.
+def _reward_scale_pairs(seeds: pd.DataFrame, *, spread_wide: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Final rewards of DRPO and of its fair ablation seed by seed, per cell (setting x delta) of
+    :mod:`~drpo_sim.paper.analyses.reward_scales`: the settings with a spread of the reward scales
+    (``spread_wide``) or the one without."""
+    spec, pairs = reward_scales.SPEC, {}
+    for setting, spread in zip(spec.settings, reward_scales.SPREADS):
+        if (spread > 0) != spread_wide:
+            continue
+        for d in reward_scales.DELTAS:
+            pairs[f"{setting.name} delta {d:g}"] = _aligned(
+                seeds, {"setting": setting.name, "variant": reward_scales.variant("drpo", d).label},
+                {"setting": setting.name, "variant": reward_scales.variant(reward_scales.ABLATION, d).label},
+                "final", spec.name)
+    return pairs
+
+
+def claim_8(reward_scale_seeds: pd.DataFrame | str | Path, *, margin: float = REWARD_MARGIN) -> ClaimResult:
+    """Claim 8 with the fair ablation, on the runs of
+    :mod:`~drpo_sim.paper.analyses.reward_scales`: DRPO against ``drpo_no_abs_adv`` with
+    ``abs(A)`` replaced by the batch's mean ``abs(A)``, final reward, paired on shared seeds, per
+    cell (spread of the reward scales x delta), Holm over the family.
+
+    The claim is conditional ("when advantages vary widely"), so its family is the cells with a
+    spread of at least a decade, and the verdict is :func:`_directional` over them (DRPO measured
+    above its ablation). The cells without a spread are the control, reported beside it: there the
+    shared coefficient differs from each token's ``abs(A)`` only by the spread the task itself gives.
     """
-    seeds, name = _table(ablation_seeds)
+    seeds, name = _table(reward_scale_seeds)
+    spec = reward_scales.SPEC
+    pairs = _reward_scale_pairs(seeds, spread_wide=True)
+    control = _reward_scale_pairs(seeds, spread_wide=False)
     # drpo against the ablation: "above" is the ablation doing worse, the claim's direction
-    cells, numbers = _ablation_family(seeds, "drpo", "drpo_no_abs_adv", deltas, margin)
+    cells, controls = _family(pairs, margin), _family(control, margin)
+    numbers: dict[str, float] = {}
+    for k, c in {**cells, **controls}.items():
+        _record(numbers, f"drpo_vs_batch_mean_{k}", c)
     worse, better, same = _split(cells)
-    world = ablations.SPEC.world
+    c_worse, c_better, c_same = _split(controls)
+    world = spec.world
     missing = world.lacks(DESIGN[8])
-    reason = ((f"the {world.name} lacks {', '.join(missing)} (no experiment varies how widely advantages spread), "
-               "and its ablation replaces abs(A) by 1 where abs(A) <= 1, a stronger penalty: confounded. Measured "
-               "anyway, " if missing else "")
-              + f"without abs(A) the final reward is lower in {len(worse)}{_listing(worse)}, higher in "
-              f"{len(better)}{_listing(better)} and equivalent in {len(same)} of {len(cells)} cells")
+    reason = (f"with reward scales spread over decades, replacing abs(A) by the batch's mean abs(A) lowers the final "
+              f"reward in {len(worse)}{_listing(worse)}, raises it in {len(better)}{_listing(better)} and is "
+              f"equivalent in {len(same)}{_listing(same)} of {len(cells)} cells; without a spread (control) it "
+              f"lowers it in {len(c_worse)}, raises it in {len(c_better)} and is equivalent in {len(c_same)} of "
+              f"{len(controls)}")
+    if missing:
+        reason = f"the {world.name} lacks {', '.join(missing)}; measured anyway, " + reason
     return ClaimResult(8, "not testable here" if missing else _directional(cells), reason, numbers,
-                       [name or "ablation seeds"], [ablations.ABS_ADV_FIGURE.name], world=world.name,
+                       [name or "reward-scale seeds"], [reward_scales.FIGURE.name], world=world.name,
                        test=_paired_test(margin, "final reward"), confidence=CONFIDENCE, margin=margin,
                        n_seeds=_n_seeds(cells), n_cells=len(cells), p_value=_min_p(cells), needs=list(DESIGN[8]))
 
@@ -871,7 +900,7 @@ CLAIM_FILES = {
     5: (replay_sim.SPEC.file("regions_by_mu.csv"),),
     6: (settings.SPEC.seeds_file,),
     7: (thresholds.SPEC.seeds_file,),
-    8: (ablations.SPEC.seeds_file,),
+    8: (reward_scales.SPEC.seeds_file,),
     9: (ablations.SPEC.seeds_file,),
     10: (divergence_tuning.SPEC.summary_file, ablations.SPEC.seeds_file),
     11: (anchor.SPEC.seeds_file,),

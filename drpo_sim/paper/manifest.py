@@ -41,20 +41,23 @@ def write_manifest(out: str | Path, records: list[FigureRecord], *, profile: str
 
     With ``merge``, figures already listed in an existing manifest and not among ``records`` are
     kept (one analysis run on its own updates its own entries); the profile is then ``"mixed"``
-    if the two differ.
+    if the two differ. Every figure records the commit that made it (``git_commit``; a kept entry
+    from an older manifest without one takes that manifest's), the manifest's own is this run's.
     """
     path = Path(out) / MANIFEST_FILE
-    entries = [dataclasses.asdict(r) for r in records]
+    commit = git_commit()
+    entries = [{**dataclasses.asdict(r), "git_commit": commit} for r in records]
     if merge and path.is_file():
         old = json.loads(path.read_text())
         mine = {e["figure"] for e in entries}
-        entries = [e for e in old.get("figures", []) if e["figure"] not in mine] + entries
+        kept = [e for e in old.get("figures", []) if e["figure"] not in mine]
+        entries = [{**e, "git_commit": e.get("git_commit", old.get("git_commit"))} for e in kept] + entries
         if old.get("profile") not in (None, profile):
             profile = "mixed"
     manifest = {
         "package": "drpo_sim",
         "version": __version__,
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "profile": profile,
         "python": platform.python_version(),
         "created_unix": time.time(),

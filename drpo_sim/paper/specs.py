@@ -66,6 +66,11 @@ REGISTRY = World("registry", "the objectives' closed forms, evaluated exactly", 
 #: so it does not follow the policy anywhere the parameters go.
 SIMULATOR = World("simulator", "tabular tasks; engine error injected into the logits, stale rollouts",
                   frozenset({"mismatch", "seeds"}))
+#: The simulator with mixed reward scales across prompts (``reward_scale_spread``): the size of the
+#: advantages is varied on purpose, the mechanism claim 8 is about.
+SIMULATOR_REWARD_SCALES = World("simulator, mixed reward scales",
+                                "the simulator's tabular task with reward scales spread over decades across prompts",
+                                frozenset({"mismatch", "seeds", "advantage_spread"}))
 #: The arena: the engine is a reduced-precision pass over the trainer's own parameters.
 ARENA = World("arena", "1-layer transformers; the engine a bf16/fp16/fp8 pass over the trainer's own weights",
               frozenset({"mismatch", "policy_dependent_mismatch", "seeds"}))

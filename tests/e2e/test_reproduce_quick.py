@@ -44,7 +44,7 @@ def test_reproduce_quick_runs_every_analysis_and_writes_the_report(quick):
     replay = ("mismatch", "regions", "weights", "rare_tokens", "by_step")
     extra = ("fixed_point_flows", "convergence_fp8_stale", "convergence_settings", "phase_diagram",
              "threshold_sensitivity", "divergence_tuning", "ablation_abs_adv", "ablation_divergences",
-             "ablation_mask", "anchor_fp8",
+             "ablation_mask", "reward_scales", "anchor_fp8",
              "anchor_stress", "lm_reward", "lm_mismatch", "sanity_test", "arena_precision", "arena_lr", "arena_moe",
              "arena_grad_share", "arena_order_of_events",
              *(f"{prefix}_{name}" for prefix in ("replay_sim", "replay_lm_bf16", "replay_lm_fp8") for name in replay))

@@ -86,7 +86,8 @@ def files_of(spec) -> set[str]:
 
 def test_the_analyses_run_in_their_order():
     assert list(ORDER) == ["weight_table", "fixed_points", "convergence", "settings", "phase", "thresholds",
-                           "divergence_tuning", "ablations", "anchor", "replay_sim", "tiny_lm", "arena"]
+                           "divergence_tuning", "ablations", "reward_scales", "anchor", "replay_sim", "tiny_lm",
+                           "arena"]
     assert all(module.__name__ == f"drpo_sim.paper.analyses.{name}" for name, module in ORDER.items())
 
 
@@ -136,8 +137,7 @@ def test_the_labels_the_claims_default_to_exist_in_the_specs():
     # claims 8, 9: each ablation at the paper's threshold and at the binding delta; claim 10: every
     # divergence at every delta its tuning run may choose
     ablation_labels = {v.label for v in ablations.SPEC.variants}
-    for claim in (claims.claim_8, claims.claim_9):
-        assert _default(claim, "deltas") == (12.5, ablations.BINDING_DELTA)
+    assert _default(claims.claim_9, "deltas") == (12.5, ablations.BINDING_DELTA)
     for method in ("drpo", "drpo_no_abs_adv", "mask_drpo"):
         for delta in (12.5, ablations.BINDING_DELTA):
             assert claims._ablation_label(method, delta) in ablation_labels

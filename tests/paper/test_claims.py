@@ -204,10 +204,49 @@ def tuning_summary(best: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_claim_8_is_not_testable_without_a_spread_of_advantages_on_cpu():
-    c = claims.claim_8(ablation_seeds({"stress:drpo_no_abs_adv (delta 0.5)": -0.2}))
+def reward_scale_seeds(changes: dict[str, float]) -> pd.DataFrame:
+    """DRPO and its fair ablation at 0.7 in every spread and at both deltas, unless
+    ``changes["setting:label"]``."""
+    from drpo_sim.paper.analyses import reward_scales
+
+    rows, k = [], 0
+    for s in reward_scales.SPEC.settings:
+        for d in reward_scales.DELTAS:
+            for m in ("drpo", reward_scales.ABLATION):
+                label = reward_scales.variant(m, d).label
+                rows += seed_rows({"setting": s.name, "variant": label, "method": m},
+                                  0.7 + changes.get(f"{s.name}:{label}", 0), k)
+                k += 1
+    return pd.DataFrame(rows)
+
+
+def test_claim_8_tests_the_fair_ablation_where_reward_scales_spread_on_cpu():
+    from drpo_sim.paper.analyses import reward_scales
+
+    ablation = {d: reward_scales.variant(reward_scales.ABLATION, d).label for d in reward_scales.DELTAS}
+    worse_where_spread = {f"spread_{s:g}:{ablation[d]}": -0.2 for s in (1, 2) for d in reward_scales.DELTAS}
+    c = claims.claim_8(reward_scale_seeds(worse_where_spread))
+    assert c.verdict == "supported" and c.world == "simulator, mixed reward scales" and c.n_cells == 4
+    assert "lowers the final reward in 4" in c.reason and "equivalent in 2 of 2" in c.reason  # the control
+    assert c.numbers["drpo_vs_batch_mean_spread_2_delta0.5_diff"] == pytest.approx(0.2, abs=0.02)
+    # worse only without a spread: the control moves, the claim's family does not
+    c = claims.claim_8(reward_scale_seeds({f"spread_0:{ablation[12.5]}": -0.2}))
+    assert c.verdict == "not supported" and "lowers it in 1" in c.reason  # equivalent in every spread cell
+    # half the spread cells better without abs(A): not supported
+    c = claims.claim_8(reward_scale_seeds({f"spread_2:{ablation[0.5]}": 0.2}))
+    assert c.verdict == "not supported"
+
+
+def test_claim_8_needs_a_world_with_a_spread_of_advantages_on_cpu(monkeypatch):
+    import dataclasses
+
+    from drpo_sim.paper.analyses import reward_scales
+    from drpo_sim.paper.specs import SIMULATOR
+
+    monkeypatch.setattr(reward_scales, "SPEC", dataclasses.replace(reward_scales.SPEC, world=SIMULATOR))
+    c = claims.claim_8(reward_scale_seeds({}))
     assert c.verdict == "not testable here" and "lacks advantage_spread" in c.reason
-    assert "lower in 1 (stress delta 0.5)" in c.reason and c.needs[1] == "advantage_spread"
+    assert c.needs[1] == "advantage_spread"
 
 
 def test_claim_9_is_an_equivalence_test_on_cpu():
@@ -283,8 +322,8 @@ def test_the_table_parameters_are_named_after_their_analyses_on_cpu():
     assert claims.claim_4(arena_seeds=arena_seeds(0.6, 0, 0)).number == 4
     assert claims.claim_6(settings_seeds=settings_seeds([0.5] * 3, [0.5] * 3)).number == 6
     assert claims.claim_7(sensitivity_seeds=sensitivity_seeds((0.3, 0.6), (0.15, 0.6))).number == 7
-    for claim in (claims.claim_8, claims.claim_9):
-        assert claim(ablation_seeds=ablation_seeds({})).number == int(claim.__name__.split("_")[1])
+    assert claims.claim_8(reward_scale_seeds=reward_scale_seeds({})).number == 8
+    assert claims.claim_9(ablation_seeds=ablation_seeds({})).number == 9
     assert claims.claim_10(tuning_summary=tuning_summary({}), ablation_seeds=ablation_seeds({})).number == 10
     assert claims.claim_11(anchor_seeds=anchor_seeds(0.03)).number == 11
 

@@ -39,7 +39,8 @@ def test_write_manifest_records_every_figure_and_the_provenance(tmp_path):
     assert manifest["package"] == "drpo_sim" and manifest["version"] == drpo_sim.__version__
     assert manifest["profile"] == "quick" and manifest["python"] == platform.python_version()
     assert manifest["created_unix"] > 0 and "git_commit" in manifest
-    assert manifest["figures"] == [dataclasses.asdict(r) for r in GEOMETRY + FLOWS]
+    assert manifest["figures"] == [{**dataclasses.asdict(r), "git_commit": manifest["git_commit"]}
+                                   for r in GEOMETRY + FLOWS]
     assert {r["figure"]: r["script"] for r in manifest["figures"]}["fixed_point_flows"] == "fixed_points"
     assert load_manifest(tmp_path) == manifest
     assert not list(tmp_path.glob(".*.tmp"))
@@ -59,6 +60,16 @@ def test_a_rerun_of_one_analysis_replaces_its_own_entries_and_keeps_the_others(t
     assert manifest["profile"] == "mixed" and len(manifest["figures"]) == 5
     assert [r["job"] for r in manifest["figures"] if r["figure"] == "fixed_point_flows"] == ["x"]
     assert [r["figure"] for r in manifest["figures"]][:4] == [r.figure for r in GEOMETRY]
+    assert {r["git_commit"] for r in manifest["figures"]} == {manifest["git_commit"]}
+    # an entry kept from an older manifest without per-figure commits takes that manifest's commit
+    old = load_manifest(tmp_path)
+    old["git_commit"] = "0ld"
+    for r in old["figures"]:
+        del r["git_commit"]
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(old))
+    write_manifest(tmp_path, FLOWS, profile="full", merge=True)
+    commits = {r["figure"]: r["git_commit"] for r in load_manifest(tmp_path)["figures"]}
+    assert commits["weight_vs_pi"] == "0ld" and commits["fixed_point_flows"] != "0ld"
     # without merge, the manifest holds exactly the records given
     write_manifest(tmp_path, FLOWS, profile="full")
     manifest = load_manifest(tmp_path)
