@@ -1,11 +1,13 @@
 """The arena's calibration: its free knobs fixed against static statistics at initialisation only.
 
-The knobs are the base model's size (``d_model``), its supervised budget (``steps``, which sets
-how uncertain the policy RL starts from is) and the tail of its supervised data (``zipf``, how
-rare the rare right tokens are); the temperature stays 1 and the precision
-recipe is the engine's (:mod:`drpo_sim.arena.model`), both fixed beforehand. For each point of
-:data:`GRID`, the base model's engines sample one response to each of ``n_prompts`` fresh prompts
-and :func:`drpo_sim.lm.mismatch.run_statistics` measures, before any RL step:
+The knobs are the base model's size (``d_model``), its supervised budget (``steps``, how sharp the
+policy RL starts from is) and the tail of its supervised data (``zipf``, how rare the rare right
+tokens are). Fixed beforehand and not calibrated, because they set what RL has to learn rather
+than how the engine errs: the temperature (1), the precision recipe (:mod:`drpo_sim.arena.model`),
+the share of misread demonstrations (:data:`MISREAD`, :class:`drpo_sim.arena.task.WalkTask`) and
+the learning rate (the arena's spec). For each point of :data:`GRID`, the base model's engines
+sample one response to each of ``n_prompts`` fresh prompts and
+:func:`drpo_sim.lm.mismatch.run_statistics` measures, before any RL step:
 
 * mean ``abs(pi - mu)`` under bf16, target :data:`drpo_sim.lm.mismatch.PUBLISHED` 0.004;
 * the share of sampled tokens with ``mu <= 0.01``, target 7.8%;
@@ -40,9 +42,13 @@ from drpo_sim.lm.mismatch import PUBLISHED, run_statistics
 from drpo_sim.lm.model import torch_threads
 
 CALIBRATION_FILE = "arena_calibration.json"
-GRID = {"d_model": (32, 64), "steps": (200, 400, 800), "zipf": (1.5, 2.5)}
+GRID = {"d_model": (32, 64), "steps": (1500, 3000), "zipf": (1.5, 2.5)}
 """The knobs' candidate values: the base model's width, its supervised budget, and how long the
 tail of its supervised data is (:class:`drpo_sim.arena.task.WalkTask`)."""
+MISREAD = 0.25
+"""The share of the supervised demonstrations that walk with a wrong key (fixed, not calibrated):
+the base model then answers about a quarter of the prompts with a consistently wrong walk, which
+RL learns to avoid within tens of steps (:mod:`drpo_sim.arena.task`)."""
 REWARD_RANGE = (0.2, 0.8)
 """The base model's expected reward must leave room to learn and not start near chance."""
 FP16_RATIO_MAX = 0.25
@@ -102,7 +108,7 @@ def calibrate(*, progress: bool = False) -> dict[str, Any]:
         raise RuntimeError("no point of the calibration grid meets the requirements")
     knobs = {k: best[k] for k in GRID}
     chosen = base_model(**knobs)
-    return {"knobs": {**knobs, "temperature": 1.0},
+    return {"knobs": {**knobs, "temperature": 1.0, "misread": MISREAD},
             "base": dataclasses.asdict(chosen), "measured": {k: best[k] for k in ("bf16", "fp16", "fp8", "tokens")},
             "targets": TARGETS, "rule": RULE,
             "grid": points}
@@ -110,8 +116,8 @@ def calibrate(*, progress: bool = False) -> dict[str, Any]:
 
 def base_model(d_model: int, steps: int, zipf: float) -> BaseModelConfig:
     """The base model at one point of the grid (the MLP four times as wide as the model)."""
-    return BaseModelConfig(model=ArenaModel(d_model=d_model, d_mlp=4 * d_model), task=WalkTask(zipf=zipf),
-                           steps=steps)
+    return BaseModelConfig(model=ArenaModel(d_model=d_model, d_mlp=4 * d_model),
+                           task=WalkTask(zipf=zipf, misread=MISREAD), steps=steps)
 
 
 def write(result: dict[str, Any], out: str | Path) -> Path:

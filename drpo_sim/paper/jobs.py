@@ -548,17 +548,18 @@ def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner:
 
 
 def arena_cells(spec: ArenaSpec, profile: str) -> list[Cell]:
-    """One cell per setting of the arena: its contestants x the profile's seeds."""
-    seeds = spec.profile(profile).seed_list
-    return [arena_cell(spec.config_for(s, profile), spec.contestants_for(s, profile), seeds, setting=s.name)
-            for s in spec.settings]
+    """One cell per setting of the arena: its contestants x its seeds (:meth:`ArenaProfile.seeds_for`)."""
+    prof = spec.profile(profile)
+    return [arena_cell(spec.config_for(s, profile), spec.contestants_for(s, profile), prof.seeds_for(s),
+                       setting=s.name) for s in spec.settings]
 
 
 def arena_calibration(spec: ArenaSpec, profile: str) -> dict:
     """The calibration record of the spec's base model. The full profile reruns the whole
     calibration (:func:`drpo_sim.arena.calibration.calibrate`) and stops if it would choose other
     knobs than the spec declares; the quick one measures the declared base model only."""
-    knobs = {"d_model": spec.base.model.d_model, "steps": spec.base.steps, "zipf": spec.base.task.zipf}
+    knobs = {"d_model": spec.base.model.d_model, "steps": spec.base.steps, "zipf": spec.base.task.zipf,
+             "misread": spec.base.task.misread}
     if profile == "full":
         result = calibration.calibrate()
         chosen = {k: result["knobs"][k] for k in knobs}

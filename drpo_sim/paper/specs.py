@@ -401,6 +401,13 @@ class ArenaProfile(Profile):
 
     eval_every: int = 10
     controls: tuple[str, ...] | None = None
+    control_seeds: int | None = None
+    """How many of the seeds the control settings run (None: all); the sanity test runs them all."""
+
+    def seeds_for(self, setting: ArenaSetting) -> list[int]:
+        """The seeds a setting runs: all for the sanity test, the first ``control_seeds`` for a control."""
+        seeds = self.seed_list
+        return seeds[: self.control_seeds] if setting.controls and self.control_seeds else seeds
 
 
 @dataclass(frozen=True)
@@ -437,7 +444,7 @@ class ArenaSpec(_Profiled):
     sanity_figure: str = "sanity_test"
     control_figures: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("arena_precision", ("fp32", "bf16", "fp16", "fp8")),
-        ("arena_lr", ("bf16", "bf16_lr_low")),
+        ("arena_lr", ("fp32", "bf16", "bf16_lr_low", "bf16_lr_high", "fp32_lr_high")),
         ("arena_moe", ("bf16", "moe", "moe_replay")),
     )
     """Each figure of the control contestants: its name and the settings it sets side by side."""

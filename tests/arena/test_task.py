@@ -31,11 +31,28 @@ def test_demonstrations_are_always_right_and_long_tailed_on_cpu():
     assert float(WalkTask(zipf=2.5).tail_probs()[-1]) < 0.01  # the calibrated tail holds rare right tokens
 
 
+def test_misread_demonstrations_walk_with_one_wrong_key_throughout_on_cpu():
+    task = WalkTask(misread=0.25)
+    demo = task.demonstrations(4000, torch.Generator().manual_seed(1))
+    reward = task.reward(demo)
+    # every demonstration is a consistent walk: all right (its own key) or all wrong (another key)
+    assert set(reward.unique().tolist()) == {0.0, 1.0}
+    assert abs(float((reward == 0).float().mean()) - 0.25) < 0.02
+    wrong = demo[reward == 0]
+    step = (wrong[:, 3:] - wrong[:, 2:-1]) % task.n_classes  # the key the walk uses, at every position
+    assert bool((step == step[:, :1]).all()) and bool((step[:, 0] != wrong[:, 0] % task.n_classes).all())
+    # without misreads the data and its random stream are the plain task's
+    plain = WalkTask().demonstrations(64, torch.Generator().manual_seed(2))
+    assert torch.equal(plain, WalkTask(misread=0.0).demonstrations(64, torch.Generator().manual_seed(2)))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"vocab_size": 60}, "multiple of n_classes"),
     ({"n_classes": 64}, "at least 2 tokens"),
     ({"response_len": 0}, "positive integer"),
     ({"zipf": -1.0}, "zipf"),
+    ({"misread": 1.0}, "misread must be a share"),
+    ({"misread": True}, "misread must be a share"),
 ])
 def test_impossible_tasks_are_refused_on_cpu(kwargs, match):
     with pytest.raises(ValueError, match=match):

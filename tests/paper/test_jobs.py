@@ -203,7 +203,7 @@ def _tiny_arena():
                            task=task, steps=10)
     return ArenaSpec(
         quick=ArenaProfile(steps=4, seeds=2, eval_every=2, controls=("pg",)),
-        full=ArenaProfile(steps=4, seeds=2, eval_every=2),
+        full=ArenaProfile(steps=4, seeds=2, eval_every=2, control_seeds=1),
         base=base,
         config=ArenaConfig(base=base, prompts_per_step=2, group_size=4, updates_per_batch=2, n_eval=8),
         contestants=(Contestant.of("pg_is", label="pg"), Contestant.of("dppo_tv", label="tv"),
@@ -212,6 +212,8 @@ def _tiny_arena():
         settings=(ArenaSetting("bf16", "bf16", controls=False), ArenaSetting("fp32", "fp32", precision="fp32"),
                   ArenaSetting("fp16", "fp16", precision="fp16"), ArenaSetting("fp8", "fp8", precision="fp8"),
                   ArenaSetting("bf16_lr_low", "low lr", lr_scale=0.5),
+                  ArenaSetting("bf16_lr_high", "high lr", lr_scale=2.0),
+                  ArenaSetting("fp32_lr_high", "fp32, high lr", precision="fp32", lr_scale=2.0),
                   ArenaSetting("moe", "moe", moe=True), ArenaSetting("moe_replay", "replay", moe=True,
                                                                       routing_replay=True, only=("tv",))),
         n_experts=2,
@@ -222,8 +224,12 @@ def test_arena_figures_on_a_tiny_spec(tmp_path):
     spec = _tiny_arena()
     cells = jobs.arena_cells(spec, "quick")
     assert [c.labels["setting"] for c in cells] == [s.name for s in spec.settings]
-    assert [len(c.spec["contestants"]) for c in cells] == [3, 1, 1, 1, 1, 1, 1]  # quick: the profile's controls
-    assert [len(c.spec["contestants"]) for c in jobs.arena_cells(spec, "full")][-2:] == [2, 1]  # only=("tv",)
+    assert [len(c.spec["contestants"]) for c in cells] == [3] + [1] * 8  # quick: the profile's controls
+    full = jobs.arena_cells(spec, "full")
+    assert [len(c.spec["contestants"]) for c in full][-2:] == [2, 1]  # only=("tv",)
+    # the sanity test runs every seed, the controls the first control_seeds of them (the quick profile: all)
+    assert [c.spec["seeds"] for c in full] == [[0, 1]] + [[0]] * 8
+    assert all(c.spec["seeds"] == [0, 1] for c in cells)
     runner = Runner(store=CellStore(tmp_path / "cells"), n_jobs=1)
     records = jobs.arena_figures(tmp_path, spec, "quick", runner, formats=("png",))
     assert [r.figure for r in records] == list(spec.figures)
@@ -232,7 +238,7 @@ def test_arena_figures_on_a_tiny_spec(tmp_path):
         assert r.seeds == [0, 1] and r.config["methods"] == ["pg", "tv", "minirl"]
     summary = pd.read_csv(tmp_path / spec.summary_file, keep_default_na=False)
     assert list(summary.columns) == list(summaries.ARENA_SUMMARY_COLUMNS)
-    assert len(summary) == 3 + 6  # bf16: 3 contestants; each of the 6 control settings: pg (quick ignores only=)
+    assert len(summary) == 3 + 8  # bf16: 3 contestants; each of the 8 control settings: pg (quick ignores only=)
     assert set(summary["variant"]) >= {"", "anchor=recomputed", "moe", "moe_replay"}
     assert summary.loc[summary["precision"] == "fp32", "mismatch_final"].eq(0).all()
     cal = json.loads((tmp_path / spec.calibration_file).read_text())
