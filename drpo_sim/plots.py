@@ -251,14 +251,26 @@ def curves_figure(
     return save(fig, stem, formats)
 
 
-def variant_style(label: str, method: str, k: int = 0) -> dict:
+_VARIANT_DASHES = ((0, (5, 1, 1, 1)), (0, (1, 1)), (0, (4, 2)), (0, (3, 1, 1, 1, 1, 1)))
+
+
+def variant_style(label: str, method: str, k: int = 0, nth: int | None = None) -> dict:
     """A variant's look: its objective's :data:`STYLE`; a second parameter set of one objective
-    (``label != method``) keeps the colour with a thinner, dash-dotted line."""
+    (``label != method``) keeps the colour with a thinner, dash-dotted line. ``nth``, where the
+    caller counts the labels of each objective (0 for the first): the first keeps the objective's
+    look, each later one a darker shade of its colour and a dash pattern of its own, so that
+    several parameter sets of one objective stay apart."""
     style = dict(STYLE.get(method, {"lw": 1.6}))
-    if label != method:
-        style.update(ls=(0, (5, 1, 1, 1)), lw=1.5)
-        if "color" not in style:
-            style["color"] = sns.color_palette("colorblind", 10)[k % 10]
+    if "color" not in style and (nth or (nth is None and label != method)):
+        style["color"] = sns.color_palette("colorblind", 10)[k % 10]
+    if nth is None:
+        if label != method:
+            style.update(ls=(0, (5, 1, 1, 1)), lw=1.5)
+    elif nth > 0:
+        r, g, b = matplotlib.colors.to_rgb(style["color"])
+        shade = 0.62 ** nth
+        style.update(color=(r * shade, g * shade, b * shade), ls=_VARIANT_DASHES[(nth - 1) % len(_VARIANT_DASHES)],
+                     lw=1.5)
     return style
 
 
@@ -685,7 +697,8 @@ def arena_curves_figure(df: pd.DataFrame | Sequence[pd.DataFrame], stem: str | P
                 if d.empty:
                     continue
                 method = (methods or {}).get(name, name)
-                style = variant_style(name, method, k) if methods else {"color": palette[k], "lw": 1.8}
+                nth = sum((methods or {}).get(o, o) == method for o in order[:k])  # earlier labels of its objective
+                style = variant_style(name, method, k, nth) if methods else {"color": palette[k], "lw": 1.8}
                 style.setdefault("color", palette[k])
                 for i, col in enumerate(columns):
                     s = _smoothed(d, col, window)

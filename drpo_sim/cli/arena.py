@@ -6,7 +6,7 @@
         measure the calibration grid at initialisation; DIR/arena_calibration.json
     drpo-sim arena run --out FILE.parquet [--objectives pg_is,cispo,ppo@recomputed,drpo] \\
         [--param drpo.delta=2.5] [--precision bf16] [--moe] [--routing-replay] [--seeds 4] \\
-        [--steps 600] [--lr 1e-3] [--response-len 64 --max-len 66] [--calibration FILE] \\
+        [--steps 800] [--lr 3e-4] [--response-len 64 --max-len 66] [--calibration FILE] \\
         [--device cpu|cuda]
         every objective x seed in one batch; the table, and the summary on stdout
 

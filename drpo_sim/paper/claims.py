@@ -473,6 +473,20 @@ def _paired_test(margin: float | None, metric: str) -> str:
     return text + (f"; equivalence by TOST within +-{margin:g}" if margin is not None else "")
 
 
+def _arena_cell(seeds: pd.DataFrame, x: str, y: str, metric: str, margin: float | None,
+                setting: str = arena.SANITY) -> _Cell:
+    """Contestant ``x`` against ``y`` (labels) in one arena ``setting``, ``metric`` seed by seed:
+    a family of one comparison (:func:`_family`)."""
+    t = seeds[seeds["setting"] == setting]
+    if t.empty:
+        raise ValueError(f"arena seeds: no runs of setting {setting!r}")
+    return _family({setting: _aligned(t, {"method": x}, {"method": y}, metric, "arena seeds")}, margin)[setting]
+
+
+def _arena_world(cell: _Cell) -> str:
+    return f"in the arena ({arena.SANITY} sanity test, {cell.paired.n} shared seeds)"
+
+
 # ----------------------------------------------------------------------------------------------
 # the claims read off per-seed tables
 
@@ -553,9 +567,9 @@ def claim_4(arena_seeds: pd.DataFrame | str | Path, *, setting: str = arena.SANI
                   f"(Holm over {len(free)}) and McNemar on shared seeds", p_value=min(adjusted.values()))
 
 
-def claim_6(settings_seeds: pd.DataFrame | str | Path, *, drpo_paper: str = settings.SPEC.label("drpo"),
-            drpo_same: str = settings.DRPO_AT_DPPO_DELTA.label, dppo: str = settings.SPEC.label("dppo_tv"),
-            margin: float = REWARD_MARGIN) -> ClaimResult:
+def claim_6(settings_seeds: pd.DataFrame | str | Path, arena_seeds: pd.DataFrame | str | Path | None = None, *,
+            drpo_paper: str = settings.SPEC.label("drpo"), drpo_same: str = settings.DRPO_AT_DPPO_DELTA.label,
+            dppo: str = settings.SPEC.label("dppo_tv"), margin: float = REWARD_MARGIN) -> ClaimResult:
     """Claim 6, from the six settings' per-seed table: speed is the area under the reward curve
     (AUC, the mean expected reward over training), compared seed by seed in every setting between
     DRPO and DPPO-TV at the papers' thresholds (DRPO ``delta = 12.5``, ``drpo_paper``; DPPO-TV
@@ -567,6 +581,10 @@ def claim_6(settings_seeds: pd.DataFrame | str | Path, *, drpo_paper: str = sett
     slower somewhere and faster nowhere, or equivalent (TOST within ``margin``) everywhere;
     inconclusive otherwise. The equal-delta family is reported beside it. A difference can be both
     measured and equivalent (real, but smaller than the margin).
+
+    With ``arena_seeds`` the verdict comes from the arena instead (the same rule on its bf16
+    sanity test: AUC of the held-out reward, DRPO at 12.5 and at 0.15 against DPPO-TV at 0.15, on
+    its shared seeds), and the simulator's six settings are reported beside it.
     """
     seeds, name = _table(settings_seeds)
     names = list(dict.fromkeys(seeds["setting"]))
@@ -588,10 +606,31 @@ def claim_6(settings_seeds: pd.DataFrame | str | Path, *, drpo_paper: str = sett
         parts.append(f"{drpo} against {dppo} ({which}): measured faster in {len(above)}{_listing(above)} and "
                      f"slower in {len(below)}{_listing(below)} of {len(names)} settings, equivalent within "
                      f"{margin:g} in {len(same)}")
-    return ClaimResult(6, verdict, "; ".join(parts), numbers, [name or "settings seeds"], [settings.FIGURE.name],
-                       world=settings.SPEC.world.name, test=_paired_test(margin, "AUC"), confidence=CONFIDENCE,
-                       margin=margin, n_seeds=_n_seeds(fams["paper"]), n_cells=len(names),
-                       p_value=_min_p(fams["paper"]), needs=list(DESIGN[6]))
+    if arena_seeds is None:
+        return ClaimResult(6, verdict, "; ".join(parts), numbers, [name or "settings seeds"], [settings.FIGURE.name],
+                           world=settings.SPEC.world.name, test=_paired_test(margin, "AUC"),
+                           confidence=CONFIDENCE, margin=margin, n_seeds=_n_seeds(fams["paper"]),
+                           n_cells=len(names), p_value=_min_p(fams["paper"]), needs=list(DESIGN[6]))
+    a_seeds, a_name = _table(arena_seeds)
+    a_numbers: dict[str, float] = {}
+    a_parts, a_fams = [], {}
+    for label, drpo in (("paper", arena.DRPO_PAPER), ("same_delta", arena.DRPO_EQUAL)):
+        cell = _arena_cell(a_seeds, drpo, arena.TRUST_REGION, "auc", margin)
+        a_fams[label] = {arena.SANITY: cell}
+        _record(a_numbers, f"arena_{label}_auc", cell)
+        which = "the papers' thresholds" if label == "paper" else "equal delta"
+        result = {1: "faster", -1: "slower", 0: "no difference measured"}[cell.side]
+        a_parts.append(f"{drpo} against {arena.TRUST_REGION} ({which}): {result}, AUC difference "
+                       f"{cell.paired.mean_diff:+.4f}" + (f", equivalent within {margin:g}" if cell.equivalent else ""))
+    cell = a_fams["paper"][arena.SANITY]
+    reason = (f"{_arena_world(cell)}: " + "; ".join(a_parts)
+              + f". In the simulator (verdict there: {verdict}): " + "; ".join(parts))
+    return ClaimResult(6, _directional(a_fams["paper"]), reason, {**a_numbers, **{f"sim_{k}": v for k, v in
+                                                                                numbers.items()}},
+                       [a_name or "arena seeds", name or "settings seeds"],
+                       [arena.SPEC.sanity_figure, settings.FIGURE.name], world=arena.SPEC.world.name,
+                       test=_paired_test(margin, "the AUC of the held-out reward"), confidence=CONFIDENCE,
+                       margin=margin, n_seeds=cell.paired.n, n_cells=1, p_value=cell.p_holm, needs=list(DESIGN[6]))
 
 
 def claim_7(sensitivity_seeds: pd.DataFrame | str | Path, *, dppo: str = "dppo_tv",
@@ -820,15 +859,18 @@ def claim_10(tuning_summary: pd.DataFrame | str | Path, ablation_seeds: pd.DataF
                        p_value=_min_p(cells), needs=list(DESIGN[10]))
 
 
-def claim_11(anchor_seeds: pd.DataFrame | str | Path, margin: float = REWARD_MARGIN) -> ClaimResult:
+def claim_11(anchor_seeds: pd.DataFrame | str | Path, arena_seeds: pd.DataFrame | str | Path | None = None, *,
+             margin: float = REWARD_MARGIN) -> ClaimResult:
     """Claim 11 is about a mismatch that accumulates as training moves the parameters
     (``policy_dependent_mismatch``); a world without it gets "not testable here". What the
     anchor analysis measures is reported all the same: the final mismatch (mean abs(pi - mu) at
     the last step) under the recomputed anchor against the rollout anchor, paired per (method,
     condition), Holm over the pairs, and the final reward beside it.
 
-    In a world with the mechanism the verdict would be :func:`_directional` on the final
-    mismatch (recomputed above rollout).
+    With ``arena_seeds`` (a world with the mechanism) the verdict is :func:`_directional` on the
+    final mismatch in the arena's bf16 sanity test: MiniRL (PPO, ratio anchored to the recomputed
+    trainer policy) above PPO with the rollout anchor, seed by seed, with the final held-out reward
+    beside it; the simulator's pairs are reported after it.
     """
     seeds, name = _table(anchor_seeds)
     shift, reward = {}, {}
@@ -853,14 +895,50 @@ def claim_11(anchor_seeds: pd.DataFrame | str | Path, margin: float = REWARD_MAR
               + f"with the recomputed anchor the final mismatch is higher in {len(more)} and lower in "
               f"{len(less)}{_listing(less)} of {len(s_cells)} (method, condition) pairs; the final reward higher in "
               f"{len(up)} and lower in {len(down)}")
-    return ClaimResult(11, "not testable here" if missing else _directional(s_cells), reason, numbers,
-                       [name or "anchor seeds"], [anchor.FP8_FIGURE.name, anchor.STRESS_FIGURE.name], world=world.name,
-                       test=_paired_test(None, "the final mismatch"), confidence=CONFIDENCE,
-                       n_seeds=_n_seeds(s_cells), n_cells=len(s_cells), p_value=_min_p(s_cells),
-                       needs=list(DESIGN[11]))
+    if arena_seeds is None:
+        return ClaimResult(11, "not testable here" if missing else _directional(s_cells), reason, numbers,
+                           [name or "anchor seeds"], [anchor.FP8_FIGURE.name, anchor.STRESS_FIGURE.name],
+                           world=world.name, test=_paired_test(None, "the final mismatch"), confidence=CONFIDENCE,
+                           n_seeds=_n_seeds(s_cells), n_cells=len(s_cells), p_value=_min_p(s_cells),
+                           needs=list(DESIGN[11]))
+    a_seeds, a_name = _table(arena_seeds)
+    a_world = arena.SPEC.world
+    shift_cell = _arena_cell(a_seeds, arena.MINIRL, arena.PPO_ROLLOUT, "mismatch_mean_final", None)
+    reward_cell = _arena_cell(a_seeds, arena.MINIRL, arena.PPO_ROLLOUT, "final", margin)
+    a_numbers: dict[str, float] = {}
+    _record(a_numbers, "arena_shift_recompute_minus_rollout", shift_cell)
+    _record(a_numbers, "arena_reward_recompute_minus_rollout", reward_cell)
+    verb = {1: "higher", -1: "lower", 0: "not measurably different"}
+    a_reason = (f"{_arena_world(shift_cell)}: with the recomputed anchor ({arena.MINIRL}) the final mean "
+                f"abs(pi - mu) is {verb[shift_cell.side]} than with the rollout anchor ({arena.PPO_ROLLOUT}), "
+                f"{shift_cell.paired.mean_diff:+.3g}; the final held-out reward {verb[reward_cell.side]}, "
+                f"{reward_cell.paired.mean_diff:+.4f}" + (f" (equivalent within {margin:g})" if reward_cell.equivalent
+                                                           else ""))
+    a_missing = a_world.lacks(DESIGN[11])
+    cells = {arena.SANITY: shift_cell}
+    return ClaimResult(11, "not testable here" if a_missing else _directional(cells),
+                       a_reason + ". In the simulator: " + reason, {**a_numbers, **{f"sim_{k}": v for k, v in
+                                                                                    numbers.items()}},
+                       [a_name or "arena seeds", name or "anchor seeds"],
+                       [arena.SPEC.sanity_figure, anchor.FP8_FIGURE.name, anchor.STRESS_FIGURE.name],
+                       world=a_world.name, test=_paired_test(None, "the final mismatch"), confidence=CONFIDENCE,
+                       n_seeds=shift_cell.paired.n, n_cells=1, p_value=shift_cell.p_holm, needs=list(DESIGN[11]))
 
 
-def claim_12(convergence_seeds: pd.DataFrame | str | Path, *, margin: float = REWARD_MARGIN) -> ClaimResult:
+_DIFFERENCE_WORDS = {"not supported": "equivalent within the margin", "supported": "a measurable difference",
+                     "inconclusive": "neither a difference nor equivalence is shown"}
+
+
+def _difference_verdict(c: _Cell) -> str:
+    """Claim 12's rule: not supported when equivalent within the margin, supported when a
+    difference is measured (and equivalence is not), inconclusive otherwise."""
+    if c.equivalent:
+        return "not supported"
+    return "supported" if c.side != 0 else "inconclusive"
+
+
+def claim_12(convergence_seeds: pd.DataFrame | str | Path, arena_seeds: pd.DataFrame | str | Path | None = None, *,
+             margin: float = REWARD_MARGIN) -> ClaimResult:
     """Claim 12 as a pair of tests on the convergence run's per-seed table: DRPO (delta 12.5)
     against pg_is, final reward, seed by seed: the paired test of a difference and the
     equivalence test (TOST within ``margin``).
@@ -868,6 +946,9 @@ def claim_12(convergence_seeds: pd.DataFrame | str | Path, *, margin: float = RE
     Verdict: not supported (no difference worth the name) when equivalent within the margin;
     supported (measurably different) when a difference is measured and equivalence is not;
     inconclusive when neither is shown.
+
+    With ``arena_seeds`` the verdict comes from the arena's bf16 sanity test instead (DRPO at 12.5
+    against PG-IS, final held-out reward, the same rule), the simulator's beside it.
     """
     seeds, name = _table(convergence_seeds)
     cells = _family({"drpo vs pg_is": _aligned(seeds, {"method": "drpo"}, {"method": "pg_is"}, "final", "claim 12")},
@@ -877,20 +958,32 @@ def claim_12(convergence_seeds: pd.DataFrame | str | Path, *, margin: float = RE
     _record(numbers, "drpo_minus_pg_is_final", c)
     for m in ("drpo", "pg_is"):
         numbers[_key(m, "final_mean")] = float(seeds.loc[seeds["method"] == m, "final"].mean())
-    if c.equivalent:
-        verdict = "not supported"
-    else:
-        verdict = "supported" if c.side != 0 else "inconclusive"
+    verdict = _difference_verdict(c)
     p = c.paired
     reason = (f"DRPO minus pg_is, final reward over {p.n} shared seeds: {p.mean_diff:+.4f} [{p.low:+.4f}, "
               f"{p.high:+.4f}], permutation p = {c.p_holm:.3g}, TOST p = {c.eq_holm:.3g} within +-{margin:g}; "
-              f"P(DRPO > pg_is) on shared seeds = {p.p_improve:.2f}: "
-              + {"not supported": "equivalent within the margin", "supported": "a measurable difference",
-                 "inconclusive": "neither a difference nor equivalence is shown"}[verdict])
-    return ClaimResult(12, verdict, reason, numbers, [name or "convergence seeds"], [convergence.SPEC.name],
-                       world=convergence.SPEC.world.name, test=_paired_test(margin, "final reward"),
-                       confidence=CONFIDENCE, margin=margin, n_seeds=p.n, n_cells=1,
-                       p_value=c.eq_holm if verdict == "not supported" else c.p_holm, needs=list(DESIGN[12]))
+              f"P(DRPO > pg_is) on shared seeds = {p.p_improve:.2f}: " + _DIFFERENCE_WORDS[verdict])
+    if arena_seeds is None:
+        return ClaimResult(12, verdict, reason, numbers, [name or "convergence seeds"], [convergence.SPEC.name],
+                           world=convergence.SPEC.world.name, test=_paired_test(margin, "final reward"),
+                           confidence=CONFIDENCE, margin=margin, n_seeds=p.n, n_cells=1,
+                           p_value=c.eq_holm if verdict == "not supported" else c.p_holm, needs=list(DESIGN[12]))
+    a_seeds, a_name = _table(arena_seeds)
+    a = _arena_cell(a_seeds, arena.DRPO_PAPER, "PG-IS", "final", margin)
+    a_numbers: dict[str, float] = {}
+    _record(a_numbers, "arena_drpo_minus_pg_is_final", a)
+    a_verdict = _difference_verdict(a)
+    q = a.paired
+    a_reason = (f"{_arena_world(a)}: {arena.DRPO_PAPER} minus PG-IS, final held-out reward: {q.mean_diff:+.4f} "
+                f"[{q.low:+.4f}, {q.high:+.4f}], permutation p = {a.p_holm:.3g}, TOST p = {a.eq_holm:.3g} within "
+                f"+-{margin:g}: {_DIFFERENCE_WORDS[a_verdict]}")
+    return ClaimResult(12, a_verdict, a_reason + f". In the simulator (verdict there: {verdict}): " + reason,
+                       {**a_numbers, **{f"sim_{k}": v for k, v in numbers.items()}},
+                       [a_name or "arena seeds", name or "convergence seeds"],
+                       [arena.SPEC.sanity_figure, convergence.SPEC.name], world=arena.SPEC.world.name,
+                       test=_paired_test(margin, "final held-out reward"), confidence=CONFIDENCE, margin=margin,
+                       n_seeds=q.n, n_cells=1, p_value=a.eq_holm if a_verdict == "not supported" else a.p_holm,
+                       needs=list(DESIGN[12]))
 
 
 #: The result files each claim reads, relative to the results directory, from the specs of the
@@ -898,13 +991,13 @@ def claim_12(convergence_seeds: pd.DataFrame | str | Path, *, margin: float = RE
 CLAIM_FILES = {
     4: (arena.SPEC.seeds_file,),
     5: (replay_sim.SPEC.file("regions_by_mu.csv"),),
-    6: (settings.SPEC.seeds_file,),
+    6: (settings.SPEC.seeds_file, arena.SPEC.seeds_file),
     7: (thresholds.SPEC.seeds_file,),
     8: (reward_scales.SPEC.seeds_file,),
     9: (ablations.SPEC.seeds_file,),
     10: (divergence_tuning.SPEC.summary_file, ablations.SPEC.seeds_file),
-    11: (anchor.SPEC.seeds_file,),
-    12: (convergence.SPEC.seeds_file,),
+    11: (anchor.SPEC.seeds_file, arena.SPEC.seeds_file),
+    12: (convergence.SPEC.seeds_file, arena.SPEC.seeds_file),
 }
 
 

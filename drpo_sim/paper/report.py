@@ -566,8 +566,8 @@ def _arena(ctx: _Context) -> str:
         return (f"{format_percent(row.collapse_rate)} [{format_percent(row.collapse_lo)}, "
                 f"{format_percent(row.collapse_hi)}]")
 
-    lr = summary["lr"].max()
-    main = summary[(summary["precision"] == "bf16") & (summary["lr"] == lr)
+    # the sanity test: bf16 at the spec's own learning rate (the controls run it divided and multiplied)
+    main = summary[(summary["precision"] == "bf16") & np.isclose(summary["lr"], spec.config.lr)
                    & ~summary["variant"].str.contains("moe")]
     rows = [[name(r), interval(r), format_number(r.median_collapse_step), format_number(r.peak_train_reward),
              format_number(r.final_heldout_reward),
@@ -584,8 +584,8 @@ def _arena(ctx: _Context) -> str:
         rows = [[name(r), r.precision, format_number(r.lr), interval(r), format_number(r.final_heldout_reward),
                  f"{format_number(r.mismatch_step0)} / {format_number(r.mismatch_final)}"]
                 for r in controls.itertuples()]
-        parts.append("The controls: the same contestants with other engines, a lower learning rate, and a "
-                     "mixture of experts with and without routing replay:")
+        parts.append("The controls: the same contestants with other engines, a lower and a higher learning rate, "
+                     "and a mixture of experts with and without routing replay:")
         parts.append(_table(["objective", "engine", "lr", "collapse rate", "final held-out reward",
                              "mean abs(pi - mu): first step / final"], rows))
     parts.append(f"The order of events of every collapsed run is in {ctx.source(spec.events_file)}.")

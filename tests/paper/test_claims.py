@@ -381,3 +381,42 @@ def test_verdict_table_beside_a_reference_marks_disagreements():
     # the same run on both sides: every verdict agrees
     same = claims.verdict_table(OURS, OURS).splitlines()
     assert same[-1] == "3 of 3 verdicts agree" and all(line.endswith("yes") for line in same[1:-1])
+
+
+def arena_comparison_seeds(values: dict[str, float], shift: dict[str, float] | None = None) -> pd.DataFrame:
+    """The arena's bf16 sanity test: each contestant's final held-out reward and AUC at
+    ``values[label]`` (default 0.9), its final mean abs(pi - mu) at ``shift[label]`` (default 0.003)."""
+    from drpo_sim.paper.analyses import arena
+
+    rows = []
+    for k, c in enumerate(arena.SPEC.contestants):
+        rows += seed_rows({"setting": "bf16", "method": c.label}, values.get(c.label, 0.9), k,
+                          mismatch_mean_final=(shift or {}).get(c.label, 0.003) + 1e-4 * RUN_NOISE[k] / 0.003)
+    return pd.DataFrame(rows)
+
+
+def test_claims_6_11_12_take_their_verdicts_from_the_arena_when_given_on_cpu():
+    from drpo_sim.paper.analyses import arena
+
+    sim6 = settings_seeds([0.5] * 3, [0.5] * 3)
+    # DRPO at 12.5 faster than DPPO-TV in the arena: supported there, whatever the simulator says
+    c = claims.claim_6(sim6, arena_comparison_seeds({arena.DRPO_PAPER: 0.95, arena.DRPO_EQUAL: 0.8}))
+    assert c.verdict == "supported" and c.world == "arena" and c.n_cells == 1 and c.n_seeds == N_SEEDS
+    assert "faster" in c.reason and "In the simulator (verdict there: not supported)" in c.reason
+    assert c.numbers["arena_paper_auc_diff"] == pytest.approx(0.05, abs=0.01)
+    assert c.numbers["arena_same_delta_auc_diff"] == pytest.approx(-0.1, abs=0.01)
+    assert "sim_paper_faster" in c.numbers and c.sources[0] == "arena seeds"
+    assert claims.claim_6(sim6, arena_comparison_seeds({})).verdict == "not supported"  # equivalent
+    # claim 11: the recomputed anchor's final mismatch above the rollout anchor's, in the arena
+    c = claims.claim_11(anchor_seeds(0.03), arena_comparison_seeds({}, {arena.MINIRL: 0.01}))
+    assert c.verdict == "supported" and c.world == "arena" and "is higher than with the rollout anchor" in c.reason
+    assert "In the simulator: the simulator lacks policy_dependent_mismatch" in c.reason
+    c = claims.claim_11(anchor_seeds(0.03), arena_comparison_seeds({}, {arena.PPO_ROLLOUT: 0.01}))
+    assert c.verdict == "not supported"
+    # claim 12: DRPO at 12.5 against PG-IS in the arena
+    sim12 = pd.DataFrame(seed_rows({"method": "drpo"}, 0.5, 1) + seed_rows({"method": "pg_is"}, 0.5, 2))
+    c = claims.claim_12(sim12, arena_comparison_seeds({}))
+    assert c.verdict == "not supported" and c.world == "arena" and "equivalent within the margin" in c.reason
+    c = claims.claim_12(sim12, arena_comparison_seeds({"PG-IS": 0.7}))
+    assert c.verdict == "supported" and c.numbers["arena_drpo_minus_pg_is_final_diff"] == pytest.approx(0.2, abs=0.01)
+    assert "sim_drpo_minus_pg_is_final_diff" in c.numbers
