@@ -591,7 +591,8 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
     base, cfg = spec.base, spec.config
     world = (f"arena: 1-layer transformer (d_model {base.model.d_model}) per run, walk task V = {base.task.vocab_size},"
              f" H = {base.task.response_len}; {cfg.prompts_per_step} prompts x G = {cfg.group_size}, "
-             f"{cfg.updates_per_batch} updates/step, AdamW lr {cfg.lr:g}; {prof.seeds} seeds x {prof.steps} steps")
+             f"{cfg.updates_per_batch} updates/step, AdamW lr {cfg.lr:g}; {prof.seeds} seeds x {prof.steps} steps"
+             + (f" (controls: {prof.control_seeds} seeds)" if prof.control_seeds else ""))
     config = {"profile": profile, "methods": [c.label for c in spec.contestants], "precisions": sorted(
               {s.precision for s in spec.settings}), "lr": cfg.lr, "group_size": cfg.group_size,
               "steps": prof.steps, "summary": spec.summary_file, "events": spec.events_file, "seeds": spec.seeds_file,
