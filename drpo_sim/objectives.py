@@ -1021,7 +1021,9 @@ def policy_loss(
     ``actor/pg_loss``, ``actor/valid_tokens``, ``actor/{masked,attenuated,corrective,amplified}_frac``,
     ``actor/weight_{mean,min,max}``, ``actor/ratio_{mean,max}``, ``actor/abs_shift_{mean,max}``
     (``abs(pi - mu)``); with no valid token the statistics are NaN and ``valid_tokens`` is 0.
-    An empty batch (no element at all) is a ``ValueError``.
+    Padded positions (``mask`` false) may hold anything, NaN and inf included: they are replaced
+    before the surrogate, so they reach neither the loss nor the gradient. An empty batch (no
+    element at all) is a ``ValueError``.
     """
     obj = get(objective) if isinstance(objective, str) else objective
     xp, (logp_f, lpb_f, adv_f) = as_float_arrays(logp, logp_behavior, advantage)
@@ -1043,9 +1045,16 @@ def policy_loss(
     if tuple(mask.shape) != tuple(logp_f.shape):
         raise ValueError(f"mask has shape {tuple(mask.shape)} but logp has shape {tuple(logp_f.shape)}")
 
-    if not obj.elementwise and not bool(xp.all(mask != 0)):
+    valid = mask != 0
+    if not obj.elementwise and not bool(xp.all(valid)):
         raise ValueError(f"{obj} takes a statistic of the whole batch, which its padded tokens would enter: "
                          "pass an unpadded batch, or parameters that make it elementwise")
+    # padding may hold anything (NaN, inf): replaced before the surrogate, so that it reaches neither
+    # the loss nor, through the chain rule (NaN x 0 = NaN), the gradient of logp and the model's
+    zero = xp.zeros_like(logp_f)
+    logp_f = xp.where(valid, logp_f, zero)
+    lpb_f = xp.where(valid, lpb_f, zero)
+    adv_f = xp.where(valid, adv_f, zero)
     surrogate = obj.surrogate(logp_f, lpb_f, adv_f)
     loss = -aggregate(surrogate, mask, agg_mode, horizon=horizon)
     metrics = token_metrics(obj, logp_f, lpb_f, adv_f, mask)

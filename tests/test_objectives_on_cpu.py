@@ -635,3 +635,24 @@ def test_the_batch_scale_refuses_what_it_cannot_mean_on_cpu():
         policy_loss(obj, logp, logp - 0.1, torch.ones(2), mask)
     loss, _ = policy_loss(obj, logp, logp - 0.1, torch.ones(2))  # unpadded: fine
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if make(c).elementwise], ids=[
+    i for c, i in zip(CONFIGS, CONFIG_IDS) if make(c).elementwise])
+def test_nan_padding_reaches_no_gradient_on_cpu(config):
+    # a model's parameter w feeds every position's log-prob; the padding holds NaN in logp, in
+    # logp_behavior and in the advantage: the gradient of w is the one of the valid tokens alone
+    logp0, lpb, adv, mask = _batch(seed=5)
+    adv = adv[:, None].expand_as(logp0).clone()
+    nan = torch.full_like(logp0, float("nan"))
+    obj = make(config)
+    grads = []
+    for garbage in (False, True):
+        w = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        logp = (torch.where(mask, logp0, nan) if garbage else logp0) + w
+        loss, _ = policy_loss(obj, logp, torch.where(mask, lpb, nan) if garbage else lpb,
+                              torch.where(mask, adv, nan) if garbage else adv, mask, agg_mode="seq-mean-token-mean")
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(w.grad), f"{obj}: NaN padding reached the gradient"
+        grads.append((loss.item(), w.grad.item()))
+    assert grads[1] == pytest.approx(grads[0], rel=1e-12, abs=1e-15)
