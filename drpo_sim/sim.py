@@ -421,6 +421,8 @@ class Simulation:
         self.params = self.policy.init(z0, n, draws)
         # the engine's persistent bias, drawn once (only when on, so other runs' streams are unchanged)
         self.bias = self.streams.standard_normal(z0.shape) if self.op.bias_std > 0 else None
+        # each prompt's reward scale as the learner sees it (all ones without a spread), fixed for the run
+        self.reward_scale = reward_scales(self.tr.reward_scale_spread, self.env.n_prompts)
         self.opt = Optimizer(self.tr, self.params)
         self.history: deque[Params] = deque([self.params], maxlen=self.op.staleness + 1)
         self.dead = np.zeros(n, dtype=bool)
@@ -507,8 +509,7 @@ class Simulation:
         u = self.streams.random((p_step, g_, t_))
         tokens = sample_tokens(mu, rows.ravel(), u.ravel()).reshape(rows.shape)
         rewards = env.rewards(prompts, tokens)
-        scales = reward_scales(tr.reward_scale_spread, env.n_prompts)[prompts][..., None]  # [N, P, 1]
-        adv = advantages.group_relative(rewards * scales, std_norm=tr.std_norm)
+        adv = advantages.group_relative(rewards * self.reward_scale[prompts][..., None], std_norm=tr.std_norm)
         b = p_step * g_
         rows, tokens = rows.reshape(n, b, t_), tokens.reshape(n, b, t_)
         adv, rewards = adv.reshape(n, b, 1), rewards.reshape(n, b)

@@ -487,6 +487,12 @@ def _arena_world(cell: _Cell) -> str:
     return f"in the arena ({arena.SANITY} sanity test, {cell.paired.n} shared seeds)"
 
 
+def _beside_simulator(arena_numbers: dict[str, float], sim_numbers: dict[str, float]) -> dict[str, float]:
+    """A claim's numbers when its verdict comes from the arena: the arena's, then the
+    simulator's reported beside them, each under ``sim_``."""
+    return {**arena_numbers, **{f"sim_{k}": v for k, v in sim_numbers.items()}}
+
+
 # ----------------------------------------------------------------------------------------------
 # the claims read off per-seed tables
 
@@ -625,8 +631,7 @@ def claim_6(settings_seeds: pd.DataFrame | str | Path, arena_seeds: pd.DataFrame
     cell = a_fams["paper"][arena.SANITY]
     reason = (f"{_arena_world(cell)}: " + "; ".join(a_parts)
               + f". In the simulator (verdict there: {verdict}): " + "; ".join(parts))
-    return ClaimResult(6, _directional(a_fams["paper"]), reason, {**a_numbers, **{f"sim_{k}": v for k, v in
-                                                                                numbers.items()}},
+    return ClaimResult(6, _directional(a_fams["paper"]), reason, _beside_simulator(a_numbers, numbers),
                        [a_name or "arena seeds", name or "settings seeds"],
                        [arena.SPEC.sanity_figure, settings.FIGURE.name], world=arena.SPEC.world.name,
                        test=_paired_test(margin, "the AUC of the held-out reward"), confidence=CONFIDENCE,
@@ -917,8 +922,7 @@ def claim_11(anchor_seeds: pd.DataFrame | str | Path, arena_seeds: pd.DataFrame 
     a_missing = a_world.lacks(DESIGN[11])
     cells = {arena.SANITY: shift_cell}
     return ClaimResult(11, "not testable here" if a_missing else _directional(cells),
-                       a_reason + ". In the simulator: " + reason, {**a_numbers, **{f"sim_{k}": v for k, v in
-                                                                                    numbers.items()}},
+                       a_reason + ". In the simulator: " + reason, _beside_simulator(a_numbers, numbers),
                        [a_name or "arena seeds", name or "anchor seeds"],
                        [arena.SPEC.sanity_figure, anchor.FP8_FIGURE.name, anchor.STRESS_FIGURE.name],
                        world=a_world.name, test=_paired_test(None, "the final mismatch"), confidence=CONFIDENCE,
@@ -978,7 +982,7 @@ def claim_12(convergence_seeds: pd.DataFrame | str | Path, arena_seeds: pd.DataF
                 f"[{q.low:+.4f}, {q.high:+.4f}], permutation p = {a.p_holm:.3g}, TOST p = {a.eq_holm:.3g} within "
                 f"+-{margin:g}: {_DIFFERENCE_WORDS[a_verdict]}")
     return ClaimResult(12, a_verdict, a_reason + f". In the simulator (verdict there: {verdict}): " + reason,
-                       {**a_numbers, **{f"sim_{k}": v for k, v in numbers.items()}},
+                       _beside_simulator(a_numbers, numbers),
                        [a_name or "arena seeds", name or "convergence seeds"],
                        [arena.SPEC.sanity_figure, convergence.SPEC.name], world=arena.SPEC.world.name,
                        test=_paired_test(margin, "final held-out reward"), confidence=CONFIDENCE, margin=margin,
