@@ -680,7 +680,8 @@ def arena_curves_figure(df: pd.DataFrame | Sequence[pd.DataFrame], stem: str | P
                         panels: Sequence[tuple[str, Sequence[str], bool]],
                         hue: str, order: Sequence[str], methods: dict[str, str] | None = None, title: str,
                         window: int = 10, formats=("png",), ncols: int = 2) -> list[Path]:
-    """Arena runs against the step, one panel per ``(ylabel, columns, log y)``: for each value of
+    """Arena runs against the step, one panel per ``(ylabel, columns, log y)`` (a ylabel
+    ``"what: quantity"`` titles its panel ``what``): for each value of
     ``hue`` (in ``order``), the mean over seeds of each column's moving average (``window``
     steps), its range over seeds shaded; a second column of a panel is drawn dashed. ``methods``
     maps a hue value to its objective, for the toolkit's colours. ``df`` may also be one table
@@ -708,7 +709,10 @@ def arena_curves_figure(df: pd.DataFrame | Sequence[pd.DataFrame], stem: str | P
                     ax.plot(s["step"], s["mean"], label=name if i == 0 else None, **line)
                     ax.fill_between(s["step"], s["lo"], s["hi"], color=style["color"], alpha=0.10, lw=0)
             ax.set_xlabel("step")
-            ax.set_ylabel(ylabel)
+            head, _, quantity = ylabel.rpartition(": ")  # "what: quantity" titles the panel with "what"
+            ax.set_ylabel(quantity)
+            if head:
+                ax.set_title(head, fontsize="medium")
             if log:
                 ax.set_yscale("log")
         for ax in list(axes.flat)[n:]:

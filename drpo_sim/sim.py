@@ -158,8 +158,7 @@ class TrainConfig:
             raise ValueError(f"collapse_drop must be in (0, 1], got {self.collapse_drop}")
         if self.std_norm and self.group_size < 2 and self.mode == "sampled":
             raise ValueError("std_norm needs group_size >= 2")
-        if not (np.isfinite(self.reward_scale_spread) and 0 <= self.reward_scale_spread <= 6):
-            raise ValueError(f"reward_scale_spread must be in [0, 6] decades, got {self.reward_scale_spread}")
+        advantages.check_reward_scale_spread(self.reward_scale_spread)
         if self.reward_scale_spread and self.mode != "sampled":
             raise ValueError("reward_scale_spread scales the rewards of sampled prompts: it needs mode='sampled'")
 
@@ -320,14 +319,6 @@ def _seed_axis(x: np.ndarray, like: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def reward_scales(spread: float, n_prompts: int) -> np.ndarray:
-    """The learner's reward scale of each prompt, ``10^(spread (u_p - 1/2))`` with ``u_p`` evenly
-    spaced over ``[0, 1]`` (:attr:`TrainConfig.reward_scale_spread`); all ones at ``spread = 0``."""
-    if spread == 0 or n_prompts < 2:
-        return np.ones(n_prompts)
-    return 10.0 ** (spread * (np.linspace(0.0, 1.0, n_prompts) - 0.5))
-
-
 def sample_tokens(probs: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF sampling: token ``y`` of row ``rows`` (a flat index into the ``[N*S]`` rows of
     ``probs [..., V]``) with ``cdf[y-1] <= u < cdf[y]``; tokens with zero probability are never drawn.
@@ -422,7 +413,7 @@ class Simulation:
         # the engine's persistent bias, drawn once (only when on, so other runs' streams are unchanged)
         self.bias = self.streams.standard_normal(z0.shape) if self.op.bias_std > 0 else None
         # each prompt's reward scale as the learner sees it (all ones without a spread), fixed for the run
-        self.reward_scale = reward_scales(self.tr.reward_scale_spread, self.env.n_prompts)
+        self.reward_scale = advantages.reward_scales(self.tr.reward_scale_spread, self.env.n_prompts)
         self.opt = Optimizer(self.tr, self.params)
         self.history: deque[Params] = deque([self.params], maxlen=self.op.staleness + 1)
         self.dead = np.zeros(n, dtype=bool)

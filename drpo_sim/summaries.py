@@ -162,9 +162,10 @@ ARENA_WINDOW = 10
 """Steps in the moving averages of the arena's summary (training reward and mismatch per step)."""
 
 
-def arena_summary(df: pd.DataFrame) -> pd.DataFrame:
+def arena_summary(df: pd.DataFrame, *, by: Sequence[str] = ()) -> pd.DataFrame:
     """The arena's table (:mod:`drpo_sim.arena.train`) per (objective, variant, precision, lr),
-    one row each with :data:`ARENA_SUMMARY_COLUMNS`, means over seeds unless stated:
+    within each group of the ``by`` columns (first, e.g. ``setting``), one row each with
+    :data:`ARENA_SUMMARY_COLUMNS`, means over seeds unless stated:
 
     * ``collapse_rate`` with its exact 95% interval (:func:`drpo_sim.stats.clopper_pearson_ci`),
       the share of seeds collapsed by the last step; ``median_collapse_step``, over the collapsed
@@ -176,7 +177,7 @@ def arena_summary(df: pd.DataFrame) -> pd.DataFrame:
       highest moving average; ``mismatch_final``: its mean over the last window;
       ``max_abs_shift_final``: the largest ``abs(pi - mu)`` over the last window.
     """
-    keys = ["objective", "variant", "precision", "lr"]
+    keys = [*by, "objective", "variant", "precision", "lr"]
     rows = []
     for key, g in df.groupby(keys, sort=False):
         g = g.sort_values(["seed", "step"])
@@ -205,7 +206,7 @@ def arena_summary(df: pd.DataFrame) -> pd.DataFrame:
             "mismatch_final": last.groupby("seed")["mismatch_mean"].mean().mean(),
             "max_abs_shift_final": last.groupby("seed")["mismatch_max"].max().mean(),
         })
-    return pd.DataFrame(rows, columns=list(ARENA_SUMMARY_COLUMNS))
+    return pd.DataFrame(rows, columns=[*by, *ARENA_SUMMARY_COLUMNS])
 
 
 ARENA_CLIMB = 1.5

@@ -27,3 +27,17 @@ def test_exact_advantages_are_the_infinite_group_limit_on_cpu():
     sd = np.sqrt(mu @ rewards**2 - (mu @ rewards) ** 2)
     np.testing.assert_allclose(advantages.exact(rewards, mu, std_norm=True), (rewards - mu @ rewards) / (sd + 1e-6))
     assert draws.std(ddof=1, axis=1).mean() == pytest.approx(sd, rel=0.02)
+
+
+@pytest.mark.parametrize("bad", [-0.5, 6.5, float("nan"), float("inf"), True, "2"])
+def test_reward_scales_reject_a_spread_outside_zero_to_six_decades_on_cpu(bad):
+    with pytest.raises(ValueError, match=r"reward_scale_spread must be in \[0, 6\] decades"):
+        advantages.reward_scales(bad, 8)
+
+
+def test_reward_scales_span_the_spread_with_geometric_mean_one_on_cpu():
+    for spread, n in ((1.0, 8), (3.0, 5)):
+        s = advantages.reward_scales(spread, n)
+        assert s.max() / s.min() == pytest.approx(10.0 ** spread)
+        assert np.exp(np.log(s).mean()) == pytest.approx(1.0)
+    assert np.array_equal(advantages.reward_scales(4.0, 1), np.ones(1))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from drpo_sim import objectives, stats
+from drpo_sim.advantages import reward_scales
 from drpo_sim.envs import zipf_logits
 from drpo_sim.offpolicy import trainer_logp, truncate
 from drpo_sim.policies import log_softmax
@@ -18,7 +19,6 @@ from drpo_sim.sim import (
     Simulation,
     gather,
     logit_gradient,
-    reward_scales,
     run,
     run_cell,
     sample_tokens,

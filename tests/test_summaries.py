@@ -264,3 +264,14 @@ def test_arena_summary_and_order_of_events_by_hand_on_cpu():
     assert ev.iloc[0]["climb_step"] < ev.iloc[0]["fall_step"] <= ev.iloc[0]["collapse_step"] == first
     assert bool(ev.iloc[0]["mismatch_first"])
     assert ARENA_CLIMB > 1 and 0 < ARENA_FALL < 1 and ARENA_WINDOW >= 1
+
+
+def test_arena_summary_keeps_the_groups_it_is_told_apart_on_cpu():
+    n = 12
+    curve, mm = [0.5] * n, [0.002] * n
+    one = _arena_table({("a", 0): curve, ("a", 1): curve}, {("a", 0): mm, ("a", 1): mm})
+    two = pd.concat([one.assign(setting="x"), one.assign(setting="y", reward=one["reward"] + 0.1)], ignore_index=True)
+    merged, apart = arena_summary(two), arena_summary(two, by=["setting"])
+    assert len(merged) == 1 and merged.loc[0, "seeds"] == 2  # the two settings' seeds pooled
+    assert list(apart.columns) == ["setting", *ARENA_SUMMARY_COLUMNS] and list(apart["setting"]) == ["x", "y"]
+    assert apart["final_train_reward"].tolist() == pytest.approx([0.5, 0.6])

@@ -12,7 +12,11 @@ behaviour log-probs its ratio is taken against). At every step, for all runs tog
 3. **recompute**: the trainer's float32 pass gives ``pi_old`` of the same tokens (for the
    ``recomputed`` anchor and for the rollout-time diagnostics);
 4. **reward and advantage**: the task's checked reward; group-relative advantages ``A = R - mean_G R``
-   (no division by the standard deviation; :func:`drpo_sim.advantages.group_relative`);
+   (no division by the standard deviation; :func:`drpo_sim.advantages.group_relative`). With
+   ``reward_scale_spread = s > 0`` the learner sees each prompt's rewards multiplied by its key's
+   scale, ``10^(s (k / (m - 1) - 1/2))`` for key ``k`` of ``m`` (:func:`drpo_sim.advantages.reward_scales`),
+   so advantages of different keys differ in size by up to ``10^s``; the reported rewards stay
+   the task's own;
 5. **updates**: ``U`` mini-batches, one AdamW step each, every run with its own gradient-norm
    clip (1.0) and its own Adam state. The loss is each objective's surrogate
    (:meth:`drpo_sim.objectives.Objective.surrogate`) of the trainer's current ``log pi`` against the
@@ -28,7 +32,7 @@ precision mismatch and the drift of earlier mini-batches); ``"recomputed"`` is t
 
 **The table** has one row per (run, step): the contestant (``method``, its label; ``objective``,
 ``variant``, ``anchor``, ``params``), the engine setting (``precision``, ``routing_replay``, ``moe``,
-``lr``), ``seed`` and ``step``, then :data:`METRICS`: the training ``reward`` of the
+``lr``, ``reward_scale_spread``), ``seed`` and ``step``, then :data:`METRICS`: the training ``reward`` of the
 rollout; ``heldout_reward`` (NaN between evaluations); the rollout-time mismatch of
 :func:`drpo_sim.lm.mismatch.run_statistics` between ``pi_old`` and ``mu``; the trainer's mean
 per-token ``entropy``; ``response_len``; ``flip_rate`` (MoE: the share of response positions where
@@ -57,7 +61,7 @@ import torch
 from tqdm.auto import tqdm
 
 from drpo_sim import objectives, stats
-from drpo_sim.advantages import group_relative
+from drpo_sim.advantages import check_reward_scale_spread, group_relative, reward_scales
 from drpo_sim.arena.model import PRECISIONS, Engine, Params, logits, logprobs_of, replicate, response_logprobs
 from drpo_sim.arena.pretrain import BaseModelConfig, pretrain
 from drpo_sim.config import check_positive_ints
@@ -136,6 +140,8 @@ class ArenaConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    reward_scale_spread: float = 0.0
+    """Decades over which the learner's reward scales spread across the task's keys (module docstring, step 4)."""
     steps: int = 300
     n_eval: int = 64
     eval_every: int = 10
@@ -145,6 +151,7 @@ class ArenaConfig:
             raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.routing_replay and not self.base.model.moe:
             raise ValueError("routing replay needs a mixture-of-experts model (n_experts >= 2)")
+        check_reward_scale_spread(self.reward_scale_spread)
         check_positive_ints(self, "prompts_per_step", "group_size", "updates_per_batch", "steps", "n_eval",
                             "eval_every")
         if self.group_size < 2:
@@ -257,6 +264,7 @@ def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int],
     coef = objectives.aggregation_weights(torch.ones(R, mb, H, dtype=torch.bool, device=device), AGG_MODE,
                                           horizon=H)
     recomputed = torch.tensor([c.anchor == "recomputed" for c in contestants], device=device)[run_contestant]
+    key_scale = torch.from_numpy(reward_scales(config.reward_scale_spread, task.n_classes))  # [m] float64
     rows: list[dict[str, np.ndarray]] = []
     initial = _heldout(params, config, eval_prompts, R, step=0)
     for step in tqdm(range(1, config.steps + 1), desc=f"arena/{config.precision}", unit="step",
@@ -281,7 +289,8 @@ def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int],
         row["flip_rate"] = _flip_rate(params, config, seqs, roll.routes, None if config.routing_replay else own_routes)
         # 4. reward, group-relative advantage
         reward = task.reward(seqs)  # [R, B]
-        adv = torch.from_numpy(group_relative(_np(reward.view(R, P, G).double())).reshape(R, B)).float()
+        scaled = reward.double().cpu() * key_scale[seqs[:, :, 0].cpu()]  # the learner's rewards (step 4)
+        adv = torch.from_numpy(group_relative(_np(scaled.view(R, P, G))).reshape(R, B)).float()
         adv = adv.to(device)
         row["reward"] = _np(reward.double().mean(-1))
         # 5. updates
@@ -397,6 +406,7 @@ def _table(rows: list[dict[str, np.ndarray]], initial: np.ndarray, config: Arena
         "routing_replay": config.routing_replay,
         "moe": config.base.model.moe,
         "lr": config.lr,
+        "reward_scale_spread": config.reward_scale_spread,
         "seed": np.asarray(seeds)[run % len(seeds)],
         "step": np.tile(np.arange(1, steps + 1), R),
         **cols,

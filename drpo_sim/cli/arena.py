@@ -6,8 +6,8 @@
         measure the calibration grid at initialisation; DIR/arena_calibration.json
     drpo-sim arena run --out FILE.parquet [--objectives pg_is,cispo,ppo@recomputed,drpo] \\
         [--param drpo.delta=2.5] [--precision bf16] [--moe] [--routing-replay] [--seeds 4] \\
-        [--steps 800] [--lr 3e-4] [--response-len 64 --max-len 66] [--calibration FILE] \\
-        [--device cpu|cuda]
+        [--steps 800] [--lr 3e-4] [--reward-scale-spread 0] [--response-len 64 --max-len 66] \\
+        [--calibration FILE] [--device cpu|cuda]
         every objective x seed in one batch; the table, and the summary on stdout
 
 The defaults are the arena analysis's (:data:`drpo_sim.paper.analyses.arena.SPEC`): its
@@ -56,6 +56,9 @@ def configure_arena(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=SPEC.full.seeds, help="seeds 0..N-1 (default %(default)s)")
     p.add_argument("--steps", type=int, default=SPEC.full.steps, help="RL steps (default %(default)s)")
     p.add_argument("--lr", type=float, default=cfg.lr, help="AdamW learning rate (default %(default)s)")
+    p.add_argument("--reward-scale-spread", type=float, default=cfg.reward_scale_spread, metavar="DECADES",
+                   help="spread the learner's reward scales across the task's keys over this many decades "
+                        "(0 to 6; default %(default)s)")
     p.add_argument("--eval-every", type=int, default=SPEC.full.eval_every, help="held-out evaluation period")
     p.add_argument("--response-len", type=int, default=None, help="response length H (default: the calibrated 64)")
     p.add_argument("--max-len", type=int, default=None, help="the model's context (default: the calibrated model's)")
@@ -96,7 +99,8 @@ def config_from(args: argparse.Namespace) -> ArenaConfig:
     if args.max_len is not None:
         base = dataclasses.replace(base, model=dataclasses.replace(base.model, max_len=args.max_len))
     return dataclasses.replace(SPEC.config, base=base, precision=args.precision, routing_replay=args.routing_replay,
-                               steps=args.steps, lr=args.lr, eval_every=args.eval_every)
+                               steps=args.steps, lr=args.lr, eval_every=args.eval_every,
+                               reward_scale_spread=args.reward_scale_spread)
 
 
 def run_arena(args: argparse.Namespace) -> int:

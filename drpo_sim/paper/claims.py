@@ -51,6 +51,7 @@ from drpo_sim.paper.analyses import (
     ablations,
     anchor,
     arena,
+    arena_reward_scales,
     convergence,
     divergence_tuning,
     fixed_points,
@@ -750,7 +751,41 @@ def _reward_scale_pairs(seeds: pd.DataFrame, *, spread_wide: bool) -> dict[str, 
     return pairs
 
 
-def claim_8(reward_scale_seeds: pd.DataFrame | str | Path, *, margin: float = REWARD_MARGIN) -> ClaimResult:
+def _arena_reward_scale_pairs(seeds: pd.DataFrame, *, spread_wide: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Final held-out rewards of DRPO and of its fair ablation seed by seed, per cell (setting x
+    delta) of :mod:`~drpo_sim.paper.analyses.arena_reward_scales`, as :func:`_reward_scale_pairs`."""
+    spec, pairs = arena_reward_scales.SPEC, {}
+    for setting in spec.settings:
+        if (setting.reward_scale_spread > 0) != spread_wide:
+            continue
+        for d in arena_reward_scales.DELTAS:
+            pairs[f"{setting.name} delta {d:g}"] = _aligned(
+                seeds, {"setting": setting.name, "method": arena_reward_scales.label("drpo", d)},
+                {"setting": setting.name, "method": arena_reward_scales.label(reward_scales.ABLATION, d)},
+                "final", spec.name)
+    return pairs
+
+
+def _reward_scale_verdict(pairs: dict, control: dict, margin: float, numbers: dict[str, float],
+                          prefix: str = "") -> tuple[dict[str, _Cell], str]:
+    """Claim 8's family (the cells with a spread) and its control (without), recorded in
+    ``numbers`` under ``prefix``; the family and the sentence that reports both."""
+    # drpo against the ablation: "above" is the ablation doing worse, the claim's direction
+    cells, controls = _family(pairs, margin), _family(control, margin)
+    for k, c in {**cells, **controls}.items():
+        _record(numbers, f"{prefix}drpo_vs_batch_mean_{k}", c)
+    worse, better, same = _split(cells)
+    c_worse, c_better, c_same = _split(controls)
+    reason = (f"with reward scales spread over decades, replacing abs(A) by the batch's mean abs(A) lowers the final "
+              f"reward in {len(worse)}{_listing(worse)}, raises it in {len(better)}{_listing(better)} and is "
+              f"equivalent in {len(same)}{_listing(same)} of {len(cells)} cells; without a spread (control) it "
+              f"lowers it in {len(c_worse)}, raises it in {len(c_better)} and is equivalent in {len(c_same)} of "
+              f"{len(controls)}")
+    return cells, reason
+
+
+def claim_8(reward_scale_seeds: pd.DataFrame | str | Path, arena_seeds: pd.DataFrame | str | Path | None = None, *,
+            margin: float = REWARD_MARGIN) -> ClaimResult:
     """Claim 8 with the fair ablation, on the runs of
     :mod:`~drpo_sim.paper.analyses.reward_scales`: DRPO against ``drpo_no_abs_adv`` with
     ``abs(A)`` replaced by the batch's mean ``abs(A)``, final reward, paired on shared seeds, per
@@ -760,31 +795,43 @@ def claim_8(reward_scale_seeds: pd.DataFrame | str | Path, *, margin: float = RE
     spread of at least a decade, and the verdict is :func:`_directional` over them (DRPO measured
     above its ablation). The cells without a spread are the control, reported beside it: there the
     shared coefficient differs from each token's ``abs(A)`` only by the spread the task itself gives.
+
+    With ``arena_seeds`` (the per-seed table of
+    :mod:`~drpo_sim.paper.analyses.arena_reward_scales`) the verdict comes from the arena instead,
+    by the same rule on the final held-out reward, the simulator's reported beside it.
     """
     seeds, name = _table(reward_scale_seeds)
-    spec = reward_scales.SPEC
-    pairs = _reward_scale_pairs(seeds, spread_wide=True)
-    control = _reward_scale_pairs(seeds, spread_wide=False)
-    # drpo against the ablation: "above" is the ablation doing worse, the claim's direction
-    cells, controls = _family(pairs, margin), _family(control, margin)
     numbers: dict[str, float] = {}
-    for k, c in {**cells, **controls}.items():
-        _record(numbers, f"drpo_vs_batch_mean_{k}", c)
-    worse, better, same = _split(cells)
-    c_worse, c_better, c_same = _split(controls)
-    world = spec.world
+    cells, reason = _reward_scale_verdict(_reward_scale_pairs(seeds, spread_wide=True),
+                                          _reward_scale_pairs(seeds, spread_wide=False), margin, numbers)
+    world = reward_scales.SPEC.world
     missing = world.lacks(DESIGN[8])
-    reason = (f"with reward scales spread over decades, replacing abs(A) by the batch's mean abs(A) lowers the final "
-              f"reward in {len(worse)}{_listing(worse)}, raises it in {len(better)}{_listing(better)} and is "
-              f"equivalent in {len(same)}{_listing(same)} of {len(cells)} cells; without a spread (control) it "
-              f"lowers it in {len(c_worse)}, raises it in {len(c_better)} and is equivalent in {len(c_same)} of "
-              f"{len(controls)}")
     if missing:
         reason = f"the {world.name} lacks {', '.join(missing)}; measured anyway, " + reason
-    return ClaimResult(8, "not testable here" if missing else _directional(cells), reason, numbers,
-                       [name or "reward-scale seeds"], [reward_scales.FIGURE.name], world=world.name,
-                       test=_paired_test(margin, "final reward"), confidence=CONFIDENCE, margin=margin,
-                       n_seeds=_n_seeds(cells), n_cells=len(cells), p_value=_min_p(cells), needs=list(DESIGN[8]))
+    verdict = "not testable here" if missing else _directional(cells)
+    if arena_seeds is None:
+        return ClaimResult(8, verdict, reason, numbers, [name or "reward-scale seeds"], [reward_scales.FIGURE.name],
+                           world=world.name, test=_paired_test(margin, "final reward"), confidence=CONFIDENCE,
+                           margin=margin, n_seeds=_n_seeds(cells), n_cells=len(cells), p_value=_min_p(cells),
+                           needs=list(DESIGN[8]))
+    a_seeds, a_name = _table(arena_seeds)
+    a_spec = arena_reward_scales.SPEC
+    a_numbers: dict[str, float] = {}
+    a_cells, a_reason = _reward_scale_verdict(_arena_reward_scale_pairs(a_seeds, spread_wide=True),
+                                              _arena_reward_scale_pairs(a_seeds, spread_wide=False), margin, a_numbers,
+                                              prefix="arena_")
+    a_missing = a_spec.world.lacks(DESIGN[8])
+    reason = (f"in the arena (bf16, {_n_seeds(a_cells)} shared seeds; final held-out reward): {a_reason}. "
+              f"In the simulator (verdict there: {verdict}): {reason}")
+    if a_missing:
+        reason = f"the {a_spec.world.name} lacks {', '.join(a_missing)}; measured anyway, " + reason
+    return ClaimResult(8, "not testable here" if a_missing else _directional(a_cells), reason,
+                       _beside_simulator(a_numbers, numbers), [a_name or "arena reward-scale seeds",
+                                                               name or "reward-scale seeds"],
+                       [a_spec.name, reward_scales.FIGURE.name], world=a_spec.world.name,
+                       test=_paired_test(margin, "final held-out reward"), confidence=CONFIDENCE, margin=margin,
+                       n_seeds=_n_seeds(a_cells), n_cells=len(a_cells), p_value=_min_p(a_cells),
+                       needs=list(DESIGN[8]))
 
 
 def claim_9(ablation_seeds: pd.DataFrame | str | Path, *, deltas: Sequence[float] = (12.5, ablations.BINDING_DELTA),
@@ -997,7 +1044,7 @@ CLAIM_FILES = {
     5: (replay_sim.SPEC.file("regions_by_mu.csv"),),
     6: (settings.SPEC.seeds_file, arena.SPEC.seeds_file),
     7: (thresholds.SPEC.seeds_file,),
-    8: (reward_scales.SPEC.seeds_file,),
+    8: (reward_scales.SPEC.seeds_file, arena_reward_scales.SPEC.seeds_file),
     9: (ablations.SPEC.seeds_file,),
     10: (divergence_tuning.SPEC.summary_file, ablations.SPEC.seeds_file),
     11: (anchor.SPEC.seeds_file, arena.SPEC.seeds_file),

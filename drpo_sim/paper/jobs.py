@@ -23,6 +23,7 @@ from drpo_sim.arena import calibration
 from drpo_sim.arena.train import COLLAPSE, GRAD_SHARES
 from drpo_sim.paper.manifest import FigureRecord
 from drpo_sim.paper.specs import (
+    ArenaComparisonSpec,
     ArenaSetting,
     ArenaSpec,
     ConvergenceSpec,
@@ -547,7 +548,7 @@ def lab_experiment_figures(out: str | Path, spec: LabSpec, profile: str, runner:
 # the arena
 
 
-def arena_cells(spec: ArenaSpec, profile: str) -> list[Cell]:
+def arena_cells(spec: ArenaSpec | ArenaComparisonSpec, profile: str) -> list[Cell]:
     """One cell per setting of the arena: its contestants x its seeds (:meth:`ArenaProfile.seeds_for`)."""
     prof = spec.profile(profile)
     return [arena_cell(spec.config_for(s, profile), spec.contestants_for(s, profile), prof.seeds_for(s),
@@ -646,6 +647,43 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
     return records
 
 
+def arena_comparison_figures(out: str | Path, spec: ArenaComparisonSpec, profile: str, runner: Runner,
+                             formats: Formats = ("png",)) -> list[FigureRecord]:
+    """Every contestant of ``spec`` in every one of its settings (:func:`arena_cells`): their
+    per-step table, the summary (:func:`drpo_sim.summaries.arena_summary` per setting), the per-seed table
+    (:func:`drpo_sim.summaries.seed_table` of the held-out reward) and one figure, a row per
+    setting: held-out reward, mean ``abs(pi - mu)`` and the gradient norm before clipping."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    cells = arena_cells(spec, profile)
+    tables = runner.run(cells, desc=spec.name)
+    df = pd.concat([t.assign(setting=c.labels["setting"]) for c, t in zip(cells, tables)], ignore_index=True)
+    prof = spec.profile(profile)
+    labels = [c.label for c in spec.contestants]
+    by = ["setting", "reward_scale_spread"]
+    config = {"profile": profile, "methods": labels, "settings": [s.name for s in spec.settings],
+              "lr": spec.config.lr, "steps": prof.steps, "summary": spec.summary_file, "seeds": spec.seeds_file,
+              "data": spec.data_file, "collapse": dataclasses.asdict(COLLAPSE), "world": spec.world.name}
+    write_results(df, out / spec.data_file, config)
+    write_csv(summaries.arena_summary(df, by=by), out / spec.summary_file)
+    write_csv(summaries.seed_table(df, [*by, "method", "objective", "variant", "precision", "lr"],
+                                   metric="heldout_reward", at_end=("mismatch_mean",)), out / spec.seeds_file)
+    panels, frames = [], []
+    for setting in spec.settings:
+        sub = df[df["setting"] == setting.name]
+        for ylabel, cols, log in [("held-out reward", ["heldout_reward"], False),
+                                  ("mean abs(pi - mu)", ["mismatch_mean"], True),
+                                  ("gradient norm before clipping", ["grad_norm"], True)]:
+            panels.append((f"{setting.title}: {ylabel}", cols, log))
+            frames.append(sub)
+    files = plots.arena_curves_figure(frames, out / spec.name, panels=panels, hue="method", order=labels,
+                                      methods={c.label: c.objective for c in spec.contestants}, ncols=3,
+                                      formats=formats, title=f"{spec.title}\n{prof.seeds} seeds x {prof.steps} steps, "
+                                      f"AdamW lr {spec.config.lr:g}, {spec.world.description}")
+    return [FigureRecord(spec.name, _names(files), spec.summary_file, "arena_comparison_figures", config,
+                         time.perf_counter() - t0, prof.seed_list)]
+
+
 def _arena_settings_figure(df: pd.DataFrame, stem: Path, settings: list[ArenaSetting], controls: list[str],
                            extra: list, formats: Formats, title: str) -> list[Path]:
     """One row per control contestant: its held-out reward, its mean ``abs(pi - mu)`` and the
@@ -692,7 +730,7 @@ def planned_cells(spec: object, profile: str, out: str | Path) -> list[Cell]:
         cells = sensitivity_sweep(spec, profile).cells()
     elif isinstance(spec, LabSpec):
         cells = lab_cells(spec, profile, out)
-    elif isinstance(spec, ArenaSpec):
+    elif isinstance(spec, (ArenaSpec, ArenaComparisonSpec)):
         cells = arena_cells(spec, profile)
     else:
         return []

@@ -30,7 +30,7 @@ import pandas as pd
 from drpo_sim import objectives
 from drpo_sim._io import write_text
 from drpo_sim.config import REPLAY_OBJECTIVES
-from drpo_sim.paper.analyses import arena, replay_sim, weight_table
+from drpo_sim.paper.analyses import arena, arena_reward_scales, replay_sim, weight_table
 from drpo_sim.paper.claims import CLAIMS_FILE, STATEMENTS, load_claims
 from drpo_sim.paper.manifest import MANIFEST_FILE, load_manifest, read_json, total_wall_time
 from drpo_sim.paper.numbers import (
@@ -593,6 +593,30 @@ def _arena(ctx: _Context) -> str:
     return "\n\n".join(parts)
 
 
+def _arena_reward_scales(ctx: _Context) -> str:
+    """Claim 8's runs in the arena: the figure and the final held-out reward per contestant and spread."""
+    spec = arena_reward_scales.SPEC
+    summary = _read_csv(ctx.results / spec.summary_file)
+    if summary is None or not ctx.has_png(spec.name):
+        return ""
+    labels = {(c.objective, c.variant): c.label for c in spec.contestants}
+    summary["variant"] = summary["variant"].fillna("")
+    summary["label"] = [labels.get((o, v), f"{o} ({v})") for o, v in zip(summary["objective"], summary["variant"])]
+    settings = [s for s in spec.settings if s.name in set(summary["setting"])]
+    table = summary.pivot_table(index="label", columns="setting", values="final_heldout_reward", sort=False)
+    rows = [[label, *(format_number(table.loc[label, s.name]) for s in settings)] for label in table.index]
+    seeds, steps = int(summary["seeds"].max()), int(summary["steps"].max())
+    return "\n\n".join([
+        "## The arena with mixed reward scales (claim 8)",
+        (f"The sanity test's bf16 arena with the learner's reward scales spread over the task's keys, "
+         f"{format_number(seeds)} seeds x {format_number(steps)} steps; the final held-out reward, on the task's own "
+         f"scale, mean over seeds ({ctx.source(spec.summary_file)}):"),
+        _table(["contestant", *(s.title for s in settings)], rows),
+        (f"Its figure, `{spec.name}`, is under claim 8 above." if spec.name in ctx.shown
+         else ctx.figure(spec.name, "DRPO against its fair ablation as the reward scales spread, in the arena")),
+    ])
+
+
 def _other_figures(ctx: _Context) -> str:
     """Every figure of the manifest not shown above, grouped by job."""
     parts = []
@@ -649,7 +673,7 @@ def render_report(results: Path | str, paper: Path | str) -> str:
     ctx = _Context(results, paper, load_claims(results), load_manifest(results))
     sections = [_header(ctx), _summary(ctx), _what_drpo_is(ctx), _how_tested(ctx)]
     sections += [_claim_section(ctx, n) for n in _all_claim_numbers(ctx)]
-    sections += [_arena(ctx), _other_figures(ctx), _limits(ctx), _reproduce(ctx)]
+    sections += [_arena(ctx), _arena_reward_scales(ctx), _other_figures(ctx), _limits(ctx), _reproduce(ctx)]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -663,7 +687,8 @@ def report_inputs(results: Path | str) -> list[str]:
     prefix = _replay_prefix(results)
     if prefix is not None:
         names += [f"{prefix}objectives.csv", f"{prefix}replay.json"]
-    names += [f for f in (arena.SPEC.summary_file, arena.SPEC.calibration_file) if (results / f).is_file()]
+    names += [f for f in (arena.SPEC.summary_file, arena.SPEC.calibration_file, arena_reward_scales.SPEC.summary_file)
+              if (results / f).is_file()]
     for claim in load_claims(results):
         names += [s for s in claim.get("sources", []) if (results / s).is_file()]
     return list(dict.fromkeys(names))

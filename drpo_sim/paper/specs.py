@@ -74,6 +74,10 @@ SIMULATOR_REWARD_SCALES = World("simulator, mixed reward scales",
 #: The arena: the engine is a reduced-precision pass over the trainer's own parameters.
 ARENA = World("arena", "1-layer transformers; the engine a bf16/fp16/fp8 pass over the trainer's own weights",
               frozenset({"mismatch", "policy_dependent_mismatch", "seeds"}))
+#: The arena with the learner's reward scales spread over decades across the task's keys.
+ARENA_REWARD_SCALES = World("arena, mixed reward scales",
+                            "the arena with the learner's reward scales spread over decades across the task's keys",
+                            frozenset({"mismatch", "policy_dependent_mismatch", "seeds", "advantage_spread"}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,9 +416,11 @@ class ArenaProfile(Profile):
 
 @dataclass(frozen=True)
 class ArenaSetting:
-    """One engine setting of the arena, run as one cell: its precision, its learning rate as a
-    multiple of the spec's, MoE and routing replay. ``controls``: only the control contestants run
-    (``only``: only those of them, by label, in the full profile)."""
+    """One setting of the arena, run as one cell: its engine's precision, its learning rate as a
+    multiple of the spec's, MoE and routing replay, and how widely the learner's reward scales
+    spread across the task's keys (decades; :attr:`drpo_sim.arena.train.ArenaConfig.reward_scale_spread`).
+    ``controls``: only the control contestants run (``only``: only those of them, by label, in the
+    full profile)."""
 
     name: str
     title: str
@@ -424,6 +430,16 @@ class ArenaSetting:
     routing_replay: bool = False
     controls: bool = True
     only: tuple[str, ...] | None = None
+    reward_scale_spread: float = 0.0
+
+    def config(self, config: ArenaConfig, base: BaseModelConfig, profile: ArenaProfile,
+               n_experts: int) -> ArenaConfig:
+        """``config`` with this setting's changes on ``base`` (MoE with ``n_experts``), for ``profile``."""
+        if self.moe:
+            base = dataclasses.replace(base, model=dataclasses.replace(base.model, n_experts=n_experts))
+        return dataclasses.replace(config, base=base, precision=self.precision, lr=config.lr * self.lr_scale,
+                                   routing_replay=self.routing_replay, reward_scale_spread=self.reward_scale_spread,
+                                   steps=profile.steps, eval_every=profile.eval_every)
 
 
 @dataclass(frozen=True)
@@ -489,13 +505,7 @@ class ArenaSpec(_Profiled):
 
     def config_for(self, setting: ArenaSetting, profile: str) -> ArenaConfig:
         """The full configuration of one setting in ``profile``."""
-        prof = self.profile(profile)
-        base = self.base
-        if setting.moe:
-            base = dataclasses.replace(base, model=dataclasses.replace(base.model, n_experts=self.n_experts))
-        return dataclasses.replace(self.config, base=base, precision=setting.precision,
-                                   lr=self.config.lr * setting.lr_scale, routing_replay=setting.routing_replay,
-                                   steps=prof.steps, eval_every=prof.eval_every)
+        return setting.config(self.config, self.base, self.profile(profile), self.n_experts)
 
     def contestants_for(self, setting: ArenaSetting, profile: str) -> tuple[Contestant, ...]:
         if not setting.controls:
@@ -504,3 +514,52 @@ class ArenaSpec(_Profiled):
         if setting.only is not None and profile == "full":
             names = [n for n in names if n in setting.only]
         return tuple(c for c in self.contestants if c.label in names)
+
+
+@dataclass(frozen=True)
+class ArenaComparisonSpec(_Tables):
+    """Contestants compared across arena settings (every contestant in every setting, on every
+    seed of the profile), on the arena's calibrated base model: one figure of their held-out reward,
+    mismatch and gradient norm per setting, and the tables ``<name>.parquet`` (every run's steps),
+    ``<name>_summary.csv`` (one row per setting and contestant, :func:`drpo_sim.summaries.arena_summary`)
+    and ``<name>_seeds.csv``."""
+
+    name: str
+    title: str
+    quick: ArenaProfile
+    full: ArenaProfile
+    base: BaseModelConfig
+    config: ArenaConfig
+    contestants: tuple[Contestant, ...]
+    settings: tuple[ArenaSetting, ...]
+    world: World = ARENA
+    n_experts: int = 4
+
+    def __post_init__(self) -> None:
+        labels = [c.label for c in self.contestants]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"ArenaComparisonSpec {self.name}: duplicate contestant labels {labels}")
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ArenaComparisonSpec {self.name}: duplicate setting names {names}")
+        for setting in self.settings:
+            if setting.controls or setting.only is not None:
+                raise ValueError(f"ArenaComparisonSpec {self.name}: setting {setting.name!r} runs every contestant "
+                                 "(controls=False, only=None)")
+
+    @property
+    def data_file(self) -> str:
+        """The runs' per-step table (:mod:`drpo_sim.arena.train`), as the arena's own."""
+        return f"{self.name}.parquet"
+
+    @property
+    def figures(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def config_for(self, setting: ArenaSetting, profile: str) -> ArenaConfig:
+        """The full configuration of one setting in ``profile``."""
+        return setting.config(self.config, self.base, self.profile(profile), self.n_experts)
+
+    def contestants_for(self, setting: ArenaSetting, profile: str) -> tuple[Contestant, ...]:
+        """Every contestant runs in every setting."""
+        return self.contestants

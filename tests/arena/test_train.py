@@ -117,10 +117,26 @@ def test_batched_adamw_matches_torch_on_cpu():
     ({"updates_per_batch": 3}, "does not split into 3 mini-batches"),
     ({"lr": 0}, "lr must be a finite number > 0"),
     ({"group_size": 1}, "group_size must be at least 2"),
+    ({"reward_scale_spread": 7.0}, r"reward_scale_spread must be in \[0, 6\] decades"),
+    ({"reward_scale_spread": -1.0}, r"reward_scale_spread must be in \[0, 6\] decades"),
 ])
 def test_impossible_configurations_on_cpu(kwargs, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(CONFIG, **kwargs)
+
+
+def test_reward_scales_reach_the_learner_not_the_reported_reward_on_cpu():
+    ablation = Contestant.of("drpo_no_abs_adv", delta=0.05, adv_scale="batch")
+    plain = train(CONFIG, [PG, ablation], [0, 1])
+    wide = train(dataclasses.replace(CONFIG, reward_scale_spread=2.0), [PG, ablation], [0, 1])
+    assert set(plain["reward_scale_spread"]) == {0.0} and set(wide["reward_scale_spread"]) == {2.0}
+    first, first_wide = plain[plain["step"] == 1], wide[wide["step"] == 1]
+    # the same first rollout, and its reward reported on the task's own scale...
+    np.testing.assert_array_equal(first["reward"].to_numpy(), first_wide["reward"].to_numpy())
+    np.testing.assert_array_equal(first["mismatch_mean"].to_numpy(), first_wide["mismatch_mean"].to_numpy())
+    # ...while the learner's advantages, and so its gradient, change
+    assert not np.allclose(first["grad_norm"].to_numpy(), first_wide["grad_norm"].to_numpy())
+    assert np.isfinite(wide["grad_norm"]).all() and not wide["nonfinite"].any()
 
 
 def test_bad_contestants_and_seeds_on_cpu():

@@ -15,12 +15,13 @@ def test_arena_run_writes_the_table_and_prints_the_summary_on_cpu(tmp_path, caps
     out = tmp_path / "arena.parquet"
     rc = cli.main(["arena", "run", "--out", str(out), "--objectives", "pg_is,ppo@recomputed,drpo",
                    "--param", "drpo.delta=2.5", "--seeds", "2", "--steps", "2", "--eval-every", "1",
-                   "--no-progress"])
+                   "--reward-scale-spread", "1.5", "--no-progress"])
     assert rc == 0
     df, meta = read_results(out)
     assert sorted(df["method"].unique()) == ["drpo delta 2.5", "pg_is", "ppo (recomputed anchor)"]
     assert len(df) == 3 * 2 * 2 and meta["device"] == "cpu"
     assert meta["contestants"][2]["params"]["delta"] == 2.5
+    assert set(df["reward_scale_spread"]) == {1.5} and meta["arena"]["reward_scale_spread"] == 1.5
     text = capsys.readouterr().out
     assert "collapse_rate" in text and "anchor=recomputed" in text and f"wrote {out}" in text
 
@@ -32,6 +33,7 @@ def test_arena_run_writes_the_table_and_prints_the_summary_on_cpu(tmp_path, caps
     (["--objectives", "pg_is@engine"], "unknown anchor 'engine'"),
     (["--param", "spo.eps=2"], "--param names spo, which is not among --objectives"),
     (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--reward-scale-spread", "7"], "reward_scale_spread must be in [0, 6] decades, got 7.0"),
 ])
 def test_impossible_configurations_exit_2_with_one_line(flags, message, tmp_path, capsys):
     rc = cli.main(["arena", "run", "--out", str(tmp_path / "a.parquet"), "--steps", "1", *flags])

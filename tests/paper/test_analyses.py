@@ -28,6 +28,7 @@ from drpo_sim.paper.analyses import (
     thresholds,
 )
 from drpo_sim.paper.specs import (
+    ArenaComparisonSpec,
     ArenaSpec,
     ConvergenceSpec,
     FlowSpec,
@@ -60,7 +61,7 @@ def figures_of(spec) -> list[str]:
         return [spec.figure]
     if isinstance(spec, ReplaySpec):
         return [spec.prefix + f for f in REPLAY_FIGURES]
-    if isinstance(spec, ArenaSpec):
+    if isinstance(spec, (ArenaSpec, ArenaComparisonSpec)):
         return list(spec.figures)
     if isinstance(spec, LabSpec):
         return ["lm_reward", "lm_mismatch", *(spec.replay_prefix(p) + f for p in spec.replay_precisions
@@ -87,7 +88,7 @@ def files_of(spec) -> set[str]:
 def test_the_analyses_run_in_their_order():
     assert list(ORDER) == ["weight_table", "fixed_points", "convergence", "settings", "phase", "thresholds",
                            "divergence_tuning", "ablations", "reward_scales", "anchor", "replay_sim", "tiny_lm",
-                           "arena"]
+                           "arena", "arena_reward_scales"]
     assert all(module.__name__ == f"drpo_sim.paper.analyses.{name}" for name, module in ORDER.items())
 
 
@@ -120,6 +121,7 @@ def test_every_result_file_a_claim_reads_is_written_by_some_analysis():
     assert written["threshold_sensitivity.csv"] == "thresholds"
     assert written[claims.CLAIM_FILES[5][0]] == "replay_sim"
     assert written[claims.CLAIM_FILES[12][0]] == "convergence"
+    assert [written[f] for f in claims.CLAIM_FILES[8]] == ["reward_scales", "arena_reward_scales"]
 
 
 def _default(function, parameter: str):

@@ -249,6 +249,43 @@ def test_claim_8_needs_a_world_with_a_spread_of_advantages_on_cpu(monkeypatch):
     assert c.needs[1] == "advantage_spread"
 
 
+def arena_reward_scale_seeds(changes: dict[str, float]) -> pd.DataFrame:
+    """The arena's reward-scale runs: every contestant at 0.9 final held-out reward in every
+    spread, unless ``changes["setting:label"]``."""
+    from drpo_sim.paper.analyses import arena_reward_scales
+
+    rows = []
+    for s in arena_reward_scales.SPEC.settings:
+        for k, c in enumerate(arena_reward_scales.SPEC.contestants):
+            rows += seed_rows({"setting": s.name, "reward_scale_spread": s.reward_scale_spread, "method": c.label,
+                               "objective": c.objective}, 0.9 + changes.get(f"{s.name}:{c.label}", 0), k)
+    return pd.DataFrame(rows)
+
+
+def test_claim_8_comes_from_the_arena_when_it_ran_on_cpu():
+    from drpo_sim.paper.analyses import arena_reward_scales as ars
+    from drpo_sim.paper.analyses import reward_scales
+
+    worse = {f"{ars.setting_name(s)}:{ars.label(reward_scales.ABLATION, d)}": -0.2 for s in (1, 2) for d in ars.DELTAS}
+    c = claims.claim_8(reward_scale_seeds({}), arena_reward_scale_seeds(worse))
+    assert c.verdict == "supported" and c.world == "arena, mixed reward scales" and c.n_cells == 4
+    assert c.reason.startswith(f"in the arena (bf16, {N_SEEDS} shared seeds; final held-out reward)")
+    assert "In the simulator (verdict there: not supported)" in c.reason  # the simulator's, beside it
+    assert c.numbers["arena_drpo_vs_batch_mean_spread_2_delta0.15_diff"] == pytest.approx(0.2, abs=0.02)
+    assert "sim_drpo_vs_batch_mean_spread_2_delta0.5_diff" in c.numbers
+    assert c.figures == [ars.SPEC.name, reward_scales.FIGURE.name]
+    # equivalent everywhere in the arena: not supported there, whatever the simulator says
+    sim_worse = {f"spread_{s:g}:{reward_scales.variant(reward_scales.ABLATION, d).label}": -0.2
+                 for s in (1, 2) for d in reward_scales.DELTAS}
+    c = claims.claim_8(reward_scale_seeds(sim_worse), arena_reward_scale_seeds({}))
+    assert c.verdict == "not supported" and "verdict there: supported" in c.reason
+    # a run of the arena's analysis that lacks a delta is an error naming it
+    partial = arena_reward_scale_seeds({})
+    partial = partial[partial["method"] != ars.label("drpo", 0.15)]
+    with pytest.raises(ValueError, match="no seeds for"):
+        claims.claim_8(reward_scale_seeds({}), partial)
+
+
 def test_claim_9_is_an_equivalence_test_on_cpu():
     assert claims.claim_9(ablation_seeds({})).verdict == "supported"
     c = claims.claim_9(ablation_seeds({"fp8_stale:mask_drpo": 0.1}))

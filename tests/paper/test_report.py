@@ -234,6 +234,24 @@ def test_the_report_names_its_generator_and_the_reference(results: Path, tmp_pat
     assert report.REPORT_FILE == "README.md"
 
 
+def test_the_arena_reward_scale_runs_get_their_table(results: Path, tmp_path: Path) -> None:
+    from drpo_sim.paper.analyses import arena_reward_scales as ars
+
+    spec = ars.SPEC
+    rows = [{"setting": st.name, "reward_scale_spread": st.reward_scale_spread, "objective": c.objective,
+             "variant": c.variant, "precision": "bf16", "lr": 3e-4, "seeds": 8, "steps": 400,
+             "final_heldout_reward": 0.9 + 0.01 * i + 0.001 * j}
+            for j, st in enumerate(spec.settings) for i, c in enumerate(spec.contestants)]
+    pd.DataFrame(rows).to_csv(results / spec.summary_file, index=False)
+    assert report.render_report(results, tmp_path).count("mixed reward scales (claim 8)") == 0  # no figure yet
+    _png(results / f"{spec.name}.png")
+    text = report.write_report(results, tmp_path / "paper").read_text()  # its numbers all checked
+    section = _section(text, "## The arena with mixed reward scales (claim 8)")
+    assert "8 seeds x 400 steps" in section and "![" in section
+    assert f"| {ars.label(ars.ABLATION, 0.15)} | 0.94 | 0.941 | 0.942 |" in section
+    assert spec.summary_file in report.report_inputs(results)
+
+
 def test_report_inputs_are_the_files_it_quotes(results: Path) -> None:
     assert report.report_inputs(results) == ["claims.json", "MANIFEST.json", "drpo_delta_range.csv",
                                              "replay_sim_objectives.csv", "replay_sim_replay.json", "summary.csv"]

@@ -148,3 +148,26 @@ def test_the_shared_conditions():
     assert specs.TABULAR_TASK["env"] == "tabular" and specs.TABULAR_TASK["vocab_size"] == 256
     assert ReplaySpec("drpo", {}, QUICK, FULL).file("regions_by_mu.csv") == "replay_sim_regions_by_mu.csv"
     assert LabSpec(LabProfile(30, 2), LabProfile(100, 8)).replay_prefix("fp8") == "replay_lm_fp8_"
+
+
+def test_an_arena_comparison_runs_every_contestant_in_every_setting():
+    import dataclasses
+
+    from drpo_sim.paper.analyses import arena_reward_scales as ars
+    from drpo_sim.paper.specs import ArenaSetting
+
+    spec = ars.SPEC
+    assert spec.figures == (spec.name,) and spec.data_file == f"{spec.name}.parquet"
+    assert spec.seeds_file == f"{spec.name}_seeds.csv" and spec.world.name == "arena, mixed reward scales"
+    for setting in spec.settings:
+        assert spec.contestants_for(setting, "full") == spec.contestants
+        config = spec.config_for(setting, "full")
+        assert config.reward_scale_spread == setting.reward_scale_spread and config.steps == spec.full.steps
+        assert config.lr == ars.arena.SPEC.config.lr and config.base == ars.arena.SPEC.base  # the sanity test's
+    assert [s.reward_scale_spread for s in spec.settings] == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="runs every contestant"):
+        dataclasses.replace(spec, settings=(ArenaSetting("x", "x"),))  # a control setting
+    with pytest.raises(ValueError, match="duplicate setting names"):
+        dataclasses.replace(spec, settings=(ArenaSetting("x", "x", controls=False),) * 2)
+    with pytest.raises(ValueError, match="duplicate contestant labels"):
+        dataclasses.replace(spec, contestants=spec.contestants[:1] * 2)

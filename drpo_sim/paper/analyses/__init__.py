@@ -16,6 +16,7 @@ from drpo_sim.paper.analyses import (
     ablations,
     anchor,
     arena,
+    arena_reward_scales,
     convergence,
     divergence_tuning,
     fixed_points,
@@ -43,4 +44,5 @@ ORDER: dict[str, ModuleType] = {
     "replay_sim": replay_sim,
     "tiny_lm": tiny_lm,
     "arena": arena,
+    "arena_reward_scales": arena_reward_scales,
 }
