@@ -43,6 +43,10 @@ Time and peak memory
 Time: the best of ``--repeats`` forward+backward calls of each variant after one warm-up call
 (``time.perf_counter``), the variants interleaved round-robin so that a slow spell of the machine
 falls on all of them alike. Setting ``logp.grad`` back to ``None`` between calls is not timed.
+``--threads 1 --clock cpu`` times the calling thread's CPU time instead (``time.thread_time``):
+with one thread torch runs every kernel of the forward and the backward pass on the calling
+thread, so this leaves out the time other processes hold the core, though not their use of the
+shared caches.
 
 Peak memory: the most bytes held by tensors allocated during one forward+backward call, above
 what was held before it (inputs excluded; the gradient written into ``logp.grad`` and the graph's
@@ -62,8 +66,8 @@ its peer as published and to the peer's loss alone; the goals are read against t
 Threads and noise: torch's CPU kernels use ``torch.get_num_threads()`` threads (printed in the
 header; ``--threads`` sets them); other processes on the same cores distort the times, torch's
 multi-threaded kernels most (the script reports how much CPU time they took during the run, as
-``bench_objectives.py`` does). On a busy machine, one thread and more repeats give steadier
-ratios. Peak memory does not depend on either.
+``bench_objectives.py`` does). On a busy machine ``--threads 1 --clock cpu`` and more repeats give
+steadier ratios. Peak memory depends on neither.
 
 How to run
 ----------
@@ -72,7 +76,7 @@ How to run
     python benchmarks/bench_policy_loss.py                        # 64 x 4096 float32, best of 30
     python benchmarks/bench_policy_loss.py --batch 8 --tokens 512 --repeats 3 --csv loss.csv
     python benchmarks/bench_policy_loss.py --agg-mode seq-mean-token-sum-norm --dtype float64
-    python benchmarks/bench_policy_loss.py --threads 1 --repeats 100
+    python benchmarks/bench_policy_loss.py --threads 1 --clock cpu --repeats 100   # on a busy machine
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class Config:
     agg_mode: str = "token-mean"
     seed: int = 0
     threads: int | None = None  # torch's CPU threads; None: as torch sets them
+    clock: str = "wall"  # "wall": time.perf_counter; "cpu": the calling thread's CPU time (one thread)
     csv: Path | None = None
 
 
@@ -286,18 +291,19 @@ def check(vs: list[Variant], b: Batch) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def best_times(vs: list[Variant], b: Batch, repeats: int) -> list[float]:
+def best_times(vs: list[Variant], b: Batch, repeats: int, clock: str = "wall") -> list[float]:
     """Best forward+backward seconds of each variant, the variants interleaved round-robin."""
+    now = time.thread_time if clock == "cpu" else time.perf_counter
     for v in vs:
         step(v, b)  # warm-up
     best = [float("inf")] * len(vs)
     for _ in range(repeats):
         for i, v in enumerate(vs):
             b.logp.grad = None
-            start = time.perf_counter()
+            start = now()
             loss, _ = v.fn()
             loss.backward()
-            best[i] = min(best[i], time.perf_counter() - start)
+            best[i] = min(best[i], now() - start)
             del loss
     b.logp.grad = None
     return best
@@ -333,7 +339,7 @@ def run(cfg: Config) -> tuple[pd.DataFrame, dict[str, float]]:
     b = draw_batch(cfg)
     vs = variants(b, cfg)
     worst = check(vs, b)
-    seconds = best_times(vs, b, cfg.repeats)
+    seconds = best_times(vs, b, cfg.repeats, cfg.clock)
     peaks = [peak_bytes(v, b) for v in vs]
     rows = pd.DataFrame({
         "objective": [v.objective for v in vs],
@@ -352,7 +358,8 @@ def run(cfg: Config) -> tuple[pd.DataFrame, dict[str, float]]:
 def header(cfg: Config) -> str:
     return (
         f"drpo_sim policy_loss: forward+backward on a padded [{cfg.batch}, {cfg.tokens}] {cfg.dtype} batch, "
-        f"{cfg.agg_mode}, best of {cfg.repeats} (+1 warm-up), round-robin\n"
+        f"{cfg.agg_mode}, best of {cfg.repeats} (+1 warm-up), round-robin, "
+        f"{'CPU time of the calling thread' if cfg.clock == 'cpu' else 'wall time'}\n"
         f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
         f"(torch.get_num_threads() = {torch.get_num_threads()}), {platform.machine()}\n"
         f"peak MiB = tensor bytes allocated above those held before the call (torch.profiler memory events); "
@@ -396,11 +403,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--agg-mode", choices=["token-mean", "seq-mean-token-sum-norm"], default=Config.agg_mode)
     p.add_argument("--seed", type=int, default=Config.seed, help="input generator seed (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own setting)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default=Config.clock,
+                   help="wall time, or the calling thread's CPU time (with --threads 1 only)")
     p.add_argument("--csv", type=Path, default=None, help="also write the table to this CSV file")
     a = p.parse_args(argv)
     if min(a.batch, a.tokens, a.repeats, a.threads or 1) < 1:
         p.error("--batch, --tokens, --repeats and --threads must be >= 1")
-    return Config(a.batch, a.tokens, a.dtype, a.repeats, a.agg_mode, a.seed, a.threads, a.csv)
+    if a.clock == "cpu" and a.threads != 1:
+        p.error("--clock cpu counts the calling thread's time only: use it with --threads 1")
+    return Config(a.batch, a.tokens, a.dtype, a.repeats, a.agg_mode, a.seed, a.threads, a.clock, a.csv)
 
 
 def main(argv: list[str] | None = None) -> None:
