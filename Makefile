@@ -48,8 +48,9 @@ compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)
 endef
 export COMPILE_ALL
 
-bench: setup              ## throughput of the objectives, simulator, sweeps, replay, LM lab and arena against floors and peers
+bench: setup              ## throughput of the objectives, policy_loss, simulator, sweeps, replay, LM lab and arena against floors and peers
 	$(PY) benchmarks/bench_objectives.py
+	$(PY) benchmarks/bench_policy_loss.py
 	$(PY) benchmarks/bench_sim.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_replay.py

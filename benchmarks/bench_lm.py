@@ -100,7 +100,7 @@ def bench(precisions: list[str], steps: int) -> pd.DataFrame:
                     sl = slice(u * B // U, (u + 1) * B // U)
                     logp = token_logprobs(model, roll.seqs[sl], task.prompt_len)
                     loss, _ = objectives.policy_loss(obj, logp, roll.logp[sl], adv[sl], roll.mask[sl],
-                                                     agg_mode=cfg.agg_mode, horizon=H)
+                                                     agg_mode=cfg.agg_mode, horizon=H, metrics="full")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

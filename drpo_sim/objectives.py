@@ -70,7 +70,10 @@ BATCH_SCALE = "batch"
 __all__ = [
     "AGG_MODES",
     "BATCH_SCALE",
+    "DEFAULT_METRICS",
+    "FULL_METRICS",
     "LOG_RATIO_MAX",
+    "METRIC_SETTINGS",
     "Objective",
     "Regions",
     "TokenTerms",
@@ -109,6 +112,19 @@ class TokenTerms:
         """Convert the inputs to one float dtype (see :mod:`drpo_sim._xp`) and check they broadcast."""
         xp, arrays = as_float_arrays(logp, logp_behavior, advantage)
         return cls(xp, *arrays, broadcast_shape(*arrays), detach=detach)
+
+    def detached(self) -> TokenTerms:
+        """The same terms with no gradient, reusing every quantity computed so far (detached, not
+        recomputed); the others are computed on demand, as for ``detach=True``.
+
+        Each reused value equals the one a fresh ``detach=True`` call would compute: the only
+        quantity whose graph form differs, :attr:`ratio_minus_one`, is ``rm1 + (r - r)`` there.
+        """
+        out = TokenTerms(self.xp, self.logp, self._logp_behavior_given, self.advantage, self.shape, detach=True)
+        for name, value in vars(self).items():
+            if isinstance(getattr(TokenTerms, name, None), cached_property):
+                out.__dict__[name] = stop_gradient(value)
+        return out
 
     # ratios -------------------------------------------------------------------------------
     @cached_property
@@ -949,7 +965,7 @@ def aggregation_weights(
     if mode not in AGG_MODES:
         raise ValueError(f"unknown loss aggregation mode {mode!r}; valid: {', '.join(AGG_MODES)}")
     xp = namespace(mask)
-    valid = mask != 0
+    valid = _as_valid(xp, mask)
     if dtype is None:
         dtype = compute_dtype(xp, [mask])
     m = xp.astype(valid, dtype)
@@ -999,9 +1015,49 @@ def aggregate(
         raise ValueError(f"mask has shape {tuple(mask.shape)} but the values have shape {tuple(values.shape)}")
     if mode != "token-mean" and values.ndim != 2:
         raise ValueError(f"mode {mode!r} needs per-token values of shape [B, T], got {tuple(values.shape)}")
-    c = aggregation_weights(mask, mode, horizon=horizon, dtype=values.dtype)
-    v = xp.where(mask != 0, values, xp.zeros_like(values))
+    return _aggregate(xp, values, _as_valid(xp, mask), mode, horizon, padded=True)
+
+
+def _as_valid(xp: Any, mask: Array) -> Array:
+    """``mask != 0`` as a boolean array (``mask`` itself when it is one already)."""
+    return mask if mask.dtype == xp.bool else mask != 0
+
+
+def _aggregate(xp: Any, values: Array, valid: Array, mode: str, horizon: int | None, *, padded: bool) -> Array:
+    """:func:`aggregate` on checked inputs: ``sum(c * v)`` with ``v`` zeroed where ``valid`` is false
+    (a step left out when nothing is ``padded``: the values are then all valid, zeroing keeps them)."""
+    c = aggregation_weights(valid, mode, horizon=horizon, dtype=values.dtype)
+    v = xp.where(valid, values, 0.0) if padded else values
     return xp.sum(c * v)
+
+
+METRIC_SETTINGS = (False, "default", "full")
+"""The settings of :func:`policy_loss`'s ``metrics`` (``True`` is ``"default"``)."""
+DEFAULT_METRICS = (
+    "actor/pg_loss", "actor/valid_tokens", "actor/ratio_mean", "actor/ratio_max",
+)
+"""The keys :func:`policy_loss` returns with ``metrics="default"``: the ones read off quantities the
+loss has already computed (its value, the mask, the ratio), at a few reductions' cost."""
+FULL_METRICS = (
+    "actor/valid_tokens",
+    *(f"actor/{name}_frac" for name in Regions.NAMES),
+    "actor/weight_mean", "actor/weight_max", "actor/weight_min",
+    "actor/ratio_mean", "actor/ratio_max",
+    "actor/abs_shift_mean", "actor/abs_shift_max",
+    "actor/pg_loss",
+)
+"""The keys :func:`policy_loss` returns with ``metrics="full"``, in order (a superset of the default)."""
+
+
+def _metric_setting(metrics: Any) -> str | None:
+    """``metrics`` as ``None`` (off), ``"default"`` or ``"full"``; ``ValueError`` listing the valid ones."""
+    if metrics is False:
+        return None
+    if metrics is True:
+        return "default"
+    if isinstance(metrics, str) and metrics in METRIC_SETTINGS:
+        return metrics
+    raise ValueError(f"metrics must be one of False, True (the same as 'default'), 'default', 'full'; got {metrics!r}")
 
 
 def policy_loss(
@@ -1013,18 +1069,35 @@ def policy_loss(
     *,
     agg_mode: str = "token-mean",
     horizon: int | None = None,
+    metrics: bool | str = "default",
 ) -> tuple[Array, dict[str, float]]:
     """The scalar loss a trainer calls ``.backward()`` on, and namespaced metrics.
 
     ``loss = -aggregate(J_t)`` over a batch of shape ``[B, T]`` (``advantage`` may be ``[B]``, one
-    value per sequence, broadcast over its tokens). Metrics, over valid tokens:
-    ``actor/pg_loss``, ``actor/valid_tokens``, ``actor/{masked,attenuated,corrective,amplified}_frac``,
-    ``actor/weight_{mean,min,max}``, ``actor/ratio_{mean,max}``, ``actor/abs_shift_{mean,max}``
-    (``abs(pi - mu)``); with no valid token the statistics are NaN and ``valid_tokens`` is 0.
-    Padded positions (``mask`` false) may hold anything, NaN and inf included: they are replaced
-    before the surrogate, so they reach neither the loss nor the gradient. An empty batch (no
-    element at all) is a ``ValueError``.
+    value per sequence, broadcast over its tokens). Padded positions (``mask`` false) may hold
+    anything, NaN and inf included: they are replaced before the surrogate, so they reach neither
+    the loss nor the gradient. An empty batch (no element at all) is a ``ValueError``.
+
+    ``metrics`` chooses the statistics returned beside the loss, as Python floats over the valid
+    tokens; they never enter the autograd graph (computed on detached tensors, from the ratio and
+    the other per-token terms the surrogate has already computed) and never change the loss or
+    its gradient:
+
+    * ``False``: none, an empty dict: no pass over the tokens beyond the loss, and no read of a
+      value back from the device (``actor/pg_loss`` is ``float(loss)``, which the caller can take);
+    * ``"default"`` (or ``True``): :data:`DEFAULT_METRICS`: ``actor/pg_loss``,
+      ``actor/valid_tokens``, ``actor/ratio_{mean,max}``;
+    * ``"full"``: :data:`FULL_METRICS`, which adds what the objective's weight ``w`` says about the
+      tokens: ``actor/{masked,attenuated,corrective,amplified}_frac`` (:class:`Regions`),
+      ``actor/weight_{mean,min,max}`` and ``actor/abs_shift_{mean,max}`` (``abs(pi - mu)``). It
+      costs the weight and about a dozen more passes over the batch.
+
+    The keys the two sets share have the same values. With no valid token the statistics are NaN
+    and ``valid_tokens`` is 0. All values come back from the device in one transfer. Any other
+    ``metrics`` is a ``ValueError``. ``benchmarks/bench_policy_loss.py`` times the three settings
+    beside UniRL's and verl's losses.
     """
+    setting = _metric_setting(metrics)
     obj = get(objective) if isinstance(objective, str) else objective
     xp, (logp_f, lpb_f, adv_f) = as_float_arrays(logp, logp_behavior, advantage)
     if logp_f.ndim != 2:
@@ -1040,46 +1113,107 @@ def policy_loss(
             fits = False
         if not fits:
             raise ValueError(f"{label} has shape {tuple(arr.shape)}, which does not fit logp's {tuple(logp_f.shape)}")
-    if mask is None:
-        mask = xp.ones(logp_f.shape, dtype=xp.bool, device=device(logp_f))
-    if tuple(mask.shape) != tuple(logp_f.shape):
-        raise ValueError(f"mask has shape {tuple(mask.shape)} but logp has shape {tuple(logp_f.shape)}")
+    padded = mask is not None
+    if padded:
+        if tuple(mask.shape) != tuple(logp_f.shape):
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but logp has shape {tuple(logp_f.shape)}")
+        valid = _as_valid(xp, mask)
+    else:
+        valid = xp.ones(logp_f.shape, dtype=xp.bool, device=device(logp_f))
 
-    valid = mask != 0
-    if not obj.elementwise and not bool(xp.all(valid)):
+    if padded and not obj.elementwise and not bool(xp.all(valid)):
         raise ValueError(f"{obj} takes a statistic of the whole batch, which its padded tokens would enter: "
                          "pass an unpadded batch, or parameters that make it elementwise")
-    # padding may hold anything (NaN, inf): replaced before the surrogate, so that it reaches neither
-    # the loss nor, through the chain rule (NaN x 0 = NaN), the gradient of logp and the model's
-    zero = xp.zeros_like(logp_f)
-    logp_f = xp.where(valid, logp_f, zero)
-    lpb_f = xp.where(valid, lpb_f, zero)
-    adv_f = xp.where(valid, adv_f, zero)
-    surrogate = obj.surrogate(logp_f, lpb_f, adv_f)
-    loss = -aggregate(surrogate, mask, agg_mode, horizon=horizon)
-    metrics = token_metrics(obj, logp_f, lpb_f, adv_f, mask)
-    metrics["actor/pg_loss"] = float(stop_gradient(loss))
-    return loss, metrics
+    if padded:
+        # padding may hold anything (NaN, inf): replaced before the surrogate, so that it reaches neither
+        # the loss nor, through the chain rule (NaN x 0 = NaN), the gradient of logp and the model's
+        logp_f = xp.where(valid, logp_f, 0.0)
+        lpb_f = xp.where(valid, lpb_f, 0.0)
+        adv_f = xp.where(valid, adv_f, 0.0)
+    # the surrogate over the whole batch at once (what Objective.surrogate evaluates for a call that
+    # needs a gradient; its blocks give the same bits otherwise)
+    terms = TokenTerms(xp, logp_f, lpb_f, adv_f, tuple(logp_f.shape), detach=False)
+    surrogate = terms.full(obj._surrogate(terms))
+    # the metrics' reductions, from the terms the surrogate has computed, detached
+    stats = None if setting is None else _metric_reductions(obj, terms.detached(), valid if padded else None, setting)
+    # from here on only what the graph saved for the backward pass need stay alive
+    del terms, logp_f, lpb_f, adv_f
+    # -aggregate(surrogate, valid): the same formula, each temporary released as soon as it is used
+    c = aggregation_weights(valid, agg_mode, horizon=horizon, dtype=surrogate.dtype)
+    if padded:
+        surrogate = xp.where(valid, surrogate, 0.0)
+    terms_sum = c * surrogate
+    del surrogate, c
+    loss = -xp.sum(terms_sum)
+    del terms_sum
+    if stats is None:
+        return loss, {}
+    return loss, _metric_values(xp, stats, stop_gradient(loss), float(math.prod(logp.shape)), setting)
+
+
+def _metric_reductions(obj: Objective, t: TokenTerms, valid: Array | None, setting: str) -> dict[str, Array]:
+    """The reductions behind :func:`policy_loss`'s metrics, as 0-d arrays, from detached terms ``t``
+    (``valid`` is ``None`` when every token is valid): each statistic is one reduction over the
+    batch with the padding replaced by a value that cannot change it (sums in the batch's dtype, as
+    the loss's; means still to be divided by the count of valid tokens); ``below_one`` counts ``w < 1``."""
+    xp = t.xp
+
+    def over_valid(x: Array, fill: float) -> Array:
+        return x if valid is None else xp.where(valid, x, fill)
+
+    out: dict[str, Array] = {}
+    if valid is not None:
+        out["actor/valid_tokens"] = xp.count_nonzero(valid)
+    ratio = over_valid(t.full(t.ratio), 0.0)  # r >= 0: zeros cannot raise the max of a non-empty batch
+    out["actor/ratio_mean"], out["actor/ratio_max"] = xp.sum(ratio), xp.max(ratio)
+    del ratio
+    if setting == "full":
+        w = t.full(obj._weight(t))
+        neutral = over_valid(w, 1.0)  # w = 1 is in no region
+        out["corrective"] = xp.count_nonzero(neutral < 0.0)
+        out["masked"] = xp.count_nonzero(neutral == 0.0)
+        out["amplified"] = xp.count_nonzero(neutral > 1.0)
+        out["below_one"] = xp.count_nonzero(neutral < 1.0)
+        del neutral
+        out["actor/weight_mean"] = xp.sum(over_valid(w, 0.0))
+        out["actor/weight_max"] = xp.max(over_valid(w, -math.inf))
+        out["actor/weight_min"] = xp.min(over_valid(w, math.inf))
+        del w
+        shift = over_valid(t.full(xp.abs(t.shift)), 0.0)  # >= 0, as the ratio
+        out["actor/abs_shift_mean"], out["actor/abs_shift_max"] = xp.sum(shift), xp.max(shift)
+    return out
+
+
+def _metric_values(xp: Any, reductions: dict[str, Array], loss: Array, tokens: float, setting: str) -> dict[str, float]:
+    """The metrics from :func:`_metric_reductions` and the loss, all read back at once; ``tokens``
+    is the batch's size, the count of valid tokens when none is padded."""
+    got = dict(zip(["actor/pg_loss", *reductions], _read_back(xp, [loss, *reductions.values()])))
+    n = got.pop("actor/valid_tokens", tokens)
+    out = {"actor/pg_loss": got.pop("actor/pg_loss"), "actor/valid_tokens": n}
+    nan = math.nan
+    if setting == "full":
+        below_one = got.pop("below_one")
+        fracs = {name: got.pop(name) for name in ("masked", "corrective", "amplified")}
+        fracs["attenuated"] = below_one - fracs["masked"] - fracs["corrective"]  # 0 < w < 1
+        for name in Regions.NAMES:
+            out[f"actor/{name}_frac"] = fracs[name] / n if n else nan
+    for key, value in got.items():
+        out[key] = (value / n if key.endswith("_mean") else value) if n else nan
+    return {k: out[k] for k in (FULL_METRICS if setting == "full" else DEFAULT_METRICS)}
+
+
+def _read_back(xp: Any, values: list[Array]) -> list[float]:
+    """0-d arrays as Python floats, in one transfer from the device for torch."""
+    if is_torch(xp):
+        return xp.stack([xp.astype(v, xp.float64) for v in values]).tolist()
+    return [float(v) for v in values]
 
 
 def token_metrics(obj: Objective, logp: Array, logp_behavior: Array, advantage: Array, mask: Array) -> dict[str, float]:
-    """Per-batch statistics of how ``obj`` treats the valid tokens (see :func:`policy_loss`)."""
+    """:func:`policy_loss`'s full metrics but ``actor/pg_loss``, for the valid tokens of ``mask``."""
     t = TokenTerms.of(logp, logp_behavior, advantage, detach=True)
-    xp = t.xp
-    valid = xp.broadcast_to(mask != 0, t.shape)
-    w = t.full(obj._weight(t))
-    n = int(xp.sum(xp.astype(valid, xp.int64)))
-    out: dict[str, float] = {"actor/valid_tokens": float(n)}
-    nan = float("nan")
-    if n:
-        fracs = Regions.from_weight(w).fractions(valid)
-    for name in Regions.NAMES:
-        out[f"actor/{name}_frac"] = fracs[name] if n else nan
-    for label, x in (("weight", w), ("ratio", t.full(t.ratio)), ("abs_shift", t.full(xp.abs(t.shift)))):
-        sel = x[valid]
-        out[f"actor/{label}_mean"] = float(xp.mean(sel)) if n else nan
-        out[f"actor/{label}_max"] = float(xp.max(sel)) if n else nan
-        if label == "weight":
-            out["actor/weight_min"] = float(xp.min(sel)) if n else nan
+    valid = t.xp.broadcast_to(_as_valid(t.xp, mask), t.shape)
+    zero = t.xp.zeros((), dtype=t.logp.dtype, device=device(t.logp))
+    out = _metric_values(t.xp, _metric_reductions(obj, t, valid, "full"), zero, float(math.prod(t.shape)), "full")
+    del out["actor/pg_loss"]
     return out
-

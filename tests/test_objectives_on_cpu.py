@@ -360,12 +360,12 @@ def test_policy_loss_metrics_count_the_regions_on_cpu():
     lp = torch.log(torch.tensor([[0.7, 0.3, 0.55, 0.9]], dtype=torch.float64))
     adv = torch.tensor([1.0])
     mask = torch.tensor([[True, True, True, False]])
-    _, m = policy_loss("ppo", lp, lb, adv, mask)
+    _, m = policy_loss("ppo", lp, lb, adv, mask, metrics="full")
     assert m["actor/masked_frac"] == pytest.approx(1 / 3)  # r = 1.4 > 1.2 with A > 0
     assert m["actor/weight_min"] == 0.0 and m["actor/weight_max"] == 1.0
     assert m["actor/ratio_max"] == pytest.approx(1.4)  # the masked-out token (r = 1.8) is not read
     assert m["actor/abs_shift_mean"] == pytest.approx((0.2 + 0.2 + 0.05) / 3)
-    _, m = policy_loss(ds.objectives.get("drpo", delta=0.1), lp, lb, adv, mask)
+    _, m = policy_loss(ds.objectives.get("drpo", delta=0.1), lp, lb, adv, mask, metrics="full")
     assert m["actor/corrective_frac"] == pytest.approx(1 / 3)  # pi - mu = 0.2 > delta with A > 0
     assert m["actor/amplified_frac"] == pytest.approx(1 / 3)  # moved against the advantage
     assert m["actor/attenuated_frac"] == pytest.approx(1 / 3)
@@ -378,10 +378,11 @@ def test_policy_loss_empty_and_all_masked_batches_on_cpu():
         policy_loss("drpo", lp, lp, torch.zeros(0))
     logp, lpb, adv, mask = _batch()
     logp.requires_grad_(True)
-    loss, metrics = policy_loss("drpo", logp, lpb, adv, torch.zeros_like(mask))
+    loss, metrics = policy_loss("drpo", logp, lpb, adv, torch.zeros_like(mask), metrics="full")
     loss.backward()  # still attached to the graph
     assert float(loss.detach()) == 0.0 and metrics["actor/valid_tokens"] == 0.0
     assert math.isnan(metrics["actor/weight_mean"]) and math.isnan(metrics["actor/masked_frac"])
+    assert math.isnan(metrics["actor/ratio_max"]) and math.isnan(metrics["actor/abs_shift_max"])
     assert torch.count_nonzero(logp.grad) == 0
 
 
@@ -397,6 +398,139 @@ def test_policy_loss_rejects_mismatched_shapes_on_cpu():
         policy_loss("drpo", logp[0], lpb[0], adv[0], mask[0])
     with pytest.raises(ValueError, match="unknown objective 'dpo'"):
         policy_loss("dpo", logp, lpb, adv, mask)
+
+
+# policy_loss's metrics settings: off, default and full
+
+
+METRIC_SETTINGS = (False, "default", True, "full")
+
+
+def _graph(loss: torch.Tensor) -> list[str]:
+    """The names of the autograd nodes behind ``loss``, in a fixed (depth-first) order."""
+    names, stack, seen = [], [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return names
+
+
+def _padded_batch(config, dtype, seed=3):
+    """A padded [4, 6] batch whose padding holds NaN (unpadded for an objective that is not
+    elementwise, which refuses padding)."""
+    logp, lpb, adv, mask = _batch(seed=seed)
+    if not make(config).elementwise:
+        mask = torch.ones_like(mask)
+    nan = torch.full_like(logp, float("nan"))
+    return (torch.where(mask, logp, nan).to(dtype), torch.where(mask, lpb, nan).to(dtype),
+            torch.where(mask, adv[:, None].expand_as(logp), nan).to(dtype), mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_metrics_settings_leave_the_loss_its_gradient_and_its_graph_alone_on_cpu(config, dtype):
+    """Off, default and full: the same loss and gradient, bit for bit, and the same autograd graph,
+    whose operations save the same tensors (an operation of a metric recorded in the graph would
+    save its own); the metrics are Python floats, none with metrics off."""
+    obj = make(config)
+    logp0, lpb, adv, mask = _padded_batch(config, dtype)
+    for mode in AGG_MODES:
+        runs = {}
+        for setting in METRIC_SETTINGS:
+            logp = logp0.clone().requires_grad_(True)
+            saved = []  # every tensor an operation recorded in the graph saves for the backward pass
+            with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.shape) or x, lambda x: x):
+                loss, metrics = policy_loss(obj, logp, lpb, adv, mask, agg_mode=mode, metrics=setting)
+            graph = _graph(loss), saved
+            loss.backward()
+            runs[setting] = (loss.detach(), logp.grad, graph, metrics)
+        loss0, grad0, graph0, off = runs[False]
+        assert off == {}
+        for setting, (loss, grad, graph, metrics) in runs.items():
+            assert torch.equal(loss, loss0) and torch.equal(grad, grad0), (mode, setting)
+            assert graph == graph0, (mode, setting)
+            if setting is not False:
+                assert all(type(v) is float for v in metrics.values()), (mode, setting)
+                assert metrics["actor/pg_loss"] == float(loss)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_default_metrics_are_the_full_ones_they_share_on_cpu(config):
+    obj = make(config)
+    assert set(ds.objectives.DEFAULT_METRICS) < set(ds.objectives.FULL_METRICS)
+    logp, lpb, adv, mask = _padded_batch(config, torch.float32)
+    cases = [(logp, lpb, adv, mask), (logp.double().numpy(), lpb.double().numpy(), adv.double().numpy(), mask.numpy())]
+    if obj.elementwise:
+        cases.append((logp, lpb, adv, torch.zeros_like(mask)))  # no valid token: NaN statistics
+    full_logp, full_lpb, full_adv, _ = _batch(seed=4)
+    cases.append((full_logp, full_lpb, full_adv, None))  # no mask: every token valid
+    for lp, lb, a, m in cases:
+        _, default = policy_loss(obj, lp, lb, a, m)
+        _, also_default = policy_loss(obj, lp, lb, a, m, metrics=True)
+        _, full = policy_loss(obj, lp, lb, a, m, metrics="full")
+        assert list(default) == list(ds.objectives.DEFAULT_METRICS) and list(full) == list(ds.objectives.FULL_METRICS)
+        assert also_default.keys() == default.keys()
+        for key, value in default.items():
+            assert value == full[key] or (math.isnan(value) and math.isnan(full[key])), key
+            assert value == also_default[key] or (math.isnan(value) and math.isnan(also_default[key])), key
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_full_metrics_are_the_registry_on_the_valid_tokens_on_cpu(config):
+    """Each full metric against the registry's weight, regions, ratio and shift over the valid
+    tokens, gathered by hand."""
+    obj = make(config)
+    logp, lpb, adv, mask = _padded_batch(config, torch.float64)
+    _, m = policy_loss(obj, logp, lpb, adv, mask, metrics="full")
+    sel = mask.numpy()
+    lp, lb, a = logp.numpy()[sel], lpb.numpy()[sel], adv.numpy()[sel]
+    if obj.elementwise:
+        w = obj.weight(lp, lb, a)
+    else:  # a statistic of the whole batch: the [B, T] call, every token valid
+        w = obj.weight(logp.numpy(), lpb.numpy(), adv.numpy()).ravel()
+    regions = ds.objectives.Regions.from_weight(w).fractions()
+    r = np.exp(np.minimum(lp - lb, LOG_RATIO_MAX))
+    shift = np.abs(r - 1.0) * np.exp(np.maximum(lb, lp - LOG_RATIO_MAX))
+    assert m["actor/valid_tokens"] == sel.sum()
+    for name in ds.objectives.Regions.NAMES:
+        assert m[f"actor/{name}_frac"] == regions[name], name
+    assert m["actor/weight_mean"] == pytest.approx(w.mean(), rel=1e-12, abs=1e-15)
+    assert (m["actor/weight_min"], m["actor/weight_max"]) == (w.min(), w.max())
+    assert m["actor/ratio_mean"] == pytest.approx(r.mean(), rel=1e-12)
+    assert m["actor/ratio_max"] == pytest.approx(r.max(), rel=1e-12)
+    assert m["actor/abs_shift_mean"] == pytest.approx(shift.mean(), rel=1e-9, abs=1e-15)
+    assert m["actor/abs_shift_max"] == pytest.approx(shift.max(), rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_detached_terms_are_the_ones_computed_without_gradient_on_cpu(config):
+    """TokenTerms.detached() reuses what the surrogate computed: every reused term equals the one a
+    ``detach=True`` evaluation computes, bit for bit, and none carries a gradient."""
+    obj = make(config)
+    logp, lpb, adv, _ = _batch(seed=6)
+    logp.requires_grad_(True)
+    terms = ds.objectives.TokenTerms.of(logp, lpb, adv[:, None])
+    obj._surrogate(terms)
+    reused = terms.detached()
+    fresh = ds.objectives.TokenTerms.of(logp.detach(), lpb, adv[:, None], detach=True)
+    names = [k for k in vars(reused) if k not in ("xp", "shape", "logp", "_logp_behavior_given", "advantage")]
+    assert "ratio" in names
+    for name in names:
+        value = getattr(reused, name)
+        assert not value.requires_grad and torch.equal(value, getattr(fresh, name)), name
+    torch.testing.assert_close(obj._weight(reused), obj._weight(fresh), rtol=0, atol=0)
+
+
+def test_policy_loss_rejects_an_unknown_metrics_setting_on_cpu():
+    logp, lpb, adv, mask = _batch()
+    for bad in ("fast", "off", None, 0, 1, "FULL"):
+        with pytest.raises(ValueError, match=r"metrics must be one of False, True \(the same as 'default'\), "
+                                             r"'default', 'full'; got "):
+            policy_loss("drpo", logp, lpb, adv, mask, metrics=bad)
 
 
 # ----------------------------------------------------------------------------------------------

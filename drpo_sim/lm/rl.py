@@ -33,11 +33,11 @@ engine's ``mu`` over valid tokens (``mismatch_mean`` and ``mismatch_max`` of ``a
 samples; all defined in :mod:`drpo_sim.lm.mismatch`), the trainer's mean per-token ``entropy``
 over the rollout's valid positions and the mean ``response_len`` in tokens, and, averaged over
 the step's updates, the statistics of :func:`drpo_sim.objectives.policy_loss` at update time
-(``shift_mean``/``shift_max`` of ``abs(pi - mu)``, the fractions of tokens the objective's
-weight masks, attenuates, turns corrective or amplifies, the weights), the loss, the gradient
-norm before clipping, and ``nonfinite`` (a non-finite loss or gradient was met: that update was
-skipped). Then ``collapsed`` (:func:`drpo_sim.stats.collapsed` on ``eval_reward``),
-``initial_eval_reward``, and the configuration's fields.
+(its full set, ``metrics="full"``: ``shift_mean``/``shift_max`` of ``abs(pi - mu)``, the
+fractions of tokens the objective's weight masks, attenuates, turns corrective or amplifies, the
+weights), the loss, the gradient norm before clipping, and ``nonfinite`` (a non-finite loss or
+gradient was met: that update was skipped). Then ``collapsed`` (:func:`drpo_sim.stats.collapsed`
+on ``eval_reward``), ``initial_eval_reward``, and the configuration's fields.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def _train(config: LabConfig, checkpoint: Checkpoint | str, token_log: TokenLogW
             sl = slice(u * mb, (u + 1) * mb)
             logp = token_logprobs(model, seqs[sl], task.prompt_len)
             loss, m = objectives.policy_loss(
-                obj, logp, logp_mu[sl], adv[sl], mask[sl], agg_mode=config.agg_mode, horizon=H
+                obj, logp, logp_mu[sl], adv[sl], mask[sl], agg_mode=config.agg_mode, horizon=H, metrics="full"
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,6 +26,21 @@ def test_benchmark_script_writes_its_table(tmp_path):
     assert (table["seconds"] > 0).all() and len(table) == 4 * len(expected)
 
 
+def test_policy_loss_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "loss.csv"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_policy_loss.py"), "--batch", "4", "--tokens", "64",
+         "--repeats", "1", "--csv", str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "goals (issue 18)" in res.stdout and "metrics off/default/full: bit for bit" in res.stdout
+    table = pd.read_csv(out)
+    assert list(table["objective"].unique()) == ["drpo", "ppo", "grpo"] and len(table) == 15
+    for _, rows in table.groupby("objective"):
+        assert list(rows["variant"]) == ["off", "default", "full", "peer", "peer, loss only"]
+    assert (table[["ms", "peak_mib", "time_x_peer", "mem_x_peer"]] > 0).all().all()
+
+
 def test_simulator_benchmark_writes_its_table(tmp_path):
     out = tmp_path / "sim.csv"
     res = subprocess.run(
