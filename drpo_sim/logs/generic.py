@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drpo_sim import tokens
-from drpo_sim.logs._stream import Batcher, iter_lines
+from drpo_sim.logs._stream import Batcher, iter_lines, log_suffix, split_suffix
 from drpo_sim.logs.validate import (
     Context,
     Piece,
@@ -67,17 +67,20 @@ _READ_ERRORS = (pa.ArrowException, OSError)
 
 
 def matches(path: Path) -> bool:
-    return path.suffix in EXTENSIONS
+    suffix, comp = split_suffix(path)
+    return suffix == ".jsonl" or (suffix == ".parquet" and comp is None)
 
 
 def iter_files(paths: list[Path], ctx: Context) -> Iterator[TokenBatch]:
     for path in paths:
-        if path.suffix == ".parquet":
+        suffix, comp = split_suffix(path)
+        if suffix == ".parquet" and comp is None:
             yield from _parquet(path, ctx)
-        elif path.suffix == ".jsonl":
+        elif suffix == ".jsonl":
             yield from _jsonl(path, ctx)
         else:
-            raise ValueError(f"{path}: the generic format reads .parquet and .jsonl files, not {path.suffix or 'this'}")
+            raise ValueError(f"{path}: the generic format reads .parquet and .jsonl (also .jsonl.gz, .jsonl.zst) "
+                             f"files, not {''.join(Path(path).suffixes[-2:]) or 'this'}; convert it to one of them")
 
 
 def resolve(path: Path, available: list[str], mapping: dict[str, str] | None) -> dict[str, str]:
@@ -109,7 +112,7 @@ def resolve(path: Path, available: list[str], mapping: dict[str, str] | None) ->
 def peek(path: Path, ctx: Context) -> None:
     """Note in ``ctx.derived`` which columns the first file will derive (for ``describe()``)."""
     try:
-        if path.suffix == ".parquet":
+        if log_suffix(path) == ".parquet":
             schema = pq.read_schema(path)
             names, first = schema.names, None
         else:
@@ -248,7 +251,8 @@ def _parquet(path: Path, ctx: Context) -> Iterator[TokenBatch]:
         for ours, theirs in cols.items():
             _check_type(path, ours, theirs, schema.field(theirs).type)
         if pf.metadata.num_rows == 0:
-            raise ValueError(f"{path}: no tokens (empty file)")
+            ctx.empty_file(path, "empty file")
+            return
         ragged = _is_list(schema.field(cols["logp"]).type)
         _note_derived(ctx, cols, "ragged" if ragged else "flat")
         names = {o: t for o, t in cols.items()}
@@ -377,7 +381,8 @@ def _jsonl(path: Path, ctx: Context) -> Iterator[TokenBatch]:
             yield from batcher.add(_jsonl_block(block, ragged, ids, path, ctx, names))
             block, rows = [], 0
     if n == 0:
-        raise ValueError(f"{path}: no tokens (empty file)")
+        ctx.empty_file(path, "empty file")
+        return
     if block:
         yield from batcher.add(_jsonl_block(block, ragged, ids, path, ctx, names))
     if rids is not None and ragged:

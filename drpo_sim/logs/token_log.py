@@ -3,7 +3,8 @@
 With ``on_invalid="raise"`` this is :func:`drpo_sim.tokens.read_token_log` (same checks, same
 messages); with ``"drop"`` rows failing the row checks are dropped and counted instead. A missing
 schema column is an error suggesting the closest column in the file; a file with no rows is an
-error ("no tokens"). Memory is bounded by ``batch_size`` (and the file's row-group size).
+error ("no tokens"), or skipped and counted as a dropped file with ``on_invalid="drop"``. Memory
+is bounded by ``batch_size`` (and the file's row-group size).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _read(path: Path, ctx: Context) -> Iterator[TokenBatch]:
         raise ValueError(f"{path}: missing required column {missing[0]!r}{did_you_mean(missing[0], others)}; "
                          f"required columns are {list(REQUIRED_COLUMNS)}")
     if meta.num_rows == 0:
-        raise ValueError(f"{path}: no tokens (empty file)")
+        ctx.empty_file(path, "empty file")
+        return
     batcher = Batcher(ctx, path)
     if not ctx.drop:
         for b in tokens.read_token_log(path, batch_size=ctx.batch_size):

@@ -131,9 +131,11 @@ def test_generic_empty_and_truncated_parquet(tmp_path):
     path = tmp_path / "e.parquet"
     pq.write_table(pa.table({"lp": pa.array([], pa.float64()), "mu": pa.array([], pa.float64()),
                              "a": pa.array([], pa.float64())}), path)
-    for mode in ("raise", "drop"):
-        msg = error(open_log, path, mapping="logp=lp,logp_behavior=mu,advantage=a", on_invalid=mode)
-        assert msg == f"{path}: no tokens (empty file)"
+    msg = error(open_log, path, mapping="logp=lp,logp_behavior=mu,advantage=a")
+    assert msg.startswith(f"{path}: no tokens (empty file); leave the file out, or pass --on-invalid drop")
+    src = open_log(path, mapping="logp=lp,logp_behavior=mu,advantage=a", on_invalid="drop")
+    assert list(src) == []  # skipped, and counted as a dropped file
+    assert src.report.to_dict()["by_file"] == {str(path): {"empty (empty file)": {"rows": 0, "samples": 0, "files": 1}}}
     path = write_generic_flat_parquet(tmp_path / "t.parquet", make_samples(15, 40))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
