@@ -13,7 +13,7 @@ Formats (:data:`FORMATS`; one module each, whose docstring states the fields and
 
 ================  ===================================================================================
 ``tokens``        our token logs (Parquet in the schema of :mod:`drpo_sim.tokens`): :mod:`.token_log`
-``nemo_rl``       NeMo RL ``train_data_step{N}.jsonl``: :mod:`.nemo_rl`
+``nemo_rl``       NeMo RL ``train_data_step{N}.jsonl`` (pre-v0.6.0: mismatch only): :mod:`.nemo_rl`
 ``slime``         slime ``--save-debug-rollout-data`` / ``--save-debug-train-data`` ``.pt`` files: :mod:`.slime`
 ``generic``       any Parquet or JSONL file with a column mapping (ours -> theirs): :mod:`.generic`
 ``trainer_dump``  per-step ``.pt`` files written from verl or TRL with :data:`.trainer_dump.SNIPPET`
@@ -25,15 +25,27 @@ Formats (:data:`FORMATS`; one module each, whose docstring states the fields and
 is given); ``train_data_step{N}.jsonl``, or JSONL whose first line has ``generation_logprobs``
 and ``prev_logprobs`` -> ``nemo_rl``; other ``.parquet``/``.jsonl`` with a mapping ->
 ``generic``; ``drpo_dump_step*.pt`` -> ``trainer_dump``; other ``.pt``: the first such file of
-each directory is loaded and recognised by its keys (``slime`` or ``trainer_dump``).
+each directory is loaded and recognised by its keys (``slime`` or ``trainer_dump``). JSONL and
+``.pt`` files may be gzip- or zstd-compressed (``.jsonl.gz``, ``.jsonl.zst``, ``.pt.gz``; zstd
+needs the optional ``zstandard`` package, ``pip install 'drpo_sim[zstd]'``, and says so, naming
+the file, when it is missing).
 
-Paths: files, or directories meaning the files in them that the format reads (a NeMo RL log
-directory contributes its ``train_data_step*.jsonl`` only; hidden files are skipped). All files
-are read in natural order of their paths (``step2`` before ``step10``), whatever order they were
-given in. Iteration streams: files are opened one at a time when the iterator reaches them, and
-memory is bounded by ``batch_size`` for JSONL and Parquet, and by one file (one step; for slime
-the files of one rollout id) for the torch ``.pt`` formats. Each ``iter(src)`` starts a fresh pass
-(and a fresh report).
+Paths (:func:`open_log`, :class:`Listing`): files; folders, searched with all their subfolders
+(a run's parent folder such as NeMo RL's ``logs/`` with ``exp_001/``, ``exp_002/``, or slime's
+``--dump-details`` folder with ``rollout_data/``, ``train_data/`` and ``tokenizer/``); and globs
+(``"logs/exp_*/train_data_step*.jsonl.gz"``, ``**`` for any depth), expanded here when the shell
+did not (a quoted pattern). In a searched folder each subfolder is classified on its own: one
+holding NeMo RL step files contributes those only (its ``val_data_step*.jsonl`` are skipped), any
+other its ``.parquet``/``.jsonl``/``.pt`` files (with ``--format``: the files of that format).
+Hidden files and folders, files of other extensions, slime evaluation dumps (skipped even when
+named) and, in ``auto`` mode, searched files whose format cannot be told are skipped and listed
+with the reason in ``src.listing`` (:meth:`LogSource.listing_lines` for the terminal,
+``describe()["skipped"]`` for ``replay.json``); a named file whose format cannot be told is an
+error. All files are read in natural order of their paths (``step2`` before ``step10``), whatever
+order they were given in. Iteration streams: files are opened one at a time when the iterator
+reaches them, and memory is bounded by ``batch_size`` for JSONL and Parquet, and by one file (one
+step; for slime the files of one rollout id) for the torch ``.pt`` formats. Each ``iter(src)``
+starts a fresh pass (and a fresh report).
 
 Ids: ``sample_id`` and derived ``group_id`` are numbered across the whole log in reading order
 (unique over the log) unless the format has its own (slime's sample and group indices, our token
@@ -41,12 +53,24 @@ logs); each loader's docstring states its rule. ``group_size`` (default 1: each 
 group) groups consecutive samples when a format has no group field (NeMo RL: set it to
 ``num_generations_per_prompt``).
 
+Mismatch-only logs: a NeMo RL log written before v0.6.0 holds both log-probs but no advantages.
+It is read with ``advantage`` 0, ``src.mismatch_only`` is ``True`` and ``src.note`` says why;
+:func:`drpo_sim.analysis.replay_log` then computes the mismatch tables only (no objective
+weights) and says so once in ``replay.json``.
+
 Validation (:mod:`.validate`): errors are one-line ``ValueError`` s naming the file, the field
 and the first offending rows (``rows [..]`` from the start of a Parquet file, ``line N`` in
-JSONL, ``sample N`` in torch files). ``on_invalid="drop"`` drops bad rows, or whole samples for
-per-sample problems (length mismatch, truncated or invalid JSON line, non-numeric values), and
-counts them in ``src.report`` per file and reason; structural problems (missing field or column,
-empty or unreadable file, unknown format, columns that change between files) raise in both modes.
+JSONL, ``sample N`` in torch files), and what to do. ``on_invalid="drop"`` drops bad rows, or
+whole samples for per-sample problems (length mismatch, truncated or invalid JSON line, a
+compressed file cut short, non-numeric values), or whole step files that hold no sample (0 bytes,
+or no line, row or sample), and counts them in ``src.report`` per file and reason (rows, samples
+and files); other structural problems (missing field or column, unreadable or truncated ``.pt``
+or Parquet file, unknown format, columns that change between files) raise in both modes. Samples
+read once although several files hold them (slime's tensor- and pipeline-parallel rank copies)
+are counted apart, as de-duplicated (``src.report.dedup``), not as drops. ``.pt`` files are
+loaded with ``torch.load(weights_only=True)``; one holding other objects (a NumPy scalar, say)
+is an error naming the object, and ``weights_only=False`` (``drpo-sim replay --trust-pickles``)
+reads it, for files you trust.
 """
 
 from __future__ import annotations
@@ -64,7 +88,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drpo_sim.logs import generic, nemo_rl, slime, token_log, trainer_dump
-from drpo_sim.logs._stream import iter_lines, load_torch, log_suffix, natural_key, split_suffix
+from drpo_sim.logs._stream import UNREADABLE_ADVICE, iter_lines, load_torch, log_suffix, natural_key, split_suffix
 from drpo_sim.logs.validate import ON_INVALID, Context, DropReport, did_you_mean
 from drpo_sim.tokens import ALL_COLUMNS, TokenBatch
 
@@ -146,8 +170,7 @@ def detect_format(path: str | os.PathLike, mapping: Mapping[str, str] | None = N
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowException, OSError) as e:
-            raise ValueError(f"{path}: not a readable Parquet file ({e}); a run stopped while writing it leaves such "
-                             "a file: move it out of the log, or pass the other files") from None
+            raise ValueError(f"{path}: not a readable Parquet file ({e}){UNREADABLE_ADVICE}") from None
         if mapping:
             return "generic"
         if token_log.sniff(schema):
@@ -241,8 +264,8 @@ def _classify(files: list[Path], fmt: str, listing: Listing) -> None:
     if fmt == "auto" and any(nemo_rl.matches(f) for f in candidates):
         for f in candidates:
             why = nemo_rl.skip_reason(f)
-            if why is not None and log_suffix(f) not in _LOG_SUFFIXES:
-                why = _why_not(f, "auto")
+            if why is not None:
+                why = _why_not(f, "auto") or why
             if why is None:
                 listing.found.append(f)
                 listing.searched.add(f)
@@ -417,7 +440,7 @@ class LogSource:
         """What was found (per folder) and what was skipped, and why, for the terminal."""
         files = self.files
         formats = ", ".join(fmt for fmt, _ in self.plan)
-        lines = [f"reading {_n(len(files), 'file')} ({formats})"
+        lines = [(f"reading {_n(len(files), 'file')} ({formats})" if files else "reading no file")
                  + (f" found under {', '.join(map(str, self.listing.folders))}" if self.listing.folders else "")
                  + (f" matching {', '.join(self.listing.patterns)}" if self.listing.patterns else "") + ":"]
         groups = _grouped(files)
@@ -451,11 +474,11 @@ class LogSource:
         files = self.files
         formats = [fmt for fmt, _ in self.plan]
         out: dict[str, Any] = {
-            "format": formats[0] if len(formats) == 1 else formats,
+            "format": formats[0] if len(formats) == 1 else formats or None,
             "paths": self.given,
             "files": len(files),
-            "first_file": str(files[0]),
-            "last_file": str(files[-1]),
+            "first_file": str(files[0]) if files else None,
+            "last_file": str(files[-1]) if files else None,
             "mapping": dict(self.mapping) if self.mapping else None,
             "on_invalid": self.on_invalid,
             "group_size": self.group_size,
@@ -472,8 +495,7 @@ class LogSource:
         if self.listing.empty:
             out["empty_files"] = [str(f) for f in self.listing.empty]
         if self.mismatch_only:
-            out["mismatch_only"] = True
-            out["note"] = self.note
+            out["mismatch_only"] = True  # why: self.note (stated once, in replay.json's "note")
         if self._derived:
             out["derived"] = dict(self._derived)
         if self.report:

@@ -96,15 +96,19 @@ def _zstd_chunks(path: Path, raw: Any) -> Iterator[bytes]:
 
 
 def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Lines (with their newline; the last one without, if the data ends mid-line) from byte chunks."""
-    rest = b""
+    """Lines (with their newline; the last one without, if the data ends mid-line) from byte chunks;
+    a line longer than a chunk is joined once (linear in its length)."""
+    pending: list[bytes] = []
     for chunk in chunks:
-        parts = (rest + chunk).split(b"\n")
-        rest = parts.pop()
-        for part in parts:
-            yield part + b"\n"
-    if rest:
-        yield rest
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            pending.append(chunk[start:end + 1])
+            yield b"".join(pending)
+            pending, start = [], end + 1
+        if start < len(chunk):
+            pending.append(chunk[start:])
+    if pending:
+        yield b"".join(pending)
 
 
 def _raw_lines(path: Path, f: Any, comp: str | None) -> Iterator[bytes]:
@@ -213,6 +217,9 @@ class Batcher:
 #: is not atomic: a run stopped while saving leaves a truncated file).
 TRUNCATED_ADVICE = ("a run stopped while saving leaves such a file (torch.save does not write atomically): move it out "
                     "of the log, or pass the other files")
+#: What to do about a Parquet file that cannot be read (appended to the error).
+UNREADABLE_ADVICE = ("; a run stopped while writing it leaves such a file: move it out of the log, or pass the other "
+                     "files")
 #: What to do about a file ``torch.load(weights_only=True)`` refuses.
 TRUST_ADVICE = "if you trust the file, pass --trust-pickles (open_log(..., weights_only=False))"
 

@@ -28,6 +28,9 @@ Two layouts, detected from the type of the ``logp`` column (Parquet list type, o
     are scalars, broadcast over the sample's tokens. Unmapped: ``mask`` all True, ``position``
     the index in the list, ``sample_id`` numbered across the log, ``group_id`` as for flat.
 
+JSONL files may be gzip- or zstd-compressed (``.jsonl.gz``, ``.jsonl.zst``), read line by line
+as they are decompressed; Parquet compresses its columns itself and is read as ``.parquet`` only.
+
 Errors name the file, the file's column (with the schema column it feeds) and the rows:
 ``rows [..]`` (0-based from the start of the file) for flat Parquet, ``row R index I`` for
 ragged Parquet, ``line N`` for JSONL (1-based). Parquet is read in record batches and JSONL
@@ -47,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drpo_sim import tokens
-from drpo_sim.logs._stream import Batcher, iter_lines, log_suffix, split_suffix
+from drpo_sim.logs._stream import UNREADABLE_ADVICE, Batcher, iter_lines, log_suffix, split_suffix
 from drpo_sim.logs.validate import (
     Context,
     Piece,
@@ -229,7 +232,8 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds ~the file: unbounded memory
     except _READ_ERRORS as e:
-        raise ValueError(f"{path}: not a readable Parquet file (truncated or not Parquet: {e})") from None
+        raise ValueError(f"{path}: not a readable Parquet file (truncated or not Parquet: {e})"
+                         f"{UNREADABLE_ADVICE}") from None
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -275,7 +279,8 @@ def _parquet(path: Path, ctx: Context) -> Iterator[TokenBatch]:
                     yield from batcher.add(check_piece(piece, ctx, path, "row", names,
                                                        noun="row" if not ragged else "value"))
         except _READ_ERRORS as e:
-            raise ValueError(f"{path}: not a readable Parquet file (truncated or corrupt: {e})") from None
+            raise ValueError(f"{path}: not a readable Parquet file (truncated or corrupt: {e})"
+                             f"{UNREADABLE_ADVICE}") from None
         if ragged:
             rids.finish(offset)
         else:

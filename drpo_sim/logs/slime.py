@@ -246,8 +246,8 @@ def _train_file(path: Path, samples: list[dict[str, Any]], rid: int, rollout: tu
         try:
             if idx is not None and idx in seen:
                 if seen[idx] != path:  # another rank's copy of the same data-parallel shard
-                    ctx.report.add_dedup(path, f"samples {seen[idx].name} holds too (a tensor- or pipeline-parallel "
-                                         "rank's copy)", rows=len(s.get("log_probs", ())), samples=1)
+                    ctx.report.add_dedup(path, f"copies of {seen[idx].name}'s (another tensor- or pipeline-parallel "
+                                         "rank)", rows=len(s.get("log_probs", ())), samples=1)
                     continue
                 raise SampleError(f"sample index {idx} again in this file", "duplicate sample index")
             cols, group = _sample(s, i, rollout, by_index, step)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drpo_sim import tokens
-from drpo_sim.logs._stream import Batcher
+from drpo_sim.logs._stream import UNREADABLE_ADVICE, Batcher
 from drpo_sim.logs.validate import Context, Piece, check_piece, did_you_mean
 from drpo_sim.tokens import ALL_COLUMNS, REQUIRED_COLUMNS, TokenBatch
 
@@ -43,7 +43,7 @@ def _read(path: Path, ctx: Context) -> Iterator[TokenBatch]:
         meta = pq.read_metadata(path)
         names = pq.read_schema(path).names
     except _READ_ERRORS as e:
-        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+        raise ValueError(f"{path}: not a readable Parquet file ({e}){UNREADABLE_ADVICE}") from None
     missing = [n for n in REQUIRED_COLUMNS if n not in names]
     if missing:
         others = [n for n in names if n not in ALL_COLUMNS]
@@ -70,5 +70,5 @@ def _read(path: Path, ctx: Context) -> Iterator[TokenBatch]:
                     offset += rb.num_rows
                     yield from batcher.add(check_piece(piece, ctx, path, "row", {}, noun="row"))
         except _READ_ERRORS as e:
-            raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+            raise ValueError(f"{path}: not a readable Parquet file ({e}){UNREADABLE_ADVICE}") from None
     yield from batcher.flush()

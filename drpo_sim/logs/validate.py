@@ -158,7 +158,7 @@ class DropReport:
         head = f"read once: {_n(self.dedup_samples, 'sample')} ({_n(rows, 'row')})"
         if files:
             head += f" and {_n(files, 'file')}"
-        return f"{head} that other files of the same rollout also hold: {_by_file(self.dedup)}"
+        return f"{head} that several files hold: {_by_file(self.dedup)}"
 
 
 def _natural(text: str) -> list:

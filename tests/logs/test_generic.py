@@ -3,6 +3,7 @@ known tokens exactly, derive what is not mapped, and give one-line errors naming
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from logs_fixtures import (
     generic_flat,
     generic_ragged,
     make_samples,
+    read_all,
     write_generic_flat_jsonl,
     write_generic_flat_parquet,
     write_generic_ragged_jsonl,
@@ -141,3 +143,13 @@ def test_generic_empty_and_truncated_parquet(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     msg = error(open_log, path, fmt="generic", mapping=GENERIC_FLAT_MAP, on_invalid="drop")
     assert msg.startswith(f"{path}: not a readable Parquet file")
+
+
+def test_generic_jsonl_may_be_gzip_compressed(tmp_path):
+    samples = make_samples(82, 5)
+    plain = write_generic_ragged_jsonl(tmp_path / "ragged.jsonl", samples)
+    gz = tmp_path / "ragged.jsonl.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    want = read_all(plain, mapping=GENERIC_RAGGED_MAP)
+    got = read_all(gz, mapping=GENERIC_RAGGED_MAP)
+    assert_columns(got, want.columns)

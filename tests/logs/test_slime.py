@@ -61,7 +61,9 @@ def test_slime_rank_copies_are_counted_not_duplicated(tmp_path):
     assert len(b) == sum(len(s.tokens) for s in samples)
     # expected copies are de-duplicated, not dropped
     assert not src.report and src.report.total_samples == 0 and src.report.dedup_samples == 4
-    assert "tensor- or pipeline-parallel rank's copy" in src.report.dedup_text()
+    assert src.report.dedup_text() == ("read once: 4 samples (20 rows) that several files hold: train_1_1.pt: 4 "
+                                       "samples (20 rows) copies of train_1_0.pt's (another tensor- or "
+                                       "pipeline-parallel rank)")
 
 # ---------------------------------------------------------------------------------------------
 # bad input
