@@ -390,7 +390,7 @@ def replay_figures(result: analysis.ReplayResult, out: str | Path, *, label: str
     result.write(out, prefix)
     totals = result.totals
     n = totals["tokens"]
-    head = f"{label}: {n:,} tokens"
+    head = f"{label}: {n:,} tokens" + ("; mismatch only (no advantages in the log)" if result.mismatch_only else "")
     config = {"source": totals.get("source", {}), "objectives": totals["objectives"], "tokens": n,
               "excluded_tokens": totals["excluded_tokens"], "device": totals["device"]}
     jobs = [
