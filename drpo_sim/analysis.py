@@ -54,6 +54,7 @@ from drpo_sim.tokens import TokenBatch
 
 __all__ = [
     "MU_EDGES",
+    "NoTokens",
     "QUANTILES",
     "RARE_MU",
     "REGION_NAMES",
@@ -218,6 +219,14 @@ def objective_specs(names: Sequence[str] | None = None,
 
 # ----------------------------------------------------------------------------------------------
 # the accumulator
+
+
+class NoTokens(ValueError):
+    """A replay with no token to analyse: the stream was empty (``empty``), or every token had ``mask == False``."""
+
+    def __init__(self, message: str, empty: bool) -> None:
+        super().__init__(message)
+        self.empty = empty
 
 
 @dataclass
@@ -431,6 +440,11 @@ class ReplayResult:
     weight_hist: np.ndarray  # [objective, mu bin, sign, bins] counts, for figures
     weight_bins: FloatBins = WEIGHT_BINS
 
+    @property
+    def mismatch_only(self) -> bool:
+        """A replay without objectives (a log without advantages): only the mismatch tables mean anything."""
+        return bool(self.totals.get("mismatch_only"))
+
     @classmethod
     def from_accumulator(cls, acc: ReplayAccumulator, source: dict[str, Any]) -> ReplayResult:
         names = list(acc.objectives)
@@ -537,15 +551,17 @@ class ReplayResult:
 
         Files: ``{prefix}mismatch_by_mu.csv``, ``{prefix}regions_by_mu.csv``,
         ``{prefix}objectives.csv``, ``{prefix}by_step.csv`` (when the log has steps) and
-        ``{prefix}replay.json``.
+        ``{prefix}replay.json``; a mismatch-only replay writes no ``regions_by_mu.csv`` and
+        ``objectives.csv`` (``replay.json``'s ``note`` says why).
         """
 
         out = Path(out)
-        paths = [
-            write_csv(self.mismatch, out / f"{prefix}mismatch_by_mu.csv"),
-            write_csv(self.regions, out / f"{prefix}regions_by_mu.csv"),
-            write_csv(self.objectives, out / f"{prefix}objectives.csv"),
-        ]
+        paths = [write_csv(self.mismatch, out / f"{prefix}mismatch_by_mu.csv")]
+        if not self.mismatch_only:
+            paths += [
+                write_csv(self.regions, out / f"{prefix}regions_by_mu.csv"),
+                write_csv(self.objectives, out / f"{prefix}objectives.csv"),
+            ]
         if len(self.by_step):
             paths.append(write_csv(self.by_step, out / f"{prefix}by_step.csv"))
         text = json.dumps(_jsonable(self.totals), indent=2, sort_keys=True) + "\n"
@@ -596,11 +612,12 @@ def replay(batches: Iterable[TokenBatch], objectives: Mapping[str, objectives_mo
                 b = TokenBatch._trusted({n: a[keep] for n, a in b.columns.items()})
             acc.update(b)
     if acc.batches == 0 or int(acc.tokens.sum()) + acc.excluded_tokens == 0:
-        raise ValueError(
-            "no tokens to replay: the log is empty" + (" (or no token is in the selected updates)" if filtered else "")
+        raise NoTokens(
+            "no tokens to replay: the log is empty" + (" (or no token is in the selected updates)" if filtered else ""),
+            empty=True,
         )
     if int(acc.tokens.sum()) == 0:
-        raise ValueError(f"no tokens to replay: all {acc.excluded_tokens} tokens have mask false")
+        raise NoTokens(f"no tokens to replay: all {acc.excluded_tokens} tokens have mask false", empty=False)
     result = acc.result(source)
     result.totals["filtered_tokens"] = filtered
     result.totals["updates"] = None if keep_updates is None else keep_updates.tolist()
@@ -613,9 +630,27 @@ def replay_log(
     """:func:`replay` a :class:`drpo_sim.logs.LogSource` and record where its tokens came from.
 
     ``totals["source"]`` is the source's description and ``totals["dropped"]`` its drop report,
-    both taken after the pass, so they include what ``on_invalid="drop"`` dropped.
+    both taken after the pass, so they include what ``on_invalid="drop"`` dropped. When nothing is
+    left to replay after dropping, the error carries the drop report.
+
+    A mismatch-only source (``src.mismatch_only``: a log without advantages, such as NeMo RL's
+    before v0.6.0) is replayed without objectives: the mismatch tables (and ``by_step``) only,
+    with ``totals["mismatch_only"] = True`` and ``totals["note"]`` saying why, once.
     """
-    result = replay(src, objectives, **kwargs)
+    mismatch_only = bool(getattr(src, "mismatch_only", False))
+    try:
+        result = replay(src, {} if mismatch_only else objectives, **kwargs)
+    except NoTokens as e:
+        report = getattr(src, "report", None)
+        if not report:
+            raise
+        if e.empty:
+            raise NoTokens(f"no tokens to replay: --on-invalid drop dropped everything the log held ({report})",
+                           empty=True) from None
+        raise NoTokens(f"{e}; --on-invalid drop also dropped: {report}", empty=False) from None
     result.totals["source"] = src.describe()
     result.totals["dropped"] = src.report.to_dict()
+    if mismatch_only:
+        result.totals["mismatch_only"] = True
+        result.totals["note"] = src.note
     return result

@@ -107,6 +107,44 @@ def write_nemo(path: Path, samples: list[Sample], seed: int = 0) -> Path:
     return path
 
 
+def nemo_lines_v05(samples: list[Sample], seed: int = 0, dynamic_sampling: bool = False) -> list[str]:
+    """Lines as NeMo RL v0.3.0 to v0.5.0 wrote them (``grpo_train`` logged ``content``, ``rewards``,
+    ``generation_logprobs``, ``prev_logprobs`` and ``input_lengths`` only, plus
+    ``filtered_rewards`` with dynamic sampling from v0.4.0). ``generation_logprobs`` is 0 on every
+    token the engine did not generate (prompt, environment, padding), as NeMo RL's
+    ``zeros_like`` there. With ``dynamic_sampling``, ``filtered_rewards`` holds the sample's reward
+    and ``rewards`` another number (the unfiltered batch's)."""
+    out = []
+    for line, s in zip(nemo_lines(samples, seed), samples):
+        obj = json.loads(line)
+        p = len(s.prompt)
+        gen = obj["generation_logprobs"][0]
+        for j, m in enumerate(s.mask):
+            if not m:
+                gen[p + j] = 0.0
+        old = {"content": obj["content"], "rewards": obj["rewards"], "generation_logprobs": obj["generation_logprobs"],
+               "prev_logprobs": obj["prev_logprobs"], "input_lengths": obj["input_lengths"], "idx": obj["idx"]}
+        if dynamic_sampling:
+            old["filtered_rewards"] = [s.reward]
+            old["rewards"] = [s.reward + 10.0]
+        out.append(json.dumps(old))
+    return out
+
+
+def expected_v05(samples: list[Sample], step: int, sample_ids, group_ids) -> dict[str, np.ndarray]:
+    """The rows of :func:`nemo_lines_v05`: no advantage (0) nor token ids, and the mask told by
+    ``generation_logprobs != 0`` (the engine's log-prob is 0 on the tokens it did not generate)."""
+    for s in samples:
+        assert s.mu[0] != 0.0, "the fixture's first response token needs a non-zero engine log-prob"
+    e = expected(samples, step, sample_ids, group_ids)
+    mask = e["mask"] & (e["logp_behavior"] != 0.0)
+    e["mask"] = mask
+    e["logp_behavior"] = np.where(mask, e["logp_behavior"], 0.0)
+    e["advantage"] = np.zeros(len(mask))
+    del e["token_id"]
+    return e
+
+
 # ----------------------------------------------------------------------------------------------
 # slime: --save-debug-rollout-data / --save-debug-train-data
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from drpo_sim.paper.jobs import replay_figures
 
 
 def configure_replay(p: argparse.ArgumentParser) -> None:
-    p.add_argument("logs", nargs="+", metavar="LOG", help="token log files or directories (see --format)")
+    p.add_argument("logs", nargs="+", metavar="LOG",
+                   help="token log files, run folders (searched with their subfolders) or quoted globs such as "
+                        "'logs/exp_*/train_data_step*.jsonl.gz' (see --format)")
     p.add_argument("--out", required=True, help="output directory for the tables (CSV, JSON) and figures")
     p.add_argument("--format", default="auto",
                    help="log format: auto (default), tokens, nemo_rl, slime, generic, trainer_dump")
@@ -20,7 +23,11 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
                    help="column mapping for --format generic, e.g. logp=lp,logp_behavior=engine_lp")
     p.add_argument("--group-size", type=int, help="samples per prompt group where the format does not record groups")
     p.add_argument("--on-invalid", choices=("raise", "drop"), default="raise",
-                   help="bad rows: stop with an error naming them (default), or drop them and report how many and why")
+                   help="bad rows: stop with an error naming them (default), or drop them (and skip empty step "
+                        "files) and report how many and why")
+    p.add_argument("--trust-pickles", action="store_true",
+                   help="load .pt files with torch.load(weights_only=False), which reads objects such as NumPy "
+                        "scalars but can run code stored in the file: only for files you trust")
     p.add_argument("--objectives", help=f"comma-separated objectives (default {','.join(REPLAY_OBJECTIVES)})")
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE",
                    help="objective parameter, e.g. drpo.delta=2.5 (repeatable)")
@@ -43,7 +50,16 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     src = logs.open_log(args.logs, fmt=args.format, mapping=mapping, on_invalid=args.on_invalid,
-                        batch_size=args.batch_size, group_size=1 if args.group_size is None else args.group_size)
+                        batch_size=args.batch_size, group_size=1 if args.group_size is None else args.group_size,
+                        weights_only=not args.trust_pickles)
+    if args.trust_pickles:
+        pt = [f for f in src.files if ".pt" in f.suffixes]
+        print("drpo-sim replay: warning: --trust-pickles: "
+              + (f"{len(pt)} .pt files are loaded with torch.load(weights_only=False), which runs any code stored in "
+                 "them: use it only on files you trust" if pt else "no .pt file in this log, so it changes nothing"),
+              file=sys.stderr)
+    for line in src.listing_lines():
+        print(line)
     t0 = time.perf_counter()
     updates = None
     if args.updates is not None:
@@ -61,10 +77,15 @@ def run_replay(args: argparse.Namespace) -> int:
           + (f", {t['filtered_tokens']:,} outside --updates" if t["filtered_tokens"] else "") + "), "
           f"{t['rare_share']:.1%} with mu <= {t['rare_threshold']:g}; mean |pi-mu| {t['abs_shift_mean']:.3g}, "
           f"max {t['abs_shift_max']:.3g}")
-    if report.total:
+    if report:
         print(f"dropped (--on-invalid drop): {report}")
-    cols = ["objective", "masked_frac", "attenuated_frac", "corrective_frac", "grad_mass_share", "rare_masked_frac",
-            "rare_weight_min", "rare_weight_max"]
-    print(result.objectives[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if report.dedup:
+        print(f"de-duplicated, not dropped: {report.dedup_text()}")
+    if result.mismatch_only:
+        print(f"mismatch only, no objective tables or figures: {t['note']}")
+    else:
+        cols = ["objective", "masked_frac", "attenuated_frac", "corrective_frac", "grad_mass_share",
+                "rare_masked_frac", "rare_weight_min", "rare_weight_max"]
+        print(result.objectives[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"{len(records)} figures and their tables in {args.out}")
     return 0

@@ -28,6 +28,9 @@ Two layouts, detected from the type of the ``logp`` column (Parquet list type, o
     are scalars, broadcast over the sample's tokens. Unmapped: ``mask`` all True, ``position``
     the index in the list, ``sample_id`` numbered across the log, ``group_id`` as for flat.
 
+JSONL files may be gzip- or zstd-compressed (``.jsonl.gz``, ``.jsonl.zst``), read line by line
+as they are decompressed; Parquet compresses its columns itself and is read as ``.parquet`` only.
+
 Errors name the file, the file's column (with the schema column it feeds) and the rows:
 ``rows [..]`` (0-based from the start of the file) for flat Parquet, ``row R index I`` for
 ragged Parquet, ``line N`` for JSONL (1-based). Parquet is read in record batches and JSONL
@@ -47,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drpo_sim import tokens
-from drpo_sim.logs._stream import Batcher, iter_lines
+from drpo_sim.logs._stream import UNREADABLE_ADVICE, Batcher, iter_lines, log_suffix, split_suffix
 from drpo_sim.logs.validate import (
     Context,
     Piece,
@@ -67,17 +70,20 @@ _READ_ERRORS = (pa.ArrowException, OSError)
 
 
 def matches(path: Path) -> bool:
-    return path.suffix in EXTENSIONS
+    suffix, comp = split_suffix(path)
+    return suffix == ".jsonl" or (suffix == ".parquet" and comp is None)
 
 
 def iter_files(paths: list[Path], ctx: Context) -> Iterator[TokenBatch]:
     for path in paths:
-        if path.suffix == ".parquet":
+        suffix, comp = split_suffix(path)
+        if suffix == ".parquet" and comp is None:
             yield from _parquet(path, ctx)
-        elif path.suffix == ".jsonl":
+        elif suffix == ".jsonl":
             yield from _jsonl(path, ctx)
         else:
-            raise ValueError(f"{path}: the generic format reads .parquet and .jsonl files, not {path.suffix or 'this'}")
+            raise ValueError(f"{path}: the generic format reads .parquet and .jsonl (also .jsonl.gz, .jsonl.zst) "
+                             f"files, not {''.join(Path(path).suffixes[-2:]) or 'this'}; convert it to one of them")
 
 
 def resolve(path: Path, available: list[str], mapping: dict[str, str] | None) -> dict[str, str]:
@@ -109,7 +115,7 @@ def resolve(path: Path, available: list[str], mapping: dict[str, str] | None) ->
 def peek(path: Path, ctx: Context) -> None:
     """Note in ``ctx.derived`` which columns the first file will derive (for ``describe()``)."""
     try:
-        if path.suffix == ".parquet":
+        if log_suffix(path) == ".parquet":
             schema = pq.read_schema(path)
             names, first = schema.names, None
         else:
@@ -226,7 +232,8 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds ~the file: unbounded memory
     except _READ_ERRORS as e:
-        raise ValueError(f"{path}: not a readable Parquet file (truncated or not Parquet: {e})") from None
+        raise ValueError(f"{path}: not a readable Parquet file (truncated or not Parquet: {e})"
+                         f"{UNREADABLE_ADVICE}") from None
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -248,7 +255,8 @@ def _parquet(path: Path, ctx: Context) -> Iterator[TokenBatch]:
         for ours, theirs in cols.items():
             _check_type(path, ours, theirs, schema.field(theirs).type)
         if pf.metadata.num_rows == 0:
-            raise ValueError(f"{path}: no tokens (empty file)")
+            ctx.empty_file(path, "empty file")
+            return
         ragged = _is_list(schema.field(cols["logp"]).type)
         _note_derived(ctx, cols, "ragged" if ragged else "flat")
         names = {o: t for o, t in cols.items()}
@@ -271,7 +279,8 @@ def _parquet(path: Path, ctx: Context) -> Iterator[TokenBatch]:
                     yield from batcher.add(check_piece(piece, ctx, path, "row", names,
                                                        noun="row" if not ragged else "value"))
         except _READ_ERRORS as e:
-            raise ValueError(f"{path}: not a readable Parquet file (truncated or corrupt: {e})") from None
+            raise ValueError(f"{path}: not a readable Parquet file (truncated or corrupt: {e})"
+                             f"{UNREADABLE_ADVICE}") from None
         if ragged:
             rids.finish(offset)
         else:
@@ -377,7 +386,8 @@ def _jsonl(path: Path, ctx: Context) -> Iterator[TokenBatch]:
             yield from batcher.add(_jsonl_block(block, ragged, ids, path, ctx, names))
             block, rows = [], 0
     if n == 0:
-        raise ValueError(f"{path}: no tokens (empty file)")
+        ctx.empty_file(path, "empty file")
+        return
     if block:
         yield from batcher.add(_jsonl_block(block, ragged, ids, path, ctx, names))
     if rids is not None and ragged:

@@ -35,16 +35,33 @@ else numbered across the log. ``group_id`` is slime's ``group_index`` (train dum
 dump), else ``sample index // group_size`` (slime numbers the samples of one prompt
 consecutively), else consecutive samples in groups of ``group_size``.
 
-Files: one ``.pt`` per rollout id (and per rank for format-1 train dumps); files are grouped by
-rollout id, read from the first number in the file name (slime's templates put ``{rollout_id}``
-first, e.g. ``rollout_{rollout_id}.pt``, ``train_{rollout_id}_{rank}.pt``), and each group is
-loaded and released before the next: memory holds the files of one rollout id. Evaluation
-dumps (``eval_`` in the name) are skipped when listing a directory. Format-1 dumps from
-tensor/pipeline-parallel ranks repeat samples: repeats of a sample index already read for the
-rollout are skipped and counted in the report ("duplicate ..."); files without ``log_probs``
-(not the last pipeline stage) are skipped, and counted, when another file of the rollout has
-them. Context-parallel format-1 dumps hold sharded log-probs; their lengths disagree with
-``response_lengths`` and are reported as such (use format 2, which restores them).
+Files: one ``.pt`` per rollout id (and per rank for format-1 train dumps), named by the user's
+templates: ``--dump-details DIR`` writes ``DIR/rollout_data/{rollout_id}.pt`` and
+``DIR/train_data/{rollout_id}_{rank}.pt`` (format 1, slime v0.1.0 to v0.3.1) or
+``DIR/train_data/{rollout_id}.pt`` (format 2, main from August 2026), and a template may put any
+other number first (``qwen3-8b_train_{rollout_id}.pt``). So files are grouped by the
+``rollout_id`` stored in each file, not by their names: a first pass loads each file (its tensors
+memory-mapped, not read) to read the id, then each rollout's files are loaded together and
+released before the next rollout's, in order of rollout id. Memory holds the files of one rollout
+id; each file is read twice. Files may be gzip- or zstd-compressed (``.pt.gz``, ``.pt.zst``).
+
+Evaluation dumps are skipped wherever they are passed (and listed as skipped): slime writes them
+with the same template, ``{rollout_id}`` replaced by ``eval_{rollout_id}`` (``rollout_data/eval_3.pt``)
+and the same ``rollout_id`` inside as the training rollout, so they are known by ``eval_`` and a
+number in the name (:func:`is_eval`). A dump with no samples (an empty step file) is an error, or
+skipped and counted as a dropped file with ``on_invalid="drop"``.
+
+Rank copies: format-1 dumps are written by every rank, so tensor- and pipeline-parallel ranks of
+one data-parallel shard write the same samples. A sample index already read from another file of
+the rollout is read once and counted as de-duplicated (``report.dedup``: expected, not a drop);
+a file without ``log_probs`` (a pipeline stage before the last) is de-duplicated likewise when
+another file of the rollout has them. A sample index repeated within one file is a per-sample
+problem (error, or dropped and counted). Context-parallel format-1 dumps hold sharded log-probs;
+their lengths disagree with ``response_lengths`` and are reported as such (use format 2, which
+restores them).
+
+Objects ``torch.load(weights_only=True)`` refuses (a NumPy scalar reward, say) make the file an
+error that names the object; ``weights_only=False`` (``--trust-pickles``) reads such files.
 """
 
 from __future__ import annotations
@@ -56,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from drpo_sim.logs._stream import Batcher, first_number, load_torch
+from drpo_sim.logs._stream import Batcher, load_torch, log_suffix
 from drpo_sim.logs.validate import (
     Context,
     Piece,
@@ -73,11 +90,18 @@ NAME = "slime"
 NAMES = {"logp": "log_probs", "logp_old": "log_probs", "logp_behavior": "rollout_log_probs",
          "advantage": "advantages", "mask": "loss_masks", "token_id": "tokens"}
 REQUIRED = ("log_probs", "advantages")
-_EVAL = re.compile(r"eval_")
+_EVAL = re.compile(r"(?:^|[^A-Za-z0-9])eval_\d")
+#: Why an evaluation dump is skipped (the listing says so).
+EVAL_REASON = "slime evaluation dump (eval_<rollout id> in the name): not a training step"
+
+
+def is_eval(path: Path) -> bool:
+    """An evaluation dump: slime fills ``{rollout_id}`` with ``eval_<id>`` for those."""
+    return _EVAL.search(path.name) is not None
 
 
 def matches(path: Path) -> bool:
-    return path.suffix == ".pt" and _EVAL.search(path.name) is None
+    return log_suffix(path) == ".pt" and not is_eval(path)
 
 
 def sniff(obj: Any) -> bool:
@@ -102,12 +126,41 @@ def kind(obj: Any) -> str | None:
 
 
 def iter_files(paths: list[Path], ctx: Context) -> Iterator[TokenBatch]:
-    groups: dict[Any, list[Path]] = {}
-    for p in paths:
-        rid = first_number(p.stem)
-        groups.setdefault(rid if rid is not None else ("file", p), []).append(p)
-    for files in groups.values():
-        yield from _group(files, ctx)
+    groups, empty = _index(paths, ctx)
+    for rid in sorted(groups):
+        yield from _group(groups[rid], rid, rid in empty, ctx)
+
+
+def _index(paths: list[Path], ctx: Context) -> tuple[dict[int, list[Path]], set[int]]:
+    """Rollout id -> its files (empty dumps left out and reported), and the ids that had an empty dump."""
+    groups: dict[int, list[Path]] = {}
+    empty: set[int] = set()
+    for f in paths:
+        obj = load_torch(f, ctx.weights_only, mmap=True)
+        k = kind(obj)
+        if k is None:
+            keys = list(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise ValueError(f"{f}: not a slime debug dump (expected the keys rollout_id and samples or rollout_data; "
+                             f"found {keys}); leave it out, or pass its --format")
+        rid = obj.get("rollout_id")
+        if isinstance(rid, bool) or not isinstance(rid, (int, np.integer)):
+            raise ValueError(f"{f}: a slime dump whose rollout_id is {rid!r}, not a number (slime writes "
+                             "{'rollout_id': N, ...}); leave it out, or check how it was written")
+        n = len(obj["samples"]) if "samples" in obj else _train_count(obj["rollout_data"])
+        del obj
+        if n == 0:
+            ctx.empty_file(f, "the dump holds no samples")
+            empty.add(int(rid))
+            continue
+        groups.setdefault(int(rid), []).append(f)
+    return groups, empty
+
+
+def _train_count(rd: dict) -> int:
+    for key in ("response_lengths", "log_probs", "advantages", "tokens"):
+        if isinstance(rd.get(key), (list, tuple)):
+            return len(rd[key])
+    return 0
 
 
 def _samples(path: Path, obj: dict) -> tuple[list[dict[str, Any]], bool]:
@@ -137,37 +190,27 @@ def _samples(path: Path, obj: dict) -> tuple[list[dict[str, Any]], bool]:
     return samples, has_lp
 
 
-def _group(files: list[Path], ctx: Context) -> Iterator[TokenBatch]:
+def _group(files: list[Path], rid: int, had_empty: bool, ctx: Context) -> Iterator[TokenBatch]:
     rollout: tuple[Path, dict] | None = None
-    trains: list[tuple[Path, list[dict[str, Any]], bool, Any]] = []
-    key = first_number(files[0].stem)
+    trains: list[tuple[Path, list[dict[str, Any]], bool]] = []
     for f in files:
         obj = load_torch(f, ctx.weights_only)
-        k = kind(obj)
-        rid = obj.get("rollout_id") if isinstance(obj, dict) else None
-        if k is not None and key is not None and rid is not None and int(rid) != key:
-            raise ValueError(f"{f}: holds rollout {rid}, but its file name starts with the number {key}; slime dumps "
-                             "are grouped by the first number in the file name (slime's templates put {rollout_id} "
-                             "first): rename the files, or pass only the train dumps")
-        if k is None:
-            keys = list(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{f}: not a slime debug dump (expected the keys rollout_id and samples or rollout_data; "
-                             f"found {keys})")
-        if k == "rollout":
+        if kind(obj) == "rollout":
             if rollout is not None:
-                raise ValueError(f"{f}: a second slime rollout dump for rollout {obj.get('rollout_id')} "
-                                 f"(first: {rollout[0]})")
-            if not obj["samples"]:
-                raise ValueError(f"{f}: no tokens (the dump holds no samples)")
+                raise ValueError(f"{f}: a second slime rollout dump for rollout {rid} (first: {rollout[0]}); "
+                                 "pass the dumps of one run")
             rollout = (f, obj)
         else:
             samples, has_lp = _samples(f, obj)
-            trains.append((f, samples, has_lp, obj.get("rollout_id", first_number(f.stem))))
+            trains.append((f, samples, has_lp))
     if not trains:
         assert rollout is not None
+        if had_empty:  # its train dump was empty, skipped and counted
+            ctx.report.add(rollout[0], "unused (the train dump of this rollout is empty)", files=1)
+            return
         raise ValueError(
-            f"{rollout[0]}: slime rollout dump for rollout {rollout[1].get('rollout_id')} without a train dump; the "
-            "trainer's log_probs and advantages are only in --save-debug-train-data files: pass them too"
+            f"{rollout[0]}: slime rollout dump for rollout {rid} without a train dump; the trainer's log_probs and "
+            "advantages are only in --save-debug-train-data files: pass them too"
         )
     if not any(t[2] for t in trains):
         f, samples = trains[0][0], trains[0][1]
@@ -177,18 +220,19 @@ def _group(files: list[Path], ctx: Context) -> Iterator[TokenBatch]:
     by_index = None
     if rollout is not None:
         by_index = {s.get("index"): s for s in rollout[1]["samples"] if isinstance(s, dict)}
-    seen: set[int] = set()
-    for f, samples, has_lp, rid in trains:
+    seen: dict[int, Path] = {}
+    for f, samples, has_lp in trains:
         if not has_lp:
-            ctx.report.add(f, "file without log_probs (not the last pipeline stage)", samples=len(samples))
+            ctx.report.add_dedup(f, "file without log_probs (a pipeline stage before the last; the last stage's "
+                                 "file holds these samples)", samples=len(samples), files=1)
             continue
         yield from _train_file(f, samples, rid, rollout, by_index, seen, ctx)
 
 
-def _train_file(path: Path, samples: list[dict[str, Any]], rid: Any, rollout: tuple[Path, dict] | None,
-                by_index: dict | None, seen: set[int], ctx: Context) -> Iterator[TokenBatch]:
+def _train_file(path: Path, samples: list[dict[str, Any]], rid: int, rollout: tuple[Path, dict] | None,
+                by_index: dict | None, seen: dict[int, Path], ctx: Context) -> Iterator[TokenBatch]:
     batcher = Batcher(ctx, path)
-    step = int(rid) if rid is not None else None
+    step = rid
     has_index = all("sample_index" in s and s["sample_index"] is not None for s in samples)
     n = len(samples)
     fallback_sid = ctx.next_sample + np.arange(n)
@@ -199,17 +243,19 @@ def _train_file(path: Path, samples: list[dict[str, Any]], rid: Any, rollout: tu
     max_group = -1
     for i, s in enumerate(samples):
         idx = int(s["sample_index"]) if has_index else None
-        if idx is not None and idx in seen:
-            ctx.report.add(path, "duplicate of a sample already read for this rollout (rank copy)",
-                           rows=len(s.get("log_probs", ())), samples=1)
-            continue
         try:
+            if idx is not None and idx in seen:
+                if seen[idx] != path:  # another rank's copy of the same data-parallel shard
+                    ctx.report.add_dedup(path, f"copies of {seen[idx].name}'s (another tensor- or pipeline-parallel "
+                                         "rank)", rows=len(s.get("log_probs", ())), samples=1)
+                    continue
+                raise SampleError(f"sample index {idx} again in this file", "duplicate sample index")
             cols, group = _sample(s, i, rollout, by_index, step)
         except SampleError as e:
             ctx.sample_problem(path, f"sample {i}", e)
             continue
         if idx is not None:
-            seen.add(idx)
+            seen[idx] = path
         size = cols["logp"].size
         sid = idx if idx is not None else int(fallback_sid[i])
         if group is None:

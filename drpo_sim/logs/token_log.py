@@ -3,7 +3,8 @@
 With ``on_invalid="raise"`` this is :func:`drpo_sim.tokens.read_token_log` (same checks, same
 messages); with ``"drop"`` rows failing the row checks are dropped and counted instead. A missing
 schema column is an error suggesting the closest column in the file; a file with no rows is an
-error ("no tokens"). Memory is bounded by ``batch_size`` (and the file's row-group size).
+error ("no tokens"), or skipped and counted as a dropped file with ``on_invalid="drop"``. Memory
+is bounded by ``batch_size`` (and the file's row-group size).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drpo_sim import tokens
-from drpo_sim.logs._stream import Batcher
+from drpo_sim.logs._stream import UNREADABLE_ADVICE, Batcher
 from drpo_sim.logs.validate import Context, Piece, check_piece, did_you_mean
 from drpo_sim.tokens import ALL_COLUMNS, REQUIRED_COLUMNS, TokenBatch
 
@@ -42,14 +43,15 @@ def _read(path: Path, ctx: Context) -> Iterator[TokenBatch]:
         meta = pq.read_metadata(path)
         names = pq.read_schema(path).names
     except _READ_ERRORS as e:
-        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+        raise ValueError(f"{path}: not a readable Parquet file ({e}){UNREADABLE_ADVICE}") from None
     missing = [n for n in REQUIRED_COLUMNS if n not in names]
     if missing:
         others = [n for n in names if n not in ALL_COLUMNS]
         raise ValueError(f"{path}: missing required column {missing[0]!r}{did_you_mean(missing[0], others)}; "
                          f"required columns are {list(REQUIRED_COLUMNS)}")
     if meta.num_rows == 0:
-        raise ValueError(f"{path}: no tokens (empty file)")
+        ctx.empty_file(path, "empty file")
+        return
     batcher = Batcher(ctx, path)
     if not ctx.drop:
         for b in tokens.read_token_log(path, batch_size=ctx.batch_size):
@@ -68,5 +70,5 @@ def _read(path: Path, ctx: Context) -> Iterator[TokenBatch]:
                     offset += rb.num_rows
                     yield from batcher.add(check_piece(piece, ctx, path, "row", {}, noun="row"))
         except _READ_ERRORS as e:
-            raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+            raise ValueError(f"{path}: not a readable Parquet file ({e}){UNREADABLE_ADVICE}") from None
     yield from batcher.flush()

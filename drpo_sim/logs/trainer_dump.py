@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from drpo_sim import tokens
-from drpo_sim.logs._stream import Batcher, load_torch
+from drpo_sim.logs._stream import Batcher, load_torch, log_suffix
 from drpo_sim.logs.validate import Context, Piece, check_piece, did_you_mean
 from drpo_sim.tokens import TokenBatch
 
@@ -105,7 +105,7 @@ dump_step = _namespace["dump_step"]
 
 
 def matches(path: Path) -> bool:
-    return path.suffix == ".pt"
+    return log_suffix(path) == ".pt"
 
 
 def sniff(obj: Any) -> bool:
@@ -139,7 +139,8 @@ def _read(path: Path, ctx: Context) -> Iterator[TokenBatch]:
     if len(ref) != 2:
         raise ValueError(f"{path}: logp_behavior has shape {ref}, expected [batch, tokens]")
     if ref[0] == 0 or ref[1] == 0:
-        raise ValueError(f"{path}: no tokens (logp_behavior has shape {ref})")
+        ctx.empty_file(path, f"logp_behavior has shape {ref}")
+        return
     for k, x in a.items():
         want = (ref[0],) if k in ("group", "rewards") else ref
         if k == "advantages" and x.shape == (ref[0],):

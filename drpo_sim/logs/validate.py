@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,23 +48,52 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 class DropCount:
     rows: int = 0
     samples: int = 0
+    files: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        out = {"rows": self.rows, "samples": self.samples}
+        if self.files:
+            out["files"] = self.files
+        return out
+
+    def text(self, reason: str) -> str:
+        if self.files:
+            what = _n(self.files, "whole file")
+        elif self.samples:
+            what = _n(self.samples, "sample") + (f" ({_n(self.rows, 'row')})" if self.rows else "")
+        else:
+            what = _n(self.rows, "row")
+        return f"{what} {reason}"
 
 
 @dataclass
 class DropReport:
-    """What ``on_invalid="drop"`` dropped: token rows (and whole samples) per (file, reason).
+    """What ``on_invalid="drop"`` dropped: token rows, whole samples and whole files per (file, reason);
+    and, apart, what was de-duplicated (expected repeats, not dropped).
 
     A row failing several checks is counted once, under the first (in the order of
     :func:`drpo_sim.tokens.row_problems`). A dropped sample counts as one sample and as the rows it
-    would have had (0 when unknown, e.g. a truncated JSON line).
+    would have had (0 when unknown, e.g. a truncated JSON line). A skipped file (an empty step
+    file) counts as one file. De-duplicated samples (:meth:`add_dedup`: slime's copies of one
+    data-parallel shard written by several tensor- or pipeline-parallel ranks) are the same
+    samples read once; they are reported, in every mode, but are not drops.
     """
 
     counts: dict[tuple[str, str], DropCount] = field(default_factory=dict)
+    dedup: dict[tuple[str, str], DropCount] = field(default_factory=dict)
 
-    def add(self, file: str | Path, reason: str, rows: int = 0, samples: int = 0) -> None:
+    def add(self, file: str | Path, reason: str, rows: int = 0, samples: int = 0, files: int = 0) -> None:
         c = self.counts.setdefault((str(file), reason), DropCount())
         c.rows += int(rows)
         c.samples += int(samples)
+        c.files += int(files)
+
+    def add_dedup(self, file: str | Path, reason: str, rows: int = 0, samples: int = 0, files: int = 0) -> None:
+        """Count samples (or files) left out because another file holds the same ones."""
+        c = self.dedup.setdefault((str(file), reason), DropCount())
+        c.rows += int(rows)
+        c.samples += int(samples)
+        c.files += int(files)
 
     @property
     def total(self) -> int:
@@ -75,17 +105,39 @@ class DropReport:
         """Whole samples dropped (per-sample problems)."""
         return sum(c.samples for c in self.counts.values())
 
+    @property
+    def total_files(self) -> int:
+        """Whole files skipped (empty step files)."""
+        return sum(c.files for c in self.counts.values())
+
+    @property
+    def dedup_samples(self) -> int:
+        """Samples read once although several files hold them."""
+        return sum(c.samples for c in self.dedup.values())
+
     def __bool__(self) -> bool:
+        """Whether anything was dropped (de-duplication is not dropping)."""
         return bool(self.counts)
 
     def clear(self) -> None:
         self.counts.clear()
+        self.dedup.clear()
 
     def to_dict(self) -> dict[str, Any]:
         by_file: dict[str, dict[str, dict[str, int]]] = {}
         for (f, reason), c in self.counts.items():
-            by_file.setdefault(f, {})[reason] = {"rows": c.rows, "samples": c.samples}
-        return {"total_rows": self.total, "total_samples": self.total_samples, "by_file": by_file}
+            by_file.setdefault(f, {})[reason] = c.as_dict()
+        out: dict[str, Any] = {"total_rows": self.total, "total_samples": self.total_samples, "by_file": by_file}
+        if self.total_files:
+            out["total_files"] = self.total_files
+        if self.dedup:
+            dedup: dict[str, dict[str, dict[str, int]]] = {}
+            for (f, reason), c in self.dedup.items():
+                dedup.setdefault(f, {})[reason] = c.as_dict()
+            out["deduplicated"] = {"total_rows": sum(c.rows for c in self.dedup.values()),
+                                   "total_samples": self.dedup_samples,
+                                   "total_files": sum(c.files for c in self.dedup.values()), "by_file": dedup}
+        return out
 
     def __str__(self) -> str:
         if not self.counts:
@@ -93,14 +145,33 @@ class DropReport:
         head = f"dropped {_n(self.total, 'row')}"
         if self.total_samples:
             head += f" ({_n(self.total_samples, 'whole sample')})"
-        by_file: dict[str, list[str]] = {}
-        for (f, reason), c in self.counts.items():
-            what = _n(c.rows, "row") if not c.samples else _n(c.samples, "sample") + (
-                f" ({_n(c.rows, 'row')})" if c.rows else "")
-            by_file.setdefault(Path(f).name, []).append(f"{what} {reason}")
-        parts = [f"{f}: {', '.join(v)}" for f, v in by_file.items()]
-        shown = "; ".join(parts[:5]) + ("; ..." if len(parts) > 5 else "")
-        return f"{head}: {shown}"
+        if self.total_files:
+            head += f" and {_n(self.total_files, 'whole file')}"
+        return f"{head}: {_by_file(self.counts)}"
+
+    def dedup_text(self) -> str:
+        """One line on what was de-duplicated (``""`` when nothing was)."""
+        if not self.dedup:
+            return ""
+        rows = sum(c.rows for c in self.dedup.values())
+        files = sum(c.files for c in self.dedup.values())
+        head = f"read once: {_n(self.dedup_samples, 'sample')} ({_n(rows, 'row')})"
+        if files:
+            head += f" and {_n(files, 'file')}"
+        return f"{head} that several files hold: {_by_file(self.dedup)}"
+
+
+def _natural(text: str) -> list:
+    parts = re.split(r"(\d+)", text)
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)]
+
+
+def _by_file(counts: dict[tuple[str, str], DropCount]) -> str:
+    by_file: dict[str, list[str]] = {}
+    for (f, reason), c in sorted(counts.items(), key=lambda item: _natural(item[0][0])):
+        by_file.setdefault(Path(f).name, []).append(c.text(reason))
+    parts = [f"{f}: {', '.join(v)}" for f, v in by_file.items()]
+    return "; ".join(parts[:5]) + ("; ..." if len(parts) > 5 else "")
 
 
 def _n(k: int, noun: str) -> str:
@@ -135,6 +206,10 @@ class Context:
     first_file: Path | None = None
     derived: dict[str, str] = field(default_factory=dict)  # column -> how it was derived
     state: dict[str, Any] = field(default_factory=dict)  # per-loader state over the pass
+    #: whether the log holds advantages (``False``: a mismatch-only log, advantage filled with 0),
+    #: ``None`` until a loader has seen the first file
+    has_advantage: bool | None = None
+    has_advantage_file: Path | None = None  # the file that decided has_advantage
 
     @property
     def drop(self) -> bool:
@@ -145,6 +220,14 @@ class Context:
         if not self.drop:
             raise ValueError(f"{path}: {where}: {err}") from None
         self.report.add(path, err.reason, rows=rows, samples=1)
+
+    def empty_file(self, path: Path, detail: str) -> None:
+        """A file with no samples (an empty step file): a one-line error, or skipped and counted as a
+        dropped file with ``on_invalid="drop"``."""
+        if not self.drop:
+            raise ValueError(f"{path}: no tokens ({detail}); leave the file out, or pass --on-invalid drop "
+                             "(on_invalid='drop') to skip it and count it in the drop report")
+        self.report.add(path, f"empty ({detail})", files=1)
 
     def take_ids(self, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample and group ids for the next ``n_samples`` samples of a file (no group field).

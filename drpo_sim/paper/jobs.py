@@ -382,28 +382,32 @@ def replay_figures(result: analysis.ReplayResult, out: str | Path, *, label: str
     ``mu``), ``regions`` (masked / attenuated / corrective fractions and gradient mass kept per
     objective against ``mu``), ``weights`` (weight distributions against ``mu``), ``rare_tokens``
     (``mu <= 0.01`` against all tokens) and, for logs with several steps, ``by_step``. ``label``
-    names the log in the titles.
+    names the log in the titles. A mismatch-only result (a log without advantages) draws
+    ``mismatch`` and ``by_step`` only.
     """
     out = Path(out)
     t0 = time.perf_counter()
     result.write(out, prefix)
     totals = result.totals
     n = totals["tokens"]
-    head = f"{label}: {n:,} tokens"
+    head = f"{label}: {n:,} tokens" + ("; mismatch only (no advantages in the log)" if result.mismatch_only else "")
     config = {"source": totals.get("source", {}), "objectives": totals["objectives"], "tokens": n,
               "excluded_tokens": totals["excluded_tokens"], "device": totals["device"]}
     jobs = [
         ("mismatch", "mismatch_by_mu.csv", lambda stem: plots.mismatch_figure(
             result.mismatch, stem, formats=formats,
             title=f"{head}; mean |pi-mu| {totals['abs_shift_mean']:.2g}, max {totals['abs_shift_max']:.2g}")),
-        ("regions", "regions_by_mu.csv", lambda stem: plots.regions_figure(result.regions, stem, formats=formats,
-                                                                           title=head)),
-        ("weights", "regions_by_mu.csv", lambda stem: plots.replay_weights_figure(result.regions, stem, formats=formats,
-                                                                                  title=head)),
-        ("rare_tokens", "objectives.csv", lambda stem: plots.rare_tokens_figure(
-            result.objectives, stem, formats=formats,
-            title=f"{head}; {totals['rare_share']:.1%} of them have mu <= {totals['rare_threshold']:g}")),
     ]
+    if not result.mismatch_only:  # the objectives' figures need advantages
+        jobs += [
+            ("regions", "regions_by_mu.csv", lambda stem: plots.regions_figure(result.regions, stem, formats=formats,
+                                                                               title=head)),
+            ("weights", "regions_by_mu.csv", lambda stem: plots.replay_weights_figure(
+                result.regions, stem, formats=formats, title=head)),
+            ("rare_tokens", "objectives.csv", lambda stem: plots.rare_tokens_figure(
+                result.objectives, stem, formats=formats,
+                title=f"{head}; {totals['rare_share']:.1%} of them have mu <= {totals['rare_threshold']:g}")),
+        ]
     if len(result.by_step) > 1:
         jobs.append(("by_step", "by_step.csv", lambda stem: plots.by_step_figure(result.by_step, stem, formats=formats,
                                                                                  title=head)))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import logs_fixtures as fx
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -156,3 +157,89 @@ def test_replay_memory_is_bounded_by_the_batch_not_the_file(tmp_path):
 
     small, large = peak(1_000_000), peak(4_000_000)
     assert large - small < 40e6, f"peak memory {small / 1e6:.0f} MB for 1M tokens, {large / 1e6:.0f} MB for 4M"
+
+
+# ---------------------------------------------------------------------------------------------
+# every log a run leaves behind: old NeMo RL logs, globs and run folders, drop reports, slime
+
+
+def test_replay_an_old_nemo_rl_log_measures_the_mismatch_only(tmp_path, capsys):
+    d = tmp_path / "logs" / "exp_001"
+    d.mkdir(parents=True)
+    for step in (1, 2):
+        (d / f"train_data_step{step}.jsonl").write_text(
+            "".join(x + "\n" for x in fx.nemo_lines_v05(fx.make_samples(70 + step, 6), seed=step)))
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, "replay", str(tmp_path / "logs"), "--out", str(out_dir), "--no-progress")
+    assert code == 0, err
+    assert out.count("no advantages") == 1 and "mismatch only, no objective tables or figures" in out
+    totals = json.loads((out_dir / "replay.json").read_text())
+    assert totals["mismatch_only"] is True and "no advantages" in totals["note"] and totals["objectives"] == {}
+    assert totals["source"]["mismatch_only"] is True
+    for name in ("mismatch_by_mu.csv", "by_step.csv", "mismatch.png", "by_step.png", "replay.json"):
+        assert (out_dir / name).stat().st_size > 0, name
+    for name in ("objectives.csv", "regions_by_mu.csv", "regions.png", "weights.png", "rare_tokens.png"):
+        assert not (out_dir / name).exists(), name
+    assert pd.read_csv(out_dir / "mismatch_by_mu.csv")["tokens"].sum() == totals["tokens"] > 0
+
+
+def test_replay_a_quoted_glob_lists_what_it_found_and_skipped(tmp_path, capsys):
+    d = tmp_path / "logs"
+    for exp, step in (("exp_001", 1), ("exp_002", 2)):
+        (d / exp).mkdir(parents=True)
+        fx.write_nemo(d / exp / f"train_data_step{step}.jsonl", fx.make_samples(step, 6))
+        (d / exp / "config.yaml").write_text("grpo: {}\n")
+    code, out, err = run(capsys, "replay", str(d / "exp_*"), "--out", str(tmp_path / "o"), "--no-progress",
+                         "--objectives", "drpo")
+    assert code == 0, err
+    assert f"reading 2 files (nemo_rl) found under {d / 'exp_001'}, {d / 'exp_002'} matching {d / 'exp_*'}:" in out
+    assert "skipped 2 files:" in out and "config.yaml: not a log file (.yaml)" in out
+    by_step = pd.read_csv(tmp_path / "o" / "by_step.csv")
+    assert list(by_step["step"]) == [1, 2]
+
+
+def test_replay_drop_report_for_whole_samples_empty_files_and_everything(tmp_path, capsys):
+    d = tmp_path / "logs"
+    d.mkdir()
+    lines = [json.loads(x) for x in fx.nemo_lines(fx.make_samples(0, 6))]
+    lines[1]["token_ids"][0].pop()  # a length mismatch: the whole sample goes, no row counted alone
+    (d / "train_data_step1.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (d / "train_data_step2.jsonl").write_text("")  # an empty step file
+    code, out, err = run(capsys, "replay", str(d), "--out", str(tmp_path / "a"), "--no-progress")
+    assert code == 2 and "train_data_step2.jsonl: no tokens (empty file, 0 bytes)" in err
+    code, out, err = run(capsys, "replay", str(d), "--out", str(tmp_path / "b"), "--no-progress", "--on-invalid",
+                         "drop", "--objectives", "drpo")
+    assert code == 0, err
+    assert ("dropped (--on-invalid drop): dropped 0 rows (1 whole sample) and 1 whole file: train_data_step1.jsonl: "
+            "1 sample length mismatch; train_data_step2.jsonl: 1 whole file empty (empty file, 0 bytes)") in out
+    totals = json.loads((tmp_path / "b" / "replay.json").read_text())
+    assert totals["dropped"]["total_samples"] == 1 and totals["dropped"]["total_files"] == 1
+
+    for x in lines:
+        x["token_ids"][0].pop()  # every sample goes
+    (d / "train_data_step1.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    code, out, err = run(capsys, "replay", str(d), "--out", str(tmp_path / "c"), "--no-progress", "--on-invalid",
+                         "drop")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no tokens to replay: --on-invalid drop dropped everything the log held (dropped 0 rows (6 whole " \
+           "samples) and 1 whole file: train_data_step1.jsonl: 6 samples length mismatch" in err
+    assert not (tmp_path / "c" / "replay.json").exists()
+
+
+def test_replay_slime_rank_copies_are_deduplicated_and_pickles_trusted_on_cpu(tmp_path, capsys):
+    samples = fx.make_samples(3, 4)
+    d = tmp_path / "dump"
+    (d / "train_data").mkdir(parents=True)
+    for rank in range(2):
+        dump = fx.slime_train_v1(samples, 0, 0)
+        dump["rollout_data"]["raw_reward"] = [np.float64(s.reward) for s in samples]  # NumPy scalars
+        torch.save(dump, d / "train_data" / f"0_{rank}.pt")
+    code, out, err = run(capsys, "replay", str(d), "--out", str(tmp_path / "a"), "--no-progress")
+    assert code == 2 and "--trust-pickles" in err and "0_0.pt" in err
+    code, out, err = run(capsys, "replay", str(d), "--out", str(tmp_path / "b"), "--no-progress", "--trust-pickles",
+                         "--objectives", "drpo")
+    assert code == 0, err
+    assert "warning: --trust-pickles: 2 .pt files are loaded with torch.load(weights_only=False)" in err
+    assert "de-duplicated, not dropped: read once: 4 samples" in out and "dropped (--on-invalid drop)" not in out
+    totals = json.loads((tmp_path / "b" / "replay.json").read_text())
+    assert totals["dropped"]["total_samples"] == 0 and totals["dropped"]["deduplicated"]["total_samples"] == 4

@@ -3,6 +3,7 @@ known tokens exactly, derive what is not mapped, and give one-line errors naming
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from logs_fixtures import (
     generic_flat,
     generic_ragged,
     make_samples,
+    read_all,
     write_generic_flat_jsonl,
     write_generic_flat_parquet,
     write_generic_ragged_jsonl,
@@ -131,11 +133,23 @@ def test_generic_empty_and_truncated_parquet(tmp_path):
     path = tmp_path / "e.parquet"
     pq.write_table(pa.table({"lp": pa.array([], pa.float64()), "mu": pa.array([], pa.float64()),
                              "a": pa.array([], pa.float64())}), path)
-    for mode in ("raise", "drop"):
-        msg = error(open_log, path, mapping="logp=lp,logp_behavior=mu,advantage=a", on_invalid=mode)
-        assert msg == f"{path}: no tokens (empty file)"
+    msg = error(open_log, path, mapping="logp=lp,logp_behavior=mu,advantage=a")
+    assert msg.startswith(f"{path}: no tokens (empty file); leave the file out, or pass --on-invalid drop")
+    src = open_log(path, mapping="logp=lp,logp_behavior=mu,advantage=a", on_invalid="drop")
+    assert list(src) == []  # skipped, and counted as a dropped file
+    assert src.report.to_dict()["by_file"] == {str(path): {"empty (empty file)": {"rows": 0, "samples": 0, "files": 1}}}
     path = write_generic_flat_parquet(tmp_path / "t.parquet", make_samples(15, 40))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     msg = error(open_log, path, fmt="generic", mapping=GENERIC_FLAT_MAP, on_invalid="drop")
     assert msg.startswith(f"{path}: not a readable Parquet file")
+
+
+def test_generic_jsonl_may_be_gzip_compressed(tmp_path):
+    samples = make_samples(82, 5)
+    plain = write_generic_ragged_jsonl(tmp_path / "ragged.jsonl", samples)
+    gz = tmp_path / "ragged.jsonl.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    want = read_all(plain, mapping=GENERIC_RAGGED_MAP)
+    got = read_all(gz, mapping=GENERIC_RAGGED_MAP)
+    assert_columns(got, want.columns)

@@ -3,6 +3,7 @@ file order, argument checks and parse_mapping."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,42 @@ def test_parse_mapping():
     assert "valid names are ['logp'" in msg
     assert "ours=theirs" in error(parse_mapping, "logp")
     assert "mapped twice" in error(parse_mapping, "logp=a,logp=b")
+
+# ---------------------------------------------------------------------------------------------
+# folders, globs and compression
+
+
+def test_searched_folders_skip_what_they_cannot_read_and_say_why_on_cpu(tmp_path):
+    run = tmp_path / "run"
+    (run / "dumps" / "deeper").mkdir(parents=True)
+    samples = make_samples(80, 3)
+    torch.save(slime_train_v1(samples, 2, 0), run / "dumps" / "deeper" / "train_2.pt")
+    (run / "metrics.jsonl").write_text('{"loss": 0.5}\n')  # another tool's log
+    (run / "notes.txt").write_text("lr 1e-6\n")
+    (run / ".cache").mkdir()
+    src = open_log(run)
+    assert src.files == [run / "dumps" / "deeper" / "train_2.pt"] and src.describe()["format"] == "slime"
+    why = dict(src.listing.skipped)
+    assert why[run / "metrics.jsonl"].startswith("cannot detect the format: JSONL that is not a NeMo RL")
+    assert why[run / "notes.txt"] == "not a log file (.txt)" and why[run / ".cache"] == "hidden folder (not searched)"
+    # named, the same file is an error (it was asked for)
+    assert "read it with --format generic" in error(open_log, run / "metrics.jsonl")
+    # a folder with nothing to read says what it skipped
+    msg = error(open_log, run, fmt="nemo_rl")
+    assert msg.startswith(f"{run}: no nemo_rl files in this folder or below (skipped ")
+    assert "not a nemo_rl file" in msg
+
+
+def test_compressed_jsonl_for_every_jsonl_format_and_no_compressed_parquet(tmp_path):
+    samples = make_samples(81, 4)
+    write_nemo(tmp_path / "train_data_step3.jsonl", samples)
+    gz = tmp_path / "train_data_step3.jsonl.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "train_data_step3.jsonl").read_bytes()))
+    assert detect_format(gz) == "nemo_rl"  # by name, through the compression suffix
+    (tmp_path / "train_data_step3.jsonl").unlink()
+    flat = write_generic_flat_parquet(tmp_path / "flat.parquet", samples)
+    pgz = tmp_path / "flat.parquet.gz"
+    pgz.write_bytes(gzip.compress(flat.read_bytes()))
+    msg = error(open_log, pgz)
+    assert msg.startswith(f"{pgz}: a compressed Parquet file is not read") and "decompress it" in msg
+    assert dict(open_log(tmp_path).listing.skipped)[pgz].startswith("compressed Parquet")

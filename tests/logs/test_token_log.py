@@ -38,7 +38,8 @@ def test_token_log_bad_inputs(tmp_path):
     assert msg.startswith(f"{tmp_path / 'a.parquet'}: missing required column 'group_id' (did you mean 'group_ids'?)")
 
     write_token_log(tmp_path / "empty.parquet", [])
-    assert error(open_log, tmp_path / "empty.parquet") == f"{tmp_path / 'empty.parquet'}: no tokens (empty file)"
+    empty = tmp_path / "empty.parquet"
+    assert error(open_log, empty).startswith(f"{empty}: no tokens (empty file)")
 
     e["logp"] = e["logp"].copy()
     e["logp"][4] = 0.5

@@ -83,7 +83,8 @@ def test_trainer_dump_bad_inputs(tmp_path):
     assert msg.startswith(f"{path}: advantages has shape (3, ") and "but logp_behavior has (4, " in msg
 
     path = Path(td.dump_step(tmp_path, 1, **{k: v[:0] for k, v in args.items()}))
-    assert error(open_log, path) == f"{path}: no tokens (logp_behavior has shape (0, {t['mask'].shape[1]}))"
+    msg = error(open_log, path)
+    assert msg.startswith(f"{path}: no tokens (logp_behavior has shape (0, {t['mask'].shape[1]})); leave the file out")
 
     path = Path(td.dump_step(tmp_path, 1, **args))
     data = path.read_bytes()
