@@ -34,12 +34,6 @@ def natural_key(path: Path | str) -> list:
     return [int(p) if i % 2 else p for i, p in enumerate(parts)]
 
 
-def first_number(name: str) -> int | None:
-    """The first run of digits in ``name`` (the step or rollout id of most dump names)."""
-    m = _DIGITS.search(name)
-    return int(m.group(1)) if m else None
-
-
 def split_suffix(path: Path | str) -> tuple[str, str | None]:
     """``(".jsonl", "gzip")`` for ``x.jsonl.gz``, ``(".jsonl", None)`` for ``x.jsonl``: the suffix that
     says the format, and the compression (``None``, ``"gzip"`` or ``"zstd"``)."""
