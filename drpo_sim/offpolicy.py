@@ -211,9 +211,10 @@ def engine_logp(
     return truncate(log_softmax(z), cfg.top_k, cfg.top_p)
 
 
-def trainer_logp(logits: np.ndarray, cfg: OffPolicyConfig) -> np.ndarray:
-    """The trainer's log-probs: logits rounded to ``cfg.trainer_precision``, float64 log-softmax."""
-    return log_softmax(round_to_format(logits, cfg.trainer_precision))
+def trainer_logp(logits: np.ndarray, cfg: OffPolicyConfig, out: np.ndarray | None = None) -> np.ndarray:
+    """The trainer's log-probs: logits rounded to ``cfg.trainer_precision``, float64 log-softmax
+    (written into ``out`` when given, see :func:`drpo_sim.policies.log_softmax`)."""
+    return log_softmax(round_to_format(logits, cfg.trainer_precision), out=out)
 
 
 # --------------------------------------------------------------------------------------------
