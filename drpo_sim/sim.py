@@ -505,6 +505,8 @@ class Simulation:
         self.scratch = Scratch()
         # the trainer's tables at self._tables[0]: log-probs, probabilities, entropy per seed
         self._tables: tuple[Params, np.ndarray, np.ndarray, np.ndarray] | None = None
+        # tables no longer read, reused by the next update instead of fresh pages (see _update)
+        self._spare: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.initial_reward = self.env.expected_reward(*self._trainer_tables()[:2])
 
     @property
@@ -512,7 +514,8 @@ class Simulation:
         return (len(self.seeds), self.env.n_states, self.env.vocab_size)
 
     def trainer_logp(self) -> np.ndarray:
-        """The trainer's log-probs ``[N, S, V]`` at the current parameters (computed once per update)."""
+        """The trainer's log-probs ``[N, S, V]`` at the current parameters (computed once per
+        update; the array is reused for later updates' tables: copy it to keep it)."""
         return self._trainer_tables()[0]
 
     def _trainer_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -583,13 +586,19 @@ class Simulation:
         acc.kl[sl] = (mu * np.subtract(logmu, lp0, out=np.zeros_like(mu), where=mu > 0)).sum(-1).mean(-1)
         return logmu, mu
 
-    def _update(self, loss_grad: Callable[[slice], np.ndarray]) -> np.ndarray:
+    def _update(self, loss_grad: Callable[[slice], np.ndarray], *, recycle: bool = False) -> np.ndarray:
         """One optimiser step along ``loss_grad(sl)``, the loss's gradient in the logits of the
         seeds ``sl`` (minus the objective's); block by block, with the new trainer tables. Returns
-        the per-seed gradient norm."""
+        the per-seed gradient norm.
+
+        ``recycle``: the caller reads the current trainer tables no more after this update, so
+        they are kept for the next one to write into: a fresh table costs a page fault per 4 KiB
+        on its first pass, as much again as the pass.
+        """
         n = len(self.seeds)
         new = {k: np.empty_like(p) for k, p in self.params.items()}
-        tables = (np.empty(self._table_shape), np.empty(self._table_shape), np.empty(n))
+        old_tables = self._trainer_tables()
+        tables = self._spare.pop() if self._spare else (*(np.empty(self._table_shape) for _ in "lp"), np.empty(n))
         norm = np.empty(n)
         self.opt.advance()
         for sl in self.blocks:
@@ -610,6 +619,8 @@ class Simulation:
         self.params = new
         self._tables = (new, *tables)
         self.history.append(new)
+        if recycle:
+            self._spare.append(old_tables)
         return norm
 
     def _anchor(self, logmu: np.ndarray, logpi0: np.ndarray) -> np.ndarray:
@@ -681,7 +692,7 @@ class Simulation:
                 out = self.scratch.get("grad", p.shape)
                 return loss_gradient(coef[seeds], r_[seeds] - seeds.start * s_, y_[seeds], p, out=out)
 
-            norm = self._update(loss_grad)
+            norm = self._update(loss_grad, recycle=True)
             w = self.obj.weight(lp, anchor[:, sl], a_)
             acc.add(w, np.abs(np.exp(lp) - np.exp(lp_mu[:, sl])), None, norm)
             if self.sink is not None:
