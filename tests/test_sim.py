@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sim_reference import ReferenceSimulation
 
 from drpo_sim import objectives, stats
 from drpo_sim.advantages import reward_scales
@@ -26,7 +27,6 @@ from drpo_sim.sim import (
     with_param_columns,
 )
 from drpo_sim.tokens import concat
-from sim_reference import ReferenceSimulation
 
 ALL = objectives.available()
 
