@@ -453,7 +453,7 @@ def run(
     return state.table(rows)
 
 
-SEED_BLOCK_BYTES = 1 << 18
+SEED_BLOCK_BYTES = 1 << 20
 """Bytes of one ``[seeds, states, V]`` float64 table that a block of seeds spans (at least one
 seed). A step works through the seeds block by block, so that the dozen tables and temporaries
 of one block (parameters, Adam moments, log-probs, probabilities, gradient) stay in cache from one
