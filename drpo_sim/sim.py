@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -238,7 +239,10 @@ class SeedStreams:
         return np.stack([g.random(shape) for g in self.gens])
 
     def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.stack([g.standard_normal(shape) for g in self.gens])
+        out = np.empty((len(self.gens), *shape))
+        for g, o in zip(self.gens, out, strict=True):
+            g.standard_normal(shape, out=o)  # the same draws as g.standard_normal(shape), without a copy
+        return out
 
     def noise(self, cfg: OffPolicyConfig, shape: tuple[int, ...]) -> np.ndarray:
         if cfg.noise_dist == "student_t":
@@ -337,7 +341,7 @@ class Scratch:
 
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A float64 array of ``shape`` (uninitialised), valid until the next ``get`` of ``name``."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self.arrays.get(name)
         if buf is None or buf.size < size:
             buf = self.arrays[name] = np.empty(size)
