@@ -136,7 +136,7 @@ def round_to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     if dtype is torch.float32:
         return x32.astype(np.float64)
     big = np.float32(torch.finfo(dtype).max)
-    return round_float32(np.clip(x32, -big, big), dtype).astype(np.float64)
+    return round_float32(np.clip(x32, -big, big, out=x32 if x32 is not x else None), dtype).astype(np.float64)
 
 
 def round_float32(x32: np.ndarray, dtype: torch.dtype) -> np.ndarray:
@@ -147,24 +147,23 @@ def round_float32(x32: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     in NumPy because torch converts to fp8 one element at a time, 30 times slower than the rest
     of a step's pass over a table: normal numbers round their float32 bit pattern (add half an
     ulp of the format, plus the kept last bit for ties to even, and drop the bits below it);
-    numbers below the smallest normal round on the subnormals' fixed grid.
+    numbers below the smallest normal round on the subnormals' fixed grid. A NaN stays NaN (its
+    top mantissa bit, set in every NaN that arithmetic makes, is kept).
     """
     fi = torch.finfo(dtype)
     mant, emin = round(-np.log2(fi.eps)), round(np.log2(fi.tiny))  # mantissa bits, smallest normal exponent
     shift = np.uint32(23 - mant)
     bits = x32.view(np.uint32)
-    half = np.uint32((1 << (23 - mant - 1)) - 1)
-    out = bits + half
-    out += (bits >> shift) & np.uint32(1)
+    out = np.right_shift(bits, shift)
+    out &= np.uint32(1)  # the last kept bit: ties go to even
+    out += bits
+    out += np.uint32((1 << (23 - mant - 1)) - 1)
     out &= ~np.uint32((1 << (23 - mant)) - 1)
     out = out.view(np.float32)
     small = np.abs(x32) < np.float32(2.0**emin)
     if np.any(small):
         q = np.float32(2.0 ** (emin - mant))  # the subnormals' spacing
         out[small] = np.rint(x32[small] / q) * q
-    nan = np.isnan(x32)
-    if np.any(nan):
-        out[nan] = x32[nan]
     return out
 
 

@@ -584,10 +584,12 @@ class Simulation:
         bias = self.bias[sl] if self.bias is not None else None
         logmu = engine_logp(z_roll, op, noise, bias)
         mu = np.exp(logmu)
-        lp0, p0 = logpi0[sl], pi0[sl]
-        acc.tv[sl] = 0.5 * np.abs(p0 - mu).sum(-1).mean(-1)
+        work = self.scratch.get("engine", mu.shape)
+        acc.tv[sl] = 0.5 * np.abs(np.subtract(pi0[sl], mu, out=work), out=work).sum(-1).mean(-1)
         # KL(mu || pi) = sum mu (log mu - log pi); tokens with mu = 0 (truncated) contribute 0
-        acc.kl[sl] = (mu * np.subtract(logmu, lp0, out=np.zeros_like(mu), where=mu > 0)).sum(-1).mean(-1)
+        diff = np.subtract(logmu, logpi0[sl], out=work)
+        diff[mu == 0] = 0.0
+        acc.kl[sl] = np.multiply(mu, diff, out=work).sum(-1).mean(-1)
         return logmu, mu
 
     def _update(self, loss_grad: Callable[[slice], np.ndarray], *, recycle: bool = False) -> np.ndarray:
