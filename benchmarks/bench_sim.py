@@ -26,9 +26,10 @@ The per-seed loop
 The same simulator run one seed at a time in a Python loop (64 ``Simulation`` objects of one
 seed each, stepped in turn): what a straightforward implementation that loops over seeds costs.
 The speed-up is the loop's time per step over the vectorised one. It is large where one seed's
-arrays are small (the loop then pays Python's per-call overhead 64 times) and close to 1 where
-they are large: at V = 32,768 one seed's table (256 KB) stays in cache during a step, while the
-64-seed table (16.8 MB) streams from memory on every pass.
+arrays are small (the loop then pays Python's per-call overhead 64 times) and smaller where they
+are large: at V = 32,768 one seed's table (256 KB) stays in cache during a step, as the vectorised
+step's blocks of seeds do (:data:`drpo_sim.sim.SEED_BLOCK_BYTES`), so what the loop loses there
+is the per-call overhead on the token arrays and the work the vectorised step shares across seeds.
 
 How to run
 ----------
