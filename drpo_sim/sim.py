@@ -526,11 +526,17 @@ class Simulation:
         """The trainer's log-probs and probabilities ``[N, S, V]`` and entropy ``[N]`` (mean over
         states) at the current parameters; computed block by block, once per update."""
         if self._tables is None or self._tables[0] is not self.params:
-            tables = (np.empty(self._table_shape), np.empty(self._table_shape), np.empty(len(self.seeds)))
+            tables = self._free_tables()
             for sl in self.blocks:
                 self._score_block(self.params, sl, *tables)
             self._tables = (self.params, *tables)
         return self._tables[1:]
+
+    def _free_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Arrays for a set of trainer tables: a spare set (see :meth:`_update`) or new ones."""
+        if self._spare:
+            return self._spare.pop()
+        return np.empty(self._table_shape), np.empty(self._table_shape), np.empty(len(self.seeds))
 
     def _score_block(
         self, params: Params, sl: slice, logpi: np.ndarray, pi: np.ndarray, entropy: np.ndarray
@@ -604,7 +610,7 @@ class Simulation:
         n = len(self.seeds)
         new = {k: np.empty_like(p) for k, p in self.params.items()}
         old_tables = self._trainer_tables()
-        tables = self._spare.pop() if self._spare else (*(np.empty(self._table_shape) for _ in "lp"), np.empty(n))
+        tables = self._free_tables()
         norm = np.empty(n)
         self.opt.advance()
         for sl in self.blocks:
