@@ -135,9 +135,36 @@ def round_to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     x32 = np.asarray(x, dtype=np.float32)
     if dtype is torch.float32:
         return x32.astype(np.float64)
-    big = torch.finfo(dtype).max
-    t = torch.from_numpy(np.clip(x32, -big, big))
-    return t.to(dtype).to(torch.float64).numpy()
+    big = np.float32(torch.finfo(dtype).max)
+    return round_float32(np.clip(x32, -big, big, out=x32 if x32 is not x else None), dtype).astype(np.float64)
+
+
+def round_float32(x32: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """Float32 values within ``dtype``'s finite range (or NaN) rounded to the nearest value of
+    ``dtype`` (a float format narrower than float32: bf16, fp16, fp8), ties to even, as float32.
+
+    Bit for bit torch's conversion ``x.to(dtype)`` (tested on every rounding boundary), written
+    in NumPy because torch converts to fp8 one element at a time, 30 times slower than the rest
+    of a step's pass over a table: normal numbers round their float32 bit pattern (add half an
+    ulp of the format, plus the kept last bit for ties to even, and drop the bits below it);
+    numbers below the smallest normal round on the subnormals' fixed grid. A NaN stays NaN (its
+    top mantissa bit, set in every NaN that arithmetic makes, is kept).
+    """
+    fi = torch.finfo(dtype)
+    mant, emin = round(-np.log2(fi.eps)), round(np.log2(fi.tiny))  # mantissa bits, smallest normal exponent
+    shift = np.uint32(23 - mant)
+    bits = x32.view(np.uint32)
+    out = np.right_shift(bits, shift)
+    out &= np.uint32(1)  # the last kept bit: ties go to even
+    out += bits
+    out += np.uint32((1 << (23 - mant - 1)) - 1)
+    out &= ~np.uint32((1 << (23 - mant)) - 1)
+    out = out.view(np.float32)
+    small = np.abs(x32) < np.float32(2.0**emin)
+    if np.any(small):
+        q = np.float32(2.0 ** (emin - mant))  # the subnormals' spacing
+        out[small] = np.rint(x32[small] / q) * q
+    return out
 
 
 def _dtype(fmt: str) -> torch.dtype | None:
@@ -211,9 +238,10 @@ def engine_logp(
     return truncate(log_softmax(z), cfg.top_k, cfg.top_p)
 
 
-def trainer_logp(logits: np.ndarray, cfg: OffPolicyConfig) -> np.ndarray:
-    """The trainer's log-probs: logits rounded to ``cfg.trainer_precision``, float64 log-softmax."""
-    return log_softmax(round_to_format(logits, cfg.trainer_precision))
+def trainer_logp(logits: np.ndarray, cfg: OffPolicyConfig, out: np.ndarray | None = None) -> np.ndarray:
+    """The trainer's log-probs: logits rounded to ``cfg.trainer_precision``, float64 log-softmax
+    (written into ``out`` when given, see :func:`drpo_sim.policies.log_softmax`)."""
+    return log_softmax(round_to_format(logits, cfg.trainer_precision), out=out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -78,8 +78,13 @@ def make_policy(name: str, z0: np.ndarray, *, n_features: int = 16, init_scale: 
     raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
 
 
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    """``z - logsumexp(z)`` over the last axis; ``-inf`` logits (truncated tokens) stay ``-inf``."""
+def log_softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``z - logsumexp(z)`` over the last axis; ``-inf`` logits (truncated tokens) stay ``-inf``.
+
+    ``out``: an array of ``z``'s shape to write the result into (it may be ``z`` itself), so that
+    a caller stepping through blocks reuses its buffers; the values are the same either way.
+    """
     m = np.max(z, axis=-1, keepdims=True)
-    shifted = z - m
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    shifted = np.subtract(z, m, out=out)
+    lse = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    return np.subtract(shifted, lse, out=shifted)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -228,11 +229,20 @@ class SeedStreams:
     def __init__(self, seeds: Sequence[int]):
         self.gens = [np.random.default_rng(np.random.SeedSequence([int(s), 0xD290])) for s in seeds]
 
+    def block(self, sl: slice) -> SeedStreams:
+        """The streams of the seeds ``sl`` (the same generators: draws continue each seed's stream)."""
+        sub = SeedStreams(())
+        sub.gens = self.gens[sl]
+        return sub
+
     def random(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.stack([g.random(shape) for g in self.gens])
 
     def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.stack([g.standard_normal(shape) for g in self.gens])
+        out = np.empty((len(self.gens), *shape))
+        for g, o in zip(self.gens, out, strict=True):
+            g.standard_normal(shape, out=o)  # the same draws as g.standard_normal(shape), without a copy
+        return out
 
     def noise(self, cfg: OffPolicyConfig, shape: tuple[int, ...]) -> np.ndarray:
         if cfg.noise_dist == "student_t":
@@ -250,6 +260,10 @@ class Optimizer:
 
     Clipping scales a seed's whole gradient by ``min(1, grad_clip / (norm + 1e-6))``, as
     ``torch.nn.utils.clip_grad_norm_``; the norm runs over all of the seed's parameters.
+
+    An update is :meth:`advance` (count it) then :meth:`step` on each block of seeds in turn: the
+    seeds are independent, so a block's tables stay in cache through the whole update, and the
+    values are those of one call over every seed. Scratch arrays are kept between calls.
     """
 
     def __init__(self, cfg: TrainConfig, params: Params):
@@ -257,29 +271,37 @@ class Optimizer:
         self.t = 0
         self.m = {k: np.zeros_like(v) for k, v in params.items()}
         self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        self.lr_t = cfg.lr
+        self.c2 = 1.0
+        self.scratch = Scratch()
 
-    @staticmethod
-    def grad_norm(grads: Params) -> np.ndarray:
-        sq = sum(np.sum(g * g, axis=tuple(range(1, g.ndim))) for g in grads.values())
+    def grad_norm(self, grads: Params) -> np.ndarray:
+        """Per-seed Euclidean norm over all of a seed's gradients."""
+        sq = 0
+        for k, g in grads.items():
+            sq = sq + np.sum(np.multiply(g, g, out=self.scratch.get("sq", g.shape)), axis=tuple(range(1, g.ndim)))
         return np.sqrt(sq)
 
-    def step(self, params: Params, grads: Params, frozen: np.ndarray) -> tuple[Params, np.ndarray]:
-        """One update of the loss gradient ``grads``; seeds where ``frozen`` do not move.
+    def advance(self) -> None:
+        """Start an update: count it, and fold Adam's bias corrections into the step size."""
+        cfg = self.cfg
+        self.t += 1
+        if cfg.optimizer == "adam":
+            self.lr_t = cfg.lr / (1 - cfg.beta1**self.t)
+            self.c2 = 1.0 / np.sqrt(1 - cfg.beta2**self.t)
 
-        Returns new parameter arrays (the old ones stay valid: the staleness history holds them)
-        and the per-seed gradient norm before clipping. ``grads`` may be overwritten.
+    def step(self, params: Params, grads: Params, frozen: np.ndarray, out: Params, sl: slice) -> np.ndarray:
+        """The current update (:meth:`advance`) of the seeds ``sl``: ``params``, ``grads`` (the loss
+        gradient) and ``frozen`` are theirs; frozen seeds do not move. Writes the new parameters
+        into ``out[k][sl]`` (the old ones stay valid: the staleness history holds them) and returns
+        the seeds' gradient norms before clipping. ``grads`` may be overwritten.
         """
         cfg = self.cfg
+        lr_t = self.lr_t
         norm = self.grad_norm(grads)
         scale = np.ones_like(norm) if cfg.grad_clip == 0 else np.minimum(1.0, cfg.grad_clip / (norm + 1e-6))
         stopped = frozen | ~np.isfinite(norm)
         scale = np.where(stopped, 0.0, scale)
-        self.t += 1
-        lr_t = cfg.lr
-        if cfg.optimizer == "adam":
-            lr_t = cfg.lr / (1 - cfg.beta1**self.t)  # bias corrections folded into the step size
-            c2 = 1.0 / np.sqrt(1 - cfg.beta2**self.t)
-        new = {}
         for k, p in params.items():
             g = grads[k]
             if np.any(stopped):
@@ -289,15 +311,16 @@ class Optimizer:
             if cfg.optimizer == "sgd":
                 upd = g
             else:
-                m, v = self.m[k], self.v[k]
+                m, v = self.m[k][sl], self.v[k][sl]
+                tmp = self.scratch.get("tmp", g.shape)
                 m *= cfg.beta1
-                m += (1 - cfg.beta1) * g
+                m += np.multiply(1 - cfg.beta1, g, out=tmp)
                 v *= cfg.beta2
                 g *= g
                 g *= 1 - cfg.beta2
                 v += g
-                upd = np.sqrt(v)
-                upd *= c2
+                upd = np.sqrt(v, out=tmp)
+                upd *= self.c2
                 upd += 1e-8
                 np.divide(m, upd, out=upd)
             if cfg.weight_decay:
@@ -305,9 +328,28 @@ class Optimizer:
             if np.any(frozen):
                 upd = np.where(_seed_axis(frozen, upd), 0.0, upd)
             upd *= -lr_t
-            upd += p
-            new[k] = upd
-        return new, norm
+            np.add(upd, p, out=out[k][sl])
+        return norm
+
+
+class Scratch:
+    """Named work arrays reused across calls (grown when a call needs more), so that a step's
+    temporaries are not allocated, and their pages faulted in, again on every block."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float64 array of ``shape`` (uninitialised), valid until the next ``get`` of ``name``."""
+        size = math.prod(shape)
+        buf = self.arrays.get(name)
+        if buf is None or buf.size < size:
+            buf = self.arrays[name] = np.empty(size)
+        return buf[:size].reshape(shape)
+
+
+def _block(params: Params, sl: slice) -> Params:
+    return {k: v[sl] for k, v in params.items()}
 
 
 def _seed_axis(x: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -319,24 +361,27 @@ def _seed_axis(x: np.ndarray, like: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def sample_tokens(probs: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+def sample_tokens(probs: np.ndarray, rows: np.ndarray, u: np.ndarray, first_row: int = 0) -> np.ndarray:
     """Inverse-CDF sampling: token ``y`` of row ``rows`` (a flat index into the ``[N*S]`` rows of
-    ``probs [..., V]``) with ``cdf[y-1] <= u < cdf[y]``; tokens with zero probability are never drawn.
+    a ``[N, S, V]`` table) with ``cdf[y-1] <= u < cdf[y]``; tokens with zero probability are never
+    drawn. ``probs [..., V]`` holds the rows from ``first_row`` on (a block of seeds).
 
-    All rows' CDFs are laid end to end (row ``i`` offset by ``i``) so that one ``searchsorted``
-    serves every draw.
+    All rows' CDFs are laid end to end (row ``i`` offset by ``i``, its index in the whole table, so
+    that a block draws exactly the tokens the whole table would) and one ``searchsorted`` serves
+    every draw.
     """
     v = probs.shape[-1]
     p = probs.reshape(-1, v)
     cdf = np.cumsum(p, axis=1)
     cdf /= cdf[:, -1:]
     cdf[:, -1] = 1.0
-    cdf += np.arange(cdf.shape[0], dtype=np.float64)[:, None]
-    tok = np.searchsorted(cdf.ravel(), rows + u, side="right") - rows * v
+    cdf += np.arange(first_row, first_row + cdf.shape[0], dtype=np.float64)[:, None]
+    local = rows - first_row
+    tok = np.searchsorted(cdf.ravel(), rows + u, side="right") - local * v
     tok = np.clip(tok, 0, v - 1)
-    bad = p[rows, tok] == 0  # possible only through rounding of u + offset at a row's very end
+    bad = p[local, tok] == 0  # possible only through rounding of u + offset at a row's very end
     if np.any(bad):
-        tok[bad] = np.argmax(cdf[rows[bad]] - rows[bad, None] > u[bad, None], axis=1)
+        tok[bad] = np.argmax(cdf[local[bad]] - rows[bad, None] > u[bad, None], axis=1)
     return tok
 
 
@@ -348,10 +393,28 @@ def gather(table: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> np.ndarra
 
 def logit_gradient(coef: np.ndarray, rows: np.ndarray, tokens: np.ndarray, pi: np.ndarray) -> np.ndarray:
     """``sum_t coef_t (onehot(y_t) - pi(.|s_t))`` accumulated into a ``[N, S, V]`` table."""
+    return np.negative(loss_gradient(coef, rows, tokens, pi))
+
+
+def loss_gradient(
+    coef: np.ndarray, rows: np.ndarray, tokens: np.ndarray, pi: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``-sum_t coef_t (onehot(y_t) - pi(.|s_t))``, the loss's gradient in the logits, written into
+    ``out`` (a ``[N, S, V]`` table, or a new one).
+
+    One pass over the table, ``per_row * pi``, then the sampled entries, where the tokens' summed
+    coefficients are subtracted (the few distinct entries only, not a second full table).
+    Bit for bit the negation of the onehot table minus ``per_row * pi``: ``-(a - b) == b - a``
+    in IEEE arithmetic, and the coefficients are summed in the same order.
+    """
     n_rows, v = pi.shape[0] * pi.shape[1], pi.shape[-1]
-    onehot = np.bincount((rows * v + tokens).ravel(), weights=coef.ravel(), minlength=n_rows * v)
-    per_row = np.bincount(rows.ravel(), weights=coef.ravel(), minlength=n_rows)
-    return onehot.reshape(pi.shape) - per_row.reshape(pi.shape[:2] + (1,)) * pi
+    w = coef.ravel()
+    per_row = np.bincount(rows.ravel(), weights=w, minlength=n_rows)
+    out = np.multiply(per_row.reshape(pi.shape[:2] + (1,)), pi, out=out)
+    hit, which = np.unique((rows * v + tokens).ravel(), return_inverse=True)
+    flat = out.reshape(-1)
+    flat[hit] -= np.bincount(which, weights=w, minlength=hit.size)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,10 +457,32 @@ def run(
     return state.table(rows)
 
 
-class Simulation:
-    """The state of one run (parameters, history, optimiser), advanced by :meth:`step`."""
+SEED_BLOCK_BYTES = 1 << 20
+"""Bytes of one ``[seeds, states, V]`` float64 table that a block of seeds spans (at least one
+seed). A step works through the seeds block by block, so that the dozen tables and temporaries
+of one block (parameters, Adam moments, log-probs, probabilities, gradient) stay in cache from one
+operation to the next instead of each operation streaming whole tables through memory."""
 
-    def __init__(self, cfg: SimConfig, obj: objectives.Objective, seeds: list[int], token_sink: TokenSink | None):
+
+class Simulation:
+    """The state of one run (parameters, history, optimiser), advanced by :meth:`step`.
+
+    Every table is worked on one block of seeds at a time (:data:`SEED_BLOCK_BYTES`,
+    ``seed_block`` seeds when given): the seeds are independent and each draws from its own stream
+    in the same order, so the results do not depend on the blocks, bit for bit. What needs several
+    seeds at once (advantages, the objective's weights, which may take batch statistics) works on
+    the sampled tokens, between the table passes.
+    """
+
+    def __init__(
+        self,
+        cfg: SimConfig,
+        obj: objectives.Objective,
+        seeds: list[int],
+        token_sink: TokenSink | None,
+        *,
+        seed_block: int | None = None,
+    ):
         self.cfg, self.obj, self.seeds, self.sink = cfg, obj, seeds, token_sink
         self.env = cfg.env.make()
         self.op = cfg.offpolicy
@@ -417,107 +502,209 @@ class Simulation:
         self.opt = Optimizer(self.tr, self.params)
         self.history: deque[Params] = deque([self.params], maxlen=self.op.staleness + 1)
         self.dead = np.zeros(n, dtype=bool)
-        self._cache: tuple[Params, np.ndarray] | None = None
-        self.initial_reward = self.env.expected_reward(self.trainer_logp())
+        if seed_block is not None and seed_block < 1:
+            raise ValueError(f"seed_block must be >= 1, got {seed_block}")
+        size = seed_block or max(1, SEED_BLOCK_BYTES // (self.env.n_states * self.env.vocab_size * 8))
+        self.blocks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        self.scratch = Scratch()
+        # the trainer's tables at self._tables[0]: log-probs, probabilities, entropy per seed
+        self._tables: tuple[Params, np.ndarray, np.ndarray, np.ndarray] | None = None
+        # tables no longer read, reused by the next update instead of fresh pages (see _update)
+        self._spare: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.initial_reward = self.env.expected_reward(*self._trainer_tables()[:2])
+
+    @property
+    def _table_shape(self) -> tuple[int, int, int]:
+        return (len(self.seeds), self.env.n_states, self.env.vocab_size)
 
     def trainer_logp(self) -> np.ndarray:
-        """The trainer's log-probs ``[N, S, V]`` at the current parameters (computed once per update)."""
-        if self._cache is None or self._cache[0] is not self.params:
-            self._cache = (self.params, trainer_logp(self.policy.logits(self.params), self.op))
-        return self._cache[1]
+        """The trainer's log-probs ``[N, S, V]`` at the current parameters (computed once per
+        update; the array is reused for later updates' tables: copy it to keep it)."""
+        return self._trainer_tables()[0]
+
+    def _trainer_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The trainer's log-probs and probabilities ``[N, S, V]`` and entropy ``[N]`` (mean over
+        states) at the current parameters; computed block by block, once per update."""
+        if self._tables is None or self._tables[0] is not self.params:
+            tables = self._free_tables()
+            for sl in self.blocks:
+                self._score_block(self.params, sl, *tables)
+            self._tables = (self.params, *tables)
+        return self._tables[1:]
+
+    def _free_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Arrays for a set of trainer tables: a spare set (see :meth:`_update`) or new ones."""
+        if self._spare:
+            return self._spare.pop()
+        return np.empty(self._table_shape), np.empty(self._table_shape), np.empty(len(self.seeds))
+
+    def _score_block(
+        self, params: Params, sl: slice, logpi: np.ndarray, pi: np.ndarray, entropy: np.ndarray
+    ) -> None:
+        """The trainer's tables of the seeds ``sl`` at ``params``, written at ``[sl]``."""
+        lp = trainer_logp(self.policy.logits(_block(params, sl)), self.op, out=logpi[sl])
+        p = np.exp(lp, out=pi[sl])
+        # the trainer's logits are finite, so no log-prob is -inf and p log p is well defined
+        entropy[sl] = -(np.multiply(p, lp, out=self.scratch.get("plogp", p.shape))).sum(-1).mean(-1)
+
+    @property
+    def _engine_is_trainer(self) -> bool:
+        """Whether the engine's log-probs are the trainer's bit for bit: no noise or bias, the same
+        precision on both sides, no truncation, fresh parameters. The step then reuses the trainer's
+        tables for ``mu``, and the TV and KL between them are exactly 0."""
+        op = self.op
+        return (
+            not op.needs_noise
+            and op.bias_std == 0
+            and op.precision == op.trainer_precision
+            and op.top_k == 0
+            and op.top_p == 1
+            and op.staleness == 0
+        )
 
     # one step ------------------------------------------------------------------------------
     def step(self, step: int) -> dict[str, np.ndarray]:
-        env, op, tr = self.env, self.op, self.tr
-        n, s_, v = len(self.seeds), self.env.n_states, self.env.vocab_size
-        z_roll = self.policy.logits(self.history[0])
-        noise = self.streams.noise(op, (s_, v)) if op.needs_noise else None
-        logmu = engine_logp(z_roll, op, noise, self.bias)
-        logpi0 = self.trainer_logp()
-        mu, pi0 = np.exp(logmu), np.exp(logpi0)
-        acc = _Accumulator(n)
-        acc.tv = 0.5 * np.abs(pi0 - mu).sum(-1).mean(-1)
-        # KL(mu || pi) = sum mu (log mu - log pi); tokens with mu = 0 (truncated) contribute 0
-        acc.kl = (mu * np.subtract(logmu, logpi0, out=np.zeros_like(mu), where=mu > 0)).sum(-1).mean(-1)
-        del pi0
+        env, tr = self.env, self.tr
+        acc = _Accumulator(len(self.seeds))
         if tr.mode == "exact":
-            self._exact_updates(logmu, mu, logpi0, acc)
+            self._exact_updates(acc)
         else:
-            self._sampled_updates(step, logmu, mu, logpi0, acc)
-        logpi = self.trainer_logp()
-        reward = np.where(self.dead, np.nan, env.expected_reward(logpi))
-        # the trainer's logits are finite, so no log-prob is -inf and p log p is well defined
-        ent = np.where(self.dead, np.nan, -(np.exp(logpi) * logpi).sum(-1).mean(-1))
+            self._sampled_updates(step, acc)
+        logpi, pi, entropy = self._trainer_tables()
+        reward = np.where(self.dead, np.nan, env.expected_reward(logpi, pi))
+        ent = np.where(self.dead, np.nan, entropy)
         return acc.row(reward, ent, self.dead)
 
-    def _update(self, grad_z: np.ndarray) -> np.ndarray:
-        """Ascend ``J`` along the logits' gradient ``grad_z`` (one optimiser step); the grad norm."""
-        grads = self.policy.backward(self.params, -grad_z)
-        with np.errstate(over="ignore", invalid="ignore"):
-            new, norm = self.opt.step(self.params, grads, self.dead)
-            finite = np.isfinite(norm) & np.logical_and.reduce(
-                [np.isfinite(p).reshape(p.shape[0], -1).all(axis=1) for p in new.values()]
-            )
-        newly_dead = ~finite & ~self.dead
-        if np.any(newly_dead):
-            new = {k: np.where(_seed_axis(newly_dead, p), self.params[k], p) for k, p in new.items()}
-            self.dead |= newly_dead
+    def _engine_block(self, sl: slice, acc: _Accumulator) -> tuple[np.ndarray, np.ndarray]:
+        """The engine's log-probs and probabilities ``mu`` of the seeds ``sl`` (from the rollout
+        parameters, through the channels, drawing the seeds' engine noise), and their TV and KL
+        to the trainer's, written into ``acc`` at ``[sl]``."""
+        op = self.op
+        logpi0, pi0, _ = self._trainer_tables()
+        if self._engine_is_trainer:
+            acc.tv[sl] = acc.kl[sl] = 0.0
+            return logpi0[sl], pi0[sl]
+        s_, v = self.env.n_states, self.env.vocab_size
+        z_roll = self.policy.logits(_block(self.history[0], sl))
+        noise = self.streams.block(sl).noise(op, (s_, v)) if op.needs_noise else None
+        bias = self.bias[sl] if self.bias is not None else None
+        logmu = engine_logp(z_roll, op, noise, bias)
+        mu = np.exp(logmu)
+        work = self.scratch.get("engine", mu.shape)
+        acc.tv[sl] = 0.5 * np.abs(np.subtract(pi0[sl], mu, out=work), out=work).sum(-1).mean(-1)
+        # KL(mu || pi) = sum mu (log mu - log pi); tokens with mu = 0 (truncated) contribute 0
+        diff = np.subtract(logmu, logpi0[sl], out=work)
+        diff[mu == 0] = 0.0
+        acc.kl[sl] = np.multiply(mu, diff, out=work).sum(-1).mean(-1)
+        return logmu, mu
+
+    def _update(self, loss_grad: Callable[[slice], np.ndarray], *, recycle: bool = False) -> np.ndarray:
+        """One optimiser step along ``loss_grad(sl)``, the loss's gradient in the logits of the
+        seeds ``sl`` (minus the objective's); block by block, with the new trainer tables. Returns
+        the per-seed gradient norm.
+
+        ``recycle``: the caller reads the current trainer tables no more after this update, so
+        they are kept for the next one to write into: a fresh table costs a page fault per 4 KiB
+        on its first pass, as much again as the pass.
+        """
+        n = len(self.seeds)
+        new = {k: np.empty_like(p) for k, p in self.params.items()}
+        old_tables = self._trainer_tables()
+        tables = self._free_tables()
+        norm = np.empty(n)
+        self.opt.advance()
+        for sl in self.blocks:
+            old, dead = _block(self.params, sl), self.dead[sl]
+            grads = self.policy.backward(old, loss_grad(sl))
+            with np.errstate(over="ignore", invalid="ignore"):
+                norm[sl] = self.opt.step(old, grads, dead, new, sl)
+                moved = _block(new, sl)
+                finite = np.isfinite(norm[sl]) & np.logical_and.reduce(
+                    [np.isfinite(p).reshape(p.shape[0], -1).all(axis=1) for p in moved.values()]
+                )
+            newly_dead = ~finite & ~dead
+            if np.any(newly_dead):
+                for k, p in moved.items():
+                    p[newly_dead] = old[k][newly_dead]
+                dead |= newly_dead
+            self._score_block(new, sl, *tables)
         self.params = new
+        self._tables = (new, *tables)
         self.history.append(new)
+        if recycle:
+            self._spare.append(old_tables)
         return norm
 
     def _anchor(self, logmu: np.ndarray, logpi0: np.ndarray) -> np.ndarray:
         return logmu if self.op.anchor == "rollout" else logpi0
 
-    def _exact_updates(self, logmu: np.ndarray, mu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator) -> None:
+    def _exact_updates(self, acc: _Accumulator) -> None:
+        logpi0 = self._trainer_tables()[0]
+        parts = [self._engine_block(sl, acc) for sl in self.blocks]
+        logmu, mu = (np.concatenate(x) if len(parts) > 1 else x[0] for x in zip(*parts, strict=True))
         adv = advantages.exact(self.env.token_rewards(), mu, std_norm=self.tr.std_norm)
         anchor = self._anchor(logmu, logpi0)
         for _ in range(self.op.updates_per_batch):
-            logpi = self.trainer_logp()
-            pi = np.exp(logpi)
+            logpi, pi, _ = self._trainer_tables()
             g = self.obj.grad_logp(logpi, anchor, adv)
             q = np.where(mu > 0, mu * g, 0.0)
             grad_z = q - q.sum(-1, keepdims=True) * pi
-            norm = self._update(grad_z)
+            loss = np.negative(grad_z, out=grad_z)
+            norm = self._update(lambda sl, loss=loss: loss[sl])
             w = self.obj.weight(logpi, anchor, adv)
             acc.add(w, np.abs(pi - mu), mu, norm)
 
-    def _sampled_updates(
-        self, step: int, logmu: np.ndarray, mu: np.ndarray, logpi0: np.ndarray, acc: _Accumulator
-    ) -> None:
+    def _sampled_updates(self, step: int, acc: _Accumulator) -> None:
         env, op, tr = self.env, self.op, self.tr
         n, t_, s_ = len(self.seeds), env.horizon, env.n_states
         p_step = tr.prompts_per_step or env.n_prompts
-        if p_step < env.n_prompts:
-            prompts = np.argsort(self.streams.random((env.n_prompts,)), axis=1)[:, :p_step]
-        else:
-            prompts = np.broadcast_to(np.arange(env.n_prompts), (n, p_step))
         g_ = tr.group_size
-        # rows[n, p, g, t]: flat index of state (prompt, t) of seed n in the [N, S, V] tables
-        rows = (np.arange(n)[:, None, None, None] * s_ + prompts[:, :, None, None] * t_ + np.arange(t_)).repeat(
-            g_, axis=2
-        )
-        u = self.streams.random((p_step, g_, t_))
-        tokens = sample_tokens(mu, rows.ravel(), u.ravel()).reshape(rows.shape)
+        logpi0 = self._trainer_tables()[0]
+        prompts = np.empty((n, p_step), dtype=np.int64)
+        rows = np.empty((n, p_step, g_, t_), dtype=np.int64)
+        tokens, lp_mu, lp_old = np.empty(rows.shape, dtype=np.int64), np.empty(rows.shape), np.empty(rows.shape)
+        # the rollout, block by block: the engine's tables, each seed's prompts and tokens
+        for sl in self.blocks:
+            logmu, mu = self._engine_block(sl, acc)
+            streams = self.streams.block(sl)
+            if p_step < env.n_prompts:
+                prompts[sl] = np.argsort(streams.random((env.n_prompts,)), axis=1)[:, :p_step]
+            else:
+                prompts[sl] = np.arange(env.n_prompts)
+            # rows[n, p, g, t]: flat index of state (prompt, t) of seed n in the [N, S, V] tables
+            rows[sl] = (np.arange(sl.start, sl.stop)[:, None, None] * s_ + prompts[sl, :, None] * t_ + np.arange(t_))[
+                :, :, None, :
+            ]
+            u = streams.random((p_step, g_, t_))
+            first = sl.start * s_
+            tok = sample_tokens(mu, rows[sl].ravel(), u.ravel(), first_row=first).reshape(rows[sl].shape)
+            tokens[sl] = tok
+            lp_mu[sl] = gather(logmu, rows[sl] - first, tok)
+            lp_old[sl] = gather(logpi0[sl], rows[sl] - first, tok)
         rewards = env.rewards(prompts, tokens)
         adv = advantages.group_relative(rewards * self.reward_scale[prompts][..., None], std_norm=tr.std_norm)
         b = p_step * g_
         rows, tokens = rows.reshape(n, b, t_), tokens.reshape(n, b, t_)
+        lp_mu, lp_old = lp_mu.reshape(n, b, t_), lp_old.reshape(n, b, t_)
         adv, rewards = adv.reshape(n, b, 1), rewards.reshape(n, b)
         group = np.broadcast_to(prompts[:, :, None], (n, p_step, g_)).reshape(n, b)
-        lp_mu = gather(logmu, rows, tokens)
-        lp_old = gather(logpi0, rows, tokens)
         anchor = self._anchor(lp_mu, lp_old)
         mask = np.ones((n, b // op.updates_per_batch, t_), dtype=bool)
         coef_agg = objectives.aggregation_weights(mask, tr.agg_mode, horizon=t_)
         acc.sample_reward = rewards.mean(axis=1)
         for u_idx, sl in enumerate(np.split(np.arange(b), op.updates_per_batch)):
-            logpi = self.trainer_logp()
-            pi = np.exp(logpi)
+            logpi, pi, _ = self._trainer_tables()
             r_, y_, a_ = rows[:, sl], tokens[:, sl], np.broadcast_to(adv[:, sl], (n, sl.size, t_))
             lp = gather(logpi, r_, y_)
             g = self.obj.grad_logp(lp, anchor[:, sl], a_)
-            norm = self._update(logit_gradient(coef_agg * g, r_, y_, pi))
+            coef = coef_agg * g
+
+            def loss_grad(seeds: slice, coef=coef, r_=r_, y_=y_, pi=pi) -> np.ndarray:
+                p = pi[seeds]
+                out = self.scratch.get("grad", p.shape)
+                return loss_gradient(coef[seeds], r_[seeds] - seeds.start * s_, y_[seeds], p, out=out)
+
+            norm = self._update(loss_grad, recycle=True)
             w = self.obj.weight(lp, anchor[:, sl], a_)
             acc.add(w, np.abs(np.exp(lp) - np.exp(lp_mu[:, sl])), None, norm)
             if self.sink is not None:
@@ -585,7 +772,7 @@ class _Accumulator:
         self.regions = {k: z.copy() for k in objectives.Regions.NAMES}
         self.norms: list[np.ndarray] = []
         self.sample_reward = np.full(n, np.nan)
-        self.tv = self.kl = z
+        self.tv, self.kl = z.copy(), z.copy()
 
     def add(self, w: np.ndarray, shift: np.ndarray, weights: np.ndarray | None, norm: np.ndarray) -> None:
         """Token weights ``w``, shifts, and (exact mode) the probability ``mu`` of each token."""

@@ -36,6 +36,30 @@ def test_rounding_has_the_formats_machine_epsilon_on_cpu(fmt):
     assert rel.max() >= 0.4 * eps  # u / (1 + u) is reached: the bound is reached: this is the format, not a finer one
 
 
+@pytest.mark.parametrize("fmt", ["bf16", "fp16", "fp8_e4m3", "fp8_e5m2"])
+def test_rounding_is_torchs_conversion_bit_for_bit_on_cpu(fmt):
+    """The NumPy rounding (round_float32) against torch's ``x.to(dtype)``: every float32 within the
+    format's range whose dropped bits sit at or next to a rounding boundary (every sign, exponent
+    and kept mantissa), random values, signed zeros and NaN."""
+    import torch
+
+    dtype = offpolicy.PRECISIONS[fmt]
+    fi = torch.finfo(dtype)
+    drop = 23 - round(-np.log2(fi.eps))
+    kept = np.arange(1 << (32 - drop), dtype=np.uint32) << np.uint32(drop)
+    low = np.array([0, 1, (1 << (drop - 1)) - 1, 1 << (drop - 1), (1 << (drop - 1)) + 1, (1 << drop) - 1], np.uint32)
+    x = (kept[:, None] | low[None, :]).ravel().view(np.float32)
+    x = x[np.isfinite(x) & (np.abs(x) <= fi.max)]
+    rand = np.random.default_rng(0).standard_normal(100_000).astype(np.float32) * np.float32(min(fi.max / 4, 1e3))
+    rand = np.clip(rand, -fi.max, fi.max)  # round_to_format saturates before rounding
+    x = np.concatenate([x, rand, np.array([0.0, -0.0, np.nan], np.float32)])
+    ref = torch.from_numpy(x).to(dtype).to(torch.float32).numpy()
+    got = offpolicy.round_float32(x, dtype)
+    assert np.array_equal(np.isnan(got), np.isnan(ref))
+    ok = ~np.isnan(ref)
+    assert np.array_equal(got[ok].view(np.uint32), ref[ok].view(np.uint32))
+
+
 def test_rounding_saturates_and_fp64_is_identity_on_cpu():
     x = np.array([1e6, -1e6, 3.0])
     for fmt, big in FORMAT_MAX.items():

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sim_reference import ReferenceSimulation
 
 from drpo_sim import objectives, stats
 from drpo_sim.advantages import reward_scales
@@ -153,6 +154,56 @@ def test_same_seed_same_table_and_seeds_do_not_interact():
     pd.testing.assert_frame_equal(a[a.seed == 5].reset_index(drop=True), alone)
     other = run(c, "drpo", [4])
     assert not np.array_equal(other.expected_reward, alone.expected_reward)
+
+
+REFERENCE_CASES = {
+    "bandit": {"vocab_size": 256},
+    "bandit, channels": {"vocab_size": 256, "noise_std": 0.1, "precision": "fp8_e4m3", "staleness": 2},
+    "bandit, every channel": {"vocab_size": 256, "noise_std": 0.2, "noise_dist": "student_t", "bias_std": 0.1,
+                              "precision": "bf16", "trainer_precision": "fp16", "top_p": 0.9, "staleness": 1,
+                              "updates_per_batch": 2, "anchor": "recompute", "weight_decay": 0.01},
+    "bandit, exact": {"vocab_size": 256, "mode": "exact"},
+    "bandit, exact, channels": {"vocab_size": 256, "mode": "exact", "noise_std": 0.1, "top_k": 32,
+                                "staleness": 1, "updates_per_batch": 2},
+    "tabular": {"env": "tabular", "vocab_size": 32, "n_prompts": 4, "horizon": 3, "group_size": 4},
+    "tabular, channels": {"env": "tabular", "vocab_size": 32, "n_prompts": 4, "horizon": 3, "group_size": 4,
+                          "noise_std": 0.1, "precision": "fp8_e4m3", "staleness": 2, "prompts_per_step": 2,
+                          "std_norm": True, "optimizer": "sgd", "lr": 0.5},
+    "tabular, shared policy": {"env": "tabular", "vocab_size": 32, "n_prompts": 4, "horizon": 3, "group_size": 4,
+                               "policy": "shared", "n_features": 4, "noise_std": 0.1, "updates_per_batch": 2},
+    "tabular, blow-up": {"env": "tabular", "vocab_size": 32, "n_prompts": 4, "horizon": 3, "group_size": 4,
+                         "optimizer": "sgd", "grad_clip": 0.0, "lr": 1e150, "weight_decay": 1.0, "noise_std": 0.3},
+}
+
+
+@pytest.mark.parametrize("method", ["drpo", "pg_is"])
+@pytest.mark.parametrize("case", sorted(REFERENCE_CASES))
+def test_blocked_step_is_the_reference_bit_for_bit_on_cpu(case, method):
+    """The step works through the seeds block by block with fused, in-place passes (issue 18,
+    item 4); for the same seeds it must give the result table and the token log of the plain
+    whole-table step it replaced (``tests/sim_reference.py``), bit for bit, whatever the blocks."""
+    c = cfg(**REFERENCE_CASES[case], steps=6)
+    seeds = [0, 3, 4, 7, 11]
+    obj = objectives.get(method)
+    ref_log: list = []
+    ref = ReferenceSimulation(c, obj, seeds, ref_log.append)
+    ref_table = ref.table([ref.step(k) for k in range(1, 7)])
+    for block in (None, 1, 2, 5):
+        log: list = []
+        sim = Simulation(c, obj, seeds, None if c.train.mode == "exact" else log.append, seed_block=block)
+        table = sim.table([sim.step(k) for k in range(1, 7)])
+        pd.testing.assert_frame_equal(table, ref_table, check_exact=True)
+        for col in METRICS:
+            assert np.array_equal(table[col].to_numpy(), ref_table[col].to_numpy(), equal_nan=True), (block, col)
+        for k in sim.params:
+            assert np.array_equal(sim.params[k], ref.params[k]), (block, k)
+        if c.train.mode != "exact":
+            assert len(log) == len(ref_log)
+            for a, b in zip(log, ref_log, strict=True):
+                for f in dataclasses.fields(a):
+                    assert np.array_equal(getattr(a, f.name), getattr(b, f.name)), (block, f.name)
+    if case == "tabular, blow-up":
+        assert ref_table.nonfinite.any()  # the case exercises the freezing of non-finite seeds
 
 
 def test_result_table_columns():

@@ -7,8 +7,9 @@ Both environments expose the same small interface, which the simulator relies on
 * ``initial_logits()``: ``[n_states, vocab_size]`` logits of the initial policy (a Zipf law);
 * ``rewards(prompts, tokens)``: the verifiable sequence reward of sampled responses,
   ``prompts [N, P]`` and ``tokens [N, P, G, T]`` give ``[N, P, G]`` rewards in ``[0, 1]``;
-* ``expected_reward(logp)``: the exact expected reward of a policy ``logp [N, n_states, V]``,
-  averaged over prompts (no sampling);
+* ``expected_reward(logp, probs=None)``: the exact expected reward of a policy
+  ``logp [N, n_states, V]``, averaged over prompts (no sampling); ``probs = exp(logp)`` may be
+  passed when already computed;
 * ``token_rewards()`` (bandit only): the reward of each token, for the exact-gradient mode.
 """
 

@@ -86,9 +86,11 @@ class LongTailBandit:
         """``tokens [N, P, G, 1]`` -> ``[N, P, G]``."""
         return self.token_rewards()[tokens[..., 0]]
 
-    def expected_reward(self, logp: np.ndarray) -> np.ndarray:
-        """``sum_a pi(a) R(a)`` for ``logp [N, 1, V]``."""
-        return np.exp(logp[:, 0, :]) @ self.token_rewards()
+    def expected_reward(self, logp: np.ndarray, probs: np.ndarray | None = None) -> np.ndarray:
+        """``sum_a pi(a) R(a)`` for ``logp [N, 1, V]``; ``probs``: ``exp(logp)`` when the caller
+        already holds it (the same values, without a second pass of exponentials)."""
+        pi = np.exp(logp[:, 0, :]) if probs is None else probs[:, 0, :]
+        return pi @ self.token_rewards()
 
     def describe(self) -> dict[str, float]:
         p0 = np.exp(self.initial_logits()[0] - np.logaddexp.reduce(self.initial_logits()[0]))

@@ -90,11 +90,12 @@ class TabularSequence:
         correct = tokens == self.targets[prompts][:, :, None, :]
         return self._score(correct.astype(np.float64))
 
-    def expected_reward(self, logp: np.ndarray) -> np.ndarray:
-        """Exact expected reward of ``logp [N, n_states, V]``, mean over prompts -> ``[N]``."""
+    def expected_reward(self, logp: np.ndarray, probs: np.ndarray | None = None) -> np.ndarray:
+        """Exact expected reward of ``logp [N, n_states, V]``, mean over prompts -> ``[N]``;
+        ``probs``: ``exp(logp)`` when the caller already holds it (the same values)."""
         n = logp.shape[0]
-        target_flat = self.targets.reshape(-1)
-        q = np.exp(logp[:, np.arange(self.n_states), target_flat]).reshape(n, self.n_prompts, self.horizon)
+        at = (slice(None), np.arange(self.n_states), self.targets.reshape(-1))
+        q = (np.exp(logp[at]) if probs is None else probs[at]).reshape(n, self.n_prompts, self.horizon)
         return self._score(q).mean(axis=-1)
 
     def describe(self) -> dict[str, float]:
