@@ -650,22 +650,6 @@ def by_step_figure(by_step: pd.DataFrame, stem: str | Path, *, title: str, forma
     objectives, the mean log-ratio ``log(pi / mu)`` per step instead). ``by_step`` is
     :attr:`ReplayResult.by_step`."""
     masked = [c for c in by_step.columns if c.endswith("_masked_frac")]
-    if not masked:
-        with paper_style():
-            fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.0, 4.2))
-            a1.plot(by_step["step"], by_step["abs_shift_mean"], color="#d62728", label="mean")
-            a1.plot(by_step["step"], by_step["abs_shift_max"], color="#d62728", ls="--", lw=1.0, label="max")
-            a1.set_yscale("log")
-            a1.set_xlabel("step")
-            a1.set_ylabel(r"$|\pi-\mu|$")
-            a1.legend(fontsize=8)
-            a2.plot(by_step["step"], by_step["log_ratio_mean"], color="#1f77b4")
-            a2.axhline(0.0, color="0.6", lw=0.8)
-            a2.set_xlabel("step")
-            a2.set_ylabel(r"mean $\log(\pi/\mu)$")
-            fig.suptitle(title, y=1.02)
-            fig.tight_layout()
-        return save(fig, stem, formats)
     with paper_style():
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.0, 4.2))
         a1.plot(by_step["step"], by_step["abs_shift_mean"], color="#d62728", label="mean")
@@ -674,12 +658,17 @@ def by_step_figure(by_step: pd.DataFrame, stem: str | Path, *, title: str, forma
         a1.set_xlabel("step")
         a1.set_ylabel(r"$|\pi-\mu|$")
         a1.legend(fontsize=8)
-        for c in masked:
-            name = c[: -len("_masked_frac")]
-            a2.plot(by_step["step"], by_step[c], label=name, **STYLE.get(name, {}))
+        if masked:
+            for c in masked:
+                name = c[: -len("_masked_frac")]
+                a2.plot(by_step["step"], by_step[c], label=name, **STYLE.get(name, {}))
+            a2.set_ylabel("fraction of tokens masked")
+            a2.legend(fontsize=8, ncol=2)
+        else:  # a mismatch-only replay: no objectives to mask anything
+            a2.plot(by_step["step"], by_step["log_ratio_mean"], color="#1f77b4")
+            a2.axhline(0.0, color="0.6", lw=0.8)
+            a2.set_ylabel(r"mean $\log(\pi/\mu)$")
         a2.set_xlabel("step")
-        a2.set_ylabel("fraction of tokens masked")
-        a2.legend(fontsize=8, ncol=2)
         fig.suptitle(title, y=1.02)
         fig.tight_layout()
     return save(fig, stem, formats)
