@@ -5,6 +5,8 @@ reproducible; ``HYPOTHESIS_PROFILE=dev`` explores further and with fresh randomn
 """
 
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -16,6 +18,23 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+_OWN_CACHE = "_DRPO_SIM_TEST_CACHE_OWNER"
+
+
+def pytest_configure(config):
+    """One arena base-model cache (:func:`drpo_sim.arena.pretrain.cache_dir`) for the whole session,
+    in a fresh temporary folder: the tests never read or write the user's cache, and the xdist
+    workers (started after this, with this environment) train each base once between them."""
+    if "DRPO_SIM_CACHE" not in os.environ:
+        os.environ["DRPO_SIM_CACHE"] = tempfile.mkdtemp(prefix="drpo_sim_test_cache_")
+        os.environ[_OWN_CACHE] = str(os.getpid())
+
+
+def pytest_unconfigure(config):
+    if os.environ.get(_OWN_CACHE) == str(os.getpid()):
+        shutil.rmtree(os.environ.pop("DRPO_SIM_CACHE"), ignore_errors=True)
+        del os.environ[_OWN_CACHE]
 
 
 def pytest_collection_modifyitems(config, items):

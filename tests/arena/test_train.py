@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from drpo_sim.arena import pretrain as pretrain_module
 from drpo_sim.arena.model import ArenaModel
 from drpo_sim.arena.pretrain import BaseModelConfig, pretrain
 from drpo_sim.arena.task import WalkTask
@@ -160,3 +161,61 @@ def test_pretraining_is_cached_and_deterministic_on_cpu():
         assert torch.equal(a[k], b[k])
     a["emb"].zero_()  # a copy: the cache is untouched
     assert not torch.equal(pretrain(BASE)["emb"], a["emb"])
+
+
+def _fresh(monkeypatch, folder) -> None:
+    monkeypatch.setenv(pretrain_module.CACHE_ENV, str(folder))
+    pretrain_module._pretrain.cache_clear()
+
+
+def test_the_disk_cache_returns_the_trained_base_bit_for_bit_on_cpu(tmp_path, monkeypatch):
+    base = dataclasses.replace(BASE, seed=7)
+    _fresh(monkeypatch, tmp_path)
+    trained = pretrain(base)
+    files = list((tmp_path / "arena_bases").iterdir())
+    assert [f.name for f in files] == [f"{pretrain_module.cache_key(base)}.pt"]  # one file, no temporary left
+    _fresh(monkeypatch, tmp_path)  # a new process: only the disk remains
+    calls = []
+    monkeypatch.setattr(pretrain_module, "_train", lambda c: calls.append(c))
+    loaded = pretrain(base)
+    assert calls == [] and loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[k], trained[k]) and loaded[k].dtype == trained[k].dtype for k in trained)
+    # another seed, size or budget is another base
+    keys = {pretrain_module.cache_key(b) for b in (base, BASE, dataclasses.replace(base, steps=21))}
+    assert len(keys) == 3
+    pretrain_module._pretrain.cache_clear()
+
+
+def test_an_unreadable_cached_base_is_named_and_trained_again_on_cpu(tmp_path, monkeypatch):
+    base = dataclasses.replace(BASE, seed=8)
+    _fresh(monkeypatch, tmp_path)
+    path = tmp_path / "arena_bases" / f"{pretrain_module.cache_key(base)}.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"half a file")  # an interrupted copy
+    with pytest.warns(UserWarning, match=rf"{path}: unreadable cached arena base"):
+        trained = pretrain(base)
+    _fresh(monkeypatch, tmp_path)
+    assert all(torch.equal(pretrain(base)[k], v) for k, v in trained.items())  # replaced by a good file
+    # a file holding another configuration is not taken for this one
+    other = dataclasses.replace(base, seed=9)
+    path.rename(tmp_path / "arena_bases" / f"{pretrain_module.cache_key(other)}.pt")
+    _fresh(monkeypatch, tmp_path)
+    with pytest.warns(UserWarning, match="holds another configuration"):
+        pretrain(other)
+    pretrain_module._pretrain.cache_clear()
+
+
+def test_an_unwritable_or_disabled_cache_still_trains_on_cpu(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # the cache folder would have to be inside a file
+    _fresh(monkeypatch, blocker)
+    with pytest.warns(UserWarning, match="cannot write the arena base cache"):
+        a = pretrain(dataclasses.replace(BASE, seed=10))
+    _fresh(monkeypatch, "off")
+    assert pretrain_module.cache_dir() is None
+    b = pretrain(dataclasses.replace(BASE, seed=10))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.delenv(pretrain_module.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert pretrain_module.cache_dir() == tmp_path / "xdg" / "drpo_sim" / "arena_bases"
+    pretrain_module._pretrain.cache_clear()

@@ -87,7 +87,7 @@ def test_compare_profiles_and_defaults(tmp_path, capsys, monkeypatch):
         assert got["token_log_objectives"] == prof.token_log_objectives
         assert tuple(got["objectives"]) == LAB_OBJECTIVES and tuple(got["precisions"]) == LAB_PRECISIONS
         assert got["runner"].store.root == tmp_path / "cells"
-    assert (SPEC.profile("quick").seeds, SPEC.profile("quick").steps) == (2, 30)
+    assert (SPEC.profile("quick").seeds, SPEC.profile("quick").steps) == (2, 15)
     assert (SPEC.profile("full").seeds, SPEC.profile("full").steps) == (8, 100)
     run(["lm", "compare", "--full", "--seeds", "3", "--steps", "4", "--objectives", "drpo", "--jobs", "1",
          "--param", "drpo.delta=2.5", "--out", str(tmp_path)], capsys)

@@ -40,7 +40,7 @@ SPEC = PanelSpec(
     settings=(*FP8_STALE_PAIR, *STRESS_PAIR),
     variants=VARIANTS,
     figures=(FP8_FIGURE, STRESS_FIGURE),
-    quick=Profile(steps=120, seeds=6),
+    quick=Profile(steps=80, seeds=6),
     full=Profile(steps=200, seeds=32),
 )
 

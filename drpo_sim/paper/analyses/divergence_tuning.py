@@ -24,7 +24,7 @@ SPEC = TuningSpec(
     settings=SETTINGS,
     methods=DIVERGENCES,
     deltas=TUNING_DELTAS,
-    quick=Profile(steps=120, seeds=3, first_seed=FIRST_SEED),
+    quick=Profile(steps=80, seeds=3, first_seed=FIRST_SEED),
     full=Profile(steps=200, seeds=8, first_seed=FIRST_SEED),
 )
 

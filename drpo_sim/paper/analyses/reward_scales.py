@@ -63,7 +63,7 @@ SPEC = PanelSpec(
     settings=SETTINGS,
     variants=VARIANTS,
     figures=(FIGURE,),
-    quick=Profile(steps=120, seeds=6),
+    quick=Profile(steps=80, seeds=6),
     full=Profile(steps=200, seeds=32),
     world=SIMULATOR_REWARD_SCALES,
 )

@@ -11,7 +11,7 @@ from drpo_sim.paper.specs import LabProfile, LabSpec
 
 # the objectives and precisions are the lab's defaults (drpo_sim.config.LAB_OBJECTIVES, LAB_PRECISIONS)
 SPEC = LabSpec(
-    quick=LabProfile(steps=30, seeds=2, token_log_objectives=("pg_is", "drpo")),
+    quick=LabProfile(steps=15, seeds=2, token_log_objectives=("pg_is", "drpo")),
     full=LabProfile(steps=100, seeds=8, token_log_objectives=None),
 )
 
