@@ -16,9 +16,11 @@ a minute on one core, the mixture of experts about two.
 same base, so the trained parameters are kept twice: in the process (``functools.lru_cache``) and
 on disk, one ``torch.save`` file per base in :func:`cache_dir` named by :func:`cache_key` (the
 configuration, the code that trains it, :func:`drpo_sim.provenance.code_digest`, and the torch
-version), written atomically. A file that cannot be read is reported in a warning naming it and
-trained again; a folder that cannot be written is reported once and left alone. The cache changes
-no number: a loaded base is bit for bit the one training would return.
+version), written atomically; a lock file beside it makes a second process that needs the same
+base wait for the first one's file instead of training it again. A file that cannot be read is
+reported in a warning naming it and trained again; a folder that cannot be written is reported
+once and left alone. The cache changes no number: a loaded base is bit for bit the one training
+would return.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,22 +104,39 @@ def cache_key(config: BaseModelConfig) -> str:
 @functools.lru_cache(maxsize=8)
 def _pretrain(config: BaseModelConfig) -> Params:
     folder = cache_dir()
-    path = None if folder is None else folder / f"{cache_key(config)}.pt"
-    if path is not None and path.is_file():
+    if folder is None:
+        return _train(config)
+    path = folder / f"{cache_key(config)}.pt"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (closed by the with below)
+    except OSError as e:
+        _warn_unwritable(str(folder), str(e))
+        return _train(config)
+    with lock:
+        _lock(lock)  # another process training this base: wait for its file rather than train it twice
+        if path.is_file():
+            try:
+                return _load(path, config)
+            except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
+                warnings.warn(f"{path}: unreadable cached arena base ({e}); training it again and replacing "
+                              "the file", stacklevel=3)
+        params = _train(config)
         try:
-            return _load(path, config)
-        except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
-            warnings.warn(f"{path}: unreadable cached arena base ({e}); training it again and replacing the file",
-                          stacklevel=3)
-    params = _train(config)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 torch.save({"config": dataclasses.asdict(config), "params": params}, tmp)
         except OSError as e:
-            _warn_unwritable(str(path.parent), str(e))
-    return params
+            _warn_unwritable(str(folder), str(e))
+        return params
+
+
+def _lock(file: Any) -> None:
+    """An exclusive lock on ``file``, released when it is closed (none where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: two processes may train the same base, each writing it atomically
+        return
+    fcntl.flock(file, fcntl.LOCK_EX)
 
 
 @functools.cache

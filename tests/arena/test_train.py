@@ -4,6 +4,8 @@ fp32 control, independence of the runs in a batch, the per-run optimiser, and ba
 from __future__ import annotations
 
 import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -172,8 +174,8 @@ def test_the_disk_cache_returns_the_trained_base_bit_for_bit_on_cpu(tmp_path, mo
     base = dataclasses.replace(BASE, seed=7)
     _fresh(monkeypatch, tmp_path)
     trained = pretrain(base)
-    files = list((tmp_path / "arena_bases").iterdir())
-    assert [f.name for f in files] == [f"{pretrain_module.cache_key(base)}.pt"]  # one file, no temporary left
+    name = f"{pretrain_module.cache_key(base)}.pt"
+    assert {f.name for f in (tmp_path / "arena_bases").iterdir()} == {name, f"{name}.lock"}  # no temporary left
     _fresh(monkeypatch, tmp_path)  # a new process: only the disk remains
     calls = []
     monkeypatch.setattr(pretrain_module, "_train", lambda c: calls.append(c))
@@ -183,6 +185,25 @@ def test_the_disk_cache_returns_the_trained_base_bit_for_bit_on_cpu(tmp_path, mo
     # another seed, size or budget is another base
     keys = {pretrain_module.cache_key(b) for b in (base, BASE, dataclasses.replace(base, steps=21))}
     assert len(keys) == 3
+    pretrain_module._pretrain.cache_clear()
+
+
+def test_two_processes_needing_one_base_train_it_once_on_cpu(tmp_path, monkeypatch):
+    """The lock file: the second caller waits for the first one's file (two threads stand for two
+    worker processes; each opens the lock file itself, as a process would)."""
+    base = dataclasses.replace(BASE, seed=11)
+    _fresh(monkeypatch, tmp_path)
+    trained, real = [], pretrain_module._train
+
+    def slow_train(config):
+        trained.append(config)
+        time.sleep(0.5)  # long enough for the other thread to reach the lock
+        return real(config)
+
+    monkeypatch.setattr(pretrain_module, "_train", slow_train)
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: pretrain_module._pretrain.__wrapped__(base), range(2))
+    assert trained == [base] and all(torch.equal(a[k], b[k]) for k in a)
     pretrain_module._pretrain.cache_clear()
 
 
