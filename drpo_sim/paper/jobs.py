@@ -11,6 +11,7 @@ from its cell store; the statistics come from :mod:`drpo_sim.stats` and
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -718,6 +719,22 @@ def _sim_cost(cell: Cell) -> float:
     c = cell.spec["config"]
     return (c["steps"] * len(cell.spec["seeds"]) * c["n_prompts"] * c["horizon"] * c["vocab_size"]
             * c["updates_per_batch"])
+
+
+def base_models_first(cells: Sequence[Cell]) -> list[Cell]:
+    """``cells`` with one arena cell per distinct base model in front (the mixture of experts
+    first), the others in their order. The base models are trained once and kept on disk
+    (:mod:`drpo_sim.arena.pretrain`): about a minute for the dense one and two for the mixture,
+    each on one core. Handed out first, they are trained side by side while the driver draws
+    the first figures, not one after the other, with a core idle, when the arena's turn comes;
+    no number changes, since a cell's result depends only on its spec."""
+    first: dict[str, Cell] = {}
+    for c in cells:
+        if c.kind == "arena":
+            first.setdefault(json.dumps(c.spec["config"]["base"], sort_keys=True), c)
+    front = sorted(first.values(), key=lambda c: c.spec["config"]["base"]["model"]["n_experts"], reverse=True)
+    ids = {c.id for c in front}
+    return front + [c for c in cells if c.id not in ids]
 
 
 def planned_cells(spec: object, profile: str, out: str | Path) -> list[Cell]:

@@ -12,7 +12,8 @@ whose cell store is ``<out>/cells``, so an interrupted run resumes where it stop
 after an edit recomputes only the cells whose code changed. With more than one worker, the cells
 of every analysis are handed to the runner at the start (:func:`drpo_sim.paper.jobs.planned_cells`,
 :meth:`~drpo_sim.run.executor.Runner.prefetch`): the workers compute them in the background, in
-the order of the analyses and costliest first within each, while this process runs the analyses
+the order of the analyses and costliest first within each (but one arena cell per base model
+first: :func:`drpo_sim.paper.jobs.base_models_first`), while this process runs the analyses
 in order and draws their figures; nothing else changes, since every cell's numbers depend only
 on its spec. ``only`` runs some stages: analysis names, ``claims`` or ``report``.
 """
@@ -65,7 +66,9 @@ def reproduce(out: str | Path = "figures", profile: str = "quick", formats: Sequ
         if runner.parallel:
             # every analysis's cells go to the workers now, so they keep computing while this
             # process draws figures and runs the analyses that train nothing
-            runner.prefetch([c for name in analyses for c in jobs.planned_cells(ORDER[name].SPEC, profile, out)])
+            # (the arena's base models first: trained side by side at the start, not in turn at the end)
+            runner.prefetch(jobs.base_models_first(
+                [c for name in analyses for c in jobs.planned_cells(ORDER[name].SPEC, profile, out)]))
         bar = tqdm(analyses, desc="reproduce", unit="analysis", disable=not progress or None)
         for name in bar:
             bar.set_postfix_str(name)

@@ -193,6 +193,21 @@ def test_planned_cells_are_the_cells_the_job_asks_for(name, tmp_path, monkeypatc
     assert costs == sorted(costs, reverse=True)
 
 
+def test_one_arena_cell_per_base_model_goes_first_and_nothing_is_lost(tmp_path):
+    """reproduce's prefetch order: the mixture's base, then the dense one, then every other cell
+    in its order (the arena's bases are then trained side by side at the start)."""
+    names = ("settings", "arena", "arena_reward_scales")
+    cells = [c for n in names for c in jobs.planned_cells(ORDER[n].SPEC, "quick", tmp_path)]
+    ordered = jobs.base_models_first(cells)
+    assert sorted(c.id for c in ordered) == sorted(c.id for c in cells)
+    bases = [c.spec["config"]["base"]["model"]["n_experts"] for c in ordered[:2]]
+    assert bases[0] > 0 and bases[1] == 0 and all(c.kind == "arena" for c in ordered[:2])
+    assert len({json.dumps(c.spec["config"]["base"], sort_keys=True) for c in cells if c.kind == "arena"}) == 2
+    rest = [c for c in cells if c.id not in {ordered[0].id, ordered[1].id}]
+    assert ordered[2:] == rest
+    assert jobs.base_models_first(rest[:5]) == rest[:5]  # no arena cell: unchanged
+
+
 # --------------------------------------------------------------------------------------------
 # the arena
 
