@@ -599,11 +599,16 @@ class GRPO(PPO):
 class CISPO(Objective):
     """CISPO (MiniMax-M1, 2025): clip the importance weight, never the gradient.
 
-    ``J = sg(min(r, 1+eps_high) A) * u`` with ``u = exp(logp - sg(logp))`` (value 1, derivative 1);
-    ``w = min(r, 1+eps_high) / r``. The paper writes ``sg(min(r, 1+eps_high)) A logp``: same
-    gradient; our form changes the value only by a term without gradient, so it reads as the truncated
-    importance-weighted advantage and stays finite as ``logp -> -inf``. MiniMax-M1 tunes
+    ``J = sg(min(r, c) A) * u`` with ``u = exp(logp - sg(logp))`` (value 1, derivative 1) and the
+    cap ``c = 1 + eps_high``; ``w = min(r, c) / r``. The paper writes ``sg(min(r, 1+eps_high)) A logp``:
+    same gradient; our form changes the value only by a term without gradient, so it reads as the
+    truncated importance-weighted advantage and stays finite as ``logp -> -inf``. MiniMax-M1 tunes
     ``eps_high`` and sets no lower bound; the default 0.28 is GRPO's upper clip.
+
+    ``cap`` sets ``c`` directly instead (``eps_high`` is then unused): DPPO's own CISPO
+    (sail-sg/Stable-RL ``core_algos.py``, ``loss_mode = "pg_no_mask"``, the sanity test's
+    "CISPO (PG-TIS)") caps the detached ratio at ``clip_ratio_c``, 10 by default, not at
+    ``1 + eps_high``: ``get("cispo", cap=10)``.
     """
 
     name: ClassVar[str] = "cispo"
@@ -614,16 +619,22 @@ class CISPO(Objective):
         "MiniMax 2025, MiniMax-M1 (arXiv:2506.13585)",
     )
     eps_high: float = 0.28
+    cap: float | None = None
 
     def __post_init__(self):
-        self._check_positive("eps_high")
+        self._check_positive("eps_high", "cap")
+
+    @property
+    def ratio_cap(self) -> float:
+        """The cap ``c`` on the detached ratio: ``cap``, or ``1 + eps_high``."""
+        return 1.0 + self.eps_high if self.cap is None else float(self.cap)
 
     def _surrogate(self, t):
-        c = t.xp.minimum(t.ratio, 1.0 + self.eps_high)
+        c = t.xp.minimum(t.ratio, self.ratio_cap)
         return stop_gradient(c * t.advantage) * t.unit()
 
     def _weight(self, t):
-        cap = 1.0 + self.eps_high
+        cap = self.ratio_cap
         return cap / t.xp.maximum(t.ratio, cap)
 
 
@@ -943,9 +954,62 @@ class DRPOK3(Objective):
         return 1.0 - t.sign_adv * (1.0 - t.inv_ratio_capped) / self.delta
 
 
+@register
+@dataclass(frozen=True)
+class PPORareExempt(Objective):
+    """DPPO's low-``mu`` clip ablation: GRPO's ratio clip, from which rare tokens are exempt.
+
+    The clip is active as in :class:`GRPO` (``A>0, r>1+eps_high`` or ``A<0, r<1-eps_low``) but
+    only on tokens the engine found likely enough: ``mu >= mu_high`` on the ``A>0`` side and
+    ``mu >= mu_low`` on the ``A<0`` side; a rarer token keeps its gradient whatever its ratio.
+    ``J = clip(r, 1-eps_low, 1+eps_high) A`` where the clip is active, else ``r A``; ``w = 0``
+    where it is active, else 1. A threshold of 0 exempts nothing on its side.
+
+    Source: sail-sg/Stable-RL ``core_algos.py``, ``loss_mode`` ``ppo_ablation_positive``
+    (``mu_low = 0``), ``ppo_ablation_negative`` (``mu_high = 0``) and ``ppo_ablation_both``,
+    which test whether ratio clipping harms by masking rare tokens (Qi et al. 2026). There the
+    ratio clips are fixed at 0.2 and 0.28 and the ``mu`` thresholds are the config's
+    ``clip_ratio_low`` / ``clip_ratio_high``; the defaults here are the values those take in
+    GRPO's default config (0.2, 0.28). Stable-RL writes every masked loss as
+    ``sg(min(r, 10)) M A log pi``; the gradient is the same except where ``r > 10``.
+    """
+
+    name: ClassVar[str] = "ppo_rare_exempt"
+    formula: ClassVar[Formula] = Formula(
+        "clip(r, 1-eps_low, 1+eps_high)*A if C else r*A",
+        "0 if C else 1; C: the clip is active and mu >= mu_high (A>0) or mu_low (A<0)",
+        "ratio clipping that exempts rare tokens",
+        "Qi et al. 2026, DPPO ablation (sail-sg/Stable-RL ppo_ablation_*)",
+    )
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    mu_low: float = 0.2
+    mu_high: float = 0.28
+
+    def __post_init__(self):
+        self._check_positive("eps_low", "eps_high")
+        for n in ("mu_low", "mu_high"):
+            v = getattr(self, n)
+            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{self.name}: parameter {n} must be a probability in [0, 1], got {v!r}")
+
+    def _clipped(self, t):
+        a, r, mu = t.advantage, t.ratio, t.mu
+        return (((a > 0) & (r > 1.0 + self.eps_high) & (mu >= self.mu_high))
+                | ((a < 0) & (r < 1.0 - self.eps_low) & (mu >= self.mu_low)))
+
+    def _surrogate(self, t):
+        xp, r, a = t.xp, t.ratio, t.advantage
+        return xp.where(self._clipped(t), xp.clip(r, 1.0 - self.eps_low, 1.0 + self.eps_high) * a, r * a)
+
+    def _weight(self, t):
+        return t.as_weight(~self._clipped(t))
+
+
 # --------------------------------------------------------------------------------------------
 # Loss aggregation and the trainer-facing loss
 # --------------------------------------------------------------------------------------------
+
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 """Loss aggregation modes used in practice (verl's ``loss_agg_mode`` names)."""

@@ -15,6 +15,7 @@ CONFIGS: list[tuple[str, dict]] = [
     ("ppo", {"eps_low": 0.1, "eps_high": 0.3, "dual_clip": 3.0}),
     ("grpo", {}),
     ("cispo", {}),
+    ("cispo", {"cap": 10.0}),
     ("spo", {}),
     ("spo", {"eps": 0.2}),
     ("dppo_tv", {}),
@@ -33,6 +34,8 @@ CONFIGS: list[tuple[str, dict]] = [
     ("drpo_tv", {"delta": 0.5}),
     ("drpo_k3", {}),
     ("drpo_k3", {"delta": 0.5}),
+    ("ppo_rare_exempt", {}),
+    ("ppo_rare_exempt", {"mu_low": 0.0, "mu_high": 0.1}),
 ]
 CONFIG_IDS = [f"{n}-{'-'.join(f'{k}{v}' for k, v in p.items()) or 'default'}" for n, p in CONFIGS]
 

@@ -86,11 +86,38 @@ def test_unknown_name_or_parameter_lists_the_valid_ones_on_cpu():
 @pytest.mark.parametrize(
     "name,params",
     [("drpo", {"delta": 0.0}), ("spo", {"eps": -1.0}), ("dppo_tv", {"delta_high": float("nan")}),
-     ("ppo", {"dual_clip": 0.5}), ("cispo", {"eps_high": float("inf")})],
+     ("ppo", {"dual_clip": 0.5}), ("cispo", {"eps_high": float("inf")}), ("cispo", {"cap": 0.0}),
+     ("ppo_rare_exempt", {"mu_low": 1.5}), ("ppo_rare_exempt", {"mu_high": -0.1})],
 )
 def test_invalid_parameter_values_are_rejected_on_cpu(name, params):
     with pytest.raises(ValueError, match=name):
         ds.objectives.get(name, **params)
+
+
+def test_every_registered_objective_is_among_the_property_tests_configurations_on_cpu():
+    assert {name for name, _ in CONFIGS} == set(ds.objectives.available())
+
+
+def test_stable_rl_cispo_cap_and_low_mu_clip_ablations_by_hand_on_cpu():
+    """sail-sg/Stable-RL ``pg_no_mask`` (ratio capped at clip_ratio_c = 10) and
+    ``ppo_ablation_positive / negative / both`` (the clip skips tokens with mu below 0.28 for A>0,
+    0.2 for A<0), token by token."""
+    mu = np.array([0.5, 0.01, 0.5, 0.05, 0.5, 0.001, 0.9])
+    pi = np.array([0.9, 0.5, 0.2, 0.001, 0.6, 0.5, 0.95])
+    adv = np.array([1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0])
+    lp, lb = np.log(pi), np.log(mu)
+    r = pi / mu  # 1.8, 50, 0.4, 0.02, 1.2, 500, 1.06
+    np.testing.assert_allclose(ds.objectives.get("cispo", cap=10).weight(lp, lb, adv), np.minimum(r, 10) / r)
+    np.testing.assert_allclose(ds.objectives.get("cispo").weight(lp, lb, adv), np.minimum(r, 1.28) / r)
+    grpo = ds.objectives.get("grpo").weight(lp, lb, adv)
+    np.testing.assert_array_equal(grpo, [0, 0, 0, 0, 1, 0, 1])
+    both = ds.objectives.get("ppo_rare_exempt").weight(lp, lb, adv)
+    np.testing.assert_array_equal(both, [0, 1, 0, 1, 1, 1, 1])  # the rare tokens (mu 0.01, 0.05, 0.001) keep theirs
+    positive = ds.objectives.get("ppo_rare_exempt", mu_low=0.0).weight(lp, lb, adv)
+    np.testing.assert_array_equal(positive, [0, 1, 0, 0, 1, 1, 1])
+    negative = ds.objectives.get("ppo_rare_exempt", mu_high=0.0).weight(lp, lb, adv)
+    np.testing.assert_array_equal(negative, grpo + [0, 0, 0, 1, 0, 0, 0])
+    assert (ds.objectives.get("ppo_rare_exempt", mu_low=0.0, mu_high=0.0).weight(lp, lb, adv) == grpo).all()
 
 
 # The three property tests below check every configuration of strategies.CONFIGS on each drawn
