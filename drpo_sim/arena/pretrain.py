@@ -19,8 +19,8 @@ configuration, the code that trains it, :func:`drpo_sim.provenance.code_digest`,
 version), written atomically; a lock file beside it makes a second process that needs the same
 base wait for the first one's file instead of training it again. A file that cannot be read is
 reported in a warning naming it and trained again; a folder that cannot be written is reported
-once and left alone. The cache changes no number: a loaded base is bit for bit the one training
-would return.
+once and left alone. The cache changes no number: training runs on one torch thread, whoever
+calls it, so a loaded base is bit for bit the one training would return.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from drpo_sim._io import atomic_path
 from drpo_sim.arena.model import ArenaModel, Params, init_params, logits
 from drpo_sim.arena.task import WalkTask
 from drpo_sim.config import check_positive_ints
+from drpo_sim.lm.model import torch_threads
 from drpo_sim.provenance import code_digest
 
 CACHE_ENV = "DRPO_SIM_CACHE"
@@ -158,6 +159,11 @@ def _load(path: Path, config: BaseModelConfig) -> Params:
 
 @torch.enable_grad()
 def _train(config: BaseModelConfig) -> Params:
+    with torch_threads(1):  # the same bits whoever trains it first (a worker, the CLI or a benchmark)
+        return _train_on_one_thread(config)
+
+
+def _train_on_one_thread(config: BaseModelConfig) -> Params:
     gen = torch.Generator().manual_seed(config.seed)
     params = init_params(config.model, gen)
     for p in params.values():

@@ -165,6 +165,25 @@ def test_pretraining_is_cached_and_deterministic_on_cpu():
     assert not torch.equal(pretrain(BASE)["emb"], a["emb"])
 
 
+def test_pretraining_runs_on_one_thread_whoever_calls_it_on_cpu(monkeypatch):
+    """The cached base must not depend on whether a worker (one thread), the CLI or a benchmark
+    (the machine's threads) trained it first."""
+    seen, real = [], pretrain_module.logits
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "logits", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pretrain_module._train(dataclasses.replace(BASE, steps=2))
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2  # restored after
+    finally:
+        torch.set_num_threads(before)
+
+
 def _fresh(monkeypatch, folder) -> None:
     monkeypatch.setenv(pretrain_module.CACHE_ENV, str(folder))
     pretrain_module._pretrain.cache_clear()
