@@ -102,10 +102,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where((na > 0) & (nb > 0), (a * b).sum(axis=-1) / (na * nb), np.nan)
 
 
-def gradient_diagnostics(methods: Sequence[str | tuple[str, dict[str, Any]]], logits: np.ndarray,
+def gradient_diagnostics(methods: Sequence[str | tuple[str, dict[str, Any]] | objectives.Objective], logits: np.ndarray,
                          engine_logits: np.ndarray, rewards: np.ndarray, *, n_samples: int = 64,
                          n_batches: int = 2000, rng: np.random.Generator) -> pd.DataFrame:
-    """One row per objective (a registry name, or ``(name, params)``): the columns of
+    """One row per objective (a registry name, ``(name, params)`` or an objective): the columns of
     :data:`DIAGNOSTICS` and the gradient shares (module docstring). Every objective sees the
     same batches (one draw from ``rng``), so their differences are paired."""
     _check(logits, engine_logits, rewards, n_samples, n_batches)
@@ -113,8 +113,11 @@ def gradient_diagnostics(methods: Sequence[str | tuple[str, dict[str, Any]]], lo
     seed = int(rng.integers(2**63))  # one draw from the caller's generator; the same batches for every objective
     rows = []
     for m in methods:
-        name, params = (m, {}) if isinstance(m, str) else m
-        obj = objectives.get(name, **params)
+        if isinstance(m, objectives.Objective):
+            obj = m
+        else:
+            name, params = (m, {}) if isinstance(m, str) else m
+            obj = objectives.get(name, **params)
         g, batch = sampled_gradients(obj, logits, engine_logits, rewards, n_samples=n_samples,
                                      n_batches=n_batches, rng=np.random.default_rng(seed))
         mean = g.mean(axis=0)

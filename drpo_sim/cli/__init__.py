@@ -8,6 +8,7 @@ Subcommands::
     drpo-sim summarize FILE.parquet       per-method statistics of a result file (and --plot)
     drpo-sim sweep CONFIG.toml --out DIR  a grid of simulations, resumable, locally or on a Dask cluster
     drpo-sim replay LOG... --out DIR      per-token analysis of token logs (real, simulated or from the LM lab)
+    drpo-sim gradients                    each objective's sampled gradient against the exact one (bandit)
     drpo-sim lm pretrain|train|compare    the tiny transformer lab
     drpo-sim arena calibrate|run          the arena: the engine a reduced-precision pass over the trainer's weights
     drpo-sim reproduce [--quick|--full]   every analysis: figures, MANIFEST.json, claims.json, the report
@@ -42,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "drpo_sim.cli.replay",
         "per-token analysis of token logs: mismatch, masks and weights of every objective",
     ),
+    "gradients": ("drpo_sim.cli.gradients",
+                  "each objective's sampled gradient against the exact gradient of the expected reward"),
     "lm": ("drpo_sim.cli.lab", "the tiny transformer lab: RL from real reduced-precision rollouts"),
     "arena": ("drpo_sim.cli.arena", "the arena: RL where the mismatch comes from the policy's own parameters"),
     "reproduce": ("drpo_sim.cli.paper", "run every analysis: figures, MANIFEST.json, claims.json, the report"),
