@@ -1010,7 +1010,6 @@ class PPORareExempt(Objective):
 # Loss aggregation and the trainer-facing loss
 # --------------------------------------------------------------------------------------------
 
-
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 """Loss aggregation modes used in practice (verl's ``loss_agg_mode`` names)."""
 
