@@ -967,7 +967,7 @@ class PPORareExempt(Objective):
 
     Source: sail-sg/Stable-RL ``core_algos.py``, ``loss_mode`` ``ppo_ablation_positive``
     (``mu_low = 0``), ``ppo_ablation_negative`` (``mu_high = 0``) and ``ppo_ablation_both``,
-    which test whether ratio clipping harms by masking rare tokens (Qi et al. 2026). There the
+    the ablations of the ratio clip in DPPO's code (Qi et al. 2026). There the
     ratio clips are fixed at 0.2 and 0.28 and the ``mu`` thresholds are the config's
     ``clip_ratio_low`` / ``clip_ratio_high``; the defaults here are the values those take in
     GRPO's default config (0.2, 0.28). Stable-RL writes every masked loss as
