@@ -108,6 +108,20 @@ def weight_curves(cfg: GeometryConfig) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def single_token_weight(obj: objectives.Objective, logp, logp_behavior, advantage) -> np.ndarray:
+    """``obj.weight`` of tokens seen one at a time, as the geometry views and the explorer draw them.
+
+    A single token has no trainer recomputation and no sequence of its own, so the objectives that
+    read them are drawn at the plainest case: ``pi_old = mu`` (no gap between the engine and the
+    trainer at rollout time: a recompute anchor is the rollout's, every correction's factor is 1)
+    and each token its own sequence (a sequence ratio is the token's ratio). Every other objective
+    is unaffected: it reads neither.
+    """
+    lp, lb, a = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (logp, logp_behavior, advantage)))
+    ids = np.arange(lp.size).reshape(lp.shape) if obj.per_sequence else None
+    return obj.weight(lp, lb, a, logp_old=lb, sample_id=ids)
+
+
 def plane_axis(n: int) -> np.ndarray:
     """Cell centres of an ``n``-cell grid over (0, 1)."""
     return (np.arange(n) + 0.5) / n

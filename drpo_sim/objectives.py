@@ -20,7 +20,7 @@ Usage::
     obj.regions(logp, logp_behavior, advantage).fractions(mask)
     ds.objectives.available()
 
-Numerical guards (the only two; both documented where they act):
+Numerical guards (each documented where it acts):
 
 * **Ratio cap.** ``log r`` is capped at ``LOG_RATIO_MAX = 20`` (``r <= 4.85e8``, the cap verl
   uses) by flooring the behaviour log-prob at ``logp - 20`` (a constant, no gradient). Every
@@ -35,6 +35,18 @@ Numerical guards (the only two; both documented where they act):
   its tangent (``log r ~ r e^20 - 1 - 20``), so its gradient, and the weight, stay finite
   (``<= e^20 / delta``) for a ratio that underflows to 0.
 
+* **Three policies and sequences.** The objectives anchored to the trainer's recomputed
+  ``pi_old`` read ``b = pi_old / mu`` from the floored log-probs, so ``r = rho b`` exactly; a
+  correction's factor is capped at ``e^40`` and at ``b e^40`` (:class:`Corrected`); a sequence's
+  log-ratio sums are accumulated in float64, and GSPO floors each token's log-ratio at ``-20`` in
+  the sequence mean (:class:`GSPO`).
+
+Three policies (``docs/objectives/three_policies.md``): ``mu`` the engine's, ``pi_old`` the
+trainer's recomputation of the rollout before the update (keyword ``logp_old``, needed only by the
+objectives whose :attr:`Objective.needs_old` is true, and by every corrected objective,
+``get(name, correction=...)``), ``pi`` the trained policy. The sequence-level objectives and
+corrections read each token's sequence from ``sample_id`` (default: each row of the last axis).
+
 Half-precision inputs (float16, bfloat16) are computed and returned in float32; integer inputs
 in the namespace's default float. Log-probabilities are expected to be ``<= 0``: validating input
 data is the loaders' job (:mod:`drpo_sim.logs`), not this hot path's.
@@ -44,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -70,16 +83,20 @@ BATCH_SCALE = "batch"
 __all__ = [
     "AGG_MODES",
     "BATCH_SCALE",
+    "Corrected",
+    "Correction",
     "DEFAULT_METRICS",
     "FULL_METRICS",
     "LOG_RATIO_MAX",
     "METRIC_SETTINGS",
+    "MissingLogpOld",
     "Objective",
     "Regions",
     "TokenTerms",
     "aggregate",
     "available",
     "binary_kl",
+    "corrections",
     "get",
     "policy_loss",
 ]
@@ -99,19 +116,28 @@ class TokenTerms:
     """
 
     def __init__(
-        self, xp: Any, logp: Array, logp_behavior: Array, advantage: Array, shape: tuple[int, ...], *, detach: bool
+        self, xp: Any, logp: Array, logp_behavior: Array, advantage: Array, shape: tuple[int, ...], *, detach: bool,
+        logp_old: Array | None = None, sample_id: Array | None = None, valid: Array | None = None,
     ):
         self.xp = xp
         self.shape = shape
         self.logp = stop_gradient(logp) if detach else logp
         self._logp_behavior_given = stop_gradient(logp_behavior)
         self.advantage = stop_gradient(advantage)
+        self._logp_old_given = None if logp_old is None else stop_gradient(logp_old)
+        self._sample_id = sample_id
+        self._valid = valid
 
     @classmethod
-    def of(cls, logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool = False) -> TokenTerms:
+    def of(
+        cls, logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool = False,
+        logp_old: Array | None = None, sample_id: Array | None = None,
+    ) -> TokenTerms:
         """Convert the inputs to one float dtype (see :mod:`drpo_sim._xp`) and check they broadcast."""
-        xp, arrays = as_float_arrays(logp, logp_behavior, advantage)
-        return cls(xp, *arrays, broadcast_shape(*arrays), detach=detach)
+        xp, arrays = as_float_arrays(logp, logp_behavior, advantage, *([] if logp_old is None else [logp_old]))
+        shape = broadcast_shape(*arrays)
+        old = arrays[3] if logp_old is not None else None
+        return cls(xp, *arrays[:3], shape, detach=detach, logp_old=old, sample_id=_as_ids(xp, sample_id, shape))
 
     def detached(self) -> TokenTerms:
         """The same terms with no gradient, reusing every quantity computed so far (detached, not
@@ -120,11 +146,83 @@ class TokenTerms:
         Each reused value equals the one a fresh ``detach=True`` call would compute: the only
         quantity whose graph form differs, :attr:`ratio_minus_one`, is ``rm1 + (r - r)`` there.
         """
-        out = TokenTerms(self.xp, self.logp, self._logp_behavior_given, self.advantage, self.shape, detach=True)
+        out = TokenTerms(self.xp, self.logp, self._logp_behavior_given, self.advantage, self.shape, detach=True,
+                         logp_old=self._logp_old_given, sample_id=self._sample_id, valid=self._valid)
         for name, value in vars(self).items():
-            if isinstance(getattr(TokenTerms, name, None), cached_property):
+            if isinstance(getattr(TokenTerms, name, None), cached_property) and hasattr(value, "dtype"):
                 out.__dict__[name] = stop_gradient(value)
         return out
+
+    # the three policies ----------------------------------------------------------------------
+    @cached_property
+    def old(self) -> TokenTerms:
+        """The same tokens seen against the trainer's recomputed policy ``pi_old`` instead of ``mu``.
+
+        Its ``ratio`` is ``pi / pi_old``, its ``shift`` ``pi - pi_old``, its ``mu`` is ``pi_old``
+        (floored at ``logp - LOG_RATIO_MAX`` as ``mu`` is); ``logp`` keeps its gradient. Objectives
+        whose trust region is anchored to ``pi_old`` (decoupled PPO, MiniRL, the recompute modes,
+        the corrections) read it; ``ValueError`` when the call has no ``logp_old``.
+        """
+        if self._logp_old_given is None:
+            raise MissingLogpOld("this objective needs logp_old")
+        return TokenTerms(self.xp, self.logp, self._logp_old_given, self.advantage, self.shape, detach=False,
+                          sample_id=self._sample_id, valid=self._valid)
+
+    @cached_property
+    def log_behavior_ratio(self) -> Array:
+        """``log b = log(pi_old / mu)``, the engine's gap at rollout time, a constant.
+
+        Computed from ``pi_old`` and ``mu`` after their floors at ``logp - LOG_RATIO_MAX`` (module
+        docstring), so that ``b = r / rho`` exactly with the capped ``r = pi/mu`` and
+        ``rho = pi/pi_old``; the floors move ``b`` only where one of the ratios exceeds ``e^20``.
+        """
+        return self.old.logp_behavior - self.logp_behavior
+
+    # sequences -------------------------------------------------------------------------------
+    @cached_property
+    def _segments(self) -> tuple[Array, int]:
+        """Each token's sequence as an index ``0..S-1`` (flat), and ``S``, from ``sample_id``."""
+        ids = self.xp.reshape(self._sample_id, (-1,))
+        if is_torch(self.xp):
+            torch = sys.modules["torch"]
+            _, inverse = torch.unique(ids, return_inverse=True)
+        else:
+            _, inverse = np.unique(ids, return_inverse=True)
+        return inverse, int(inverse.max()) + 1 if inverse.shape[0] else 0
+
+    def seq_sum(self, x: Array) -> Array:
+        """The sum of ``x`` over each token's sequence, given back at every token of it.
+
+        A sequence is the tokens that share a ``sample_id``; without one, each row of the last
+        axis (``[..., B, T]``: one sample's tokens) is a sequence. Padded tokens (``valid`` false,
+        as :func:`policy_loss` marks them) are left out. Differentiable through ``x``.
+        """
+        xp, x = self.xp, self.full(x)
+        if self._valid is not None:
+            x = xp.where(self._valid, x, xp.zeros_like(x))
+        # accumulated in float64 (a float32 sum of large log-ratios could meet inf - inf), given back
+        # in the call's dtype
+        if self._sample_id is None:
+            if x.ndim == 0:
+                return x
+            return self.full(xp.astype(xp.sum(xp.astype(x, xp.float64), axis=-1, keepdims=True), x.dtype))
+        inverse, n = self._segments
+        flat = xp.astype(xp.reshape(x, (-1,)), xp.float64)
+        if is_torch(xp):
+            sums = xp.zeros((n,), dtype=xp.float64, device=device(x)).index_add(0, inverse, flat)
+        else:
+            sums = np.bincount(inverse, weights=flat, minlength=n)
+        return xp.astype(xp.reshape(sums[inverse], self.shape), x.dtype)
+
+    @cached_property
+    def seq_length(self) -> Array:
+        """The number of (valid) tokens in each token's sequence, at least 1, a constant."""
+        count = self.seq_sum(self.ones())
+        return self.xp.maximum(count, self.xp.ones_like(count))
+
+    def seq_mean(self, x: Array) -> Array:
+        """:meth:`seq_sum` divided by the sequence's length (its valid tokens)."""
+        return self.seq_sum(x) / self.seq_length
 
     # ratios -------------------------------------------------------------------------------
     @cached_property
@@ -222,15 +320,48 @@ class TokenTerms:
         return 1.0
 
 
-def broadcast_shape(logp: Array, logp_behavior: Array, advantage: Array) -> tuple[int, ...]:
-    """The shape the three inputs broadcast to; ``ValueError`` naming their shapes if they do not."""
+def broadcast_shape(*arrays: Array) -> tuple[int, ...]:
+    """The shape ``logp, logp_behavior, advantage`` (and ``logp_old`` when given) broadcast to;
+    ``ValueError`` naming their shapes if they do not."""
     try:
-        return tuple(np.broadcast_shapes(tuple(logp.shape), tuple(logp_behavior.shape), tuple(advantage.shape)))
+        return tuple(np.broadcast_shapes(*(tuple(a.shape) for a in arrays)))
     except ValueError:
+        names = ("logp, logp_behavior and advantage" if len(arrays) == 3
+                 else "logp, logp_behavior, advantage and logp_old")
         raise ValueError(
-            "logp, logp_behavior and advantage do not broadcast: shapes "
-            f"{tuple(logp.shape)}, {tuple(logp_behavior.shape)}, {tuple(advantage.shape)}"
+            f"{names} do not broadcast: shapes {', '.join(str(tuple(a.shape)) for a in arrays)}"
         ) from None
+
+
+class MissingLogpOld(ValueError):
+    """An objective anchored to the trainer's recomputed policy was called without ``logp_old``."""
+
+
+def _missing_logp_old(obj: Any) -> MissingLogpOld:
+    return MissingLogpOld(
+        f"{obj} needs logp_old, the trainer's log-probs of the rollout's tokens recomputed before the update "
+        "(the token log's column 'logp_old'): pass logp_old=..."
+    )
+
+
+def _as_ids(xp: Any, sample_id: Any, shape: tuple[int, ...]) -> Array | None:
+    """``sample_id`` as an integer array of the call's namespace, broadcast to ``shape`` (``None`` stays)."""
+    if sample_id is None:
+        return None
+    if is_torch(xp):
+        torch = sys.modules["torch"]
+        ids = torch.as_tensor(sample_id)
+        ok = not ids.is_floating_point() and not ids.is_complex() and ids.dtype != torch.bool
+    else:
+        ids = np.asarray(sample_id)
+        ok = np.issubdtype(ids.dtype, np.integer)
+    if not ok:
+        raise ValueError(f"sample_id must hold integers (one id per sequence), got dtype {ids.dtype}")
+    try:
+        np.broadcast_shapes(tuple(ids.shape), shape)
+    except ValueError:
+        raise ValueError(f"sample_id has shape {tuple(ids.shape)}, which does not fit the tokens' {shape}") from None
+    return xp.broadcast_to(ids, shape) if tuple(ids.shape) != shape else ids
 
 
 def binary_kl(logp_mu: Array, logp_pi: Array) -> Array:
@@ -321,7 +452,7 @@ BLOCK_TOKENS = {"numpy": 16384, "torch": 65536}
 
 def _evaluate(
     fn: Callable[[TokenTerms], Array], logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool,
-    blocks: bool = True,
+    blocks: bool = True, logp_old: Array | None = None, sample_id: Array | None = None,
 ) -> Array:
     """Evaluate a per-token function of :class:`TokenTerms` over a call's tokens.
 
@@ -331,20 +462,23 @@ def _evaluate(
     pass over memory and a round of page faults each (``benchmarks/bench_objectives.py``
     measures the difference). The loop runs over blocks of ``BLOCK_TOKENS`` tokens, never over
     tokens; the result is identical to the whole-array evaluation. ``blocks=False`` (an objective
-    that is not elementwise) evaluates the whole array at once.
+    that is not elementwise) evaluates the whole array at once. ``logp_old`` and ``sample_id``
+    are passed on to the terms (:class:`TokenTerms`).
     """
-    xp, arrays = as_float_arrays(logp, logp_behavior, advantage)
+    xp, arrays = as_float_arrays(logp, logp_behavior, advantage, *([] if logp_old is None else [logp_old]))
     shape = broadcast_shape(*arrays)
+    ids = _as_ids(xp, sample_id, shape)
     n = math.prod(shape)
     block = BLOCK_TOKENS["torch" if is_torch(xp) else "numpy"]
-    if not blocks or n <= 2 * block or (not detach and requires_grad(arrays[0])):
-        t = TokenTerms(xp, *arrays, shape, detach=detach)
+    if not blocks or ids is not None or n <= 2 * block or (not detach and requires_grad(arrays[0])):
+        t = TokenTerms(xp, *arrays[:3], shape, detach=detach, logp_old=arrays[3] if len(arrays) > 3 else None,
+                       sample_id=ids)
         return t.full(fn(t))
     flat = [xp.reshape(xp.broadcast_to(stop_gradient(a), shape), (-1,)) for a in arrays]
     out = xp.empty((n,), dtype=arrays[0].dtype, device=device(arrays[0]))
     for start in range(0, n, block):
         part = [a[start : start + block] for a in flat]
-        t = TokenTerms(xp, *part, tuple(part[0].shape), detach=True)
+        t = TokenTerms(xp, *part[:3], tuple(part[0].shape), detach=True, logp_old=part[3] if len(part) > 3 else None)
         out[start : start + block] = t.full(fn(t))
     return xp.reshape(out, shape)
 
@@ -377,8 +511,24 @@ def available() -> list[str]:
     return list(_REGISTRY)
 
 
-def get(name: str, **params: Any) -> Objective:
-    """The objective ``name`` with ``params`` (unknown names or parameters: ``ValueError``)."""
+def get(name: str, correction: str | Correction | None = None, **params: Any) -> Objective:
+    """The objective ``name`` with ``params`` (unknown names or parameters: ``ValueError``).
+
+    ``correction`` (a name from :func:`corrections`, or a :class:`Correction`) anchors the objective
+    to ``pi_old`` and corrects it for the engine's gap (:class:`Corrected`); the correction's own
+    parameters are passed among ``params``: ``get("grpo", correction="tis", cap=2)``.
+    """
+    if correction is not None:
+        if isinstance(correction, str):
+            if correction not in _CORRECTIONS:
+                raise ValueError(f"unknown correction {correction!r}; available: {', '.join(corrections())}")
+            corr_cls = _CORRECTIONS[correction]
+            own = {f.name for f in dataclasses.fields(corr_cls)}
+            base_fields = {f.name for f in dataclasses.fields(_REGISTRY[name])} if name in _REGISTRY else set()
+            taken = {k: v for k, v in params.items() if k in own and k not in base_fields}
+            correction = corr_cls(**taken)
+            params = {k: v for k, v in params.items() if k not in taken}
+        return Corrected(get(name, **params), correction)
     if name not in _REGISTRY:
         raise ValueError(f"unknown objective {name!r}; available: {', '.join(available())}")
     cls = _REGISTRY[name]
@@ -405,29 +555,69 @@ class Objective:
     formula: ClassVar[Formula]
 
     # public API --------------------------------------------------------------------------
-    def surrogate(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
+    # Every method takes the three arrays of the two-policy objectives, and two optional keywords:
+    # ``logp_old``, the trainer's recomputed log-probs of the rollout (needed by the objectives
+    # anchored to pi_old, :attr:`needs_old`; ignored by the others), and ``sample_id``, which
+    # sequence each token belongs to (read by the sequence-level objectives and corrections,
+    # :attr:`per_sequence`; without it each row of the last axis is one sequence).
+    def surrogate(self, logp: Array, logp_behavior: Array, advantage: Array, *,
+                  logp_old: Array | None = None, sample_id: Array | None = None) -> Array:
         """Per-token ``J_t`` to maximise; differentiable through ``logp`` for torch tensors."""
-        return _evaluate(self._surrogate, logp, logp_behavior, advantage, detach=False, blocks=self.elementwise)
+        return self._call(self._surrogate, logp, logp_behavior, advantage, logp_old, sample_id, detach=False)
 
-    def weight(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
+    def weight(self, logp: Array, logp_behavior: Array, advantage: Array, *,
+               logp_old: Array | None = None, sample_id: Array | None = None) -> Array:
         """Per-token ``w_t`` with ``dJ_t/dlogp = advantage * r * w_t`` (no gradient attached)."""
-        return _evaluate(self._weight, logp, logp_behavior, advantage, detach=True, blocks=self.elementwise)
+        return self._call(self._weight, logp, logp_behavior, advantage, logp_old, sample_id, detach=True)
 
-    def grad_logp(self, logp: Array, logp_behavior: Array, advantage: Array) -> Array:
+    def grad_logp(self, logp: Array, logp_behavior: Array, advantage: Array, *,
+                  logp_old: Array | None = None, sample_id: Array | None = None) -> Array:
         """Closed-form ``dJ_t/dlogp`` (``A r w`` for every objective whose weight is defined)."""
-        return _evaluate(self._grad_logp, logp, logp_behavior, advantage, detach=True, blocks=self.elementwise)
+        return self._call(self._grad_logp, logp, logp_behavior, advantage, logp_old, sample_id, detach=True)
 
-    def regions(self, logp: Array, logp_behavior: Array, advantage: Array) -> Regions:
+    def regions(self, logp: Array, logp_behavior: Array, advantage: Array, *,
+                logp_old: Array | None = None, sample_id: Array | None = None) -> Regions:
         """Which tokens this objective masks, attenuates, turns corrective or amplifies."""
-        return Regions.from_weight(self.weight(logp, logp_behavior, advantage))
+        return Regions.from_weight(self.weight(logp, logp_behavior, advantage, logp_old=logp_old, sample_id=sample_id))
+
+    def _call(self, fn, logp, logp_behavior, advantage, logp_old, sample_id, *, detach):
+        if self.needs_old and logp_old is None:
+            raise _missing_logp_old(self)
+        return _evaluate(fn, logp, logp_behavior, advantage, detach=detach, blocks=self.elementwise,
+                         logp_old=logp_old if self.needs_old else None,
+                         sample_id=sample_id if self.per_sequence else None)
+
+    @property
+    def needs_old(self) -> bool:
+        """Whether the objective reads ``pi_old``, the trainer's recomputed policy at rollout time
+        (``logp_old``), besides the engine's ``mu`` (``logp_behavior``) and the current ``pi``."""
+        return False
+
+    @property
+    def per_sequence(self) -> bool:
+        """Whether a token's value depends on the other tokens of its sequence (a sequence ratio)."""
+        return False
+
+    @property
+    def cross_token(self) -> bool:
+        """Whether a token's value depends on the other tokens' ``logp`` (not only on their constants):
+        then ``dJ_t/dlogp`` is not the whole story, and :meth:`weight` is the gradient each token
+        receives from the aggregated loss when the advantage is one value per sequence (GSPO)."""
+        return False
 
     @property
     def elementwise(self) -> bool:
         """Whether each token's value depends on that token's inputs only (every objective but one
         that takes a statistic of the whole batch, such as ``drpo_no_abs_adv`` with
-        ``adv_scale="batch"``); only elementwise objectives may be evaluated block by block or on
-        padded batches."""
-        return True
+        ``adv_scale="batch"``, or of the token's sequence, :attr:`per_sequence`); only elementwise
+        objectives may be evaluated block by block."""
+        return not self.per_sequence and not self.uses_batch_statistic
+
+    @property
+    def uses_batch_statistic(self) -> bool:
+        """Whether every token of the call enters each token's value (a statistic of the whole
+        batch): such an objective cannot be evaluated on a padded batch."""
+        return False
 
     @property
     def params(self) -> dict[str, Any]:
@@ -838,12 +1028,12 @@ class DRPONoAbsAdv(Objective):
             self._check_positive("adv_scale")
 
     @property
-    def elementwise(self) -> bool:
-        return self.adv_scale != BATCH_SCALE
+    def uses_batch_statistic(self) -> bool:
+        return self.adv_scale == BATCH_SCALE
 
     def _scale(self, t):
         """``c``: ``adv_scale``, or the batch's mean ``abs(A)`` (class docstring), a constant."""
-        if self.elementwise:
+        if not self.uses_batch_statistic:
             return self.adv_scale
         xp, abs_adv = t.xp, stop_gradient(t.full(t.abs_adv))
         axes = tuple(range(max(abs_adv.ndim - 2, 0), abs_adv.ndim))
@@ -1007,6 +1197,535 @@ class PPORareExempt(Objective):
 
 
 # --------------------------------------------------------------------------------------------
+# Three policies: objectives anchored to the trainer's recomputed policy pi_old
+# --------------------------------------------------------------------------------------------
+#
+# The engine samples with mu; before the update the trainer recomputes the rollout's log-probs,
+# pi_old (the same parameters, its own numerics); the update moves pi. Every weight below stays
+# relative to r = pi / mu, the ratio of the data's true sampling policy, so the lens
+# dJ/dlogp = A r w is the same for every objective; rho = pi / pi_old is the ratio a trust region
+# anchored to pi_old reads, and b = pi_old / mu the engine's gap at rollout time (r = rho b).
+
+
+def _truncated_is(t: TokenTerms, cap: float) -> Array:
+    """``min(r, c) / r = c / max(r, c)``: the weight of a detached importance ratio truncated at ``c``."""
+    return cap / t.xp.maximum(t.ratio, cap)
+
+
+@register
+@dataclass(frozen=True)
+class MiniRL(Objective):
+    """MiniRL as DPPO's code runs it: PPO's clip anchored to ``pi_old``, importance-weighted to ``mu``.
+
+    ``M = 0`` where the clip on ``rho = pi / pi_old`` is active (``A>0, rho>1+eps_high`` or
+    ``A<0, rho<1-eps_low``), else 1; ``J = sg(min(r, cap) M A) * u`` (``u`` as in :class:`CISPO`),
+    ``w = M min(r, cap) / r``. The trust region moves with the recomputed anchor, so it never sees
+    the engine's gap ``pi_old / mu``; the importance weight corrects it, truncated at ``cap``.
+
+    Source: sail-sg/Stable-RL ``core_algos.py``, ``loss_mode = "ppo_recompute"``, labelled MiniRL in
+    DPPO's sanity test (Qi et al. 2026): the mask from ``old_ratio``, the detached ratio to the
+    rollout policy clamped at ``clip_ratio_c`` (10); clip ranges 0.2 / 0.28 as its GRPO.
+    """
+
+    name: ClassVar[str] = "minirl"
+    formula: ClassVar[Formula] = Formula(
+        "sg(min(r, cap)) * M(pi/pi_old) * A * log pi",
+        "M * min(r, cap) / r; M = 0 if the clip on pi/pi_old is active else 1",
+        "ratio clipping anchored to the recomputed trainer policy, truncated IS to the engine",
+        "Qi et al. 2026, DPPO's sanity test (sail-sg/Stable-RL ppo_recompute)",
+    )
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    cap: float = 10.0
+
+    def __post_init__(self):
+        self._check_positive("eps_low", "eps_high", "cap")
+
+    @property
+    def needs_old(self) -> bool:
+        return True
+
+    def _keep(self, t):
+        return t.as_weight(_ratio_clip_keep(t.old, self.eps_low, self.eps_high))
+
+    def _surrogate(self, t):
+        return stop_gradient(t.xp.minimum(t.ratio, self.cap) * self._keep(t) * t.advantage) * t.unit()
+
+    def _weight(self, t):
+        return self._keep(t) * _truncated_is(t, self.cap)
+
+
+@register
+@dataclass(frozen=True)
+class DPPOTVRecompute(DPPOTV):
+    """DPPO-TV's recompute mode: the Binary-TV mask on ``pi - pi_old`` instead of ``pi - mu``.
+
+    ``M = 0`` where ``A>0, pi-pi_old > delta_high`` or ``A<0, pi-pi_old < -delta_low``;
+    ``J = sg(r M A) * u`` and ``w = M`` with ``r = pi / mu``, as :class:`DPPOTV`. Source:
+    sail-sg/Stable-RL ``core_algos.py``, ``dppo_binary_tv_recompute`` (Qi et al. 2026), which also
+    clamps the detached ratio at ``clip_ratio_c = 10``; the gradient is the same where ``r <= 10``.
+    """
+
+    name: ClassVar[str] = "dppo_tv_recompute"
+    formula: ClassVar[Formula] = Formula(
+        "sg(r) * M * A * log pi",
+        "M = 0 if sign(A)(pi - pi_old) > delta else 1",
+        "hard mask on the absolute shift from the recomputed trainer policy",
+        "Qi et al. 2026, DPPO (sail-sg/Stable-RL dppo_binary_tv_recompute)",
+    )
+
+    @property
+    def needs_old(self) -> bool:
+        return True
+
+    def _keep(self, t):
+        return _tv_keep(t.old, self.lo, self.hi)
+
+
+@register
+@dataclass(frozen=True)
+class DPPOKLRecompute(DPPOKL):
+    """DPPO-KL's recompute mode: the Binary-KL mask between ``pi_old`` and ``pi`` instead of ``mu``
+    and ``pi``; otherwise :class:`DPPOKL`. Source: sail-sg/Stable-RL ``dppo_binary_kl_recompute``."""
+
+    name: ClassVar[str] = "dppo_kl_recompute"
+    formula: ClassVar[Formula] = Formula(
+        "sg(r) * M * A * log pi",
+        "M = 0 if sign(A)(pi - pi_old) > 0 and D(pi_old, pi) > delta else 1",
+        "hard mask on the binary KL from the recomputed trainer policy",
+        "Qi et al. 2026, DPPO (sail-sg/Stable-RL dppo_binary_kl_recompute)",
+    )
+
+    @property
+    def needs_old(self) -> bool:
+        return True
+
+    def _keep(self, t):
+        return super()._keep(t.old)
+
+
+# --------------------------------------------------------------------------------------------
+# Corrections of the engine's gap b = pi_old / mu, composable with any objective
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A correction of the training-inference gap: a constant factor ``c`` per token, a function of
+    ``b = pi_old / mu`` (of one token, or of its whole sequence).
+
+    :class:`Corrected` evaluates an objective anchored to ``pi_old`` and multiplies it by ``sg(c)``.
+    Subclasses give ``log c`` (``-inf`` for a masked token or sequence) from the terms.
+    """
+
+    name: ClassVar[str] = ""
+    level: ClassVar[str] = "token"
+    formula: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+
+    def log_factor(self, t: TokenTerms) -> Array:
+        raise NotImplementedError
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items() if v is not None)
+        return f"{self.name}({args})"
+
+    def _check_positive(self, *names: str) -> None:
+        for n in names:
+            v = getattr(self, n)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"correction {self.name}: parameter {n} must be a finite number > 0, got {v!r}")
+
+
+_CORRECTIONS: dict[str, type[Correction]] = {}
+
+
+def _register_correction(cls: type[Correction]) -> type[Correction]:
+    _CORRECTIONS[cls.name] = cls
+    return cls
+
+
+def corrections() -> list[str]:
+    """Names of every correction :func:`get` composes with an objective (``correction=``)."""
+    return list(_CORRECTIONS)
+
+
+def _log_keep(xp: Any, keep: Array, log_c: Array) -> Array:
+    """``log c`` where ``keep``, ``-inf`` (``c = 0``) elsewhere."""
+    return xp.where(keep, log_c, xp.full_like(log_c, -math.inf))
+
+
+@_register_correction
+@dataclass(frozen=True)
+class PlainIS(Correction):
+    """Plain importance sampling of the gap: ``c = b``. With PPO's clip this is decoupled PPO
+    (Hilton et al. 2022, "Batch size-invariance for policy optimization", arXiv:2110.00641)."""
+
+    name: ClassVar[str] = "is"
+    formula: ClassVar[str] = "c = pi_old/mu"
+    source: ClassVar[str] = "Hilton et al. 2022 (arXiv:2110.00641), decoupled PPO"
+
+    def log_factor(self, t):
+        return t.log_behavior_ratio
+
+
+@_register_correction
+@dataclass(frozen=True)
+class TokenTIS(Correction):
+    """Token-level truncated importance sampling: ``c = min(b, cap)``.
+
+    Yao, Liu et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"
+    (the TIS blog, fengyao.notion.site/off-policy-rl); verl's ``rollout_is = "token"`` (its
+    ``docs/algo/rollout_corr_math.md``, decoupled mode). Default cap 2, verl's example threshold.
+    """
+
+    name: ClassVar[str] = "tis"
+    formula: ClassVar[str] = "c = min(pi_old/mu, cap)"
+    source: ClassVar[str] = "Yao, Liu et al. 2025 (TIS blog); verl rollout_is='token'"
+    cap: float = 2.0
+
+    def __post_init__(self):
+        self._check_positive("cap")
+
+    def log_factor(self, t):
+        return t.xp.minimum(t.log_behavior_ratio, math.log(self.cap))
+
+
+@_register_correction
+@dataclass(frozen=True)
+class SequenceTIS(Correction):
+    """Sequence-level truncated importance sampling: ``c = min(prod_t b_t, cap)`` for every token
+    of the sequence (verl's ``rollout_is = "sequence"``; Liu, Li et al. 2025, "When speed kills
+    stability", richardli.xyz/rl-collapse). Default cap 2."""
+
+    name: ClassVar[str] = "seq_tis"
+    level: ClassVar[str] = "sequence"
+    formula: ClassVar[str] = "c = min(prod_t pi_old/mu, cap)"
+    source: ClassVar[str] = "Liu, Li et al. 2025 (When speed kills stability); verl rollout_is='sequence'"
+    cap: float = 2.0
+
+    def __post_init__(self):
+        self._check_positive("cap")
+
+    def log_factor(self, t):
+        return t.xp.minimum(t.seq_sum(t.log_behavior_ratio), math.log(self.cap))
+
+
+@_register_correction
+@dataclass(frozen=True)
+class SequenceMIS(Correction):
+    """Sequence-level masked importance sampling: ``c = B`` if ``B <= cap`` else 0, with
+    ``B = prod_t b_t``: a sequence whose gap is too large is dropped rather than truncated
+    (Liu, Li et al. 2025, "When speed kills stability", MIS; verl's sequence-level rejection
+    sampling with IS weights). Default cap 2."""
+
+    name: ClassVar[str] = "seq_mis"
+    level: ClassVar[str] = "sequence"
+    formula: ClassVar[str] = "c = B if B <= cap else 0; B = prod_t pi_old/mu"
+    source: ClassVar[str] = "Liu, Li et al. 2025 (When speed kills stability), MIS"
+    cap: float = 2.0
+
+    def __post_init__(self):
+        self._check_positive("cap")
+
+    def log_factor(self, t):
+        log_b = t.seq_sum(t.log_behavior_ratio)
+        return _log_keep(t.xp, log_b <= math.log(self.cap), log_b)
+
+
+@_register_correction
+@dataclass(frozen=True)
+class GeometricMIS(Correction):
+    """The geometric-mean variant of sequence masking: keep a sequence (``c = 1``) only if the
+    geometric mean of its ``b_t``, ``exp(mean_t log b_t)``, lies in ``[lower, upper]``; drop it
+    (``c = 0``) otherwise. Length-normalised, so long sequences are not dropped for their length.
+    verl's ``rollout_rs = "geometric"`` (rejection only, no IS weight; its documentation gives
+    thresholds of 1.0001 to 1.001). Default ``upper = 1.001``, ``lower = 1 / upper``.
+    """
+
+    name: ClassVar[str] = "geo_mis"
+    level: ClassVar[str] = "sequence"
+    formula: ClassVar[str] = "c = 1 if lower <= exp(mean_t log(pi_old/mu)) <= upper else 0"
+    source: ClassVar[str] = "Liu, Li et al. 2025 (When speed kills stability); verl rollout_rs='geometric'"
+    upper: float = 1.001
+    lower: float | None = None
+
+    def __post_init__(self):
+        self._check_positive("upper", "lower")
+        if not self.upper > 1.0 or not self.lo < 1.0:
+            raise ValueError(f"correction {self.name}: need lower < 1 < upper, got lower={self.lo}, upper={self.upper}")
+
+    @property
+    def lo(self) -> float:
+        return 1.0 / self.upper if self.lower is None else self.lower
+
+    def log_factor(self, t):
+        g = t.seq_mean(t.log_behavior_ratio)
+        keep = (g >= math.log(self.lo)) & (g <= math.log(self.upper))
+        return _log_keep(t.xp, keep, t.xp.zeros_like(g))
+
+
+@_register_correction
+@dataclass(frozen=True)
+class IcePop(Correction):
+    """IcePop: a two-sided token mask on the gap, ``c = b`` if ``alpha <= b <= beta`` else 0.
+
+    Ling Team 2025, Ring-1T (arXiv:2510.18855) and the blog "Small leak can sink a great ship:
+    boost RL training on MoE with IcePop"; defaults ``alpha = 0.5``, ``beta = 5``, the values
+    reported with IcePop (PrimeIntellect's prime-rl uses ``alpha = 0.2``).
+    """
+
+    name: ClassVar[str] = "icepop"
+    formula: ClassVar[str] = "c = pi_old/mu if alpha <= pi_old/mu <= beta else 0"
+    source: ClassVar[str] = "Ling Team 2025, Ring-1T (arXiv:2510.18855), IcePop"
+    alpha: float = 0.5
+    beta: float = 5.0
+
+    def __post_init__(self):
+        self._check_positive("alpha", "beta")
+        if not self.alpha < 1.0 < self.beta:
+            raise ValueError(f"correction {self.name}: need alpha < 1 < beta, got alpha={self.alpha}, beta={self.beta}")
+
+    def log_factor(self, t):
+        log_b = t.log_behavior_ratio
+        return _log_keep(t.xp, (log_b >= math.log(self.alpha)) & (log_b <= math.log(self.beta)), log_b)
+
+
+@dataclass(frozen=True)
+class Corrected(Objective):
+    """An objective anchored to ``pi_old`` and corrected for the engine's gap: ``J = sg(c) J_base(pi, pi_old)``.
+
+    The base objective sees ``pi_old`` where it would see ``mu`` (its ratio is ``rho = pi / pi_old``,
+    its shift ``pi - pi_old``); the correction's factor ``c`` (:class:`Correction`) re-weights it
+    towards the data's sampling policy ``mu``. Its gradient is ``c A rho w_base``, so relative to
+    ``r = pi / mu``: ``w = w_base c / b`` with ``b = pi_old / mu`` (``rho / r`` after the caps).
+    Built by :func:`get`, e.g. ``get("grpo", correction="tis", cap=2)``; its ``name`` and
+    ``params`` are the base's plus the correction's, so ``get(o.name, **o.params)`` rebuilds it.
+    """
+
+    base: Objective
+    correction: Correction
+
+    def __post_init__(self):
+        if self.base.needs_old:
+            raise ValueError(f"{self.base.name} is already anchored to pi_old; a correction composes with an "
+                             f"objective anchored to mu, which it re-anchors")
+        both = sorted(set(self.base.params) & set(self.correction.params))
+        if both:
+            raise ValueError(f"{self.base.name} and correction {self.correction.name} both have parameter(s) "
+                             f"{', '.join(both)}: one call cannot set them apart")
+        if self.base.cross_token and self.correction.level == "token":
+            raise ValueError(f"{self.base.name} shares one gradient across each sequence, so a token correction has "
+                             f"no per-token meaning for it: use a sequence correction "
+                             f"({', '.join(n for n, c in _CORRECTIONS.items() if c.level == 'sequence')}) "
+                             f"or gspo_token")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.base.name
+
+    @property
+    def formula(self) -> Formula:  # type: ignore[override]
+        f = self.base.formula
+        return Formula(f"sg(c) * [{f.surrogate}] at pi_old; {self.correction.formula}",
+                       f"c (pi_old/mu)^-1 * [{f.weight}] at pi_old", f"{f.idea}, {self.correction.name} correction",
+                       f"{f.source}; {self.correction.source}")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**self.base.params, "correction": self.correction.name, **self.correction.params}
+
+    def __str__(self) -> str:
+        return f"{self.base}+{self.correction}"
+
+    @property
+    def needs_old(self) -> bool:
+        return True
+
+    @property
+    def per_sequence(self) -> bool:
+        return self.base.per_sequence or self.correction.level == "sequence"
+
+    @property
+    def uses_batch_statistic(self) -> bool:
+        return self.base.uses_batch_statistic
+
+    @property
+    def cross_token(self) -> bool:
+        return self.base.cross_token
+
+    def _log_factor(self, t):
+        """``log c``, capped at ``2 LOG_RATIO_MAX`` and at ``log b + 2 LOG_RATIO_MAX`` token by token.
+
+        So ``c <= e^40`` (``c J_base`` stays finite) and ``c / b``, the factor that turns a weight
+        relative to ``rho`` into one relative to ``r``, stays below ``e^40``. The caps act only at
+        gaps no engine shows: plain IS at ``b > e^40``; a sequence correction on a token whose own
+        gap is below ``e^-40 c`` (its ratio ``r = pi/mu`` would otherwise give it an infinite weight).
+        """
+        xp, log_b = t.xp, t.log_behavior_ratio
+        cap = xp.minimum(log_b + 2.0 * LOG_RATIO_MAX, xp.full_like(log_b, 2.0 * LOG_RATIO_MAX))
+        return xp.minimum(self.correction.log_factor(t), cap)
+
+    def _surrogate(self, t):
+        c = t.xp.exp(self._log_factor(t))
+        return stop_gradient(c) * t.full(self.base._surrogate(t.old))
+
+    def _weight(self, t):
+        return self.base._weight(t.old) * t.xp.exp(self._log_factor(t) - t.log_behavior_ratio)
+
+    def _grad_logp(self, t):
+        return self.base._grad_logp(t.old) * t.xp.exp(self._log_factor(t))
+
+
+@register
+@dataclass(frozen=True)
+class DecoupledPPO(PPO):
+    """Decoupled PPO (Hilton et al. 2022, arXiv:2110.00641): PPO's clip on ``rho = pi / pi_old``,
+    importance-weighted by ``b = pi_old / mu``.
+
+    ``J = b min(rho A, clip(rho, 1-eps_low, 1+eps_high) A)``; ``w = 0`` where the clip on ``rho`` is
+    active, else 1 (relative to ``r = rho b``). ``is_cap`` truncates ``b`` at that value (verl's
+    decoupled mode with token-level TIS): ``w`` is then ``min(b, cap) / b`` where the clip is
+    inactive. The same as ``get("ppo", correction="is")`` (or ``"tis"``): one formula.
+    """
+
+    name: ClassVar[str] = "decoupled_ppo"
+    formula: ClassVar[Formula] = Formula(
+        "(pi_old/mu) * min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A), rho = pi/pi_old",
+        "0 if the clip on rho is active else 1 (times min(b, is_cap)/b with a cap)",
+        "PPO's clip anchored to the recomputed policy, importance-weighted to the engine",
+        "Hilton et al. 2022, Batch size-invariance for policy optimization (arXiv:2110.00641)",
+    )
+    is_cap: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_positive("is_cap")
+
+    @property
+    def _inner(self) -> Corrected:
+        base = PPO(eps_low=self.eps_low, eps_high=self.eps_high, dual_clip=self.dual_clip)
+        return Corrected(base, PlainIS() if self.is_cap is None else TokenTIS(cap=self.is_cap))
+
+    @property
+    def needs_old(self) -> bool:
+        return True
+
+    def _surrogate(self, t):
+        return self._inner._surrogate(t)
+
+    def _weight(self, t):
+        return self._inner._weight(t)
+
+    def _grad_logp(self, t):
+        return self._inner._grad_logp(t)
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence-level ratios (GSPO)
+# --------------------------------------------------------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class GSPO(Objective):
+    """Group Sequence Policy Optimization (Zheng et al. 2025, arXiv:2507.18071): the clip on the
+    sequence's length-normalised ratio.
+
+    ``s = exp(mean_t log r_t)`` over the sequence's tokens (the geometric mean of its ratios);
+    ``J_t = min(s A, clip(s, 1-eps_low, 1+eps_high) A)`` at every token of the sequence, so any of
+    the four loss aggregations gives each sequence its one clipped term. ``M = 0`` where the clip
+    on ``s`` is active; ``w_t = M s / r_t``. ``J_t`` depends on every ``logp`` of the sequence: the
+    weight is the gradient each token receives from the aggregated loss when the advantage is one
+    value per sequence (GSPO's), for any aggregation whose coefficient is one value per sequence
+    (all four). Defaults 3e-4 / 4e-4, the paper's. The ratio is to ``mu``, the sampling policy.
+    """
+
+    name: ClassVar[str] = "gspo"
+    formula: ClassVar[Formula] = Formula(
+        "min(s*A, clip(s, 1-eps_low, 1+eps_high)*A), s = exp(mean_t log r_t)",
+        "M s / r; M = 0 if the clip on s is active else 1",
+        "ratio clipping on the sequence's geometric-mean ratio",
+        "Zheng et al. 2025, GSPO (arXiv:2507.18071)",
+    )
+    eps_low: float = 3e-4
+    eps_high: float = 4e-4
+
+    def __post_init__(self):
+        self._check_positive("eps_low", "eps_high")
+
+    @property
+    def per_sequence(self) -> bool:
+        return True
+
+    @property
+    def cross_token(self) -> bool:
+        return self.name == "gspo"  # not its token variant, whose s is detached
+
+    @staticmethod
+    def _counted(t):
+        """Tokens whose ratio enters ``s`` with its gradient: ``log r >= -LOG_RATIO_MAX``."""
+        return t.log_ratio >= -LOG_RATIO_MAX
+
+    def _log_s(self, t):
+        """``log s``, the mean of the sequence's log-ratios, each floored at ``-LOG_RATIO_MAX`` (a token
+        with ``pi < e^-20 mu`` counts as ``e^-20`` and gets no gradient through ``s``; so
+        ``abs(log s - log r) <= 40`` wherever a weight is not 0), with the gradient of ``logp``."""
+        xp, lr = t.xp, t.log_ratio
+        floored = xp.where(self._counted(t), lr, xp.full_like(stop_gradient(lr), -LOG_RATIO_MAX))
+        return t.seq_mean(floored)
+
+    def _keep(self, t, s):
+        a = t.advantage
+        return ~(((a > 0) & (s > 1.0 + self.eps_high)) | ((a < 0) & (s < 1.0 - self.eps_low)))
+
+    def _surrogate(self, t):
+        xp, a = t.xp, t.advantage
+        s = xp.exp(self._log_s(t))
+        return xp.minimum(s * a, xp.clip(s, 1.0 - self.eps_low, 1.0 + self.eps_high) * a)
+
+    def _weight(self, t):
+        xp, log_s = t.xp, stop_gradient(self._log_s(t))
+        keep = self._keep(t, xp.exp(log_s)) & self._counted(t)
+        return xp.where(keep, xp.exp(xp.where(keep, log_s - t.log_ratio, xp.zeros_like(log_s))), xp.zeros_like(log_s))
+
+
+@register
+@dataclass(frozen=True)
+class GSPOToken(GSPO):
+    """GSPO-token (Zheng et al. 2025, arXiv:2507.18071, Eq. 13): the sequence ratio as each token's
+    value, the token's own gradient.
+
+    ``s_t = sg(s) pi_t / sg(pi_t)`` (value ``s``, derivative ``s`` in ``logp_t``);
+    ``J_t = min(s_t A_t, clip(s_t, 1-eps_low, 1+eps_high) A_t)``: each token's gradient comes from
+    its own log-prob alone, so the advantage may vary along the sequence; with one advantage per
+    sequence it equals :class:`GSPO`'s. ``w_t = M_t s / r_t``, ``M_t`` the clip on ``s`` with the
+    sign of ``A_t``.
+    """
+
+    name: ClassVar[str] = "gspo_token"
+    formula: ClassVar[Formula] = Formula(
+        "min(s_t*A, clip(s_t, 1-eps_low, 1+eps_high)*A), s_t = sg(s) pi/sg(pi)",
+        "M s / r; M = 0 if the clip on s is active else 1",
+        "GSPO's sequence ratio with each token's own gradient",
+        "Zheng et al. 2025, GSPO-token (arXiv:2507.18071)",
+    )
+
+    def _surrogate(self, t):
+        xp, a = t.xp, t.advantage
+        s = xp.exp(stop_gradient(self._log_s(t)))
+        keep = self._keep(t, s)
+        clipped = xp.clip(s, 1.0 - self.eps_low, 1.0 + self.eps_high) * a
+        # s_t's derivative is s on the tokens that count in s (see _log_s), 0 on the others
+        unit = xp.where(self._counted(t), t.unit(), xp.ones_like(s)) if requires_grad(t.logp) else 1.0
+        return xp.where(keep, s * unit * a, clipped)
+
+
+# --------------------------------------------------------------------------------------------
 # Loss aggregation and the trainer-facing loss
 # --------------------------------------------------------------------------------------------
 
@@ -1133,6 +1852,8 @@ def policy_loss(
     agg_mode: str = "token-mean",
     horizon: int | None = None,
     metrics: bool | str = "default",
+    logp_old: Array | None = None,
+    sample_id: Array | None = None,
 ) -> tuple[Array, dict[str, float]]:
     """The scalar loss a trainer calls ``.backward()`` on, and namespaced metrics.
 
@@ -1140,6 +1861,11 @@ def policy_loss(
     value per sequence, broadcast over its tokens). Padded positions (``mask`` false) may hold
     anything, NaN and inf included: they are replaced before the surrogate, so they reach neither
     the loss nor the gradient. An empty batch (no element at all) is a ``ValueError``.
+
+    ``logp_old`` (``[B, T]``, the trainer's recomputed log-probs of the rollout) is required by the
+    objectives anchored to it (``Objective.needs_old``) and ignored by the others. Each row is one
+    sequence for the sequence-level objectives, unless ``sample_id`` (``[B, T]`` or ``[B]``) says
+    otherwise; padded tokens never enter a sequence's ratio.
 
     ``metrics`` chooses the statistics returned beside the loss, as Python floats over the valid
     tokens; they never enter the autograd graph (computed on detached tensors, from the ratio and
@@ -1162,14 +1888,23 @@ def policy_loss(
     """
     setting = _metric_setting(metrics)
     obj = get(objective) if isinstance(objective, str) else objective
-    xp, (logp_f, lpb_f, adv_f) = as_float_arrays(logp, logp_behavior, advantage)
+    if obj.needs_old and logp_old is None:
+        raise _missing_logp_old(obj)
+    old_given = [logp_old] if obj.needs_old else []
+    xp, (logp_f, lpb_f, adv_f, *old_f) = as_float_arrays(logp, logp_behavior, advantage, *old_given)
     if logp_f.ndim != 2:
         raise ValueError(f"policy_loss needs logp of shape [B, T], got {tuple(logp_f.shape)}")
     if math.prod(logp_f.shape) == 0:
         raise ValueError(f"empty batch: logp has shape {tuple(logp_f.shape)}")
     if adv_f.ndim == 1 and adv_f.shape[0] == logp_f.shape[0]:
         adv_f = xp.reshape(adv_f, (adv_f.shape[0], 1))
-    for label, arr in (("logp_behavior", lpb_f), ("advantage", adv_f)):
+    ids = None
+    if sample_id is not None and obj.per_sequence:
+        ids = sample_id if hasattr(sample_id, "shape") else np.asarray(sample_id)
+        if len(ids.shape) == 1 and logp_f.ndim == 2 and ids.shape[0] == logp_f.shape[0]:
+            ids = ids.reshape(-1, 1)  # one id per sequence, as an advantage of shape [B]
+        ids = _as_ids(xp, ids, tuple(logp_f.shape))
+    for label, arr in (("logp_behavior", lpb_f), ("advantage", adv_f), *(("logp_old", a) for a in old_f)):
         try:
             fits = np.broadcast_shapes(tuple(arr.shape), tuple(logp_f.shape)) == tuple(logp_f.shape)
         except ValueError:
@@ -1184,7 +1919,7 @@ def policy_loss(
     else:
         valid = xp.ones(logp_f.shape, dtype=xp.bool, device=device(logp_f))
 
-    if padded and not obj.elementwise and not bool(xp.all(valid)):
+    if padded and obj.uses_batch_statistic and not bool(xp.all(valid)):
         raise ValueError(f"{obj} takes a statistic of the whole batch, which its padded tokens would enter: "
                          "pass an unpadded batch, or parameters that make it elementwise")
     if padded:
@@ -1193,14 +1928,16 @@ def policy_loss(
         logp_f = xp.where(valid, logp_f, 0.0)
         lpb_f = xp.where(valid, lpb_f, 0.0)
         adv_f = xp.where(valid, adv_f, 0.0)
+        old_f = [xp.where(valid, a, 0.0) for a in old_f]
     # the surrogate over the whole batch at once (what Objective.surrogate evaluates for a call that
     # needs a gradient; its blocks give the same bits otherwise)
-    terms = TokenTerms(xp, logp_f, lpb_f, adv_f, tuple(logp_f.shape), detach=False)
+    terms = TokenTerms(xp, logp_f, lpb_f, adv_f, tuple(logp_f.shape), detach=False,
+                       logp_old=old_f[0] if old_f else None, sample_id=ids, valid=valid if padded else None)
     surrogate = terms.full(obj._surrogate(terms))
     # the metrics' reductions, from the terms the surrogate has computed, detached
     stats = None if setting is None else _metric_reductions(obj, terms.detached(), valid if padded else None, setting)
     # from here on only what the graph saved for the backward pass need stay alive
-    del terms, logp_f, lpb_f, adv_f
+    del terms, logp_f, lpb_f, adv_f, old_f
     # -aggregate(surrogate, valid): the same formula, each temporary released as soon as it is used
     c = aggregation_weights(valid, agg_mode, horizon=horizon, dtype=surrogate.dtype)
     if padded:
@@ -1272,9 +2009,13 @@ def _read_back(xp: Any, values: list[Array]) -> list[float]:
     return [float(v) for v in values]
 
 
-def token_metrics(obj: Objective, logp: Array, logp_behavior: Array, advantage: Array, mask: Array) -> dict[str, float]:
+def token_metrics(obj: Objective, logp: Array, logp_behavior: Array, advantage: Array, mask: Array, *,
+                  logp_old: Array | None = None, sample_id: Array | None = None) -> dict[str, float]:
     """:func:`policy_loss`'s full metrics but ``actor/pg_loss``, for the valid tokens of ``mask``."""
-    t = TokenTerms.of(logp, logp_behavior, advantage, detach=True)
+    if obj.needs_old and logp_old is None:
+        raise _missing_logp_old(obj)
+    t = TokenTerms.of(logp, logp_behavior, advantage, detach=True, logp_old=logp_old if obj.needs_old else None,
+                      sample_id=sample_id if obj.per_sequence else None)
     valid = t.xp.broadcast_to(_as_valid(t.xp, mask), t.shape)
     zero = t.xp.zeros((), dtype=t.logp.dtype, device=device(t.logp))
     out = _metric_values(t.xp, _metric_reductions(obj, t, valid, "full"), zero, float(math.prod(t.shape)), "full")

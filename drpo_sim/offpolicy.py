@@ -29,7 +29,10 @@ composes with the others in this order (the order of an RL system's data path):
    policy that has moved; the importance ratio's denominator is the **anchor**: ``"rollout"``,
    the engine's reported log-probs (the DRPO paper's choice), or ``"recompute"``, the trainer's
    log-probs recomputed at the start of the update phase, which hide the engine mismatch and the
-   staleness from the objective (claim 11 of ``docs/reference.md``).
+   staleness from the objective (claim 11 of ``docs/reference.md``). The objectives that read
+   three policies (``needs_old``: decoupled PPO, MiniRL, the recompute modes, any corrected
+   objective) receive those recomputed log-probs as ``logp_old`` whatever the anchor; with the
+   ``"recompute"`` anchor their ``mu`` is ``pi_old`` too, and the gap they correct is 1.
 
 With every channel at its default (``noise_std = bias_std = 0``, ``precision = trainer_precision = "fp64"``,
 ``top_k = 0``, ``top_p = 1``, ``staleness = 0``, ``updates_per_batch = 1``) the engine computes

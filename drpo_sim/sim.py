@@ -484,6 +484,9 @@ class Simulation:
         seed_block: int | None = None,
     ):
         self.cfg, self.obj, self.seeds, self.sink = cfg, obj, seeds, token_sink
+        if cfg.train.mode == "exact" and obj.per_sequence:
+            raise ValueError(f"{obj} takes a sequence-level ratio, but exact mode enumerates one state's vocabulary "
+                             "and has no sequences: use mode='sampled'")
         self.env = cfg.env.make()
         self.op = cfg.offpolicy
         self.tr = cfg.train
@@ -646,12 +649,12 @@ class Simulation:
         anchor = self._anchor(logmu, logpi0)
         for _ in range(self.op.updates_per_batch):
             logpi, pi, _ = self._trainer_tables()
-            g = self.obj.grad_logp(logpi, anchor, adv)
+            g = self.obj.grad_logp(logpi, anchor, adv, logp_old=logpi0)
             q = np.where(mu > 0, mu * g, 0.0)
             grad_z = q - q.sum(-1, keepdims=True) * pi
             loss = np.negative(grad_z, out=grad_z)
             norm = self._update(lambda sl, loss=loss: loss[sl])
-            w = self.obj.weight(logpi, anchor, adv)
+            w = self.obj.weight(logpi, anchor, adv, logp_old=logpi0)
             acc.add(w, np.abs(pi - mu), mu, norm)
 
     def _sampled_updates(self, step: int, acc: _Accumulator) -> None:
@@ -696,7 +699,7 @@ class Simulation:
             logpi, pi, _ = self._trainer_tables()
             r_, y_, a_ = rows[:, sl], tokens[:, sl], np.broadcast_to(adv[:, sl], (n, sl.size, t_))
             lp = gather(logpi, r_, y_)
-            g = self.obj.grad_logp(lp, anchor[:, sl], a_)
+            g = self.obj.grad_logp(lp, anchor[:, sl], a_, logp_old=lp_old[:, sl])
             coef = coef_agg * g
 
             def loss_grad(seeds: slice, coef=coef, r_=r_, y_=y_, pi=pi) -> np.ndarray:
@@ -705,7 +708,7 @@ class Simulation:
                 return loss_gradient(coef[seeds], r_[seeds] - seeds.start * s_, y_[seeds], p, out=out)
 
             norm = self._update(loss_grad, recycle=True)
-            w = self.obj.weight(lp, anchor[:, sl], a_)
+            w = self.obj.weight(lp, anchor[:, sl], a_, logp_old=lp_old[:, sl])
             acc.add(w, np.abs(np.exp(lp) - np.exp(lp_mu[:, sl])), None, norm)
             if self.sink is not None:
                 self._emit(

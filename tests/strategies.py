@@ -36,7 +36,29 @@ CONFIGS: list[tuple[str, dict]] = [
     ("drpo_k3", {"delta": 0.5}),
     ("ppo_rare_exempt", {}),
     ("ppo_rare_exempt", {"mu_low": 0.0, "mu_high": 0.1}),
+    # three policies: anchored to pi_old (the batch's logp_old)
+    ("minirl", {}),
+    ("minirl", {"eps_low": 0.05, "eps_high": 0.05, "cap": 1.5}),
+    ("dppo_tv_recompute", {}),
+    ("dppo_tv_recompute", {"delta": 0.05}),
+    ("dppo_kl_recompute", {}),
+    ("decoupled_ppo", {}),
+    ("decoupled_ppo", {"is_cap": 1.5, "dual_clip": 3.0}),
+    # sequence-level ratios (the batch's sample_id)
+    ("gspo", {}),
+    ("gspo", {"eps_low": 0.1, "eps_high": 0.1}),
+    ("gspo_token", {}),
+    ("gspo_token", {"eps_low": 0.1, "eps_high": 0.1}),
+    # every correction, on objectives of each kind
+    ("grpo", {"correction": "is"}),
+    ("grpo", {"correction": "tis", "cap": 1.5}),
+    ("drpo", {"delta": 0.15, "correction": "icepop"}),
+    ("spo", {"correction": "seq_tis", "cap": 1.5}),
+    ("dppo_tv", {"correction": "seq_mis", "cap": 1.5}),
+    ("drpo_kl", {"correction": "geo_mis", "upper": 1.05}),
+    ("gspo_token", {"eps_low": 0.1, "eps_high": 0.1, "correction": "tis"}),
 ]
+
 CONFIG_IDS = [f"{n}-{'-'.join(f'{k}{v}' for k, v in p.items()) or 'default'}" for n, p in CONFIGS]
 
 
@@ -78,3 +100,27 @@ def token_batches(draw, lo: float = -50.0, max_size: int = 48, advantage=ADVANTA
     logp = np.where(near, np.minimum(lpb + step, 0.0), logp)
     adv = np.array(draw(st.lists(advantage, min_size=n, max_size=n)))
     return logp, lpb, adv
+
+
+@st.composite
+def policy_batches(draw, lo: float = -50.0, max_size: int = 48, advantage=ADVANTAGE):
+    """``(logp, logp_behavior, advantage, logp_old, sample_id)``: a token batch with the trainer's
+    recomputed log-probs (often a small step from ``mu``, as an engine's gap is; sometimes anywhere)
+    and the tokens split into up to four sequences."""
+    logp, lpb, adv = draw(token_batches(lo=lo, max_size=max_size, advantage=advantage))
+    n = len(logp)
+    free = np.array(draw(st.lists(_logp(lo), min_size=n, max_size=n)))
+    near = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    gap = np.array(draw(st.lists(st.floats(-0.3, 0.3), min_size=n, max_size=n)))
+    logp_old = np.where(near, np.minimum(lpb + gap, 0.0), free)
+    cuts = sorted(draw(st.lists(st.integers(1, max(n - 1, 1)), max_size=3, unique=True))) if n > 1 else []
+    sample_id = np.zeros(n, dtype=np.int64)
+    for c in cuts:
+        sample_id[c:] += 1
+    return logp, lpb, adv, logp_old, sample_id
+
+
+def per_sequence_advantage(adv: np.ndarray, sample_id: np.ndarray) -> np.ndarray:
+    """Each token's advantage replaced by its sequence's first one (one advantage per sequence)."""
+    _, first, inverse = np.unique(sample_id, return_index=True, return_inverse=True)
+    return adv[first][inverse]

@@ -17,7 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
-from strategies import CONFIG_IDS, CONFIGS, make, token_batches
+from strategies import CONFIG_IDS, CONFIGS, make, per_sequence_advantage, policy_batches, token_batches
 
 import drpo_sim as ds
 from drpo_sim.objectives import AGG_MODES, LOG_RATIO_MAX, Formula, aggregate, policy_loss
@@ -32,15 +32,26 @@ ABLATIONS = {"drpo_no_abs_adv", "drpo_kl", "drpo_tv", "drpo_k3"}
 RTOL = {torch.float64: 1e-9, torch.float32: 2e-4}
 
 
+def _extra(logp_old, sample_id, dtype):
+    """The keywords of the three policies and of sequences, as torch tensors (``None`` left out)."""
+    out = {}
+    if logp_old is not None:
+        out["logp_old"] = torch.tensor(np.asarray(logp_old), dtype=dtype)
+    if sample_id is not None:
+        out["sample_id"] = torch.as_tensor(np.asarray(sample_id))
+    return out
+
+
 def hand_ratio(logp: np.ndarray, lpb: np.ndarray) -> np.ndarray:
     """``r = exp(min(logp - logp_behavior, 20))``, the documented cap, written out by hand."""
     return np.exp(np.minimum(logp - lpb, LOG_RATIO_MAX))
 
 
-def autograd(obj, logp, lpb, adv, dtype):
+def autograd(obj, logp, lpb, adv, dtype, logp_old=None, sample_id=None):
     """Surrogate, its gradient with respect to logp by autograd, all as float64 NumPy."""
     lp = torch.tensor(logp, dtype=dtype, requires_grad=True)
-    j = obj.surrogate(lp, torch.tensor(lpb, dtype=dtype), torch.tensor(adv, dtype=dtype))
+    j = obj.surrogate(lp, torch.tensor(lpb, dtype=dtype), torch.tensor(adv, dtype=dtype),
+                      **_extra(logp_old, sample_id, dtype))
     assert j.dtype == dtype and j.shape == lp.shape
     (g,) = torch.autograd.grad(j.sum(), lp)
     return j.detach().double().numpy(), g.double().numpy()
@@ -126,13 +137,16 @@ def test_stable_rl_cispo_cap_and_low_mu_clip_ablations_by_hand_on_cpu():
 
 
 def _weight_matches_autograd(obj, dtype, batch):
-    logp, lpb, adv = batch
+    logp, lpb, adv, logp_old, sample_id = batch
+    if obj.cross_token:  # its weight is the gradient of a loss with one advantage per sequence
+        adv = per_sequence_advantage(adv, sample_id)
     # the inputs as the dtype sees them, so the hand formulas use the same numbers
-    logp, lpb, adv = (np.asarray(torch.tensor(x, dtype=dtype).double()) for x in (logp, lpb, adv))
-    j, g = autograd(obj, logp, lpb, adv, dtype)
+    logp, lpb, adv, logp_old = (np.asarray(torch.tensor(x, dtype=dtype).double()) for x in (logp, lpb, adv, logp_old))
+    j, g = autograd(obj, logp, lpb, adv, dtype, logp_old, sample_id)
     tl, tb, ta = (torch.tensor(x, dtype=dtype) for x in (logp, lpb, adv))
-    w = obj.weight(tl, tb, ta).double().numpy()
-    g_closed = obj.grad_logp(tl, tb, ta).double().numpy()
+    kw = _extra(logp_old, sample_id, dtype)
+    w = obj.weight(tl, tb, ta, **kw).double().numpy()
+    g_closed = obj.grad_logp(tl, tb, ta, **kw).double().numpy()
     assert np.isfinite(j).all() and np.isfinite(g).all() and np.isfinite(w).all(), f"{obj}: not finite"
 
     r = hand_ratio(logp, lpb)
@@ -147,26 +161,28 @@ def _weight_matches_autograd(obj, dtype, batch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@given(batch=token_batches())
+@given(batch=policy_batches())
 def test_weight_matches_autograd_on_cpu(dtype, batch):
     for config in CONFIGS:
         _weight_matches_autograd(make(config), dtype, batch)
 
 
-@given(batch=token_batches())
+@given(batch=policy_batches())
 def test_numpy_and_torch_agree_on_cpu(batch):
-    logp, lpb, adv = batch
+    logp, lpb, adv, logp_old, sample_id = batch
     for config in CONFIGS:
         obj = make(config)
         for np_dtype, t_dtype, rtol in ((np.float64, torch.float64, 1e-12), (np.float32, torch.float32, 1e-5)):
             n_in = [x.astype(np_dtype) for x in (logp, lpb, adv)]
             t_in = [torch.tensor(x) for x in n_in]
+            n_kw = {"logp_old": logp_old.astype(np_dtype), "sample_id": sample_id}
+            t_kw = _extra(n_kw["logp_old"], sample_id, t_dtype)
             # the surrogates and gradients are r A minus a term of up to its size: where the two
             # cancel, rounding is relative to r A, not to the difference (e.g. pi = 1 >> mu)
             leading = np.abs(np.exp(np.minimum(logp - lpb, LOG_RATIO_MAX)) * adv)
             for method in ("surrogate", "weight", "grad_logp"):
-                a = getattr(obj, method)(*n_in)
-                b = getattr(obj, method)(*t_in)
+                a = getattr(obj, method)(*n_in, **n_kw)
+                b = getattr(obj, method)(*t_in, **t_kw)
                 assert isinstance(a, np.ndarray) and isinstance(b, torch.Tensor)
                 assert a.dtype == np_dtype and b.dtype == t_dtype
                 # per element: within rtol of the batch's largest value, or of its own leading term
@@ -178,17 +194,18 @@ def test_numpy_and_torch_agree_on_cpu(batch):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @given(
-    batch=token_batches(
+    batch=policy_batches(
         lo=-3.0e38, advantage=st.one_of(st.floats(-1e6, 1e6), st.sampled_from([0.0, 1e6, -1e6, 5e-324]))
     )
 )
 def test_no_nan_or_inf_for_any_finite_input_on_cpu(dtype, batch):
     """logp down to -3e38 (as close to -inf as float32 goes), ratios up to e^(3e38), |A| up to 1e6."""
-    logp, lpb, adv = batch
+    logp, lpb, adv, logp_old, sample_id = batch
     for config in CONFIGS:
         obj = make(config)
-        j, g = autograd(obj, logp, lpb, adv, dtype)
-        w = obj.weight(*(torch.tensor(x, dtype=dtype) for x in batch))
+        j, g = autograd(obj, logp, lpb, adv, dtype, logp_old, sample_id)
+        w = obj.weight(*(torch.tensor(x, dtype=dtype) for x in (logp, lpb, adv)),
+                       **_extra(logp_old, sample_id, dtype))
         assert np.isfinite(j).all(), f"{obj}: surrogate not finite"
         assert np.isfinite(g).all(), f"{obj}: gradient not finite"
         assert torch.isfinite(w).all(), f"{obj}: weight not finite"
@@ -294,13 +311,14 @@ def test_blockwise_evaluation_equals_whole_array_evaluation_on_cpu(config, monke
     lb = np.log(np.clip(rng.beta(0.3, 1.0, (b, t)), 1e-12, 1.0))
     lp = np.minimum(lb + rng.normal(0, 0.5, (b, t)), 0.0)
     adv = rng.normal(size=(b, 1)) * 3  # broadcast over tokens, as a sequence advantage
-    inputs = {"numpy": (lp, lb, adv), "torch": tuple(torch.tensor(x) for x in (lp, lb, adv))}
-    for kind, args in inputs.items():
+    lo = np.minimum(lb + rng.normal(0, 0.05, (b, t)), 0.0)  # the trainer's recomputed pi_old
+    inputs = {"numpy": (lp, lb, adv, lo), "torch": tuple(torch.tensor(x) for x in (lp, lb, adv, lo))}
+    for kind, (*args, old) in inputs.items():
         monkeypatch.setitem(ds.objectives.BLOCK_TOKENS, kind, 4096)
-        blocked = {m: getattr(obj, m)(*args) for m in ("surrogate", "weight", "grad_logp")}
+        blocked = {m: getattr(obj, m)(*args, logp_old=old) for m in ("surrogate", "weight", "grad_logp")}
         monkeypatch.setitem(ds.objectives.BLOCK_TOKENS, kind, 10**9)
         for m, value in blocked.items():
-            whole = getattr(obj, m)(*args)
+            whole = getattr(obj, m)(*args, logp_old=old)
             assert tuple(value.shape) == (b, t) and value.dtype == whole.dtype
             np.testing.assert_array_equal(np.asarray(value), np.asarray(whole), err_msg=f"{obj}.{m} ({kind})")
 
@@ -345,6 +363,12 @@ def test_aggregation_rejects_bad_arguments_on_cpu():
         aggregate(VALUES, MASK, "seq-mean-token-sum-norm", horizon=0)
     with pytest.raises(ValueError, match=r"needs per-token values of shape \[B, T\]"):
         aggregate(VALUES.ravel(), MASK.ravel(), "seq-mean-token-mean")
+
+
+def _old(lpb: torch.Tensor) -> torch.Tensor:
+    """A trainer's recomputed ``log pi_old`` for a batch: a small, fixed gap from the engine's."""
+    gap = 0.08 * torch.sin(torch.arange(lpb.numel(), dtype=lpb.dtype)).reshape(lpb.shape)
+    return (lpb + gap).clamp(max=0.0)
 
 
 def _batch(seed=0, b=4, t=6):
@@ -450,11 +474,12 @@ def _padded_batch(config, dtype, seed=3):
     """A padded [4, 6] batch whose padding holds NaN (unpadded for an objective that is not
     elementwise, which refuses padding)."""
     logp, lpb, adv, mask = _batch(seed=seed)
-    if not make(config).elementwise:
+    if make(config).uses_batch_statistic:
         mask = torch.ones_like(mask)
     nan = torch.full_like(logp, float("nan"))
     return (torch.where(mask, logp, nan).to(dtype), torch.where(mask, lpb, nan).to(dtype),
-            torch.where(mask, adv[:, None].expand_as(logp), nan).to(dtype), mask)
+            torch.where(mask, adv[:, None].expand_as(logp), nan).to(dtype), mask,
+            torch.where(mask, _old(lpb), nan).to(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -464,14 +489,14 @@ def test_metrics_settings_leave_the_loss_its_gradient_and_its_graph_alone_on_cpu
     whose operations save the same tensors (an operation of a metric recorded in the graph would
     save its own); the metrics are Python floats, none with metrics off."""
     obj = make(config)
-    logp0, lpb, adv, mask = _padded_batch(config, dtype)
+    logp0, lpb, adv, mask, old = _padded_batch(config, dtype)
     for mode in AGG_MODES:
         runs = {}
         for setting in METRIC_SETTINGS:
             logp = logp0.clone().requires_grad_(True)
             saved = []  # every tensor an operation recorded in the graph saves for the backward pass
             with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.shape) or x, lambda x: x):
-                loss, metrics = policy_loss(obj, logp, lpb, adv, mask, agg_mode=mode, metrics=setting)
+                loss, metrics = policy_loss(obj, logp, lpb, adv, mask, agg_mode=mode, metrics=setting, logp_old=old)
             graph = _graph(loss), saved
             loss.backward()
             runs[setting] = (loss.detach(), logp.grad, graph, metrics)
@@ -489,16 +514,17 @@ def test_metrics_settings_leave_the_loss_its_gradient_and_its_graph_alone_on_cpu
 def test_default_metrics_are_the_full_ones_they_share_on_cpu(config):
     obj = make(config)
     assert set(ds.objectives.DEFAULT_METRICS) < set(ds.objectives.FULL_METRICS)
-    logp, lpb, adv, mask = _padded_batch(config, torch.float32)
-    cases = [(logp, lpb, adv, mask), (logp.double().numpy(), lpb.double().numpy(), adv.double().numpy(), mask.numpy())]
-    if obj.elementwise:
-        cases.append((logp, lpb, adv, torch.zeros_like(mask)))  # no valid token: NaN statistics
+    logp, lpb, adv, mask, old = _padded_batch(config, torch.float32)
+    cases = [(logp, lpb, adv, mask, old),
+             (logp.double().numpy(), lpb.double().numpy(), adv.double().numpy(), mask.numpy(), old.double().numpy())]
+    if not obj.uses_batch_statistic:
+        cases.append((logp, lpb, adv, torch.zeros_like(mask), old))  # no valid token: NaN statistics
     full_logp, full_lpb, full_adv, _ = _batch(seed=4)
-    cases.append((full_logp, full_lpb, full_adv, None))  # no mask: every token valid
-    for lp, lb, a, m in cases:
-        _, default = policy_loss(obj, lp, lb, a, m)
-        _, also_default = policy_loss(obj, lp, lb, a, m, metrics=True)
-        _, full = policy_loss(obj, lp, lb, a, m, metrics="full")
+    cases.append((full_logp, full_lpb, full_adv, None, _old(full_lpb)))  # no mask: every token valid
+    for lp, lb, a, m, o in cases:
+        _, default = policy_loss(obj, lp, lb, a, m, logp_old=o)
+        _, also_default = policy_loss(obj, lp, lb, a, m, metrics=True, logp_old=o)
+        _, full = policy_loss(obj, lp, lb, a, m, metrics="full", logp_old=o)
         assert list(default) == list(ds.objectives.DEFAULT_METRICS) and list(full) == list(ds.objectives.FULL_METRICS)
         assert also_default.keys() == default.keys()
         for key, value in default.items():
@@ -511,14 +537,15 @@ def test_full_metrics_are_the_registry_on_the_valid_tokens_on_cpu(config):
     """Each full metric against the registry's weight, regions, ratio and shift over the valid
     tokens, gathered by hand."""
     obj = make(config)
-    logp, lpb, adv, mask = _padded_batch(config, torch.float64)
-    _, m = policy_loss(obj, logp, lpb, adv, mask, metrics="full")
+    logp, lpb, adv, mask, old = _padded_batch(config, torch.float64)
+    _, m = policy_loss(obj, logp, lpb, adv, mask, metrics="full", logp_old=old)
     sel = mask.numpy()
-    lp, lb, a = logp.numpy()[sel], lpb.numpy()[sel], adv.numpy()[sel]
-    if obj.elementwise:
-        w = obj.weight(lp, lb, a)
+    lp, lb, a, o = logp.numpy()[sel], lpb.numpy()[sel], adv.numpy()[sel], old.numpy()[sel]
+    rows = np.broadcast_to(np.arange(sel.shape[0])[:, None], sel.shape)[sel]  # each row one sequence
+    if not obj.uses_batch_statistic:
+        w = obj.weight(lp, lb, a, logp_old=o, sample_id=rows)
     else:  # a statistic of the whole batch: the [B, T] call, every token valid
-        w = obj.weight(logp.numpy(), lpb.numpy(), adv.numpy()).ravel()
+        w = obj.weight(logp.numpy(), lpb.numpy(), adv.numpy(), logp_old=old.numpy()).ravel()
     regions = ds.objectives.Regions.from_weight(w).fractions()
     r = np.exp(np.minimum(lp - lb, LOG_RATIO_MAX))
     shift = np.abs(r - 1.0) * np.exp(np.maximum(lb, lp - LOG_RATIO_MAX))
@@ -540,12 +567,14 @@ def test_detached_terms_are_the_ones_computed_without_gradient_on_cpu(config):
     obj = make(config)
     logp, lpb, adv, _ = _batch(seed=6)
     logp.requires_grad_(True)
-    terms = ds.objectives.TokenTerms.of(logp, lpb, adv[:, None])
+    terms = ds.objectives.TokenTerms.of(logp, lpb, adv[:, None], logp_old=_old(lpb))
     obj._surrogate(terms)
     reused = terms.detached()
-    fresh = ds.objectives.TokenTerms.of(logp.detach(), lpb, adv[:, None], detach=True)
-    names = [k for k in vars(reused) if k not in ("xp", "shape", "logp", "_logp_behavior_given", "advantage")]
-    assert "ratio" in names
+    fresh = ds.objectives.TokenTerms.of(logp.detach(), lpb, adv[:, None], detach=True, logp_old=_old(lpb))
+    given = ("xp", "shape", "logp", "_logp_behavior_given", "advantage", "_logp_old_given", "_sample_id", "_valid")
+    names = [k for k in vars(reused) if k not in given]
+    assert names  # the surrogate computed some terms (the ratio, or for the objectives anchored to pi_old
+    # and the sequence-level ones, the gap log(pi_old/mu), the sequence's log-ratio, its length)
     for name in names:
         value = getattr(reused, name)
         assert not value.requires_grad and torch.equal(value, getattr(fresh, name)), name
@@ -798,8 +827,8 @@ def test_the_batch_scale_refuses_what_it_cannot_mean_on_cpu():
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if make(c).elementwise], ids=[
-    i for c, i in zip(CONFIGS, CONFIG_IDS) if make(c).elementwise])
+@pytest.mark.parametrize("config", [c for c in CONFIGS if not make(c).uses_batch_statistic], ids=[
+    i for c, i in zip(CONFIGS, CONFIG_IDS) if not make(c).uses_batch_statistic])
 def test_nan_padding_reaches_no_gradient_on_cpu(config):
     # a model's parameter w feeds every position's log-prob; the padding holds NaN in logp, in
     # logp_behavior and in the advantage: the gradient of w is the one of the valid tokens alone
@@ -811,8 +840,10 @@ def test_nan_padding_reaches_no_gradient_on_cpu(config):
     for garbage in (False, True):
         w = torch.zeros((), dtype=torch.float64, requires_grad=True)
         logp = (torch.where(mask, logp0, nan) if garbage else logp0) + w
+        old = torch.where(mask, _old(lpb), nan) if garbage else _old(lpb)
         loss, _ = policy_loss(obj, logp, torch.where(mask, lpb, nan) if garbage else lpb,
-                              torch.where(mask, adv, nan) if garbage else adv, mask, agg_mode="seq-mean-token-mean")
+                              torch.where(mask, adv, nan) if garbage else adv, mask, agg_mode="seq-mean-token-mean",
+                              logp_old=old)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(w.grad), f"{obj}: NaN padding reached the gradient"
         grads.append((loss.item(), w.grad.item()))

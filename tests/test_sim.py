@@ -35,7 +35,7 @@ def _neutral_on_policy(name: str) -> bool:
     """Whether the objective's weight is exactly 1 at r = 1 for every advantage."""
     adv = np.array([-2.0, -0.5, 0.0, 0.3, 4.0])
     lp = np.log(np.array([0.9, 0.5, 0.1, 0.01, 1e-4]))
-    return bool(np.all(objectives.get(name).weight(lp, lp, adv) == 1.0))
+    return bool(np.all(objectives.get(name).weight(lp, lp, adv, logp_old=lp) == 1.0))
 
 
 # drpo_kl's k1 penalty has a per-token gradient at pi = mu (its weight there is 1 + sign(A)/delta,
@@ -67,18 +67,25 @@ def test_logit_gradient_matches_autograd_of_policy_loss_on_cpu(mode):
     rows = np.arange(n)[:, None, None] * s + rng.integers(0, s, size=(n, b, t))
     tok = rng.integers(0, v, size=(n, b, t))
     adv = np.broadcast_to(rng.normal(size=(n, b, 1)), (n, b, t))
-    mask = rng.random((n, b, t)) < 0.8
-    mask[:, 0] = False  # an empty sequence
+    zo = z + 0.2 * rng.normal(size=(n, s, v))  # the trainer's recomputed pi_old
+    partial = rng.random((n, b, t)) < 0.8
+    partial[:, 0] = False  # an empty sequence
     for name in ALL:
         obj = objectives.get(name)
+        # a sequence-level ratio reads a sequence's valid tokens, which the NumPy call below has no
+        # mask to tell: whole sequences are kept or dropped for them
+        mask = np.broadcast_to(partial.any(-1, keepdims=True), partial.shape) if obj.per_sequence else partial
         lp, lpb = gather(log_softmax(z), rows, tok), gather(log_softmax(zb), rows, tok)
-        coef = objectives.aggregation_weights(mask, mode, horizon=t) * np.where(mask, obj.grad_logp(lp, lpb, adv), 0.0)
+        lpo = gather(log_softmax(zo), rows, tok)
+        grad_logp = obj.grad_logp(lp, lpb, adv, logp_old=lpo)
+        coef = objectives.aggregation_weights(mask, mode, horizon=t) * np.where(mask, grad_logp, 0.0)
         grad = logit_gradient(coef, rows, tok, np.exp(log_softmax(z)))
         zt = torch.tensor(z, requires_grad=True)
         lpt = torch.log_softmax(zt, -1).reshape(-1)[torch.as_tensor(rows * v + tok)]
         total = sum(
             objectives.policy_loss(
-                obj, lpt[i], torch.tensor(lpb[i]), torch.tensor(adv[i]), torch.tensor(mask[i]), agg_mode=mode, horizon=t
+                obj, lpt[i], torch.tensor(lpb[i]), torch.tensor(adv[i]), torch.tensor(mask[i]), agg_mode=mode,
+                horizon=t, logp_old=torch.tensor(lpo[i]),
             )[0]
             for i in range(n)
         )
@@ -120,15 +127,35 @@ def test_on_policy_every_objective_gives_the_same_trajectory_on_cpu(flat):
     objective must follow the same trajectory, bit for bit."""
     c = cfg(**flat)
     assert c.offpolicy.on_policy
-    df = simulate(c, NEUTRAL, [0, 1, 2])
+    # exact mode has no sequences: the sequence-level objectives are refused there (tested below)
+    names = [n for n in NEUTRAL if c.train.mode == "sampled" or not objectives.get(n).per_sequence]
+    df = simulate(c, names, [0, 1, 2])
     ref = df[df.method == "pg_is"].reset_index(drop=True)
     assert ref.expected_reward.iloc[-1] > ref.initial_reward.iloc[-1]  # it learns
     assert (df.shift_max == 0).all() and (df.tv_mean == 0).all() and (df.masked_frac == 0).all()
     assert (df.weight_min == 1).all() and (df.weight_max == 1).all()
-    for name in NEUTRAL:
+    for name in names:
         got = df[df.method == name].reset_index(drop=True)
         for col in ("expected_reward", "grad_norm", "entropy", "sample_reward"):
             np.testing.assert_array_equal(got[col].to_numpy(), ref[col].to_numpy(), err_msg=f"{name}: {col}")
+
+
+def test_exact_mode_refuses_a_sequence_level_ratio_on_cpu():
+    with pytest.raises(ValueError, match="gspo.* takes a sequence-level ratio, but exact mode .* use mode='sampled'"):
+        simulate(cfg(mode="exact"), ["gspo"], [0])
+
+
+def test_three_policy_objectives_read_the_recomputed_trainer_policy_on_cpu():
+    """With the engine off by noise, decoupled PPO (PPO's clip on pi/pi_old, importance-weighted by
+    pi_old/mu) differs from PPO on the rollout anchor; with the recompute anchor its gap is 1 and
+    it is PPO on that anchor, bit for bit."""
+    noisy = {"noise_std": 0.3, "updates_per_batch": 2, "lr": 0.5}
+    df = simulate(cfg(**noisy), ["ppo", "decoupled_ppo"], [0, 1])
+    curves = df.pivot_table(index=["seed", "step"], columns="method", values="expected_reward")
+    assert not np.array_equal(curves["ppo"], curves["decoupled_ppo"])
+    df = simulate(cfg(**noisy, anchor="recompute"), ["ppo", "decoupled_ppo"], [0, 1])
+    curves = df.pivot_table(index=["seed", "step"], columns="method", values="expected_reward")
+    np.testing.assert_array_equal(curves["ppo"], curves["decoupled_ppo"])
 
 
 def test_any_channel_breaks_the_invariance():

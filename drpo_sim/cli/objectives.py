@@ -1,4 +1,5 @@
-"""``drpo-sim list``: the registered objectives with their parameters, surrogate, weight and source."""
+"""``drpo-sim list``: the registered objectives with their parameters, surrogate, weight and source,
+then the corrections that compose with any of them (``objectives.get(name, correction=...)``)."""
 
 from __future__ import annotations
 
@@ -16,4 +17,9 @@ def run_list(args: argparse.Namespace) -> int:
         obj = objectives.get(name)
         f = obj.formula
         print(f"{obj}\n    J = {f.surrogate}\n    w = {f.weight}\n    {f.idea}; {f.source}")
+    print("\ncorrections (objective anchored to pi_old, times c; needs logp_old): "
+          "objectives.get(name, correction=..., **params)")
+    for name in objectives.corrections():
+        corr = objectives.get("pg_is", correction=name).correction
+        print(f"{corr} [{corr.level}]\n    {corr.formula}\n    {corr.source}")
     return 0

@@ -1,6 +1,8 @@
 """Every number the explorer shows, computed by drpo_sim's own functions.
 
-* Weight curves: ``Objective.weight`` over a ``pi`` grid (:func:`drpo_sim.geometry.pi_grid`, evenly
+* Weight curves: ``Objective.weight`` of single tokens (:func:`drpo_sim.geometry.single_token_weight`:
+  the objectives of three policies at ``pi_old = mu``, a sequence ratio at one token) over a ``pi``
+  grid (:func:`drpo_sim.geometry.pi_grid`, evenly
   spaced in logit, ``mu`` included) at a fixed ``mu`` and advantage.
 * Regions: :meth:`Objective.regions` (``masked`` ``w = 0``, ``attenuated`` ``0 < w < 1``,
   ``corrective`` ``w < 0``, ``amplified`` ``w > 1``), coded as small integers for images.
@@ -73,7 +75,8 @@ def codes_of(reg: objectives.Regions) -> np.ndarray:
 def weights(obj: objectives.Objective, pi: np.ndarray, mu: np.ndarray, adv: np.ndarray) -> np.ndarray:
     """``obj.weight`` at probabilities ``pi [C, P]`` for cases ``mu [C]``, ``adv [C]``."""
     pi = np.atleast_2d(pi)
-    return obj.weight(np.log(pi), np.log(np.asarray(mu, float))[:, None], np.asarray(adv, float)[:, None])
+    return geometry.single_token_weight(obj, np.log(pi), np.log(np.asarray(mu, float))[:, None],
+                                        np.asarray(adv, float)[:, None])
 
 
 def _log_expit(x: np.ndarray) -> np.ndarray:
@@ -128,7 +131,7 @@ def boundaries(obj: objectives.Objective, pi: np.ndarray, mu: np.ndarray, adv: n
     lb, a = np.log(mu[case]), adv[case]
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        same = region_codes(obj.weight(_log_expit(mid), lb, a)) == code_lo
+        same = region_codes(geometry.single_token_weight(obj, _log_expit(mid), lb, a)) == code_lo
         lo, hi = np.where(same, mid, lo), np.where(same, hi, mid)
     x = 0.5 * (lo + hi)
     at_mu = np.abs(x - to_logit(mu[case])) < 1e-9
@@ -161,7 +164,7 @@ def plane_codes(obj: objectives.Objective, adv: np.ndarray, n: int = N_PLANE) ->
     lp = np.log(axis)[None, :, None]
     lb = np.log(axis)[None, None, :]
     a = np.asarray(adv, float)[:, None, None]
-    return codes_of(obj.regions(lp, lb, a))
+    return region_codes(geometry.single_token_weight(obj, lp, lb, a))
 
 
 @dataclass(frozen=True)

@@ -20,3 +20,11 @@ def test_list_shows_each_objectives_formula_lines(capsys):
         block = f"{obj}\n    J = {f.surrogate}\n    w = {f.weight}\n    {f.idea}; {f.source}\n"
         assert block in out, name
     assert out.count("\n    J = ") == len(objectives.available())
+
+
+def test_list_shows_every_correction_with_its_formula(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in objectives.corrections():
+        corr = objectives.get("grpo", correction=name).correction
+        assert f"{corr} [{corr.level}]\n    {corr.formula}\n    {corr.source}\n" in out, name

@@ -23,7 +23,9 @@ def test_curve_is_the_registry_weight_on_cpu():
             for adv in (1.0, -0.25):
                 c = data.curve(obj, mu, adv)
                 assert mu in c.pi and np.all(np.diff(c.pi) > 0)
-                np.testing.assert_array_equal(c.w, obj.weight(np.log(c.pi), np.log(mu), adv))
+                lp, lb = np.log(c.pi), np.full_like(c.pi, np.log(mu))
+                ids = np.arange(lp.size) if obj.per_sequence else None  # each token alone: pi_old = mu
+                np.testing.assert_array_equal(c.w, obj.weight(lp, lb, adv, logp_old=lb, sample_id=ids))
 
 
 @pytest.mark.parametrize(
