@@ -28,7 +28,13 @@ behaviour log-probs its ratio is taken against). At every step, for all runs tog
 
 The anchors: ``"rollout"`` is the engine's ``mu`` (the papers' setting: the ratio carries the
 precision mismatch and the drift of earlier mini-batches); ``"recomputed"`` is the trainer's
-``pi_old`` (MiniRL's PPO with the recomputed anchor, which ignores the mismatch).
+``pi_old`` (the arena's ``ppo@recomputed``, labelled MiniRL in its analyses: PPO's clip on
+``pi / pi_old`` with no importance weight to ``mu``, so it ignores the mismatch entirely). The
+objectives of three policies (``minirl``, ``decoupled_ppo``, the recompute modes, any corrected
+objective; ``docs/objectives/three_policies.md``) receive ``pi_old`` as ``logp_old`` besides the
+anchor, and the sequence-level ones read each response as one sequence. The registry's ``minirl``
+is DPPO's own code's MiniRL (the clip anchored to ``pi_old``, importance-weighted to ``mu``, capped
+at 10): not the same contestant as ``ppo@recomputed``.
 
 **The table** has one row per (run, step): the contestant (``method``, its label; ``objective``,
 ``variant``, ``anchor``, ``params``), the engine setting (``precision``, ``routing_replay``, ``moe``,
@@ -114,8 +120,8 @@ class Contestant:
     def variant(self) -> str:
         """What sets it apart from the plain objective: its non-default parameters and its anchor
         (``""`` for the plain objective), e.g. ``"delta=2.5"`` or ``"anchor=recomputed"``."""
-        default = objectives.get(self.objective).params
-        parts = [f"{k}={v}" for k, v in self.build().params.items() if v != default[k]]
+        default = objectives.get(self.objective).params  # a correction's parameters are not among them
+        parts = [f"{k}={v}" for k, v in self.build().params.items() if k not in default or v != default[k]]
         if self.anchor != "rollout":
             parts.append(f"anchor={self.anchor}")
         return ", ".join(parts)
@@ -304,11 +310,13 @@ def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int],
             a = adv[:, sl, None].expand(-1, -1, H)
             for ci, obj in enumerate(objs):
                 runs = slice(ci * S, (ci + 1) * S)
-                j = obj.surrogate(logp[runs], anchor[runs, sl], a[runs])
+                # pi_old for the objectives of three policies (each response, a row, is one sequence)
+                old = {"logp_old": logp_old[runs, sl]}
+                j = obj.surrogate(logp[runs], anchor[runs, sl], a[runs], **old)
                 loss = loss - (coef[runs] * j).sum()
                 with torch.no_grad():
-                    g = coef[runs] * obj.grad_logp(logp[runs].detach(), anchor[runs, sl], a[runs])
-                    w = obj.weight(logp[runs].detach(), anchor[runs, sl], a[runs])
+                    g = coef[runs] * obj.grad_logp(logp[runs].detach(), anchor[runs, sl], a[runs], **old)
+                    w = obj.weight(logp[runs].detach(), anchor[runs, sl], a[runs], **old)
                     acc.tokens(runs, w, g, logp_mu[runs, sl], a[runs])
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             grads = {k: torch.zeros_like(p) if gr is None else gr for (k, p), gr in zip(params.items(), grads)}

@@ -79,6 +79,25 @@ def test_fp32_engine_has_no_mismatch_and_the_anchors_agree_on_cpu():
     assert minirl.variant == "anchor=recomputed"
 
 
+def test_objectives_of_three_policies_and_sequences_train_in_the_arena_on_cpu():
+    """They read the trainer's pi_old as logp_old and each response as a sequence. With an fp32
+    engine pi_old = mu bit for bit: decoupled PPO is then PPO (its gap b is 1), and the corrected
+    GRPO is GRPO."""
+    three = [Contestant.of("minirl"), Contestant.of("decoupled_ppo"), Contestant.of("gspo"),
+             Contestant.of("grpo", correction="seq_tis", cap=2.0)]
+    df = train(CONFIG, three, [0])
+    assert np.isfinite(df["grad_norm"]).all() and df["mismatch_mean"].gt(0).all()
+    assert set(df["variant"]) >= {"correction=seq_tis, cap=2.0"}
+    fp32 = dataclasses.replace(CONFIG, precision="fp32")
+    pairs = train(fp32, [Contestant.of("ppo"), Contestant.of("decoupled_ppo"), Contestant.of("grpo"),
+                         Contestant.of("grpo", correction="tis")], [0])
+    cols = ["reward", "heldout_reward", "grad_norm"]
+    by = {m: g[cols].reset_index(drop=True) for m, g in pairs.groupby("method", sort=False)}
+    names = list(by)
+    pd.testing.assert_frame_equal(by[names[0]], by[names[1]])
+    pd.testing.assert_frame_equal(by[names[2]], by[names[3]])
+
+
 def test_moe_reports_flip_rate_and_replays_routes_on_cpu():
     moe = dataclasses.replace(BASE, model=dataclasses.replace(BASE.model, n_experts=2))
     df = train(dataclasses.replace(CONFIG, base=moe, routing_replay=True), [PG], [0])
