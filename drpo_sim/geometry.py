@@ -101,7 +101,7 @@ def weight_curves(cfg: GeometryConfig) -> pd.DataFrame:
                                 "pi": pi,
                                 "ratio": pi / mu,
                                 "shift": pi - mu,
-                                "weight": obj.weight(lp, lb, np.full_like(pi, sign * size)),
+                                "weight": single_token_weight(obj, lp, lb, np.full_like(pi, sign * size)),
                             }
                         )
                     )
@@ -143,9 +143,9 @@ def weight_plane(cfg: GeometryConfig) -> pd.DataFrame:
         adv = np.full_like(mu, sign)
         cols: dict[str, np.ndarray | float] = {"mu": mu, "pi": pi, "adv_sign": sign}
         for name in cfg.plane_weights:
-            cols[f"weight_{name}"] = objs[name].weight(lp, lb, adv)
+            cols[f"weight_{name}"] = single_token_weight(objs[name], lp, lb, adv)
         for name in cfg.plane_masks:
-            cols[f"masked_{name}"] = objs[name].regions(lp, lb, adv).masked
+            cols[f"masked_{name}"] = single_token_weight(objs[name], lp, lb, adv) == 0
         frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True)
 
