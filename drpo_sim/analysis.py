@@ -26,6 +26,22 @@ What is measured, on the tokens with ``mask == True`` (notation of ``docs/refere
 * **Per step** (when the log has a ``step`` column): tokens, mean and max ``abs(pi - mu)``, mean
   log-ratio and each objective's masked fraction.
 
+**Three policies and sequences** (``docs/objectives/three_policies.md``, ``docs/objectives/gspo.md``).
+Every objective is given the log's ``logp_old`` (the trainer's recomputed ``pi_old``) when one of
+them reads it (:attr:`~drpo_sim.objectives.Objective.needs_old`; any column of
+:attr:`~drpo_sim.objectives.Objective.required_columns`, :func:`extra_columns`); a log without it
+is refused before any token is read when the source can tell from its files, else at the first
+batch (:class:`~drpo_sim.objectives.MissingColumn`, one line naming the objectives and the column).
+Sequence-level objectives (:attr:`~drpo_sim.objectives.Objective.per_sequence`: GSPO, the sequence
+corrections) are given each token's sequence: a run of consecutive tokens (``mask == True``) with one
+``sample_id`` within one ``seed``, ``step`` and ``update`` (:data:`SEQUENCE_KEY`, the columns the
+log has), so ids unique only within a step, a seed or an update never merge two samples. A batch's
+last sequence may continue in the next batch (loaders cut batches at ``batch_size`` rows, not at
+sequence ends), so the accumulator holds it back and folds it in with the next batch, or at the
+end (:meth:`ReplayAccumulator.finish`): the result equals the evaluation of whole sequences, with
+memory bounded by the batch plus the longest sequence. A sample whose tokens are not consecutive
+within a batch is an error.
+
 Quantiles (columns ``..._q05`` to ``..._q95``) come from fixed histograms whose bins are the
 floating-point numbers at reduced precision (:class:`FloatBins`): a bin is a fixed fraction of
 its value wide, 0.8% for the ratio and the shift and 3% for ``w - 1``, from 1e-38 to 3e38, with
@@ -37,7 +53,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +74,11 @@ __all__ = [
     "QUANTILES",
     "RARE_MU",
     "REGION_NAMES",
+    "SEQUENCE_KEY",
     "ReplayAccumulator",
     "ReplayResult",
     "FloatBins",
+    "extra_columns",
     "objective_specs",
     "replay",
     "replay_log",
@@ -82,6 +100,11 @@ REGION_NAMES: tuple[str, ...] = ("corrective", "masked", "attenuated", "unit", "
 
 #: Advantage sign buckets.
 SIGN_NAMES: tuple[str, ...] = ("A<0", "A=0", "A>0")
+
+#: The columns that tell one sequence from another, those of them a log has (``sample_id`` always):
+#: a sample is evaluated again at each mini-batch update of its step, and simulator logs number
+#: samples within a seed.
+SEQUENCE_KEY: tuple[str, ...] = ("seed", "step", "update", "sample_id")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,6 +240,38 @@ def objective_specs(names: Sequence[str] | None = None,
     return {n: objectives_mod.get(n, **params.get(n, {})) for n in names}
 
 
+def extra_columns(objectives: Mapping[str, objectives_mod.Objective]) -> tuple[str, ...]:
+    """The token-log columns the objectives read beyond ``logp, logp_behavior, advantage``
+    (:attr:`~drpo_sim.objectives.Objective.required_columns`: ``logp_old`` for those anchored to
+    ``pi_old``), each once, in order."""
+    return tuple(dict.fromkeys(c for o in objectives.values() for c in o.required_columns))
+
+
+def _label(name: str, obj: objectives_mod.Objective) -> str:
+    """An objective's name in a message, with its correction: ``grpo (correction tis)``."""
+    return f"{name} (correction {obj.correction.name})" if isinstance(obj, objectives_mod.Corrected) else name
+
+
+def _require_columns(objectives: Mapping[str, objectives_mod.Objective], has: Callable[[str], bool | None]) -> None:
+    """Refuse objectives whose extra columns (:func:`extra_columns`) the log lacks.
+
+    ``has(column)`` says whether the log holds the column: ``False`` is refused, ``True`` or ``None``
+    (not known yet: the accumulator checks every batch) passes. The error is a one-line
+    :class:`~drpo_sim.objectives.MissingColumn` (a ``ValueError``: exit status 2 on the command line)
+    naming the objectives, the column and what to do.
+    """
+    for column in extra_columns(objectives):
+        if has(column) is not False:
+            continue
+        need = [_label(n, o) for n, o in objectives.items() if column in o.required_columns]
+        one, what = len(need) == 1, objectives_mod.EXTRA_COLUMNS[column]
+        raise objectives_mod.MissingColumn(column, (
+            f"{', '.join(need)} {'needs' if one else 'need'} the column '{column}' ({what}), which this log does "
+            f"not have: log it (docs/token_logs.md, 'Columns some objectives need'), or leave "
+            f"{'it' if one else 'them'} out of the objectives (--objectives)"
+        ))
+
+
 # ----------------------------------------------------------------------------------------------
 # the accumulator
 
@@ -251,6 +306,10 @@ class ReplayAccumulator:
     ``update(batch)`` folds one :class:`TokenBatch` in; ``result()`` returns the tables. Tokens
     with ``mask == False`` are counted (``excluded_tokens``) and otherwise ignored. All arithmetic
     is torch float64 on ``device``.
+
+    With a sequence-level objective, each batch's last sequence is held back until the next batch
+    (or :meth:`finish`, which :meth:`result` calls) shows where it ends; ``sequences`` counts the
+    sequences folded in.
     """
 
     def __init__(self, objectives: Mapping[str, objectives_mod.Objective] | None = None, *,
@@ -285,6 +344,13 @@ class ReplayAccumulator:
         self.batches = 0
         self.steps: dict[int, _StepStats] = {}
         self.has_step = None
+        #: The columns the objectives read beyond logp, logp_behavior and advantage (:func:`extra_columns`).
+        self.extra_columns = extra_columns(self.objectives)
+        #: The sequence-level objectives, and the :data:`SEQUENCE_KEY` columns of the first batch.
+        self.sequence_objectives = [n for n, o in self.objectives.items() if o.per_sequence]
+        self.sequence_key: tuple[str, ...] | None = None
+        self._pending: dict[str, np.ndarray] | None = None  # the last sequence, held back
+        self.sequences = 0
 
     # -- folding one batch in ------------------------------------------------------------------
 
@@ -293,6 +359,7 @@ class ReplayAccumulator:
         if not isinstance(batch, TokenBatch):
             raise TypeError(f"update needs a TokenBatch, got {type(batch).__name__}")
         self.batches += 1
+        _require_columns(self.objectives, lambda c: getattr(batch, c, None) is not None)
         keep = batch.mask
         n_keep = int(np.count_nonzero(keep))
         self.excluded_tokens += len(batch) - n_keep
@@ -301,21 +368,77 @@ class ReplayAccumulator:
             self.has_step = has_step
         elif self.has_step != has_step:
             raise ValueError("some batches have a step column and others do not")
+        names = ["logp", "logp_behavior", "advantage", *["step"] * has_step, *self.extra_columns]
+        if self.sequence_objectives:
+            key = tuple(n for n in SEQUENCE_KEY if getattr(batch, n) is not None)
+            if self.sequence_key is None:
+                self.sequence_key = key
+            elif key != self.sequence_key:
+                raise ValueError(f"some batches have the columns {list(self.sequence_key)} and others {list(key)}; "
+                                 "the sequence-level objectives need the same in every batch")
+            names += [n for n in key if n not in names]
         if n_keep == 0:
             return
         all_kept = n_keep == len(batch)
+        cols = {n: getattr(batch, n) if all_kept else getattr(batch, n)[keep] for n in names}
+        seq = None
+        if self.sequence_objectives:
+            cols, seq = self._whole_sequences(cols)
+            if seq is None:
+                return
+        self._fold_columns(cols, seq)
 
-        def col(a: np.ndarray) -> torch.Tensor:
-            a = a if all_kept else a[keep]
+    def finish(self) -> None:
+        """Fold in the sequence held back from the last batch: the stream has ended.
+
+        :meth:`result` calls it; a batch given after it starts new sequences.
+        """
+        cols, self._pending = self._pending, None
+        if cols is not None:
+            self._fold_columns(cols, np.zeros(len(cols["logp"]), dtype=np.int64))
+
+    def _whole_sequences(self, cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The held-back sequence and this batch's kept tokens, less their last sequence (held back
+        in turn), and each token's sequence as an index ``0..S-1`` (``None`` when nothing is whole).
+
+        A sequence is a run of consecutive tokens with one value of every :data:`SEQUENCE_KEY`
+        column present; a key found in two runs is an error (:func:`_check_consecutive`).
+        """
+        if self._pending is not None:
+            cols = {n: np.concatenate([self._pending[n], a]) for n, a in cols.items()}
+            self._pending = None
+        key = [cols[n] for n in self.sequence_key]
+        new = np.zeros(len(key[0]), dtype=bool)
+        new[0] = True
+        for a in key:
+            new[1:] |= a[1:] != a[:-1]
+        starts = np.flatnonzero(new)
+        _check_consecutive(self.sequence_key, key, starts, self.sequence_objectives)
+        last = int(starts[-1])
+        self._pending = {n: a[last:].copy() for n, a in cols.items()}  # a copy: the batch can go
+        if last == 0:
+            return cols, None
+        return {n: a[:last] for n, a in cols.items()}, np.cumsum(new[:last]) - 1
+
+    def _fold_columns(self, cols: dict[str, np.ndarray], seq: np.ndarray | None) -> None:
+        """Move the kept tokens' columns (and sequence indices) to the device and fold them in."""
+
+        def dev(a: np.ndarray) -> torch.Tensor:
             with warnings.catch_warnings():  # read-only Arrow buffers: torch only reads them here
                 warnings.simplefilter("ignore", UserWarning)
                 return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
 
-        logp, logp_b, adv = col(batch.logp), col(batch.logp_behavior), col(batch.advantage)
-        self._fold(logp, logp_b, adv, col(batch.step) if has_step else None)
+        if seq is not None:
+            self.sequences += int(seq[-1]) + 1
+        self._fold(dev(cols["logp"]), dev(cols["logp_behavior"]), dev(cols["advantage"]),
+                   dev(cols["step"]) if "step" in cols else None, {n: dev(cols[n]) for n in self.extra_columns},
+                   None if seq is None else dev(seq))
 
     @torch.no_grad()
-    def _fold(self, logp: torch.Tensor, logp_b: torch.Tensor, adv: torch.Tensor, step: torch.Tensor | None) -> None:
+    def _fold(self, logp: torch.Tensor, logp_b: torch.Tensor, adv: torch.Tensor, step: torch.Tensor | None,
+              extra: Mapping[str, torch.Tensor], seq: torch.Tensor | None) -> None:
+        """Fold in kept tokens. Every objective is given the extra columns (``logp_old``, ...) and
+        ``seq``, each token's sequence (whole sequences only); each reads those it needs."""
         n_s, n_r = self.n_sign, len(REGION_NAMES)
         log_ratio = torch.clamp(logp - logp_b, max=objectives_mod.LOG_RATIO_MAX)
         ratio = torch.exp(log_ratio)
@@ -349,7 +472,7 @@ class ReplayAccumulator:
             else:
                 steps, step_idx = torch.unique(step, return_inverse=True)
         for k, obj in enumerate(self.objectives.values()):
-            w = obj.weight(logp, logp_b, adv)
+            w = obj.weight(logp, logp_b, adv, sample_id=seq, **extra)
             w_minus_one = w - 1.0
             code = _region_codes(w, w_minus_one).clamp_(0, n_r - 1)
             self.regions[k] += torch.bincount(cell * n_r + code, minlength=self.regions.shape[1])
@@ -398,8 +521,27 @@ class ReplayAccumulator:
     # -- results -------------------------------------------------------------------------------
 
     def result(self, source: Mapping[str, Any] | None = None) -> ReplayResult:
-        """The tables (see :class:`ReplayResult`)."""
+        """The tables (see :class:`ReplayResult`), after :meth:`finish`."""
+        self.finish()
         return ReplayResult.from_accumulator(self, dict(source or {}))
+
+
+def _check_consecutive(names: Sequence[str], key: Sequence[np.ndarray], starts: np.ndarray,
+                       objectives: Sequence[str]) -> None:
+    """``ValueError`` when a sequence's key (``key[i][starts]``, one row per run) is found in two runs."""
+    if len(starts) < 2:
+        return
+    rows = np.stack([a[starts].astype(np.int64) for a in key], axis=1)
+    uniq, counts = np.unique(rows, axis=0, return_counts=True)
+    if len(uniq) == len(starts):
+        return
+    twice = uniq[np.argmax(counts > 1)]
+    which = ", ".join(f"{n} {int(v)}" for n, v in zip(names, twice))
+    raise ValueError(
+        f"the sequence-level objectives ({', '.join(objectives)}) need each sequence's tokens one after another, but "
+        f"the tokens of {which} come in {int(counts.max())} separate runs: write the log sequence by sequence "
+        "(each sample's tokens together), or leave these objectives out"
+    )
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -429,7 +571,8 @@ class ReplayResult:
       in each region, weight mean/min/max/quantiles, gradient-mass share.
     * ``objectives``: one row per objective over all tokens, and over rare tokens (``rare_`` columns).
     * ``by_step``: one row per step (empty when the log has no ``step`` column).
-    * ``totals``: counts and the source description (JSON-able).
+    * ``totals``: counts and the source description (JSON-able); with a sequence-level objective
+      also ``sequences`` (how many were evaluated) and ``sequence_key`` (the columns that told them apart).
     """
 
     mismatch: pd.DataFrame
@@ -544,6 +687,9 @@ class ReplayResult:
             "device": str(acc.device),
             "source": source,
         }
+        if acc.sequence_objectives:  # what a sequence was, for the sequence-level objectives
+            totals["sequences"] = int(acc.sequences)
+            totals["sequence_key"] = list(acc.sequence_key or ())
         return cls(mismatch, regions, objectives, by_step, totals, whist)
 
     def write(self, out: str | Path, prefix: str = "") -> list[Path]:
@@ -611,6 +757,7 @@ def replay(batches: Iterable[TokenBatch], objectives: Mapping[str, objectives_mo
                 filtered += int(len(b) - np.count_nonzero(keep))
                 b = TokenBatch._trusted({n: a[keep] for n, a in b.columns.items()})
             acc.update(b)
+    acc.finish()
     if acc.batches == 0 or int(acc.tokens.sum()) + acc.excluded_tokens == 0:
         raise NoTokens(
             "no tokens to replay: the log is empty" + (" (or no token is in the selected updates)" if filtered else ""),
@@ -636,10 +783,17 @@ def replay_log(
     A mismatch-only source (``src.mismatch_only``: a log without advantages, such as NeMo RL's
     before v0.6.0) is replayed without objectives: the mismatch tables (and ``by_step``) only,
     with ``totals["mismatch_only"] = True`` and ``totals["note"]`` saying why, once.
+
+    Objectives that need a column the log lacks (``logp_old``: :func:`extra_columns`) are refused
+    before any row is read when the source's files tell (``src.has_column``: a Parquet schema, a
+    format that always has it); otherwise at the first batch.
     """
     mismatch_only = bool(getattr(src, "mismatch_only", False))
+    objectives = {} if mismatch_only else objective_specs() if objectives is None else dict(objectives)
+    if hasattr(src, "has_column"):
+        _require_columns(objectives, src.has_column)
     try:
-        result = replay(src, {} if mismatch_only else objectives, **kwargs)
+        result = replay(src, objectives, **kwargs)
     except NoTokens as e:
         report = getattr(src, "report", None)
         if not report:

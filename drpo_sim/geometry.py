@@ -111,15 +111,21 @@ def weight_curves(cfg: GeometryConfig) -> pd.DataFrame:
 def single_token_weight(obj: objectives.Objective, logp, logp_behavior, advantage) -> np.ndarray:
     """``obj.weight`` of tokens seen one at a time, as the geometry views and the explorer draw them.
 
-    A single token has no trainer recomputation and no sequence of its own, so the objectives that
-    read them are drawn at the plainest case: ``pi_old = mu`` (no gap between the engine and the
-    trainer at rollout time: a recompute anchor is the rollout's, every correction's factor is 1)
-    and each token its own sequence (a sequence ratio is the token's ratio). Every other objective
-    is unaffected: it reads neither.
+    A single token has no trainer recomputation, no sequence and no distribution of its own, so the
+    objectives that read them are drawn at the plainest case: ``pi_old = mu`` (no gap between the
+    engine and the trainer at rollout time: a recompute anchor is the rollout's, every correction's
+    factor is 1); each token its own sequence (a sequence ratio is the token's ratio); DPPO's Top-K
+    divergence with ``K = 1`` and the token as the engine's top one (the binary TV ``abs(pi - mu)``
+    and KL, :func:`drpo_sim.objectives.topk_divergences`). Every other objective is unaffected: it
+    reads none of them.
     """
     lp, lb, a = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (logp, logp_behavior, advantage)))
     ids = np.arange(lp.size).reshape(lp.shape) if obj.per_sequence else None
-    return obj.weight(lp, lb, a, logp_old=lb, sample_id=ids)
+    columns = {"logp_old": lb}
+    if {"topk_tv", "topk_kl"} & set(obj.required_columns):
+        columns["topk_tv"] = np.abs(np.exp(lp) - np.exp(lb))
+        columns["topk_kl"] = objectives.binary_kl(lb, lp)
+    return obj.weight(lp, lb, a, sample_id=ids, **columns)
 
 
 def plane_axis(n: int) -> np.ndarray:

@@ -89,7 +89,8 @@ __all__ = [
     "FULL_METRICS",
     "LOG_RATIO_MAX",
     "METRIC_SETTINGS",
-    "MissingLogpOld",
+    "EXTRA_COLUMNS",
+    "MissingColumn",
     "Objective",
     "Regions",
     "TokenTerms",
@@ -97,6 +98,7 @@ __all__ = [
     "available",
     "binary_kl",
     "corrections",
+    "topk_divergences",
     "get",
     "policy_loss",
 ]
@@ -117,27 +119,33 @@ class TokenTerms:
 
     def __init__(
         self, xp: Any, logp: Array, logp_behavior: Array, advantage: Array, shape: tuple[int, ...], *, detach: bool,
-        logp_old: Array | None = None, sample_id: Array | None = None, valid: Array | None = None,
+        columns: dict[str, Array] | None = None, sample_id: Array | None = None, valid: Array | None = None,
     ):
         self.xp = xp
         self.shape = shape
         self.logp = stop_gradient(logp) if detach else logp
         self._logp_behavior_given = stop_gradient(logp_behavior)
         self.advantage = stop_gradient(advantage)
-        self._logp_old_given = None if logp_old is None else stop_gradient(logp_old)
+        self._columns = {k: stop_gradient(v) for k, v in (columns or {}).items() if v is not None}
         self._sample_id = sample_id
         self._valid = valid
 
     @classmethod
     def of(
         cls, logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool = False,
-        logp_old: Array | None = None, sample_id: Array | None = None,
+        sample_id: Array | None = None, **columns: Array | None,
     ) -> TokenTerms:
-        """Convert the inputs to one float dtype (see :mod:`drpo_sim._xp`) and check they broadcast."""
-        xp, arrays = as_float_arrays(logp, logp_behavior, advantage, *([] if logp_old is None else [logp_old]))
-        shape = broadcast_shape(*arrays)
-        old = arrays[3] if logp_old is not None else None
-        return cls(xp, *arrays[:3], shape, detach=detach, logp_old=old, sample_id=_as_ids(xp, sample_id, shape))
+        """Convert the inputs (and any of :data:`EXTRA_COLUMNS`) to one float dtype (see
+        :mod:`drpo_sim._xp`) and check they broadcast."""
+        xp, shape, arrays, extra = _as_inputs(logp, logp_behavior, advantage, columns)
+        return cls(xp, *arrays, shape, detach=detach, columns=extra, sample_id=_as_ids(xp, sample_id, shape))
+
+    def column(self, name: str) -> Array:
+        """The per-token input ``name`` of :data:`EXTRA_COLUMNS` (a constant); :class:`MissingColumn`
+        when the call has none."""
+        if name not in self._columns:
+            raise MissingColumn(name, f"this objective needs {name}")
+        return self._columns[name]
 
     def detached(self) -> TokenTerms:
         """The same terms with no gradient, reusing every quantity computed so far (detached, not
@@ -147,7 +155,7 @@ class TokenTerms:
         quantity whose graph form differs, :attr:`ratio_minus_one`, is ``rm1 + (r - r)`` there.
         """
         out = TokenTerms(self.xp, self.logp, self._logp_behavior_given, self.advantage, self.shape, detach=True,
-                         logp_old=self._logp_old_given, sample_id=self._sample_id, valid=self._valid)
+                         columns=self._columns, sample_id=self._sample_id, valid=self._valid)
         for name, value in vars(self).items():
             if isinstance(getattr(TokenTerms, name, None), cached_property) and hasattr(value, "dtype"):
                 out.__dict__[name] = stop_gradient(value)
@@ -163,9 +171,7 @@ class TokenTerms:
         whose trust region is anchored to ``pi_old`` (decoupled PPO, MiniRL, the recompute modes,
         the corrections) read it; ``ValueError`` when the call has no ``logp_old``.
         """
-        if self._logp_old_given is None:
-            raise MissingLogpOld("this objective needs logp_old")
-        return TokenTerms(self.xp, self.logp, self._logp_old_given, self.advantage, self.shape, detach=False,
+        return TokenTerms(self.xp, self.logp, self.column("logp_old"), self.advantage, self.shape, detach=False,
                           sample_id=self._sample_id, valid=self._valid)
 
     @cached_property
@@ -320,28 +326,52 @@ class TokenTerms:
         return 1.0
 
 
-def broadcast_shape(*arrays: Array) -> tuple[int, ...]:
-    """The shape ``logp, logp_behavior, advantage`` (and ``logp_old`` when given) broadcast to;
+def broadcast_shape(*arrays: Array, names: tuple[str, ...] = ()) -> tuple[int, ...]:
+    """The shape ``logp, logp_behavior, advantage`` (and the extra columns ``names``) broadcast to;
     ``ValueError`` naming their shapes if they do not."""
     try:
         return tuple(np.broadcast_shapes(*(tuple(a.shape) for a in arrays)))
     except ValueError:
-        names = ("logp, logp_behavior and advantage" if len(arrays) == 3
-                 else "logp, logp_behavior, advantage and logp_old")
+        listed = ["logp", "logp_behavior", "advantage", *names]
         raise ValueError(
-            f"{names} do not broadcast: shapes {', '.join(str(tuple(a.shape)) for a in arrays)}"
+            f"{', '.join(listed[:-1])} and {listed[-1]} do not broadcast: shapes "
+            f"{', '.join(str(tuple(a.shape)) for a in arrays)}"
         ) from None
 
 
-class MissingLogpOld(ValueError):
-    """An objective anchored to the trainer's recomputed policy was called without ``logp_old``."""
+EXTRA_COLUMNS = {
+    "logp_old": "the trainer's log-probs of the rollout's tokens, recomputed before the update",
+    "topk_tv": "the Top-K TV between the engine's and the trainer's next-token distributions (topk_divergences)",
+    "topk_kl": "the Top-K KL(engine || trainer) of the next-token distributions (topk_divergences)",
+}
+"""Per-token inputs beyond ``logp, logp_behavior, advantage`` that some objectives read
+(:attr:`Objective.required_columns`), by their token-log column names (``drpo_sim.tokens``)."""
 
 
-def _missing_logp_old(obj: Any) -> MissingLogpOld:
-    return MissingLogpOld(
-        f"{obj} needs logp_old, the trainer's log-probs of the rollout's tokens recomputed before the update "
-        "(the token log's column 'logp_old'): pass logp_old=..."
-    )
+class MissingColumn(ValueError):
+    """An objective was called without a per-token input it needs (:data:`EXTRA_COLUMNS`)."""
+
+    def __init__(self, column: str, message: str):
+        super().__init__(message)
+        self.column = column
+
+
+def _missing(obj: Any, column: str) -> MissingColumn:
+    return MissingColumn(column, f"{obj} needs {column}, {EXTRA_COLUMNS[column]} "
+                                 f"(the token log's column '{column}'): pass {column}=...")
+
+
+def _as_inputs(logp: Array, logp_behavior: Array, advantage: Array, columns: dict[str, Any]
+               ) -> tuple[Any, tuple[int, ...], list[Array], dict[str, Array]]:
+    """The three inputs and the given extra columns in one namespace and float dtype, and their
+    broadcast shape; an unknown column name is a ``ValueError``."""
+    given = {k: v for k, v in columns.items() if v is not None}
+    unknown = sorted(set(given) - set(EXTRA_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown per-token input(s) {', '.join(unknown)}; valid: {', '.join(EXTRA_COLUMNS)}")
+    xp, arrays = as_float_arrays(logp, logp_behavior, advantage, *given.values())
+    shape = broadcast_shape(*arrays, names=tuple(given))
+    return xp, shape, arrays[:3], dict(zip(given, arrays[3:]))
 
 
 def _as_ids(xp: Any, sample_id: Any, shape: tuple[int, ...]) -> Array | None:
@@ -452,7 +482,7 @@ BLOCK_TOKENS = {"numpy": 16384, "torch": 65536}
 
 def _evaluate(
     fn: Callable[[TokenTerms], Array], logp: Array, logp_behavior: Array, advantage: Array, *, detach: bool,
-    blocks: bool = True, logp_old: Array | None = None, sample_id: Array | None = None,
+    blocks: bool = True, columns: dict[str, Array | None] | None = None, sample_id: Array | None = None,
 ) -> Array:
     """Evaluate a per-token function of :class:`TokenTerms` over a call's tokens.
 
@@ -462,23 +492,22 @@ def _evaluate(
     pass over memory and a round of page faults each (``benchmarks/bench_objectives.py``
     measures the difference). The loop runs over blocks of ``BLOCK_TOKENS`` tokens, never over
     tokens; the result is identical to the whole-array evaluation. ``blocks=False`` (an objective
-    that is not elementwise) evaluates the whole array at once. ``logp_old`` and ``sample_id``
-    are passed on to the terms (:class:`TokenTerms`).
+    that is not elementwise) evaluates the whole array at once. ``columns`` (the extra per-token
+    inputs, :data:`EXTRA_COLUMNS`) and ``sample_id`` are passed on to the terms.
     """
-    xp, arrays = as_float_arrays(logp, logp_behavior, advantage, *([] if logp_old is None else [logp_old]))
-    shape = broadcast_shape(*arrays)
+    xp, shape, arrays, extra = _as_inputs(logp, logp_behavior, advantage, columns or {})
     ids = _as_ids(xp, sample_id, shape)
     n = math.prod(shape)
     block = BLOCK_TOKENS["torch" if is_torch(xp) else "numpy"]
     if not blocks or ids is not None or n <= 2 * block or (not detach and requires_grad(arrays[0])):
-        t = TokenTerms(xp, *arrays[:3], shape, detach=detach, logp_old=arrays[3] if len(arrays) > 3 else None,
-                       sample_id=ids)
+        t = TokenTerms(xp, *arrays, shape, detach=detach, columns=extra, sample_id=ids)
         return t.full(fn(t))
-    flat = [xp.reshape(xp.broadcast_to(stop_gradient(a), shape), (-1,)) for a in arrays]
+    names = list(extra)
+    flat = [xp.reshape(xp.broadcast_to(stop_gradient(a), shape), (-1,)) for a in [*arrays, *extra.values()]]
     out = xp.empty((n,), dtype=arrays[0].dtype, device=device(arrays[0]))
     for start in range(0, n, block):
         part = [a[start : start + block] for a in flat]
-        t = TokenTerms(xp, *part[:3], tuple(part[0].shape), detach=True, logp_old=part[3] if len(part) > 3 else None)
+        t = TokenTerms(xp, *part[:3], tuple(part[0].shape), detach=True, columns=dict(zip(names, part[3:])))
         out[start : start + block] = t.full(fn(t))
     return xp.reshape(out, shape)
 
@@ -555,37 +584,51 @@ class Objective:
     formula: ClassVar[Formula]
 
     # public API --------------------------------------------------------------------------
-    # Every method takes the three arrays of the two-policy objectives, and two optional keywords:
-    # ``logp_old``, the trainer's recomputed log-probs of the rollout (needed by the objectives
-    # anchored to pi_old, :attr:`needs_old`; ignored by the others), and ``sample_id``, which
-    # sequence each token belongs to (read by the sequence-level objectives and corrections,
-    # :attr:`per_sequence`; without it each row of the last axis is one sequence).
-    def surrogate(self, logp: Array, logp_behavior: Array, advantage: Array, *,
-                  logp_old: Array | None = None, sample_id: Array | None = None) -> Array:
+    # Every method takes the three arrays of the two-policy objectives, and optional keywords:
+    # ``logp_old``, the trainer's recomputed log-probs of the rollout (the objectives anchored to
+    # pi_old, :attr:`needs_old`); ``topk_tv`` / ``topk_kl``, DPPO's Top-K divergences at each
+    # token's position (:func:`topk_divergences`); ``sample_id``, which sequence each token belongs
+    # to (the sequence-level objectives, :attr:`per_sequence`; without it each row of the last axis
+    # is one sequence). An objective ignores those it does not read (:attr:`required_columns`).
+    def surrogate(self, logp: Array, logp_behavior: Array, advantage: Array, *, logp_old: Array | None = None,
+                  sample_id: Array | None = None, topk_tv: Array | None = None, topk_kl: Array | None = None) -> Array:
         """Per-token ``J_t`` to maximise; differentiable through ``logp`` for torch tensors."""
-        return self._call(self._surrogate, logp, logp_behavior, advantage, logp_old, sample_id, detach=False)
+        extra = {"logp_old": logp_old, "topk_tv": topk_tv, "topk_kl": topk_kl}
+        return self._call(self._surrogate, logp, logp_behavior, advantage, extra, sample_id, detach=False)
 
-    def weight(self, logp: Array, logp_behavior: Array, advantage: Array, *,
-               logp_old: Array | None = None, sample_id: Array | None = None) -> Array:
+    def weight(self, logp: Array, logp_behavior: Array, advantage: Array, *, logp_old: Array | None = None,
+               sample_id: Array | None = None, topk_tv: Array | None = None, topk_kl: Array | None = None) -> Array:
         """Per-token ``w_t`` with ``dJ_t/dlogp = advantage * r * w_t`` (no gradient attached)."""
-        return self._call(self._weight, logp, logp_behavior, advantage, logp_old, sample_id, detach=True)
+        extra = {"logp_old": logp_old, "topk_tv": topk_tv, "topk_kl": topk_kl}
+        return self._call(self._weight, logp, logp_behavior, advantage, extra, sample_id, detach=True)
 
-    def grad_logp(self, logp: Array, logp_behavior: Array, advantage: Array, *,
-                  logp_old: Array | None = None, sample_id: Array | None = None) -> Array:
+    def grad_logp(self, logp: Array, logp_behavior: Array, advantage: Array, *, logp_old: Array | None = None,
+                  sample_id: Array | None = None, topk_tv: Array | None = None, topk_kl: Array | None = None) -> Array:
         """Closed-form ``dJ_t/dlogp`` (``A r w`` for every objective whose weight is defined)."""
-        return self._call(self._grad_logp, logp, logp_behavior, advantage, logp_old, sample_id, detach=True)
+        extra = {"logp_old": logp_old, "topk_tv": topk_tv, "topk_kl": topk_kl}
+        return self._call(self._grad_logp, logp, logp_behavior, advantage, extra, sample_id, detach=True)
 
-    def regions(self, logp: Array, logp_behavior: Array, advantage: Array, *,
-                logp_old: Array | None = None, sample_id: Array | None = None) -> Regions:
-        """Which tokens this objective masks, attenuates, turns corrective or amplifies."""
-        return Regions.from_weight(self.weight(logp, logp_behavior, advantage, logp_old=logp_old, sample_id=sample_id))
+    def regions(self, logp: Array, logp_behavior: Array, advantage: Array, **inputs: Array | None) -> Regions:
+        """Which tokens this objective masks, attenuates, turns corrective or amplifies (the keywords
+        of :meth:`weight`)."""
+        return Regions.from_weight(self.weight(logp, logp_behavior, advantage, **inputs))
 
-    def _call(self, fn, logp, logp_behavior, advantage, logp_old, sample_id, *, detach):
-        if self.needs_old and logp_old is None:
-            raise _missing_logp_old(self)
+    def _call(self, fn, logp, logp_behavior, advantage, extra, sample_id, *, detach):
         return _evaluate(fn, logp, logp_behavior, advantage, detach=detach, blocks=self.elementwise,
-                         logp_old=logp_old if self.needs_old else None,
-                         sample_id=sample_id if self.per_sequence else None)
+                         columns=self.columns_of(extra), sample_id=sample_id if self.per_sequence else None)
+
+    def columns_of(self, given: dict[str, Array | None]) -> dict[str, Array]:
+        """The extra per-token inputs this objective reads, out of those ``given`` (the others are
+        dropped); :class:`MissingColumn` naming the first one missing."""
+        for name in self.required_columns:
+            if given.get(name) is None:
+                raise _missing(self, name)
+        return {name: given[name] for name in self.required_columns}
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """The per-token inputs beyond ``logp, logp_behavior, advantage`` it reads (:data:`EXTRA_COLUMNS`)."""
+        return ("logp_old",) if self.needs_old else ()
 
     @property
     def needs_old(self) -> bool:
@@ -1305,6 +1348,99 @@ class DPPOKLRecompute(DPPOKL):
 
 
 # --------------------------------------------------------------------------------------------
+# DPPO's Top-K divergence: the trust region measured over whole distributions
+# --------------------------------------------------------------------------------------------
+
+
+def topk_divergences(logp_trainer: Array, topk_ids: Array, topk_logp_engine: Array) -> tuple[Array, Array]:
+    """DPPO's Top-K approximation of the divergence between the engine's and the trainer's next-token
+    distributions at each position: ``(tv, kl)``, each of shape ``[...]``.
+
+    ``logp_trainer [..., V]`` is the trainer's log-softmax at each position; ``topk_ids [..., K]``
+    and ``topk_logp_engine [..., K]`` are the engine's ``K`` most likely tokens there and their
+    log-probs (what an inference engine returns with ``logprobs=K``). The two distributions are
+    compared over ``K + 1`` buckets: the engine's top ``K`` tokens and the rest of the vocabulary as
+    one, so with ``P`` the engine's and ``Q`` the trainer's::
+
+        tv = (sum_k abs(p_k - q_k) + abs(p_rest - q_rest)) / 2
+        kl = sum_k p_k log(p_k / q_k) + p_rest log(p_rest / q_rest)       (KL(P || Q))
+
+    Source: sail-sg/Stable-RL ``verl/workers/actor/utils.py``, ``compute_topk_kl`` (Qi et al. 2026),
+    written here from its formula; theirs floors the bucket masses at 1e-12, here ``0 log 0 = 0`` and
+    a bucket the engine fills where the trainer has no mass gives an infinite KL (a true infinity,
+    above any threshold). The rest masses are ``1 - sum_k`` computed as ``-expm1(logsumexp)``.
+    A constant of the update (no gradient): it only masks.
+    """
+    xp, (lq, lp_k) = as_float_arrays(logp_trainer, topk_logp_engine)
+    lq, lp_k = stop_gradient(lq), stop_gradient(lp_k)
+    if is_torch(xp):
+        torch = sys.modules["torch"]
+        lq_k = torch.gather(lq, -1, torch.as_tensor(topk_ids, device=lq.device, dtype=torch.int64))
+        lp_mass, lq_mass = torch.logsumexp(lp_k, dim=-1), torch.logsumexp(lq_k, dim=-1)
+    else:
+        lq_k = np.take_along_axis(lq, np.asarray(topk_ids, dtype=np.int64), axis=-1)
+        lp_mass, lq_mass = np.logaddexp.reduce(lp_k, axis=-1), np.logaddexp.reduce(lq_k, axis=-1)
+    p_k, q_k = xp.exp(lp_k), xp.exp(lq_k)
+    # the rest's mass, 1 - sum_k, without cancellation (and never below 0 where rounding says > 1)
+    p_rest = -xp.expm1(xp.minimum(lp_mass, xp.zeros_like(lp_mass)))
+    q_rest = -xp.expm1(xp.minimum(lq_mass, xp.zeros_like(lq_mass)))
+    tv = (xp.sum(xp.abs(p_k - q_k), axis=-1) + xp.abs(p_rest - q_rest)) / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        top = xp.sum(xp.where(p_k > 0, p_k * (lp_k - lq_k), xp.zeros_like(p_k)), axis=-1)
+        rest = xp.where(p_rest > 0, p_rest * (xp.log(p_rest) - xp.log(q_rest)), xp.zeros_like(p_rest))
+    return tv, top + rest
+
+
+@register
+@dataclass(frozen=True)
+class DPPOTopKTV(DPPOTV):
+    """DPPO's Top-K TV mode: the trust region on the TV between the engine's and the trainer's whole
+    next-token distributions (Top-K approximation, :func:`topk_divergences`), not on the sampled
+    token's own shift.
+
+    ``M = 0`` where ``A>0, pi>mu, D > delta_high`` or ``A<0, pi<mu, D > delta_low`` with ``D`` the
+    position's ``topk_tv`` (a per-token input); ``J = sg(r M A) * u``, ``w = M`` as :class:`DPPOTV`.
+    Source: sail-sg/Stable-RL ``core_algos.py``, ``dppo_topk_tv`` (which clamps the detached ratio
+    at 10; the gradient is the same where ``r <= 10``). Default ``delta`` 0.15, DPPO-TV's.
+    """
+
+    name: ClassVar[str] = "dppo_topk_tv"
+    formula: ClassVar[Formula] = Formula(
+        "sg(r) * M * A * log pi",
+        "M = 0 if sign(A)(pi - mu) > 0 and TV_topK(mu, pi) > delta else 1",
+        "hard mask on the Top-K TV of the whole next-token distributions",
+        "Qi et al. 2026, DPPO (sail-sg/Stable-RL dppo_topk_tv)",
+    )
+    column: ClassVar[str] = "topk_tv"
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def _keep(self, t):
+        d, a, s = t.column(self.column), t.advantage, t.shift
+        return ~(((a > 0) & (s > 0) & (d > self.hi)) | ((a < 0) & (s < 0) & (d > self.lo)))
+
+
+@register
+@dataclass(frozen=True)
+class DPPOTopKKL(DPPOTopKTV):
+    """DPPO's Top-K KL mode: :class:`DPPOTopKTV` with the position's ``topk_kl``, ``KL(mu || pi)``
+    over the Top-K buckets (:func:`topk_divergences`). Source: sail-sg/Stable-RL ``dppo_topk_kl``.
+    Default ``delta`` 0.05, DPPO-KL's."""
+
+    name: ClassVar[str] = "dppo_topk_kl"
+    formula: ClassVar[Formula] = Formula(
+        "sg(r) * M * A * log pi",
+        "M = 0 if sign(A)(pi - mu) > 0 and KL_topK(mu || pi) > delta else 1",
+        "hard mask on the Top-K KL of the whole next-token distributions",
+        "Qi et al. 2026, DPPO (sail-sg/Stable-RL dppo_topk_kl)",
+    )
+    column: ClassVar[str] = "topk_kl"
+    delta: float = 0.05
+
+
+# --------------------------------------------------------------------------------------------
 # Corrections of the engine's gap b = pi_old / mu, composable with any objective
 # --------------------------------------------------------------------------------------------
 
@@ -1854,6 +1990,8 @@ def policy_loss(
     metrics: bool | str = "default",
     logp_old: Array | None = None,
     sample_id: Array | None = None,
+    topk_tv: Array | None = None,
+    topk_kl: Array | None = None,
 ) -> tuple[Array, dict[str, float]]:
     """The scalar loss a trainer calls ``.backward()`` on, and namespaced metrics.
 
@@ -1863,9 +2001,10 @@ def policy_loss(
     the loss nor the gradient. An empty batch (no element at all) is a ``ValueError``.
 
     ``logp_old`` (``[B, T]``, the trainer's recomputed log-probs of the rollout) is required by the
-    objectives anchored to it (``Objective.needs_old``) and ignored by the others. Each row is one
-    sequence for the sequence-level objectives, unless ``sample_id`` (``[B, T]`` or ``[B]``) says
-    otherwise; padded tokens never enter a sequence's ratio.
+    objectives anchored to it (``Objective.needs_old``), ``topk_tv`` / ``topk_kl`` by DPPO's Top-K
+    modes (``Objective.required_columns``); the others ignore them. Each row is one sequence for
+    the sequence-level objectives, unless ``sample_id`` (``[B, T]`` or ``[B]``) says otherwise;
+    padded tokens never enter a sequence's ratio.
 
     ``metrics`` chooses the statistics returned beside the loss, as Python floats over the valid
     tokens; they never enter the autograd graph (computed on detached tensors, from the ratio and
@@ -1888,10 +2027,8 @@ def policy_loss(
     """
     setting = _metric_setting(metrics)
     obj = get(objective) if isinstance(objective, str) else objective
-    if obj.needs_old and logp_old is None:
-        raise _missing_logp_old(obj)
-    old_given = [logp_old] if obj.needs_old else []
-    xp, (logp_f, lpb_f, adv_f, *old_f) = as_float_arrays(logp, logp_behavior, advantage, *old_given)
+    extra = obj.columns_of({"logp_old": logp_old, "topk_tv": topk_tv, "topk_kl": topk_kl})
+    xp, (logp_f, lpb_f, adv_f, *extra_f) = as_float_arrays(logp, logp_behavior, advantage, *extra.values())
     if logp_f.ndim != 2:
         raise ValueError(f"policy_loss needs logp of shape [B, T], got {tuple(logp_f.shape)}")
     if math.prod(logp_f.shape) == 0:
@@ -1904,7 +2041,7 @@ def policy_loss(
         if len(ids.shape) == 1 and logp_f.ndim == 2 and ids.shape[0] == logp_f.shape[0]:
             ids = ids.reshape(-1, 1)  # one id per sequence, as an advantage of shape [B]
         ids = _as_ids(xp, ids, tuple(logp_f.shape))
-    for label, arr in (("logp_behavior", lpb_f), ("advantage", adv_f), *(("logp_old", a) for a in old_f)):
+    for label, arr in (("logp_behavior", lpb_f), ("advantage", adv_f), *zip(extra, extra_f)):
         try:
             fits = np.broadcast_shapes(tuple(arr.shape), tuple(logp_f.shape)) == tuple(logp_f.shape)
         except ValueError:
@@ -1928,16 +2065,16 @@ def policy_loss(
         logp_f = xp.where(valid, logp_f, 0.0)
         lpb_f = xp.where(valid, lpb_f, 0.0)
         adv_f = xp.where(valid, adv_f, 0.0)
-        old_f = [xp.where(valid, a, 0.0) for a in old_f]
+        extra_f = [xp.where(valid, a, 0.0) for a in extra_f]
     # the surrogate over the whole batch at once (what Objective.surrogate evaluates for a call that
     # needs a gradient; its blocks give the same bits otherwise)
     terms = TokenTerms(xp, logp_f, lpb_f, adv_f, tuple(logp_f.shape), detach=False,
-                       logp_old=old_f[0] if old_f else None, sample_id=ids, valid=valid if padded else None)
+                       columns=dict(zip(extra, extra_f)), sample_id=ids, valid=valid if padded else None)
     surrogate = terms.full(obj._surrogate(terms))
     # the metrics' reductions, from the terms the surrogate has computed, detached
     stats = None if setting is None else _metric_reductions(obj, terms.detached(), valid if padded else None, setting)
     # from here on only what the graph saved for the backward pass need stay alive
-    del terms, logp_f, lpb_f, adv_f, old_f
+    del terms, logp_f, lpb_f, adv_f, extra_f
     # -aggregate(surrogate, valid): the same formula, each temporary released as soon as it is used
     c = aggregation_weights(valid, agg_mode, horizon=horizon, dtype=surrogate.dtype)
     if padded:
@@ -2010,12 +2147,11 @@ def _read_back(xp: Any, values: list[Array]) -> list[float]:
 
 
 def token_metrics(obj: Objective, logp: Array, logp_behavior: Array, advantage: Array, mask: Array, *,
-                  logp_old: Array | None = None, sample_id: Array | None = None) -> dict[str, float]:
-    """:func:`policy_loss`'s full metrics but ``actor/pg_loss``, for the valid tokens of ``mask``."""
-    if obj.needs_old and logp_old is None:
-        raise _missing_logp_old(obj)
-    t = TokenTerms.of(logp, logp_behavior, advantage, detach=True, logp_old=logp_old if obj.needs_old else None,
-                      sample_id=sample_id if obj.per_sequence else None)
+                  sample_id: Array | None = None, **columns: Array | None) -> dict[str, float]:
+    """:func:`policy_loss`'s full metrics but ``actor/pg_loss``, for the valid tokens of ``mask``
+    (``columns``: the extra per-token inputs, as :meth:`Objective.weight` takes them)."""
+    t = TokenTerms.of(logp, logp_behavior, advantage, detach=True, sample_id=sample_id if obj.per_sequence else None,
+                      **obj.columns_of(columns))
     valid = t.xp.broadcast_to(_as_valid(t.xp, mask), t.shape)
     zero = t.xp.zeros((), dtype=t.logp.dtype, device=device(t.logp))
     out = _metric_values(t.xp, _metric_reductions(obj, t, valid, "full"), zero, float(math.prod(t.shape)), "full")

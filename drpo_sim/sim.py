@@ -391,6 +391,32 @@ def gather(table: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> np.ndarra
     return table.reshape(-1)[rows * v + tokens]
 
 
+TOPK = 20
+"""How many of the engine's most likely tokens DPPO's Top-K divergence reads in the simulator
+(:func:`drpo_sim.objectives.topk_divergences`): 20, the most log-probs vLLM returns per position
+by default (``max_logprobs``). A vocabulary of at most 20 tokens gives the exact divergence."""
+
+
+def engine_topk(logmu: np.ndarray, k: int = TOPK) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's ``k`` most likely tokens of each state of a ``[..., V]`` table and their log-probs
+    (in no particular order: the divergence does not depend on it)."""
+    k = min(k, logmu.shape[-1])
+    ids = np.argpartition(-logmu, k - 1, axis=-1)[..., :k]
+    return ids, np.take_along_axis(logmu, ids, axis=-1)
+
+
+def topk_columns(obj: objectives.Objective, logpi: np.ndarray, topk: tuple[np.ndarray, np.ndarray] | None
+                 ) -> dict[str, np.ndarray]:
+    """DPPO's Top-K divergences of each state ``[..., 1]`` between the engine's top tokens ``topk``
+    (:func:`engine_topk`) and the trainer's table ``logpi [..., V]``, for an objective that reads
+    them (``{}`` for the others)."""
+    wanted = {"topk_tv", "topk_kl"} & set(obj.required_columns)
+    if not wanted:
+        return {}
+    tv, kl = objectives.topk_divergences(logpi, *topk)
+    return {k: v[..., None] for k, v in (("topk_tv", tv), ("topk_kl", kl)) if k in wanted}
+
+
 def logit_gradient(coef: np.ndarray, rows: np.ndarray, tokens: np.ndarray, pi: np.ndarray) -> np.ndarray:
     """``sum_t coef_t (onehot(y_t) - pi(.|s_t))`` accumulated into a ``[N, S, V]`` table."""
     return np.negative(loss_gradient(coef, rows, tokens, pi))
@@ -484,6 +510,7 @@ class Simulation:
         seed_block: int | None = None,
     ):
         self.cfg, self.obj, self.seeds, self.sink = cfg, obj, seeds, token_sink
+        self._reads_topk = bool({"topk_tv", "topk_kl"} & set(obj.required_columns))
         if cfg.train.mode == "exact" and obj.per_sequence:
             raise ValueError(f"{obj} takes a sequence-level ratio, but exact mode enumerates one state's vocabulary "
                              "and has no sequences: use mode='sampled'")
@@ -647,14 +674,16 @@ class Simulation:
         logmu, mu = (np.concatenate(x) if len(parts) > 1 else x[0] for x in zip(*parts, strict=True))
         adv = advantages.exact(self.env.token_rewards(), mu, std_norm=self.tr.std_norm)
         anchor = self._anchor(logmu, logpi0)
+        topk = engine_topk(logmu) if self._reads_topk else None
         for _ in range(self.op.updates_per_batch):
             logpi, pi, _ = self._trainer_tables()
-            g = self.obj.grad_logp(logpi, anchor, adv, logp_old=logpi0)
+            cols = {"logp_old": logpi0, **topk_columns(self.obj, logpi, topk)}
+            g = self.obj.grad_logp(logpi, anchor, adv, **cols)
             q = np.where(mu > 0, mu * g, 0.0)
             grad_z = q - q.sum(-1, keepdims=True) * pi
             loss = np.negative(grad_z, out=grad_z)
             norm = self._update(lambda sl, loss=loss: loss[sl])
-            w = self.obj.weight(logpi, anchor, adv, logp_old=logpi0)
+            w = self.obj.weight(logpi, anchor, adv, **cols)
             acc.add(w, np.abs(pi - mu), mu, norm)
 
     def _sampled_updates(self, step: int, acc: _Accumulator) -> None:
@@ -666,9 +695,14 @@ class Simulation:
         prompts = np.empty((n, p_step), dtype=np.int64)
         rows = np.empty((n, p_step, g_, t_), dtype=np.int64)
         tokens, lp_mu, lp_old = np.empty(rows.shape, dtype=np.int64), np.empty(rows.shape), np.empty(rows.shape)
+        k = min(TOPK, env.vocab_size)
+        topk = (np.empty((n * s_, k), dtype=np.int64), np.empty((n * s_, k))) if self._reads_topk else None
         # the rollout, block by block: the engine's tables, each seed's prompts and tokens
         for sl in self.blocks:
             logmu, mu = self._engine_block(sl, acc)
+            if topk is not None:  # the engine's top tokens of each state, as it would report them
+                states = slice(sl.start * s_, sl.stop * s_)
+                topk[0][states], topk[1][states] = engine_topk(logmu.reshape(-1, env.vocab_size), k)
             streams = self.streams.block(sl)
             if p_step < env.n_prompts:
                 prompts[sl] = np.argsort(streams.random((env.n_prompts,)), axis=1)[:, :p_step]
@@ -699,7 +733,10 @@ class Simulation:
             logpi, pi, _ = self._trainer_tables()
             r_, y_, a_ = rows[:, sl], tokens[:, sl], np.broadcast_to(adv[:, sl], (n, sl.size, t_))
             lp = gather(logpi, r_, y_)
-            g = self.obj.grad_logp(lp, anchor[:, sl], a_, logp_old=lp_old[:, sl])
+            cols = {"logp_old": lp_old[:, sl]}
+            for name, per_state in topk_columns(self.obj, logpi.reshape(-1, env.vocab_size), topk).items():
+                cols[name] = per_state[:, 0][r_]  # each token's state's divergence
+            g = self.obj.grad_logp(lp, anchor[:, sl], a_, **cols)
             coef = coef_agg * g
 
             def loss_grad(seeds: slice, coef=coef, r_=r_, y_=y_, pi=pi) -> np.ndarray:
@@ -708,7 +745,7 @@ class Simulation:
                 return loss_gradient(coef[seeds], r_[seeds] - seeds.start * s_, y_[seeds], p, out=out)
 
             norm = self._update(loss_grad, recycle=True)
-            w = self.obj.weight(lp, anchor[:, sl], a_, logp_old=lp_old[:, sl])
+            w = self.obj.weight(lp, anchor[:, sl], a_, **cols)
             acc.add(w, np.abs(np.exp(lp) - np.exp(lp_mu[:, sl])), None, norm)
             if self.sink is not None:
                 self._emit(

@@ -42,6 +42,10 @@ CONFIGS: list[tuple[str, dict]] = [
     ("dppo_tv_recompute", {}),
     ("dppo_tv_recompute", {"delta": 0.05}),
     ("dppo_kl_recompute", {}),
+    # DPPO's Top-K modes (the batch's topk_tv / topk_kl)
+    ("dppo_topk_tv", {}),
+    ("dppo_topk_tv", {"delta_low": 0.05, "delta_high": 0.5}),
+    ("dppo_topk_kl", {}),
     ("decoupled_ppo", {}),
     ("decoupled_ppo", {"is_cap": 1.5, "dual_clip": 3.0}),
     # sequence-level ratios (the batch's sample_id)
@@ -104,9 +108,10 @@ def token_batches(draw, lo: float = -50.0, max_size: int = 48, advantage=ADVANTA
 
 @st.composite
 def policy_batches(draw, lo: float = -50.0, max_size: int = 48, advantage=ADVANTAGE):
-    """``(logp, logp_behavior, advantage, logp_old, sample_id)``: a token batch with the trainer's
-    recomputed log-probs (often a small step from ``mu``, as an engine's gap is; sometimes anywhere)
-    and the tokens split into up to four sequences."""
+    """``(logp, logp_behavior, advantage, columns, sample_id)``: a token batch with its extra
+    per-token inputs ``columns`` (``logp_old``, the trainer's recomputed log-probs, often a small
+    step from ``mu`` as an engine's gap is, sometimes anywhere; DPPO's Top-K divergences ``topk_tv``
+    in [0, 1] and ``topk_kl`` >= 0, infinite at times) and the tokens split into up to four sequences."""
     logp, lpb, adv = draw(token_batches(lo=lo, max_size=max_size, advantage=advantage))
     n = len(logp)
     free = np.array(draw(st.lists(_logp(lo), min_size=n, max_size=n)))
@@ -117,7 +122,11 @@ def policy_batches(draw, lo: float = -50.0, max_size: int = 48, advantage=ADVANT
     sample_id = np.zeros(n, dtype=np.int64)
     for c in cuts:
         sample_id[c:] += 1
-    return logp, lpb, adv, logp_old, sample_id
+    tv = np.array(draw(st.lists(st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.0, 0.05, 0.15, 1.0])),
+                                min_size=n, max_size=n)))
+    kl = np.array(draw(st.lists(st.one_of(st.floats(0.0, 50.0), st.sampled_from([0.0, 0.05, np.inf])),
+                                min_size=n, max_size=n)))
+    return logp, lpb, adv, {"logp_old": logp_old, "topk_tv": tv, "topk_kl": kl}, sample_id
 
 
 def per_sequence_advantage(adv: np.ndarray, sample_id: np.ndarray) -> np.ndarray:

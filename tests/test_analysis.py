@@ -157,3 +157,125 @@ def test_bad_input_errors_on_cpu():
         acc = analysis.ReplayAccumulator()
         acc.update(b)
         acc.update(dataclasses.replace(b, step=None))
+
+
+# ---------------------------------------------------------------------------------------------
+# three policies (logp_old) and sequence-level objectives (sample_id)
+
+#: One objective of each kind: anchored to pi_old, sequence-level, a token and two sequence corrections.
+THREE_POLICY = {"minirl": {}, "decoupled_ppo": {}, "gspo": {}, "grpo": {"correction": "tis", "cap": 2},
+                "drpo": {"correction": "seq_mis", "cap": 1.2}, "spo": {"correction": "geo_mis", "upper": 1.02}}
+
+
+def make_sequences(n_seq=60, steps=3, seed=1):
+    """Sequences of 1 to 40 tokens under three policies, ``n_seq / steps`` per step, masked-out tokens
+    inside them. ``sample_id`` is unique only within a step, and counts down in odd steps, so a step's
+    last sample and the next step's first share an id: only the step tells them apart."""
+    rng = np.random.default_rng(seed)
+    length = rng.integers(1, 41, n_seq)
+    length[n_seq // 2] = 40
+    per = n_seq // steps
+    seq_step = np.arange(n_seq) // per
+    local = np.arange(n_seq) % per
+    seq_sid = np.where(seq_step % 2 == 0, local, per - 1 - local)
+    seq = np.repeat(np.arange(n_seq), length)
+    n = len(seq)
+    logp_b = np.log(rng.beta(0.5, 0.5, n).clip(1e-6, 1.0))
+    logp_old = np.minimum(logp_b + rng.normal(0, 0.05, n), 0.0)  # the engine's gap
+    logp = np.minimum(logp_old + rng.normal(0, 0.1, n), 0.0)  # the updates' drift
+    adv = rng.choice([-1.0, -0.5, 0.5, 1.0], n_seq)[seq]
+    pos = np.arange(n) - np.repeat(np.cumsum(length) - length, length)
+    return TokenBatch.from_arrays(logp=logp, logp_behavior=logp_b, logp_old=logp_old, advantage=adv,
+                                  mask=rng.random(n) >= 0.1, sample_id=seq_sid[seq], group_id=seq_sid[seq] // 4,
+                                  position=pos, step=seq_step[seq])
+
+
+def by_hand(batch, objs):
+    """Each objective's weight on the kept tokens, from the registry, sequences told apart by (step, sample_id)."""
+    keep = batch.mask
+    ids = batch.step[keep] * 10_000 + batch.sample_id[keep]
+    cols = (batch.logp[keep], batch.logp_behavior[keep], batch.advantage[keep])
+    return {n: o.weight(*cols, logp_old=batch.logp_old[keep], sample_id=ids) for n, o in objs.items()}
+
+
+def test_three_policy_and_sequence_objectives_match_the_registry_on_cpu():
+    b = make_sequences()
+    objs = analysis.objective_specs(list(THREE_POLICY), THREE_POLICY)
+    assert objs["grpo"] == objectives.get("grpo", correction="tis", cap=2)
+    res = analysis.replay([b], objs)
+    keep = b.mask
+    a, r = b.advantage[keep], np.exp(b.logp[keep] - b.logp_behavior[keep])
+    table = res.objectives.set_index("objective")
+    for name, w in by_hand(b, objs).items():
+        reg, row = objectives.Regions.from_weight(w), table.loc[name]
+        assert row["tokens"] == keep.sum()
+        for region in ("masked", "attenuated", "corrective", "amplified"):
+            assert row[f"{region}_frac"] == pytest.approx(getattr(reg, region).mean(), abs=1e-12), (name, region)
+        assert row["grad_mass_share"] == pytest.approx(np.abs(a * r * w).sum() / np.abs(a * r).sum(), rel=1e-10)
+        assert row["weight_min"] == pytest.approx(w.min()) and row["weight_max"] == pytest.approx(w.max())
+    # every kind is at work on these tokens: GSPO and the sequence masks drop whole sequences
+    assert 0.1 < table.loc["gspo", "masked_frac"] < 0.9 and 0 < table.loc["drpo", "masked_frac"] < 1
+    assert table.loc["grpo", "params"] == "eps_low=0.2, eps_high=0.28, correction=tis, cap=2"
+    n_seq = len(np.unique(b.step[keep] * 10_000 + b.sample_id[keep]))
+    assert res.totals["sequences"] == n_seq and res.totals["sequence_key"] == ["step", "sample_id"]
+    # ids unique only within a step: merging a step's last sample with the next step's first changes GSPO
+    merged = objs["gspo"].weight(b.logp[keep], b.logp_behavior[keep], a, sample_id=b.sample_id[keep])
+    assert not np.array_equal(merged, by_hand(b, objs)["gspo"])
+
+
+def split_at(batch, cuts):
+    edges = [0, *cuts, len(batch)]
+    return [TokenBatch.from_arrays(**{k: v[lo:hi] for k, v in batch.columns.items()})
+            for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def test_a_sequence_split_across_batches_gives_the_whole_sequence_result_on_cpu():
+    b = make_sequences()
+    objs = analysis.objective_specs(list(THREE_POLICY), THREE_POLICY)
+    starts = np.flatnonzero(np.r_[True, b.position[1:] == 0])
+    longest = starts[np.argmax(np.diff(np.r_[starts, len(b)]))]
+    # cuts one token into sequences, twice inside the longest (a batch within one sequence), and an empty batch
+    cuts = sorted([*(starts[5::9] + 1), longest + 7, longest + 30, longest + 30])
+    pieces = split_at(b, cuts)
+    assert any(len(p) == 0 for p in pieces)
+    whole, streamed = analysis.replay([b], objs), analysis.replay(pieces, objs)
+    for table in ("mismatch", "regions", "objectives", "by_step"):
+        x, y = getattr(whole, table), getattr(streamed, table)
+        num = x.select_dtypes("number").columns
+        np.testing.assert_allclose(x[num].to_numpy(float), y[num].to_numpy(float), rtol=1e-12, atol=1e-15,
+                                   err_msg=table)
+    assert streamed.totals["sequences"] == whole.totals["sequences"] and streamed.totals["batches"] == len(pieces)
+    # the cuts matter: each piece evaluated on its own would give GSPO other weights
+    naive = np.concatenate([w["gspo"] for w in (by_hand(p, {"gspo": objs["gspo"]}) for p in pieces if len(p))])
+    assert not np.allclose(naive, by_hand(b, objs)["gspo"])
+
+
+def test_one_sequence_longer_than_every_batch_on_cpu():
+    b = make_sequences(n_seq=1, steps=1)
+    b = split_at(b, [len(b)])[0]
+    objs = analysis.objective_specs(["gspo", "drpo"], {"drpo": {"correction": "seq_tis", "cap": 1.05}})
+    whole = analysis.replay([b], objs)
+    streamed = analysis.replay(split_at(b, range(3, len(b), 3)), objs)
+    assert streamed.totals["sequences"] == 1
+    np.testing.assert_allclose(whole.objectives.select_dtypes("number").to_numpy(float),
+                               streamed.objectives.select_dtypes("number").to_numpy(float), rtol=1e-12)
+
+
+def test_three_policy_errors_on_cpu():
+    b = make_sequences(n_seq=6, steps=1)
+    old_log = dataclasses.replace(b, logp_old=None)
+    objs = analysis.objective_specs(["drpo", "minirl", "grpo"], {"grpo": {"correction": "tis"}})
+    with pytest.raises(objectives.MissingColumn, match=r"^minirl, grpo \(correction tis\) need the column 'logp_old'"):
+        analysis.replay([old_log], objs)
+    analysis.replay([old_log])  # the default objectives need no logp_old
+    acc = analysis.ReplayAccumulator(analysis.objective_specs(["decoupled_ppo"]))
+    acc.update(b)
+    with pytest.raises(ValueError, match="decoupled_ppo needs the column 'logp_old'.*--objectives"):
+        acc.update(old_log)  # every batch, not only the first
+    # a sample whose tokens are not one after another cannot be a sequence
+    order = np.r_[np.arange(3), len(b) - 1, np.arange(3, len(b) - 1)]
+    shuffled = TokenBatch.from_arrays(**{k: v[order] for k, v in b.columns.items()})
+    assert shuffled.sample_id[3] != shuffled.sample_id[4]
+    with pytest.raises(ValueError, match=r"\(gspo\) need .* one after another.* step 0, sample_id 0 come in 2 sep"):
+        analysis.replay([shuffled], analysis.objective_specs(["gspo", "drpo"]))
+    analysis.replay([shuffled])  # token-level objectives do not mind the order

@@ -105,3 +105,24 @@ def test_plane_masks_are_the_registrys_masked_regions_on_cpu(plane):
         for name in CFG.plane_weights:
             np.testing.assert_array_equal(half[f"weight_{name}"].to_numpy(), built[name].weight(lp, lb, adv))
     assert geometry.ADV_SIGNS == (1.0, -1.0)
+
+
+def test_single_tokens_are_drawn_at_the_plainest_case_of_each_extra_input_on_cpu():
+    """Two-policy objectives: their own weight. The others: pi_old = mu, one-token sequences, the
+    Top-K divergence at K = 1 (the binary TV and KL): so the recompute modes are the rollout's,
+    a correction changes nothing, GSPO clips the token's ratio and Top-K TV masks as binary TV."""
+    pi = np.array([0.05, 0.3, 0.5, 0.9])
+    mu = np.array([0.3, 0.05, 0.45, 0.6])
+    lp, lb, adv = np.log(pi), np.log(mu), np.array([1.0, 1.0, -1.0, -1.0])
+    stw = geometry.single_token_weight
+    for name in ("drpo", "grpo", "dppo_tv"):
+        obj = objectives.get(name)
+        np.testing.assert_array_equal(stw(obj, lp, lb, adv), obj.weight(lp, lb, adv))
+    pairs = [("dppo_tv_recompute", "dppo_tv"), ("dppo_topk_tv", "dppo_tv"), ("decoupled_ppo", "ppo")]
+    for new, old in pairs:
+        np.testing.assert_array_equal(stw(objectives.get(new), lp, lb, adv), objectives.get(old).weight(lp, lb, adv))
+    corrected = objectives.get("drpo", delta=0.2, correction="seq_mis")
+    np.testing.assert_array_equal(stw(corrected, lp, lb, adv), objectives.get("drpo", delta=0.2).weight(lp, lb, adv))
+    gspo = objectives.get("gspo", eps_low=0.1, eps_high=0.1)
+    np.testing.assert_array_equal(stw(gspo, lp, lb, adv), objectives.get("ppo", eps_low=0.1, eps_high=0.1)
+                                  .weight(lp, lb, adv))

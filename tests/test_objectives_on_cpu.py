@@ -32,11 +32,10 @@ ABLATIONS = {"drpo_no_abs_adv", "drpo_kl", "drpo_tv", "drpo_k3"}
 RTOL = {torch.float64: 1e-9, torch.float32: 2e-4}
 
 
-def _extra(logp_old, sample_id, dtype):
-    """The keywords of the three policies and of sequences, as torch tensors (``None`` left out)."""
-    out = {}
-    if logp_old is not None:
-        out["logp_old"] = torch.tensor(np.asarray(logp_old), dtype=dtype)
+def _extra(columns, sample_id, dtype):
+    """The keywords of the extra per-token inputs (``logp_old``, ``topk_tv``, ``topk_kl``) and of
+    sequences, as torch tensors (``None`` left out)."""
+    out = {k: torch.tensor(np.asarray(v), dtype=dtype) for k, v in (columns or {}).items()}
     if sample_id is not None:
         out["sample_id"] = torch.as_tensor(np.asarray(sample_id))
     return out
@@ -47,11 +46,11 @@ def hand_ratio(logp: np.ndarray, lpb: np.ndarray) -> np.ndarray:
     return np.exp(np.minimum(logp - lpb, LOG_RATIO_MAX))
 
 
-def autograd(obj, logp, lpb, adv, dtype, logp_old=None, sample_id=None):
+def autograd(obj, logp, lpb, adv, dtype, columns=None, sample_id=None):
     """Surrogate, its gradient with respect to logp by autograd, all as float64 NumPy."""
     lp = torch.tensor(logp, dtype=dtype, requires_grad=True)
     j = obj.surrogate(lp, torch.tensor(lpb, dtype=dtype), torch.tensor(adv, dtype=dtype),
-                      **_extra(logp_old, sample_id, dtype))
+                      **_extra(columns, sample_id, dtype))
     assert j.dtype == dtype and j.shape == lp.shape
     (g,) = torch.autograd.grad(j.sum(), lp)
     return j.detach().double().numpy(), g.double().numpy()
@@ -137,14 +136,15 @@ def test_stable_rl_cispo_cap_and_low_mu_clip_ablations_by_hand_on_cpu():
 
 
 def _weight_matches_autograd(obj, dtype, batch):
-    logp, lpb, adv, logp_old, sample_id = batch
+    logp, lpb, adv, columns, sample_id = batch
     if obj.cross_token:  # its weight is the gradient of a loss with one advantage per sequence
         adv = per_sequence_advantage(adv, sample_id)
     # the inputs as the dtype sees them, so the hand formulas use the same numbers
-    logp, lpb, adv, logp_old = (np.asarray(torch.tensor(x, dtype=dtype).double()) for x in (logp, lpb, adv, logp_old))
-    j, g = autograd(obj, logp, lpb, adv, dtype, logp_old, sample_id)
+    logp, lpb, adv = (np.asarray(torch.tensor(x, dtype=dtype).double()) for x in (logp, lpb, adv))
+    columns = {k: np.asarray(torch.tensor(v, dtype=dtype).double()) for k, v in columns.items()}
+    j, g = autograd(obj, logp, lpb, adv, dtype, columns, sample_id)
     tl, tb, ta = (torch.tensor(x, dtype=dtype) for x in (logp, lpb, adv))
-    kw = _extra(logp_old, sample_id, dtype)
+    kw = _extra(columns, sample_id, dtype)
     w = obj.weight(tl, tb, ta, **kw).double().numpy()
     g_closed = obj.grad_logp(tl, tb, ta, **kw).double().numpy()
     assert np.isfinite(j).all() and np.isfinite(g).all() and np.isfinite(w).all(), f"{obj}: not finite"
@@ -169,14 +169,15 @@ def test_weight_matches_autograd_on_cpu(dtype, batch):
 
 @given(batch=policy_batches())
 def test_numpy_and_torch_agree_on_cpu(batch):
-    logp, lpb, adv, logp_old, sample_id = batch
+    logp, lpb, adv, columns, sample_id = batch
     for config in CONFIGS:
         obj = make(config)
         for np_dtype, t_dtype, rtol in ((np.float64, torch.float64, 1e-12), (np.float32, torch.float32, 1e-5)):
             n_in = [x.astype(np_dtype) for x in (logp, lpb, adv)]
             t_in = [torch.tensor(x) for x in n_in]
-            n_kw = {"logp_old": logp_old.astype(np_dtype), "sample_id": sample_id}
-            t_kw = _extra(n_kw["logp_old"], sample_id, t_dtype)
+            n_cols = {k: v.astype(np_dtype) for k, v in columns.items()}
+            n_kw = {**n_cols, "sample_id": sample_id}
+            t_kw = _extra(n_cols, sample_id, t_dtype)
             # the surrogates and gradients are r A minus a term of up to its size: where the two
             # cancel, rounding is relative to r A, not to the difference (e.g. pi = 1 >> mu)
             leading = np.abs(np.exp(np.minimum(logp - lpb, LOG_RATIO_MAX)) * adv)
@@ -200,12 +201,11 @@ def test_numpy_and_torch_agree_on_cpu(batch):
 )
 def test_no_nan_or_inf_for_any_finite_input_on_cpu(dtype, batch):
     """logp down to -3e38 (as close to -inf as float32 goes), ratios up to e^(3e38), |A| up to 1e6."""
-    logp, lpb, adv, logp_old, sample_id = batch
+    logp, lpb, adv, columns, sample_id = batch
     for config in CONFIGS:
         obj = make(config)
-        j, g = autograd(obj, logp, lpb, adv, dtype, logp_old, sample_id)
-        w = obj.weight(*(torch.tensor(x, dtype=dtype) for x in (logp, lpb, adv)),
-                       **_extra(logp_old, sample_id, dtype))
+        j, g = autograd(obj, logp, lpb, adv, dtype, columns, sample_id)
+        w = obj.weight(*(torch.tensor(x, dtype=dtype) for x in (logp, lpb, adv)), **_extra(columns, sample_id, dtype))
         assert np.isfinite(j).all(), f"{obj}: surrogate not finite"
         assert np.isfinite(g).all(), f"{obj}: gradient not finite"
         assert torch.isfinite(w).all(), f"{obj}: weight not finite"
@@ -311,14 +311,16 @@ def test_blockwise_evaluation_equals_whole_array_evaluation_on_cpu(config, monke
     lb = np.log(np.clip(rng.beta(0.3, 1.0, (b, t)), 1e-12, 1.0))
     lp = np.minimum(lb + rng.normal(0, 0.5, (b, t)), 0.0)
     adv = rng.normal(size=(b, 1)) * 3  # broadcast over tokens, as a sequence advantage
-    lo = np.minimum(lb + rng.normal(0, 0.05, (b, t)), 0.0)  # the trainer's recomputed pi_old
-    inputs = {"numpy": (lp, lb, adv, lo), "torch": tuple(torch.tensor(x) for x in (lp, lb, adv, lo))}
-    for kind, (*args, old) in inputs.items():
+    cols = {"logp_old": np.minimum(lb + rng.normal(0, 0.05, (b, t)), 0.0),  # the trainer's recomputed pi_old
+            "topk_tv": rng.uniform(0, 0.3, (b, t)), "topk_kl": rng.exponential(0.05, (b, t))}
+    inputs = {"numpy": ((lp, lb, adv), cols),
+              "torch": (tuple(torch.tensor(x) for x in (lp, lb, adv)), {k: torch.tensor(v) for k, v in cols.items()})}
+    for kind, (args, extra) in inputs.items():
         monkeypatch.setitem(ds.objectives.BLOCK_TOKENS, kind, 4096)
-        blocked = {m: getattr(obj, m)(*args, logp_old=old) for m in ("surrogate", "weight", "grad_logp")}
+        blocked = {m: getattr(obj, m)(*args, **extra) for m in ("surrogate", "weight", "grad_logp")}
         monkeypatch.setitem(ds.objectives.BLOCK_TOKENS, kind, 10**9)
         for m, value in blocked.items():
-            whole = getattr(obj, m)(*args, logp_old=old)
+            whole = getattr(obj, m)(*args, **extra)
             assert tuple(value.shape) == (b, t) and value.dtype == whole.dtype
             np.testing.assert_array_equal(np.asarray(value), np.asarray(whole), err_msg=f"{obj}.{m} ({kind})")
 
@@ -365,10 +367,17 @@ def test_aggregation_rejects_bad_arguments_on_cpu():
         aggregate(VALUES.ravel(), MASK.ravel(), "seq-mean-token-mean")
 
 
-def _old(lpb: torch.Tensor) -> torch.Tensor:
-    """A trainer's recomputed ``log pi_old`` for a batch: a small, fixed gap from the engine's."""
-    gap = 0.08 * torch.sin(torch.arange(lpb.numel(), dtype=lpb.dtype)).reshape(lpb.shape)
-    return (lpb + gap).clamp(max=0.0)
+def _cols(lpb: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A batch's extra per-token inputs: the trainer's recomputed ``log pi_old`` (a small, fixed gap
+    from the engine's) and DPPO's Top-K divergences (some above the default thresholds)."""
+    wave = torch.sin(torch.arange(lpb.numel(), dtype=lpb.dtype)).reshape(lpb.shape)
+    return {"logp_old": (lpb + 0.08 * wave).clamp(max=0.0), "topk_tv": 0.15 + 0.1 * wave,
+            "topk_kl": 0.05 + 0.04 * wave}
+
+
+def _padded(cols: dict[str, torch.Tensor], mask: torch.Tensor, dtype) -> dict[str, torch.Tensor]:
+    nan = torch.full(mask.shape, float("nan"), dtype=torch.float64)
+    return {k: torch.where(mask, v, nan).to(dtype) for k, v in cols.items()}
 
 
 def _batch(seed=0, b=4, t=6):
@@ -479,7 +488,7 @@ def _padded_batch(config, dtype, seed=3):
     nan = torch.full_like(logp, float("nan"))
     return (torch.where(mask, logp, nan).to(dtype), torch.where(mask, lpb, nan).to(dtype),
             torch.where(mask, adv[:, None].expand_as(logp), nan).to(dtype), mask,
-            torch.where(mask, _old(lpb), nan).to(dtype))
+            _padded(_cols(lpb), mask, dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -496,7 +505,7 @@ def test_metrics_settings_leave_the_loss_its_gradient_and_its_graph_alone_on_cpu
             logp = logp0.clone().requires_grad_(True)
             saved = []  # every tensor an operation recorded in the graph saves for the backward pass
             with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.shape) or x, lambda x: x):
-                loss, metrics = policy_loss(obj, logp, lpb, adv, mask, agg_mode=mode, metrics=setting, logp_old=old)
+                loss, metrics = policy_loss(obj, logp, lpb, adv, mask, agg_mode=mode, metrics=setting, **old)
             graph = _graph(loss), saved
             loss.backward()
             runs[setting] = (loss.detach(), logp.grad, graph, metrics)
@@ -516,15 +525,16 @@ def test_default_metrics_are_the_full_ones_they_share_on_cpu(config):
     assert set(ds.objectives.DEFAULT_METRICS) < set(ds.objectives.FULL_METRICS)
     logp, lpb, adv, mask, old = _padded_batch(config, torch.float32)
     cases = [(logp, lpb, adv, mask, old),
-             (logp.double().numpy(), lpb.double().numpy(), adv.double().numpy(), mask.numpy(), old.double().numpy())]
+             (logp.double().numpy(), lpb.double().numpy(), adv.double().numpy(), mask.numpy(),
+              {k: v.double().numpy() for k, v in old.items()})]
     if not obj.uses_batch_statistic:
         cases.append((logp, lpb, adv, torch.zeros_like(mask), old))  # no valid token: NaN statistics
     full_logp, full_lpb, full_adv, _ = _batch(seed=4)
-    cases.append((full_logp, full_lpb, full_adv, None, _old(full_lpb)))  # no mask: every token valid
+    cases.append((full_logp, full_lpb, full_adv, None, _cols(full_lpb)))  # no mask: every token valid
     for lp, lb, a, m, o in cases:
-        _, default = policy_loss(obj, lp, lb, a, m, logp_old=o)
-        _, also_default = policy_loss(obj, lp, lb, a, m, metrics=True, logp_old=o)
-        _, full = policy_loss(obj, lp, lb, a, m, metrics="full", logp_old=o)
+        _, default = policy_loss(obj, lp, lb, a, m, **o)
+        _, also_default = policy_loss(obj, lp, lb, a, m, metrics=True, **o)
+        _, full = policy_loss(obj, lp, lb, a, m, metrics="full", **o)
         assert list(default) == list(ds.objectives.DEFAULT_METRICS) and list(full) == list(ds.objectives.FULL_METRICS)
         assert also_default.keys() == default.keys()
         for key, value in default.items():
@@ -538,14 +548,15 @@ def test_full_metrics_are_the_registry_on_the_valid_tokens_on_cpu(config):
     tokens, gathered by hand."""
     obj = make(config)
     logp, lpb, adv, mask, old = _padded_batch(config, torch.float64)
-    _, m = policy_loss(obj, logp, lpb, adv, mask, metrics="full", logp_old=old)
+    _, m = policy_loss(obj, logp, lpb, adv, mask, metrics="full", **old)
     sel = mask.numpy()
-    lp, lb, a, o = logp.numpy()[sel], lpb.numpy()[sel], adv.numpy()[sel], old.numpy()[sel]
+    lp, lb, a = logp.numpy()[sel], lpb.numpy()[sel], adv.numpy()[sel]
+    o = {k: v.numpy()[sel] for k, v in old.items()}
     rows = np.broadcast_to(np.arange(sel.shape[0])[:, None], sel.shape)[sel]  # each row one sequence
     if not obj.uses_batch_statistic:
-        w = obj.weight(lp, lb, a, logp_old=o, sample_id=rows)
+        w = obj.weight(lp, lb, a, sample_id=rows, **o)
     else:  # a statistic of the whole batch: the [B, T] call, every token valid
-        w = obj.weight(logp.numpy(), lpb.numpy(), adv.numpy(), logp_old=old.numpy()).ravel()
+        w = obj.weight(logp.numpy(), lpb.numpy(), adv.numpy(), **{k: v.numpy() for k, v in old.items()}).ravel()
     regions = ds.objectives.Regions.from_weight(w).fractions()
     r = np.exp(np.minimum(lp - lb, LOG_RATIO_MAX))
     shift = np.abs(r - 1.0) * np.exp(np.maximum(lb, lp - LOG_RATIO_MAX))
@@ -567,11 +578,11 @@ def test_detached_terms_are_the_ones_computed_without_gradient_on_cpu(config):
     obj = make(config)
     logp, lpb, adv, _ = _batch(seed=6)
     logp.requires_grad_(True)
-    terms = ds.objectives.TokenTerms.of(logp, lpb, adv[:, None], logp_old=_old(lpb))
+    terms = ds.objectives.TokenTerms.of(logp, lpb, adv[:, None], **_cols(lpb))
     obj._surrogate(terms)
     reused = terms.detached()
-    fresh = ds.objectives.TokenTerms.of(logp.detach(), lpb, adv[:, None], detach=True, logp_old=_old(lpb))
-    given = ("xp", "shape", "logp", "_logp_behavior_given", "advantage", "_logp_old_given", "_sample_id", "_valid")
+    fresh = ds.objectives.TokenTerms.of(logp.detach(), lpb, adv[:, None], detach=True, **_cols(lpb))
+    given = ("xp", "shape", "logp", "_logp_behavior_given", "advantage", "_columns", "_sample_id", "_valid")
     names = [k for k in vars(reused) if k not in given]
     assert names  # the surrogate computed some terms (the ratio, or for the objectives anchored to pi_old
     # and the sequence-level ones, the gap log(pi_old/mu), the sequence's log-ratio, its length)
@@ -840,10 +851,10 @@ def test_nan_padding_reaches_no_gradient_on_cpu(config):
     for garbage in (False, True):
         w = torch.zeros((), dtype=torch.float64, requires_grad=True)
         logp = (torch.where(mask, logp0, nan) if garbage else logp0) + w
-        old = torch.where(mask, _old(lpb), nan) if garbage else _old(lpb)
+        cols = _padded(_cols(lpb), mask, torch.float64) if garbage else _cols(lpb)
         loss, _ = policy_loss(obj, logp, torch.where(mask, lpb, nan) if garbage else lpb,
                               torch.where(mask, adv, nan) if garbage else adv, mask, agg_mode="seq-mean-token-mean",
-                              logp_old=old)
+                              **cols)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(w.grad), f"{obj}: NaN padding reached the gradient"
         grads.append((loss.item(), w.grad.item()))

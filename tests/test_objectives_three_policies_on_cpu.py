@@ -225,3 +225,57 @@ def test_a_corrected_objective_is_rebuilt_from_its_name_and_parameters_on_cpu():
     assert again == obj and again.needs_old
     assert ds.objectives.get("gspo", correction="seq_tis").per_sequence
     assert not ds.objectives.get("grpo", correction="tis").per_sequence
+
+
+def _softmax_logs(z: np.ndarray) -> np.ndarray:
+    return z - np.logaddexp.reduce(z, axis=-1, keepdims=True)
+
+
+def test_topk_divergences_are_the_exact_ones_at_k_equal_v_and_bucket_the_rest_on_cpu():
+    """DPPO's Top-K divergence (Stable-RL ``compute_topk_kl``): with every token in the top K it is
+    the exact TV and KL(engine || trainer); with K = 1 it is the binary divergence of the engine's
+    top token against the rest, by hand."""
+    rng = np.random.default_rng(3)
+    lp = _softmax_logs(rng.normal(size=(5, 12)))  # the engine
+    lq = _softmax_logs(lp + 0.4 * rng.normal(size=(5, 12)))  # the trainer
+    p, q = np.exp(lp), np.exp(lq)
+    order = np.argsort(-lp, axis=-1)
+    tv, kl = ds.objectives.topk_divergences(lq, order, np.take_along_axis(lp, order, -1))
+    np.testing.assert_allclose(tv, 0.5 * np.abs(p - q).sum(-1), rtol=1e-12)
+    np.testing.assert_allclose(kl, (p * (lp - lq)).sum(-1), rtol=1e-10)
+    top = order[:, :1]
+    tv1, kl1 = ds.objectives.topk_divergences(lq, top, np.take_along_axis(lp, top, -1))
+    p1, q1 = np.take_along_axis(p, top, -1)[:, 0], np.take_along_axis(q, top, -1)[:, 0]
+    np.testing.assert_allclose(tv1, np.abs(p1 - q1), rtol=1e-12)  # (|p1 - q1| + |(1-p1) - (1-q1)|) / 2
+    np.testing.assert_allclose(kl1, p1 * np.log(p1 / q1) + (1 - p1) * np.log((1 - p1) / (1 - q1)), rtol=1e-10)
+    t_tv, t_kl = ds.objectives.topk_divergences(torch.tensor(lq), torch.tensor(top),
+                                                torch.tensor(np.take_along_axis(lp, top, -1)))
+    np.testing.assert_allclose(t_tv.numpy(), tv1, rtol=1e-12)
+    np.testing.assert_allclose(t_kl.numpy(), kl1, rtol=1e-12)
+    # the engine puts mass where the trainer has none: an infinite KL, never NaN
+    lq0 = np.array([[0.0, -np.inf]])  # the trainer: all its mass on token 0
+    tv0, kl0 = ds.objectives.topk_divergences(lq0, np.array([[1]]), np.log(np.array([[0.5]])))
+    assert tv0[0] == pytest.approx(0.5) and kl0[0] == np.inf
+
+
+def test_dppo_topk_modes_mask_by_the_positions_divergence_on_cpu():
+    """Stable-RL ``dppo_topk_tv``: masked where the Top-K divergence exceeds delta and the sampled
+    token moved in the advantage's direction; the sampled token's own shift only gives the direction."""
+    pi, mu = np.array([0.30, 0.30, 0.20, 0.20]), np.array([0.25, 0.25, 0.25, 0.25])
+    adv = np.array([1.0, 1.0, -1.0, 1.0])
+    tv = np.array([0.20, 0.10, 0.20, 0.20])
+    w = ds.objectives.get("dppo_topk_tv").weight(np.log(pi), np.log(mu), adv, topk_tv=tv)
+    # pi > mu with A > 0 and TV 0.2 > 0.15: masked; TV 0.1: kept; pi < mu with A < 0: masked;
+    # pi < mu with A > 0 (the update moves it back): kept
+    np.testing.assert_array_equal(w, [0.0, 1.0, 0.0, 1.0])
+    assert ds.objectives.get("dppo_tv").weight(np.log(pi), np.log(mu), adv).tolist() == [1.0] * 4  # shift 0.05
+    kl = np.array([0.06, 0.04, 0.06, np.inf])
+    np.testing.assert_array_equal(ds.objectives.get("dppo_topk_kl").weight(np.log(pi), np.log(mu), adv, topk_kl=kl),
+                                  [0.0, 1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match=r"dppo_topk_tv\(delta=0.15\) needs topk_tv, .*column 'topk_tv'"):
+        ds.objectives.get("dppo_topk_tv").weight(np.log(pi), np.log(mu), adv)
+    with pytest.raises(ValueError, match="needs topk_kl"):
+        policy_loss("dppo_topk_kl", torch.tensor(np.log(pi)[None]), torch.tensor(np.log(mu)[None]), torch.ones(1),
+                    topk_tv=torch.tensor(tv[None]))
+    assert ds.objectives.get("dppo_topk_kl").required_columns == ("topk_kl",)
+    assert ds.objectives.get("grpo", correction="tis").required_columns == ("logp_old",)

@@ -16,14 +16,17 @@ from drpo_sim.offpolicy import trainer_logp, truncate
 from drpo_sim.policies import log_softmax
 from drpo_sim.sim import (
     METRICS,
+    TOPK,
     SimConfig,
     Simulation,
+    engine_topk,
     gather,
     logit_gradient,
     run,
     run_cell,
     sample_tokens,
     simulate,
+    topk_columns,
     with_param_columns,
 )
 from drpo_sim.tokens import concat
@@ -35,7 +38,8 @@ def _neutral_on_policy(name: str) -> bool:
     """Whether the objective's weight is exactly 1 at r = 1 for every advantage."""
     adv = np.array([-2.0, -0.5, 0.0, 0.3, 4.0])
     lp = np.log(np.array([0.9, 0.5, 0.1, 0.01, 1e-4]))
-    return bool(np.all(objectives.get(name).weight(lp, lp, adv, logp_old=lp) == 1.0))
+    zero = np.zeros_like(lp)  # on-policy: pi_old = mu = pi, and every divergence is 0
+    return bool(np.all(objectives.get(name).weight(lp, lp, adv, logp_old=lp, topk_tv=zero, topk_kl=zero) == 1.0))
 
 
 # drpo_kl's k1 penalty has a per-token gradient at pi = mu (its weight there is 1 + sign(A)/delta,
@@ -77,7 +81,8 @@ def test_logit_gradient_matches_autograd_of_policy_loss_on_cpu(mode):
         mask = np.broadcast_to(partial.any(-1, keepdims=True), partial.shape) if obj.per_sequence else partial
         lp, lpb = gather(log_softmax(z), rows, tok), gather(log_softmax(zb), rows, tok)
         lpo = gather(log_softmax(zo), rows, tok)
-        grad_logp = obj.grad_logp(lp, lpb, adv, logp_old=lpo)
+        cols = {"logp_old": lpo, "topk_tv": np.abs(np.exp(lp) - np.exp(lpb)) * 2, "topk_kl": (lp - lpb) ** 2}
+        grad_logp = obj.grad_logp(lp, lpb, adv, **cols)
         coef = objectives.aggregation_weights(mask, mode, horizon=t) * np.where(mask, grad_logp, 0.0)
         grad = logit_gradient(coef, rows, tok, np.exp(log_softmax(z)))
         zt = torch.tensor(z, requires_grad=True)
@@ -85,7 +90,7 @@ def test_logit_gradient_matches_autograd_of_policy_loss_on_cpu(mode):
         total = sum(
             objectives.policy_loss(
                 obj, lpt[i], torch.tensor(lpb[i]), torch.tensor(adv[i]), torch.tensor(mask[i]), agg_mode=mode,
-                horizon=t, logp_old=torch.tensor(lpo[i]),
+                horizon=t, **{k: torch.tensor(c[i]) for k, c in cols.items()},
             )[0]
             for i in range(n)
         )
@@ -138,6 +143,30 @@ def test_on_policy_every_objective_gives_the_same_trajectory_on_cpu(flat):
         got = df[df.method == name].reset_index(drop=True)
         for col in ("expected_reward", "grad_norm", "entropy", "sample_reward"):
             np.testing.assert_array_equal(got[col].to_numpy(), ref[col].to_numpy(), err_msg=f"{name}: {col}")
+
+
+def test_the_simulators_topk_divergence_is_the_engines_top_tokens_against_the_trainer_on_cpu():
+    """At most TOPK tokens: the exact TV and KL(mu || pi) of each state; more: the engine's TOPK
+    most likely tokens and the rest as one bucket."""
+    rng = np.random.default_rng(2)
+    for v in (12, 300):
+        zmu = rng.normal(size=(2, 3, v)) * 2
+        logmu = zmu - np.logaddexp.reduce(zmu, -1, keepdims=True)
+        zpi = zmu + 0.3 * rng.normal(size=zmu.shape)
+        logpi = zpi - np.logaddexp.reduce(zpi, -1, keepdims=True)
+        cols = topk_columns(objectives.get("dppo_topk_tv"), logpi, engine_topk(logmu))
+        assert set(cols) == {"topk_tv"} and cols["topk_tv"].shape == (2, 3, 1)
+        mu, pi = np.exp(logmu), np.exp(logpi)
+        if v <= TOPK:
+            np.testing.assert_allclose(cols["topk_tv"][..., 0], 0.5 * np.abs(mu - pi).sum(-1), rtol=1e-12)
+        else:
+            top = np.argsort(-logmu, -1)[..., :TOPK]
+            p, q = np.take_along_axis(mu, top, -1), np.take_along_axis(pi, top, -1)
+            by_hand = 0.5 * (np.abs(p - q).sum(-1) + np.abs(p.sum(-1) - q.sum(-1)))
+            np.testing.assert_allclose(cols["topk_tv"][..., 0], by_hand, rtol=1e-10)
+        kl = topk_columns(objectives.get("dppo_topk_kl"), logpi, engine_topk(logmu))["topk_kl"]
+        assert (kl >= 0).all()
+    assert topk_columns(objectives.get("drpo"), logpi, None) == {}
 
 
 def test_exact_mode_refuses_a_sequence_level_ratio_on_cpu():

@@ -8,7 +8,7 @@ Subcommands::
     drpo-sim summarize FILE.parquet       per-method statistics of a result file (and --plot)
     drpo-sim sweep CONFIG.toml --out DIR  a grid of simulations, resumable, locally or on a Dask cluster
     drpo-sim replay LOG... --out DIR      per-token analysis of token logs (real, simulated or from the LM lab)
-    drpo-sim gradients                    each objective's sampled gradient against the exact one (bandit)
+    drpo-sim gradients                    each objective's sampled gradient against the exact one (bandit, tabular)
     drpo-sim lm pretrain|train|compare    the tiny transformer lab
     drpo-sim arena calibrate|run          the arena: the engine a reduced-precision pass over the trainer's weights
     drpo-sim reproduce [--quick|--full]   every analysis: figures, MANIFEST.json, claims.json, the report

@@ -28,9 +28,11 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickles", action="store_true",
                    help="load .pt files with torch.load(weights_only=False), which reads objects such as NumPy "
                         "scalars but can run code stored in the file: only for files you trust")
-    p.add_argument("--objectives", help=f"comma-separated objectives (default {','.join(REPLAY_OBJECTIVES)})")
+    p.add_argument("--objectives", help=f"comma-separated objectives (default {','.join(REPLAY_OBJECTIVES)}); those "
+                   "anchored to pi_old (minirl, decoupled_ppo, a correction) need a logp_old column in the log")
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE",
-                   help="objective parameter, e.g. drpo.delta=2.5 (repeatable)")
+                   help="objective parameter, e.g. drpo.delta=2.5, or a correction of the engine's gap, e.g. "
+                        "grpo.correction=tis (and its own parameters: grpo.cap=2); repeatable")
     p.add_argument("--updates", metavar="K,...", help="keep only these mini-batch updates of each step (the update "
                    "column); 0 isolates the training-inference mismatch from the policy's drift within a step")
     p.add_argument(

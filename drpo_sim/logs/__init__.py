@@ -8,6 +8,7 @@ One entry point, :func:`open_log`::
         ...
     print(src.report)            # what was dropped, per file and reason
     src.describe()               # format(s), files, mapping, derived columns: for result metadata
+    src.has_column("logp_old")   # True / False from the files' schemas; None where only the rows tell
 
 Formats (:data:`FORMATS`; one module each, whose docstring states the fields and their source):
 
@@ -90,7 +91,7 @@ import pyarrow.parquet as pq
 from drpo_sim.logs import generic, nemo_rl, slime, token_log, trainer_dump
 from drpo_sim.logs._stream import UNREADABLE_ADVICE, iter_lines, load_torch, log_suffix, natural_key, split_suffix
 from drpo_sim.logs.validate import ON_INVALID, Context, DropReport, did_you_mean
-from drpo_sim.tokens import ALL_COLUMNS, TokenBatch
+from drpo_sim.tokens import ALL_COLUMNS, OPTIONAL_COLUMNS, TokenBatch
 
 __all__ = ["FORMATS", "DropReport", "Listing", "LogSource", "UnknownFormat", "detect_format", "open_log",
            "parse_mapping"]
@@ -107,6 +108,8 @@ _DERIVED = {
     "slime": {"logp": "log_probs (pi_old: the dump holds no post-update policy)"},
     "trainer_dump": {"logp": "logp_old unless the dump has logp"},
 }
+#: Optional columns a format's loader gives every row, whatever the dump holds (for has_column).
+_ALWAYS = {"nemo_rl": ("logp_old", "step"), "slime": ("logp_old",), "trainer_dump": ("logp_old", "step")}
 _EXTENSIONS = {"tokens": (".parquet",), "nemo_rl": (".jsonl",), "slime": (".pt",),
                "generic": (".parquet", ".jsonl"), "trainer_dump": (".pt",)}
 
@@ -435,6 +438,40 @@ class LogSource:
         for fmt, files in self.plan:
             yield from _LOADERS[fmt].iter_files(files, ctx)
         self._derived.update(ctx.derived)
+
+    def has_column(self, name: str) -> bool | None:
+        """Whether this log's batches will hold the schema column ``name``, told without reading rows.
+
+        ``True`` or ``False`` where the files tell: the required columns always, a name outside the
+        schema (:data:`drpo_sim.tokens.ALL_COLUMNS`) never; a token log's (``tokens``) optional
+        columns from its first file's Parquet schema, a ``generic`` log's from its first file's
+        columns (Parquet schema or first JSONL line) and the mapping (every file of a log must give
+        the same columns); ``logp_old`` (and ``step``) from the formats that always give them (NeMo
+        RL, slime, trainer dumps). ``None`` where only reading the rows would tell, or a file cannot
+        be read (reading it reports why). Lets a replay refuse an objective whose column the log
+        lacks before reading it (:func:`drpo_sim.analysis.replay_log`).
+        """
+        if name not in ALL_COLUMNS:
+            return False
+        if name not in OPTIONAL_COLUMNS:
+            return True
+        answers = []
+        for fmt, files in self.plan:
+            if name in _ALWAYS.get(fmt, ()):
+                answers.append(True)
+            elif fmt == "tokens":
+                try:
+                    answers.append(name in pq.read_schema(files[0]).names)
+                except (pa.ArrowException, OSError):
+                    answers.append(None)
+            elif fmt == "generic":
+                cols = generic.columns(files[0], self.mapping)
+                answers.append(None if cols is None else name in cols)
+            else:
+                answers.append(None)
+        if False in answers:
+            return False
+        return True if answers and all(answers) else None
 
     def listing_lines(self, limit: int = 8) -> list[str]:
         """What was found (per folder) and what was skipped, and why, for the terminal."""

@@ -112,8 +112,9 @@ def resolve(path: Path, available: list[str], mapping: dict[str, str] | None) ->
     return out
 
 
-def peek(path: Path, ctx: Context) -> None:
-    """Note in ``ctx.derived`` which columns the first file will derive (for ``describe()``)."""
+def _peek(path: Path, mapping: dict[str, str] | None) -> tuple[dict[str, str], str] | None:
+    """The first file's schema columns (ours -> theirs, :func:`resolve`) and layout, from its Parquet
+    schema or first JSONL line; ``None`` when it cannot be read or resolved (reading it reports why)."""
     try:
         if log_suffix(path) == ".parquet":
             schema = pq.read_schema(path)
@@ -122,11 +123,25 @@ def peek(path: Path, ctx: Context) -> None:
             line = next(iter_lines(path), None)
             first = line[1] if line is not None and isinstance(line[1], dict) else {}
             names = list(first)
-        cols = resolve(path, names, ctx.mapping)
+        cols = resolve(path, names, mapping)
     except (ValueError, *_READ_ERRORS):
-        return  # reading the file reports it
+        return None
     ragged = (_is_list(schema.field(cols["logp"]).type) if first is None else isinstance(first[cols["logp"]], list))
-    _note_derived(ctx, cols, "ragged" if ragged else "flat")
+    return cols, "ragged" if ragged else "flat"
+
+
+def peek(path: Path, ctx: Context) -> None:
+    """Note in ``ctx.derived`` which columns the first file will derive (for ``describe()``)."""
+    got = _peek(path, ctx.mapping)
+    if got is not None:
+        _note_derived(ctx, *got)
+
+
+def columns(path: Path, mapping: dict[str, str] | None) -> set[str] | None:
+    """The schema columns a log whose first file is ``path`` gives (mapped or same-named ones, and the
+    required columns the loader derives), or ``None`` when the file cannot tell."""
+    got = _peek(path, mapping)
+    return None if got is None else set(got[0]) | set(tokens.REQUIRED_COLUMNS)
 
 
 def _note_derived(ctx: Context, cols: dict[str, str], layout: str) -> None:

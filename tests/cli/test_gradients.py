@@ -41,3 +41,53 @@ def test_bad_options_exit_2_with_one_line(flags, message, capsys):
     rc = cli.main(["gradients", "--vocab", "32", "--batches", "4", *flags])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and err.startswith("drpo-sim gradients: error: ") and message in err
+
+
+def test_the_quick_sweep_writes_the_table_the_figure_and_the_verdict_on_cpu(tmp_path, capsys):
+    assert cli.main(["gradients", "--sweep", "--quick", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "gradient_diagnostics.csv")
+    labels = list(gradients.SWEEP_OBJECTIVES)
+    assert len(table) == 2 * 2 * len(labels) and set(table["label"]) == set(labels)
+    assert {"env", "noise_std", "staleness", "kl_engine", "kl_stale", *gradients.DIAGNOSTICS, *gradients.PAIRED} <= set(
+        table.columns)
+    assert (tmp_path / "gradient_diagnostics.png").stat().st_size > 10_000
+    verdict = pd.read_csv(tmp_path / "gradient_diagnostics_equivalence.csv")
+    assert len(verdict) == 4 and set(verdict["verdict"]) <= {"equivalent", "different", "undecided"}
+    assert "drpo (delta 12.5) against pg_is" in text and not list(tmp_path.glob("*.tmp"))
+
+
+def test_one_tabular_setting_with_staleness_and_a_custom_sweep_on_cpu(tmp_path, capsys):
+    out = tmp_path / "t.csv"
+    assert cli.main(["gradients", "--env", "tabular", "--objectives", "pg_is,minirl,gspo", "--vocab", "16",
+                     "--prompts", "2", "--horizon", "3", "--staleness", "2", "--batches", "20", "--samples", "4",
+                     "--csv", str(out)]) == 0
+    assert "the tabular task, V=16, 2 prompts x 3 positions" in capsys.readouterr().out
+    assert len(pd.read_csv(out)) == 3
+    assert cli.main(["gradients", "--sweep", "--env", "tabular", "--objectives", "pg_is,decoupled_ppo",
+                     "--noise-grid", "0,0.5,1", "--staleness-grid", "1", "--vocab", "16", "--batches", "10",
+                     "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "gradient_diagnostics_tabular.csv")
+    assert len(table) == 6 and (table["env"] == "tabular").all() and sorted(table["noise_std"].unique()) == [0, 0.5, 1]
+    assert (tmp_path / "gradient_diagnostics_tabular.png").exists()
+    assert not (tmp_path / "gradient_diagnostics_tabular_equivalence.csv").exists()  # no drpo (delta 12.5) here
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sweep"], "--sweep needs --out DIR"),
+    (["--out", "x"], "--out, --quick, --full, --noise-grid and --staleness-grid belong to --sweep"),
+    (["--full"], "belong to --sweep"),
+    (["--sweep", "--out", "x", "--csv", "y.csv"], "--csv is for one setting"),
+    (["--sweep", "--out", "x", "--noise-grid", "0,a"], "--noise-grid: not a comma-separated list"),
+    (["--sweep", "--out", "x", "--noise-grid", "-1"], "engine noise stds must be finite numbers >= 0"),
+    (["--sweep", "--out", "x", "--staleness-grid", "0,-2"], "--staleness-grid: values must be >= 0"),
+    (["--staleness", "-1"], "--staleness must be >= 0"),
+    (["--step-kl", "0"], "--step-kl must be a finite number > 0"),
+    (["--env", "tabular", "--vocab", "1"], "vocab_size must be in"),
+])
+def test_bad_sweep_options_exit_2_with_one_line(flags, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["gradients", "--vocab", "32", "--batches", "4", *flags])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and err.startswith("drpo-sim gradients: error: ") and message in err
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from drpo_sim import cli
-from drpo_sim.tokens import read_token_log
+from drpo_sim import analysis, cli, objectives
+from drpo_sim.config import parse_params
+from drpo_sim.tokens import TokenBatch, load_token_log, read_token_log, write_token_log
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("mismatch_by_mu.csv", "regions_by_mu.csv", "objectives.csv", "replay.json")
@@ -102,6 +103,68 @@ def test_bad_rows_error_in_one_line_or_are_dropped_and_counted(tmp_path, capsys)
     assert "dropped" in out and "positive" in out
     totals = json.loads((tmp_path / "b" / "replay.json").read_text())
     assert totals["dropped"]["total_rows"] == 1 and totals["source"]["format"] == "nemo_rl"
+
+
+def test_param_builds_a_corrected_objective():
+    """``--param grpo.correction=tis --param grpo.cap=2``: the string passes through, the number is parsed."""
+    params = parse_params(["grpo.correction=tis", "grpo.cap=2", "gspo.correction=seq_mis"])
+    assert params == {"grpo": {"correction": "tis", "cap": 2}, "gspo": {"correction": "seq_mis"}}
+    objs = analysis.objective_specs(["grpo", "gspo"], params)
+    assert objs["grpo"] == objectives.get("grpo", correction="tis", cap=2)
+    assert objs["gspo"] == objectives.get("gspo", correction="seq_mis")
+
+
+def test_replay_three_policy_and_sequence_objectives_on_cpu(tmp_path, capsys, sim_log):
+    """minirl, decoupled PPO, GSPO and corrected GRPO and DRPO on a simulator log (which has ``logp_old``),
+    in batches of 100 tokens that cut its 3-token sequences: the tables are the registry's weights on
+    the whole log, each sequence told apart by (seed, step, update, sample_id)."""
+    names = ["minirl", "decoupled_ppo", "gspo", "grpo", "drpo"]
+    code, out, err = run(capsys, "replay", str(sim_log / "grpo.parquet"), "--out", str(tmp_path), "--no-progress",
+                         "--objectives", ",".join(names), "--param", "grpo.correction=tis", "--param", "grpo.cap=2",
+                         "--param", "drpo.correction=seq_mis", "--param", "drpo.cap=1.05", "--batch-size", "100")
+    assert code == 0, err
+    assert_outputs(tmp_path, by_step=True)
+    totals = json.loads((tmp_path / "replay.json").read_text())
+    assert totals["objectives"]["grpo"] == "eps_low=0.2, eps_high=0.28, correction=tis, cap=2"
+    assert totals["sequence_key"] == ["seed", "step", "update", "sample_id"] and totals["batches"] > 40
+    b = load_token_log(sim_log / "grpo.parquet")
+    keep = b.mask
+    key = np.stack([b.seed, b.step, b.update, b.sample_id], axis=1)[keep]
+    ids = np.unique(key, axis=0, return_inverse=True)[1].reshape(-1)
+    assert totals["sequences"] == ids.max() + 1
+    lp, lb, lo, a = b.logp[keep], b.logp_behavior[keep], b.logp_old[keep], b.advantage[keep]
+    r = np.exp(lp - lb)
+    objs = analysis.objective_specs(names, {"grpo": {"correction": "tis", "cap": 2},
+                                            "drpo": {"correction": "seq_mis", "cap": 1.05}})
+    table = pd.read_csv(tmp_path / "objectives.csv").set_index("objective")  # 8 significant digits
+    assert list(table.index) == names
+    for name, obj in objs.items():
+        w = obj.weight(lp, lb, a, logp_old=lo, sample_id=ids)
+        reg, row = objectives.Regions.from_weight(w), table.loc[name]
+        for region in ("masked", "attenuated", "corrective", "amplified"):
+            assert row[f"{region}_frac"] == pytest.approx(getattr(reg, region).mean(), rel=1e-7), (name, region)
+        assert row["grad_mass_share"] == pytest.approx(np.abs(a * r * w).sum() / np.abs(a * r).sum(), rel=1e-7)
+        assert row["weight_max"] == pytest.approx(w.max(), rel=1e-7)
+    assert 0 < table.loc["gspo", "masked_frac"] < 1 and 0 < table.loc["drpo", "masked_frac"] < 1
+
+
+def test_missing_logp_old_exits_2_and_old_logs_replay_as_before_on_cpu(tmp_path, capsys, sim_log):
+    """A log without ``logp_old``: objectives that need it are refused in one line, before any output;
+    the default objectives replay it exactly as the same log with the column."""
+    b = load_token_log(sim_log / "grpo.parquet")
+    old = tmp_path / "old.parquet"
+    write_token_log(old, TokenBatch.from_arrays(**{k: v for k, v in b.columns.items() if k != "logp_old"}))
+    code, out, err = run(capsys, "replay", str(old), "--out", str(tmp_path / "a"), "--no-progress",
+                         "--objectives", "drpo,minirl,gspo")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "minirl needs the column 'logp_old'" in err and "--objectives" in err
+    assert not (tmp_path / "a").exists()
+    for log, out_dir in ((old, "old"), (sim_log / "grpo.parquet", "new")):
+        code, out, err = run(capsys, "replay", str(log), "--out", str(tmp_path / out_dir), "--no-progress")
+        assert code == 0, err
+    for name in ("objectives.csv", "regions_by_mu.csv", "mismatch_by_mu.csv", "by_step.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "old" / name), pd.read_csv(tmp_path / "new" / name))
+    assert "sequences" not in json.loads((tmp_path / "old" / "replay.json").read_text())
 
 
 @pytest.mark.parametrize("argv, message", [

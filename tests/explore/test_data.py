@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drpo_sim import objectives
+from drpo_sim import geometry, objectives
 from drpo_sim.explore import data
 
 MUS = (1e-3, 0.01, 0.1, 0.5, 0.9)
@@ -24,8 +24,7 @@ def test_curve_is_the_registry_weight_on_cpu():
                 c = data.curve(obj, mu, adv)
                 assert mu in c.pi and np.all(np.diff(c.pi) > 0)
                 lp, lb = np.log(c.pi), np.full_like(c.pi, np.log(mu))
-                ids = np.arange(lp.size) if obj.per_sequence else None  # each token alone: pi_old = mu
-                np.testing.assert_array_equal(c.w, obj.weight(lp, lb, adv, logp_old=lb, sample_id=ids))
+                np.testing.assert_array_equal(c.w, geometry.single_token_weight(obj, lp, lb, adv))
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,28 @@ def test_unknown_format_is_a_clear_error(tmp_path):
     assert "reads .jsonl files, not .parquet" in error(open_log, tmp_path / "x.parquet", fmt="nemo_rl")
     assert "generic format only" in error(open_log, tmp_path / "x.jsonl", fmt="nemo_rl", mapping="logp=x")
 
+def test_has_column_tells_from_the_files_without_reading_rows(tmp_path):
+    samples = make_samples(22, 3)
+    e = expected(samples, 0, np.arange(3), np.arange(3))
+    write_token_log(tmp_path / "with.parquet", TokenBatch.from_arrays(**e))
+    write_token_log(tmp_path / "without.parquet", TokenBatch.from_arrays(**{k: v for k, v in e.items()
+                                                                             if k != "logp_old"}))
+    assert open_log(tmp_path / "with.parquet").has_column("logp_old") is True
+    src = open_log(tmp_path / "without.parquet")
+    assert src.has_column("logp_old") is False and src.has_column("sample_id") is True
+    assert src.has_column("topk_tv") is False  # outside the schema: no batch can hold it
+    write_nemo(tmp_path / "train_data_step1.jsonl", samples)
+    assert open_log(tmp_path / "train_data_step1.jsonl").has_column("logp_old") is True  # NeMo RL always gives it
+    assert open_log(tmp_path / "train_data_step1.jsonl").has_column("seed") is None  # only the rows would tell
+    flat = write_generic_flat_parquet(tmp_path / "flat.parquet", samples)
+    mapping = "logp=trainer_lp,logp_behavior=engine_lp,advantage=adv"
+    assert open_log(flat, mapping=mapping).has_column("logp_old") is False
+    assert open_log(flat, mapping=mapping + ",logp_old=trainer_lp").has_column("logp_old") is True
+    # what it says is what the batches hold
+    for path in (tmp_path / "with.parquet", tmp_path / "without.parquet"):
+        src = open_log(path)
+        assert src.has_column("logp_old") is (next(iter(src)).logp_old is not None)
+
 # ---------------------------------------------------------------------------------------------
 # mapping
 
