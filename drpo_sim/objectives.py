@@ -527,6 +527,15 @@ class Formula:
 _REGISTRY: dict[str, type[Objective]] = {}
 
 
+def _check_positive(owner: Any, label: str, names: tuple[str, ...]) -> None:
+    """``ValueError`` (prefixed ``label``) unless each parameter ``names`` of ``owner`` is ``None`` or a
+    finite number > 0: the one check of the objectives' and the corrections' parameters."""
+    for n in names:
+        v = getattr(owner, n)
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{label}: parameter {n} must be a finite number > 0, got {v!r}")
+
+
 def register(cls: type[Objective]) -> type[Objective]:
     """Class decorator: add an objective to the registry under ``cls.name``."""
     if cls.name in _REGISTRY:
@@ -682,10 +691,7 @@ class Objective:
         return t.advantage * t.ratio * self._weight(t)
 
     def _check_positive(self, *names: str) -> None:
-        for n in names:
-            v = getattr(self, n)
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{self.name}: parameter {n} must be a finite number > 0, got {v!r}")
+        _check_positive(self, self.name, names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1471,10 +1477,7 @@ class Correction:
         return f"{self.name}({args})"
 
     def _check_positive(self, *names: str) -> None:
-        for n in names:
-            v = getattr(self, n)
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"correction {self.name}: parameter {n} must be a finite number > 0, got {v!r}")
+        _check_positive(self, f"correction {self.name}", names)
 
 
 _CORRECTIONS: dict[str, type[Correction]] = {}
@@ -1495,6 +1498,16 @@ def _log_keep(xp: Any, keep: Array, log_c: Array) -> Array:
     return xp.where(keep, log_c, xp.full_like(log_c, -math.inf))
 
 
+@dataclass(frozen=True)
+class _CappedCorrection(Correction):
+    """A correction with one cap on the gap (default 2, verl's example threshold)."""
+
+    cap: float = 2.0
+
+    def __post_init__(self):
+        self._check_positive("cap")
+
+
 @_register_correction
 @dataclass(frozen=True)
 class PlainIS(Correction):
@@ -1511,7 +1524,7 @@ class PlainIS(Correction):
 
 @_register_correction
 @dataclass(frozen=True)
-class TokenTIS(Correction):
+class TokenTIS(_CappedCorrection):
     """Token-level truncated importance sampling: ``c = min(b, cap)``.
 
     Yao, Liu et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"
@@ -1522,18 +1535,13 @@ class TokenTIS(Correction):
     name: ClassVar[str] = "tis"
     formula: ClassVar[str] = "c = min(pi_old/mu, cap)"
     source: ClassVar[str] = "Yao, Liu et al. 2025 (TIS blog); verl rollout_is='token'"
-    cap: float = 2.0
-
-    def __post_init__(self):
-        self._check_positive("cap")
-
     def log_factor(self, t):
         return t.xp.minimum(t.log_behavior_ratio, math.log(self.cap))
 
 
 @_register_correction
 @dataclass(frozen=True)
-class SequenceTIS(Correction):
+class SequenceTIS(_CappedCorrection):
     """Sequence-level truncated importance sampling: ``c = min(prod_t b_t, cap)`` for every token
     of the sequence (verl's ``rollout_is = "sequence"``; Liu, Li et al. 2025, "When speed kills
     stability", richardli.xyz/rl-collapse). Default cap 2."""
@@ -1542,18 +1550,13 @@ class SequenceTIS(Correction):
     level: ClassVar[str] = "sequence"
     formula: ClassVar[str] = "c = min(prod_t pi_old/mu, cap)"
     source: ClassVar[str] = "Liu, Li et al. 2025 (When speed kills stability); verl rollout_is='sequence'"
-    cap: float = 2.0
-
-    def __post_init__(self):
-        self._check_positive("cap")
-
     def log_factor(self, t):
         return t.xp.minimum(t.seq_sum(t.log_behavior_ratio), math.log(self.cap))
 
 
 @_register_correction
 @dataclass(frozen=True)
-class SequenceMIS(Correction):
+class SequenceMIS(_CappedCorrection):
     """Sequence-level masked importance sampling: ``c = B`` if ``B <= cap`` else 0, with
     ``B = prod_t b_t``: a sequence whose gap is too large is dropped rather than truncated
     (Liu, Li et al. 2025, "When speed kills stability", MIS; verl's sequence-level rejection
@@ -1563,11 +1566,6 @@ class SequenceMIS(Correction):
     level: ClassVar[str] = "sequence"
     formula: ClassVar[str] = "c = B if B <= cap else 0; B = prod_t pi_old/mu"
     source: ClassVar[str] = "Liu, Li et al. 2025 (When speed kills stability), MIS"
-    cap: float = 2.0
-
-    def __post_init__(self):
-        self._check_positive("cap")
-
     def log_factor(self, t):
         log_b = t.seq_sum(t.log_behavior_ratio)
         return _log_keep(t.xp, log_b <= math.log(self.cap), log_b)
