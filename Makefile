@@ -33,8 +33,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps -c constraints.txt verl
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt $(VERL_LOSS_DEPS)
 	$(PY) -c "$$COMPILE_ALL"
 	touch $(TEST_STAMP)
+
+# verl, for tests/integrations/test_verl.py: verl 0.9.1 declares transformers<5.11, which TRL 1.16
+# (the test extra's, transformers>=5.19) excludes, so pip cannot resolve both into one environment.
+# Its policy losses need neither: verl goes in without its dependency list, with what its loss path
+# (verl.trainer.ppo.core_algos, verl.workers.utils.losses) imports; pinned in constraints.txt.
+VERL_LOSS_DEPS := ray omegaconf codetiming orjson tensordict
 
 # Byte-compiling. pip compiles every module it installs, in one thread: 74 of the 120 s that
 # installing the package takes on two cores. So `setup` installs without compiling and compiles

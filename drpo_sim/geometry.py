@@ -2,9 +2,10 @@
 
 These are the data behind the geometry figures (:mod:`drpo_sim.plots`): the DRPO paper's
 Table 1 drawn out as weight-against-``pi`` curves, its Figure 1 as weight maps over the
-``(mu, pi)`` plane with the ratio-clip and TV masks as regions, and DRPO's weight range
-against ``delta``. Every number comes from :mod:`drpo_sim.objectives`; nothing here restates
-a formula.
+``(mu, pi)`` plane with the ratio-clip and TV masks as regions, DRPO's weight range
+against ``delta``, and the objectives of three policies and the corrections against the engine's
+gap ``b = pi_old / mu`` (:func:`gap_curves`). Every number comes from :mod:`drpo_sim.objectives`;
+nothing here restates a formula.
 """
 
 from __future__ import annotations
@@ -52,12 +53,22 @@ class GeometryConfig:
         ("drpo_kl", {"delta": 0.15}),
         ("drpo_tv", {"delta": 0.15}),
         ("drpo_k3", {"delta": 0.15}),
+        ("ppo_rare_exempt", {}),
+        ("minirl", {}),
+        ("decoupled_ppo", {}),
+        ("gspo", {}),
+        ("dppo_topk_tv", {"delta": 0.15}),
     )
     plane_weights: tuple[str, ...] = ("spo", "drpo")
     plane_masks: tuple[str, ...] = ("ppo", "grpo", "dppo_tv")
     deltas: tuple[float, ...] = (12.5, 2.5, 1.0, 0.5, 0.15)
     ablations: frozenset[str] = field(
         default_factory=lambda: frozenset({"drpo_no_abs_adv", "drpo_kl", "drpo_tv", "drpo_k3"})
+    )
+    # drawn in a figure of their own beside GRPO's and DPPO-TV's curves: the objectives that read
+    # more than one token's (pi, mu), at the single token's plainest case (single_token_weight)
+    more: frozenset[str] = field(
+        default_factory=lambda: frozenset({"ppo_rare_exempt", "minirl", "decoupled_ppo", "gspo", "dppo_topk_tv"})
     )
 
     def build(self) -> dict[str, objectives.Objective]:
@@ -108,20 +119,20 @@ def weight_curves(cfg: GeometryConfig) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def single_token_weight(obj: objectives.Objective, logp, logp_behavior, advantage) -> np.ndarray:
+def single_token_weight(obj: objectives.Objective, logp, logp_behavior, advantage, logp_old=None) -> np.ndarray:
     """``obj.weight`` of tokens seen one at a time, as the geometry views and the explorer draw them.
 
-    A single token has no trainer recomputation, no sequence and no distribution of its own, so the
-    objectives that read them are drawn at the plainest case: ``pi_old = mu`` (no gap between the
-    engine and the trainer at rollout time: a recompute anchor is the rollout's, every correction's
-    factor is 1); each token its own sequence (a sequence ratio is the token's ratio); DPPO's Top-K
-    divergence with ``K = 1`` and the token as the engine's top one (the binary TV ``abs(pi - mu)``
-    and KL, :func:`drpo_sim.objectives.topk_divergences`). Every other objective is unaffected: it
-    reads none of them.
+    A single token has no sequence and no distribution of its own, so the objectives that read them
+    are drawn at the plainest case: each token its own sequence (a sequence ratio is the token's
+    ratio); DPPO's Top-K divergence with ``K = 1`` and the token as the engine's top one (the binary
+    TV ``abs(pi - mu)`` and KL, :func:`drpo_sim.objectives.topk_divergences`). The trainer's
+    recomputation ``logp_old`` defaults to ``mu`` (no gap between the engine and the trainer at
+    rollout time: a recompute anchor is the rollout's, every correction's factor is 1);
+    :func:`gap_curves` draws the gap. Every other objective is unaffected: it reads none of them.
     """
     lp, lb, a = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (logp, logp_behavior, advantage)))
     ids = np.arange(lp.size).reshape(lp.shape) if obj.per_sequence else None
-    columns = {"logp_old": lb}
+    columns = {"logp_old": lb if logp_old is None else np.broadcast_to(np.asarray(logp_old, dtype=float), lp.shape)}
     if {"topk_tv", "topk_kl"} & set(obj.required_columns):
         columns["topk_tv"] = np.abs(np.exp(lp) - np.exp(lb))
         columns["topk_kl"] = objectives.binary_kl(lb, lp)
@@ -190,3 +201,80 @@ def drpo_weight_range(cfg: GeometryConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 )
             )
     return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class GapConfig:
+    """The objectives of three policies and the corrections drawn against the engine's gap.
+
+    ``b = pi_old / mu`` is how much more (``b > 1``) or less likely the trainer finds a token than
+    the engine that sampled it, before any update. Curves are at ``pi = pi_old`` (the first update
+    of a batch: ``rho = pi / pi_old = 1``, ``r = pi / mu = b``) for a token of engine probability
+    ``mu``, one token per sequence (a sequence correction is its token's). ``objectives`` are
+    ``(name, params)`` pairs, ``corrections`` the corrections drawn on ``correction_base``.
+    """
+
+    mu: float = 0.02
+    b_min: float = 0.05
+    b_max: float = 40.0
+    n_b: int = 401
+    objectives: tuple[tuple[str, dict], ...] = (
+        ("pg_is", {}),
+        ("grpo", {}),
+        ("dppo_tv", {"delta": 0.15}),
+        ("drpo", {"delta": 0.15}),
+        ("decoupled_ppo", {}),
+        ("decoupled_ppo", {"is_cap": 2.0}),
+        ("minirl", {}),
+        ("dppo_tv_recompute", {"delta": 0.15}),
+    )
+    correction_base: str = "grpo"
+    corrections: tuple[tuple[str, dict], ...] = (
+        ("is", {}),
+        ("tis", {"cap": 2.0}),
+        ("seq_mis", {"cap": 2.0}),
+        ("geo_mis", {}),
+        ("icepop", {}),
+    )
+
+    def gaps(self) -> np.ndarray:
+        """``b``, evenly spaced in log from ``b_min`` to ``b_max`` with ``b = 1`` included."""
+        return np.unique(np.concatenate([np.geomspace(self.b_min, self.b_max, self.n_b), [1.0]]))
+
+    def build(self) -> dict[str, tuple[str, objectives.Objective]]:
+        """``{label: (panel, objective)}``: panel ``"objectives"`` or ``"corrections"``."""
+        out: dict[str, tuple[str, objectives.Objective]] = {}
+        for name, params in self.objectives:
+            obj = objectives.get(name, **params)
+            out[str(obj)] = ("objectives", obj)
+        for name, params in self.corrections:
+            obj = objectives.get(self.correction_base, correction=name, **params)
+            out[str(obj)] = ("corrections", obj)
+        return out
+
+
+def gap_curves(cfg: GapConfig | None = None) -> pd.DataFrame:
+    """Each objective's weight against the engine's gap ``b = pi_old / mu`` at ``pi = pi_old``.
+
+    Columns: ``objective`` (its string with parameters), ``name`` (registry name), ``correction``
+    (its name, or ``""``), ``panel``, ``mu``, ``adv_sign``, ``b``, ``pi_old`` (``= pi``), ``ratio``
+    (``r = pi / mu = b``), ``weight`` (``w``, with ``dJ/dlogp = A r w``: ``w = 1`` keeps the full
+    importance weight ``r`` to the engine, the unbiased gradient of the trainer's expected reward;
+    ``w = 1 / b`` drops it, as if ``pi_old`` had sampled the token; ``w = 0`` masks it). Gaps that
+    would put ``pi_old`` above 1 are left out.
+    """
+    cfg = cfg or GapConfig()
+    b = cfg.gaps()
+    b = b[b * cfg.mu < 1.0]
+    pi_old = b * cfg.mu
+    lp = np.log(pi_old)
+    lb = np.full_like(lp, np.log(cfg.mu))
+    frames = []
+    for label, (panel, obj) in cfg.build().items():
+        correction = getattr(obj, "params", {}).get("correction", "")
+        for sign in ADV_SIGNS:
+            w = single_token_weight(obj, lp, lb, np.full_like(lp, sign), logp_old=lp)
+            frames.append(pd.DataFrame({"objective": label, "name": obj.name, "correction": correction,
+                                        "panel": panel, "mu": cfg.mu, "adv_sign": sign, "b": b,
+                                        "pi_old": pi_old, "ratio": b, "weight": w}))
+    return pd.concat(frames, ignore_index=True)

@@ -85,7 +85,12 @@ sampling is biased too (the reason for the sequence-level corrections).
 ``pg_is``? Its weight ``1 - sign(A)(pi - mu)/12.5`` lies in ``[0.92, 1.08]``, so the two can differ
 by a few percent at most. The margin, fixed before the full sweep was run (:data:`EQUIVALENCE_MARGIN`):
 see :func:`equivalence`; the measured answer is in the README's section "Gradients against the truth"
-and ``docs/figures/gradient_diagnostics*_equivalence.csv``.
+and ``figures/gradient_diagnostics*_equivalence.csv`` (the reproduce stage ``gradient_diagnostics``).
+
+**The arena, small** (the last section, :func:`arena_gradient_diagnostics`, :func:`arena_gradient_sweep`):
+a third world, where the mismatch is not injected but is the engine's reduced-precision pass over
+the transformer's own parameters. A tiny configuration (8 tokens, responses of 3) has few enough
+responses to enumerate, so ``J`` and its gradient with respect to every parameter are exact there.
 """
 
 from __future__ import annotations
@@ -95,22 +100,37 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from scipy import sparse
 
 from drpo_sim import objectives
-from drpo_sim.arena.train import MU_BINS
+from drpo_sim.arena.model import PRECISIONS, ArenaModel, Engine, Params, logits, response_logprobs, shapes
+from drpo_sim.arena.pretrain import BaseModelConfig, pretrain
+from drpo_sim.arena.task import WalkTask
+from drpo_sim.arena.train import AGG_MODE, MU_BINS
+from drpo_sim.envs.bandit import LongTailBandit
 from drpo_sim.envs.tabular import TabularSequence
+from drpo_sim.lm.model import torch_threads
 
 __all__ = [
+    "ARENA_BASE",
     "DIAGNOSTICS",
     "EQUIVALENCE_MARGIN",
     "PAIRED",
+    "QUESTION",
     "SWEEP_OBJECTIVES",
+    "WORLDS",
+    "ArenaEnumeration",
     "after_updates",
+    "arena_expected_reward",
+    "arena_gradient_diagnostics",
+    "arena_gradient_sweep",
     "equivalence",
     "exact_gradient",
     "gradient_diagnostics",
     "gradient_sweep",
     "sampled_gradients",
+    "world",
 ]
 
 DIAGNOSTICS = ("cosine", "batch_cosine", "bias_norm", "relative_bias", "norm_ratio", "variance", "mean_se", "ess",
@@ -149,6 +169,29 @@ SWEEP_OBJECTIVES: dict[str, tuple[str, dict[str, Any]]] = {
 :func:`drpo_sim.objectives.get`; two anchored to ``mu`` with a ratio clip (GRPO) or a capped
 ratio (CISPO), DPPO-TV's mask, DRPO at the paper's ``delta`` and at DPPO-TV's threshold, and three
 anchored to ``pi_old`` (MiniRL, decoupled PPO, GRPO with token TIS)."""
+
+QUESTION = "drpo (delta 12.5)"
+"""The label of :data:`SWEEP_OBJECTIVES` whose equivalence with ``pg_is`` the sweep reports (issue 16:
+does DRPO at the paper's ``delta`` produce a different gradient from ``pg_is``?)."""
+
+WORLDS = ("bandit", "tabular")
+"""The worlds with an exact gradient (:func:`world`)."""
+
+
+def world(env: str, vocab: int, *, zipf_exponent: float | None = None, n_prompts: int | None = None,
+          horizon: int | None = None) -> tuple[np.ndarray, np.ndarray | TabularSequence]:
+    """``(pi_old's logits, rewards)`` of a world of :data:`WORLDS` at vocabulary ``vocab``: the
+    long-tail bandit's initial logits ``[V]`` and per-token rewards, or the tabular task's initial
+    logits ``[P T, V]`` and the task itself (its rewards); unset knobs take the world's defaults."""
+    if env not in WORLDS:
+        raise ValueError(f"unknown world {env!r}; the worlds with an exact gradient are {', '.join(WORLDS)}")
+    knobs = {} if zipf_exponent is None else {"zipf_exponent": zipf_exponent}
+    if env == "bandit":
+        bandit = LongTailBandit(vocab_size=vocab, **knobs)
+        return bandit.initial_logits()[0], bandit.token_rewards()
+    knobs.update({k: v for k, v in (("n_prompts", n_prompts), ("horizon", horizon)) if v is not None})
+    task = TabularSequence(vocab_size=vocab, **knobs)
+    return task.initial_logits(), task
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,7 +579,8 @@ def gradient_sweep(old_logits: np.ndarray, rewards: np.ndarray | TabularSequence
 def equivalence(table: pd.DataFrame, label: str, *, margin: float = EQUIVALENCE_MARGIN,
                 z: float = 1.96) -> pd.DataFrame:
     """The verdict of the pre-registered equivalence test of objective ``label`` against the sweep's
-    reference (:data:`EQUIVALENCE_MARGIN`), per cell of a :func:`gradient_sweep` table:
+    reference (:data:`EQUIVALENCE_MARGIN`), per cell of a :func:`gradient_sweep` table (or of an
+    :func:`arena_gradient_sweep` table, whose cells are precisions instead of noise stds):
     ``equivalent`` when ``diff_rel + z diff_rel_se < margin``, ``different`` when
     ``diff_rel - z diff_rel_se > margin``, else ``undecided``; with the cell's ``delta_cosine``
     (cosine with the truth of the label's mean gradient minus the reference's)."""
@@ -544,7 +588,7 @@ def equivalence(table: pd.DataFrame, label: str, *, margin: float = EQUIVALENCE_
         raise ValueError("the table has no paired differences: run the sweep with a reference")
     if label not in set(table["label"]):
         raise ValueError(f"no objective labelled {label!r} in the table ({', '.join(dict.fromkeys(table['label']))})")
-    cells = ["noise_std", "staleness"]
+    cells = [c for c in ("noise_std", "precision") if c in table.columns] + ["staleness"]  # the sweep's axes
     mine = table[table["label"] == label].set_index(cells)
     ref = table[table["label"] == table["reference"]].set_index(cells)
     out = mine[["kl_engine", "kl_stale", "diff_rel", "diff_rel_se", "diff_batch_rel", "delta_batch_cosine",
@@ -553,3 +597,483 @@ def equivalence(table: pd.DataFrame, label: str, *, margin: float = EQUIVALENCE_
     lo, hi = out["diff_rel"] - z * out["diff_rel_se"], out["diff_rel"] + z * out["diff_rel_se"]
     out["verdict"] = np.where(hi < margin, "equivalent", np.where(lo > margin, "different", "undecided"))
     return out.reset_index()
+
+
+# ----------------------------------------------------------------------------------------------
+# the arena in a small configuration: the exact gradient of a transformer's expected reward
+#
+# In the two worlds above the engine's mismatch is an injected noise on logits. In the arena
+# (drpo_sim.arena) it is the reduced-precision pass over the very parameters the trainer updates.
+# Its expected reward is a sum over every response, which a small enough task can enumerate: then
+# the gradient with respect to the transformer's parameters is exact, and every objective's
+# sampled gradient can be held against it as above, in parameter space.
+
+ARENA_BASE = BaseModelConfig(model=ArenaModel(vocab_size=8, max_len=5, d_model=16, n_heads=2, d_mlp=32),
+                             task=WalkTask(vocab_size=8, n_classes=4, response_len=3, misread=0.25),
+                             steps=400, lr=1e-2)
+"""The small arena of :func:`arena_gradient_diagnostics`: the walk task with ``V = 8`` tokens in 4
+classes of 2 and responses of ``H = 3`` tokens (``8^3 = 512`` responses per prompt), a quarter of the
+demonstrations misread (:data:`drpo_sim.arena.calibration.MISREAD`), and the arena's transformer at
+``d_model = 16`` (2,600 parameters) pretrained on it for 400 steps. On the 4 prompts of
+:class:`ArenaEnumeration` by default: an expected reward of 0.42 (0.25 is guessing a class; every
+prompt has a response of reward 1), 1.24 nats of entropy per token, and per token under ``mu``
+``E abs(pi - mu)`` = 1.7e-3 in bf16, 2.4e-4 in fp16 and 2.9e-3 in fp8 (``KL(mu || pi_old)`` 3.1e-5,
+9.1e-7 and 2.3e-4): the size of the arena's calibrated bf16 mismatch (about 4e-3) within a factor 3."""
+
+MAX_RESPONSES = 4096
+"""The most responses per prompt (``V^H``) :class:`ArenaEnumeration` enumerates."""
+
+MAX_SCORE_ENTRIES = 2**25
+"""The largest score Jacobian (rows times parameters, float64: 256 MiB) :class:`ArenaEnumeration` builds."""
+
+
+def _flat(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Parameters or gradients ``[R, ...]`` per name -> ``[R, n_params]`` (the names' order)."""
+    return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+
+
+def _digits(n: int, vocab: int, length: int) -> torch.Tensor:
+    """The ``n = vocab^length`` token tuples of ``length`` in lexicographic order, ``[n, length]``."""
+    return (torch.arange(n)[:, None] // vocab ** torch.arange(length - 1, -1, -1)) % vocab
+
+
+def arena_expected_reward(params: Params, cfg: ArenaModel, seqs: torch.Tensor, rewards: torch.Tensor,
+                          prompt_len: int = WalkTask.prompt_len) -> torch.Tensor:
+    """``J = (1/P) sum_p sum_y pi(y | x_p) R(x_p, y)``, differentiable in ``params`` (one run's,
+    ``[1, ...]``, in their own dtype: float64 for an exact gradient) through the trainer's pass
+    (:func:`drpo_sim.arena.model.response_logprobs`): ``seqs [P, n, P_len + H]`` every response of
+    each of ``P`` prompts, ``rewards [P, n]`` theirs."""
+    p, n, length = seqs.shape
+    logp = response_logprobs(params, cfg, seqs.reshape(1, p * n, length), prompt_len)[1]  # [1, P n, H]
+    return (logp.sum(-1).exp().view(p, n) * rewards.to(logp.dtype)).sum(dim=1).mean()
+
+
+class ArenaEnumeration:
+    """Every response of a small arena task, the trainer's policies over them and the exact gradient.
+
+    ``n_prompts`` prompts of ``base.task`` (drawn with ``prompt_seed``), each with all ``n = V^H``
+    responses (``seqs [P, n, 2 + H]``, lexicographic) and their checked rewards (``rewards [P, n]``,
+    the task's :meth:`~drpo_sim.arena.task.WalkTask.right`, float64). A *state* is a prompt and a
+    prefix ``(p, y_<t)`` (``P sum_{t<H} V^t`` of them, position-major), a *key* ``state V + y`` one
+    token in one state; ``token_key [P, n, H]`` is every response's tokens as keys.
+
+    - ``params_old``: ``pi_old``, the base model (``base``; or ``params``), the policy the rollout
+      is made with, which the engine copies; ``params``: ``pi``, after ``staleness`` exact-gradient
+      steps from it (:meth:`step`);
+    - ``logp_old`` / ``logp``: the trainer's float32 log-probs of every key (``[n_keys]``, as float64);
+    - ``scores [n_keys, n_params]``: ``grad_theta log pi(y | state)`` at ``params``, float64;
+    - ``truth [n_params]``: ``grad_theta J`` at ``params`` by autograd through
+      :func:`arena_expected_reward` in float64; ``expected_reward``, ``expected_reward_old``: ``J``.
+
+    The parameters are flattened in the order of :func:`drpo_sim.arena.model.shapes`.
+    """
+
+    def __init__(self, base: BaseModelConfig = ARENA_BASE, *, n_prompts: int = 4, prompt_seed: int = 0,
+                 staleness: int = 0, step_kl: float = 1e-3, params: Params | None = None):
+        task, cfg = base.task, base.model
+        v, h = task.vocab_size, task.response_len
+        if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+            raise ValueError(f"n_prompts must be an integer >= 1, got {n_prompts!r}")
+        if v**h > MAX_RESPONSES:
+            raise ValueError(f"{v}^{h} = {v**h} responses per prompt: the exact gradient enumerates at most "
+                             f"{MAX_RESPONSES} (a smaller vocabulary or response length)")
+        if isinstance(staleness, bool) or not isinstance(staleness, (int, np.integer)) or staleness < 0:
+            raise ValueError(f"staleness (updates since the rollout) must be an integer >= 0, got {staleness!r}")
+        if not (isinstance(step_kl, (int, float)) and np.isfinite(step_kl) and step_kl > 0):
+            raise ValueError(f"step_kl must be a finite number > 0, got {step_kl!r}")
+        self.base, self.task, self.cfg = base, task, cfg
+        self.vocab, self.horizon, self.n_prompts, self.n = v, h, n_prompts, v**h
+        self.staleness, self.step_kl = int(staleness), float(step_kl)
+        self.prompts = task.prompts(n_prompts, torch.Generator().manual_seed(prompt_seed))  # [P, 2]
+        resp = _digits(self.n, v, h)
+        self.seqs = torch.cat([self.prompts[:, None].expand(-1, self.n, -1), resp[None].expand(n_prompts, -1, -1)],
+                              dim=2)  # [P, n, 2 + H]
+        self.rewards = task.right(self.seqs).double().mean(dim=-1).numpy()  # [P, n]
+        # states (t, p, prefix y_<t): position-major, then prompt, then the prefix in lexicographic order
+        self.state_offsets = np.concatenate([[0], np.cumsum([n_prompts * v**t for t in range(h)])])
+        self.n_states = int(self.state_offsets[-1])
+        self.n_keys = self.n_states * v
+        t = np.arange(h)
+        i = np.arange(self.n)[:, None]
+        prefix, token = i // v ** (h - t), (i // v ** (h - 1 - t)) % v  # [n, H]
+        state = self.state_offsets[:-1] + np.arange(n_prompts)[:, None, None] * v**t + prefix  # [P, n, H]
+        self.token_key = state * v + token
+        # the distinct inputs (prompt and y_1 .. y_{H-1}) and, per position, the input each state is read at
+        self.inputs = torch.cat([self.prompts[:, None].expand(-1, v ** (h - 1), -1),
+                                 _digits(v ** (h - 1), v, h - 1)[None].expand(n_prompts, -1, -1)],
+                                dim=2).reshape(-1, task.prompt_len + h - 1)
+        self._read_at = [(np.arange(n_prompts)[:, None] * v ** (h - 1) + np.arange(v**t)[None, :] * v ** (h - 1 - t))
+                         .ravel() for t in range(h)]
+        self.names = list(shapes(cfg))
+        self.n_params = sum(int(np.prod(s)) for s in shapes(cfg).values())
+        if self.n_keys * self.n_params > MAX_SCORE_ENTRIES:
+            raise ValueError(f"the score Jacobian would have {self.n_keys} x {self.n_params} entries, more than "
+                             f"{MAX_SCORE_ENTRIES}: a smaller model or task")
+        with torch_threads(1):
+            self.params_old = {k: x.detach().clone() for k, x in (pretrain(base) if params is None else params).items()}
+            self.logp_old = self._trainer_logp(self.params_old)
+            self.expected_reward_old = self._expected_reward(self.logp_old)
+            current = self.params_old
+            for _ in range(self.staleness):
+                current = self.step(current)
+            self.params = current
+            self.logp = self._trainer_logp(current) if self.staleness else self.logp_old
+            self.expected_reward = self._expected_reward(self.logp)
+            self.scores = self.score_jacobian(current)
+            self.truth = self.exact_gradient(current)
+
+    # the trainer ---------------------------------------------------------------------------
+    def _trainer_logp(self, params: Params) -> np.ndarray:
+        """The trainer's float32 log-probs of every key ``[n_keys]`` (float64)."""
+        with torch.no_grad():
+            dummy = torch.zeros(len(self.inputs), 1, dtype=torch.long)
+            lp_all = response_logprobs(params, self.cfg, torch.cat([self.inputs, dummy], dim=1)[None],
+                                       self.task.prompt_len)[0][0]  # [N_in, H, V]
+        return torch.cat([lp_all[rows, t] for t, rows in enumerate(self._read_at)]).double().numpy().ravel()
+
+    def seq_logp(self, key_logp: np.ndarray) -> np.ndarray:
+        """Every response's log-probability ``[P, n]`` from its keys' ``key_logp [n_keys]``."""
+        return key_logp[self.token_key].sum(axis=-1)
+
+    def _expected_reward(self, key_logp: np.ndarray) -> float:
+        return float((np.exp(self.seq_logp(key_logp)) * self.rewards).sum(axis=1).mean())
+
+    def exact_gradient(self, params: Params) -> np.ndarray:
+        """``grad_theta J`` at ``params`` ``[n_params]``: autograd through :func:`arena_expected_reward`
+        with the parameters in float64 (the trainer's function, evaluated without float32 rounding)."""
+        p64 = {k: x.detach().double().requires_grad_(True) for k, x in params.items()}
+        with torch.enable_grad():
+            j = arena_expected_reward(p64, self.cfg, self.seqs, torch.from_numpy(self.rewards), self.task.prompt_len)
+            grads = torch.autograd.grad(j, [p64[k] for k in self.names])
+        return _flat(grads)[0].numpy()
+
+    def score_jacobian(self, params: Params) -> np.ndarray:
+        """``grad_theta log pi(y | state)`` of every key at ``params``, ``[n_keys, n_params]`` float64.
+        Each distinct input is its own run of the arena's batched model (its run axis: the runs never
+        mix), so one backward pass per (position, token) gives every state's row at once."""
+        v, n_in = self.vocab, len(self.inputs)
+        runs = {k: params[k].detach().double().expand(n_in, *params[k].shape[1:]).clone().requires_grad_(True)
+                for k in self.names}
+        out = np.empty((self.n_keys, self.n_params))
+        with torch.enable_grad():
+            z, _ = logits(runs, self.cfg, self.inputs[:, None, :])  # [N_in, 1, P_len + H - 1, V]
+            lp = torch.log_softmax(z[:, 0, self.task.prompt_len - 1:], dim=-1)  # [N_in, H, V]
+            for t, rows in enumerate(self._read_at):
+                keys = (self.state_offsets[t] + np.arange(len(rows))) * v
+                for y in range(v):
+                    grads = torch.autograd.grad(lp[rows, t, y].sum(), [runs[k] for k in self.names],
+                                                retain_graph=True)
+                    out[keys + y] = _flat([g[rows] for g in grads]).numpy()
+        return out
+
+    def fisher(self, key_logp: np.ndarray, scores: np.ndarray, direction: np.ndarray) -> float:
+        """The per-token Fisher quadratic form of ``direction``: ``(1/(P H)) sum_p E_{y ~ pi}
+        sum_t Var_{pi(.|y_<t)}(s . direction)``, the second-order KL(pi || pi + eta direction) per
+        token over ``eta^2 / 2``; ``pi`` given by its keys' log-probs, ``scores`` its score Jacobian."""
+        u = (scores @ direction).reshape(self.n_states, self.vocab)
+        pk = np.exp(key_logp).reshape(self.n_states, self.vocab)
+        var = (pk * u**2).sum(axis=1) - (pk * u).sum(axis=1) ** 2  # [n_states]
+        visit = np.exp(self.seq_logp(key_logp))  # [P, n]
+        return float((visit[..., None] * var[self.token_key // self.vocab]).sum() / (self.n_prompts * self.horizon))
+
+    def step(self, params: Params) -> Params:
+        """One exact-gradient update from ``params`` (float32, the trainer's dtype): a step along
+        ``grad J`` whose second-order KL per token is ``step_kl`` (:meth:`fisher`; TRPO's step length
+        along the plain gradient, as :func:`after_updates` in the worlds above)."""
+        g = self.exact_gradient(params)
+        f = self.fisher(self._trainer_logp(params), self.score_jacobian(params), g)
+        if f <= 0:
+            return params
+        eta = np.sqrt(2.0 * self.step_kl / f)
+        flat = torch.from_numpy(eta * g)
+        out, i = {}, 0
+        for k in self.names:
+            size = params[k].numel()
+            out[k] = (params[k].double() + flat[i:i + size].view(params[k].shape)).float()
+            i += size
+        return out
+
+    # the engine ----------------------------------------------------------------------------
+    def engine_state_logp(self, precision: str) -> np.ndarray:
+        """The engine's log-probs ``log mu`` of every token in every state, ``[n_states, V]`` (float64
+        of its float32 values), for ``pi_old``'s parameters in ``precision``.
+
+        ``fp32`` is the arena's control: ``mu`` is the trainer's own float32 ``pi_old``, bit for bit
+        (:meth:`drpo_sim.arena.model.Engine.rollout` given the trainer). Otherwise the engine's own
+        incremental pass (:class:`~drpo_sim.arena.model.Engine`), read by ``H`` forced rollouts: the
+        ``r``-th rollout runs every prefix of length ``r`` and reports the engine's whole next-token
+        distribution there (``topk = V``); its prefix is forced by drawing, at each earlier position,
+        the midpoint of the wanted token's interval of the engine's CDF (known from the earlier
+        rollouts, and computed as its sampler does). That the rollouts did follow is checked."""
+        v, h, n_p = self.vocab, self.horizon, self.n_prompts
+        if precision == "fp32":
+            return self.logp_old.reshape(self.n_states, v).copy()
+        engine = Engine(self.params_old, self.cfg, precision)
+        known: list[torch.Tensor] = []  # per position t: [P V^t, V] float32, vocabulary order
+        with torch_threads(1):
+            for r in range(h):
+                forced = _digits(v**r, v, r).repeat(n_p, 1)  # [P V^r, r]
+                rows = torch.arange(n_p).repeat_interleave(v**r)
+                draws = []
+                for j in range(r):
+                    lp = known[j][rows * v**j + torch.arange(v**r).repeat(n_p) // v ** (r - j)]
+                    cdf = lp.exp().cumsum(dim=-1)
+                    y = forced[:, j:j + 1]
+                    lo = torch.where(y > 0, cdf.gather(-1, (y - 1).clamp_min(0)), 0.0)[:, 0]
+                    hi = cdf.gather(-1, y)[:, 0]
+                    mid = ((lo.double() + hi.double()) / 2).float()
+                    draws.append(torch.where(mid < hi, mid, lo))
+                draws.append(torch.zeros(len(rows)))
+                roll = engine.rollout(self.prompts[rows][None], r + 1, lambda j: draws[j][None], topk=v)
+                if not torch.equal(roll.seqs[0, :, self.task.prompt_len:-1], forced):
+                    raise RuntimeError(f"the {precision} engine did not follow the forced prefixes of length {r}")
+                lp_r = torch.empty(len(rows), v).scatter_(-1, roll.topk_ids[0, :, r], roll.topk_logp[0, :, r])
+                known.append(lp_r)
+        return torch.cat(known).double().numpy()
+
+
+class _ArenaBatches:
+    """``B`` batches of ``G`` responses per prompt drawn from the engine's ``mu`` over the enumerated
+    responses, with the three policies' log-probs of their tokens ``[B, P G, H]`` (the layout of
+    :class:`_Batches`); a batch's gradient is a sum of rows of the score Jacobian, ``W @ scores`` with
+    ``W [B, n_keys]`` sparse. Gives :func:`_paired` what it needs (``mean``, ``sq_norm``)."""
+
+    def __init__(self, world: ArenaEnumeration, engine_state_logp: np.ndarray, n_samples: int, n_batches: int,
+                 rng: np.random.Generator):
+        b, g, n_p, v = n_batches, n_samples, world.n_prompts, world.vocab
+        self.world, self.n_batches = world, b
+        self.logmu_keys = engine_state_logp.ravel()
+        self.logmu_all, self.logp_all = engine_state_logp, world.logp.reshape(world.n_states, v)
+        # exact sampling from mu's sequence probabilities (renormalised per prompt against float32 rounding),
+        # by inverse CDF in every prompt at once: the prompts' CDFs laid end to end, prompt p on [p, p + 1]
+        probs = np.exp(world.seq_logp(self.logmu_keys))  # [P, n]
+        cdf = np.cumsum(probs, axis=1)
+        cdf = (cdf / cdf[:, -1:] + np.arange(n_p)[:, None]).ravel()
+        prompt = np.broadcast_to(np.arange(n_p)[None, :, None], (b, n_p, g))
+        e = np.minimum(np.searchsorted(cdf, prompt + rng.random((b, n_p, g)), side="right"), (prompt + 1) * world.n - 1)
+        shape = (b, n_p * g, world.horizon)
+        self.key = world.token_key.reshape(-1, world.horizon)[e].reshape(shape)
+        self.logp = world.logp[self.key]
+        self.logp_behavior = self.logmu_keys[self.key]
+        self.logp_old = world.logp_old[self.key]
+        reward = world.rewards.ravel()[e]  # [B, P, G]
+        adv = reward - reward.mean(axis=2, keepdims=True)
+        self.advantage = np.repeat(adv.reshape(b, -1, 1), world.horizon, axis=-1)
+        self.sample_id = np.repeat(np.arange(b * n_p * g).reshape(b, -1, 1), world.horizon, axis=-1)
+        # the arena's aggregation (AGG_MODE) times H: 1/(P G) on every token of the batch's full-length responses
+        mask = np.ones(shape[1:], dtype=bool)
+        self.coef = objectives.aggregation_weights(mask, AGG_MODE, horizon=world.horizon) * world.horizon
+        self._rows = np.repeat(np.arange(b), self.key[0].size)
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    def grad_logp(self, obj: objectives.Objective) -> np.ndarray:
+        """The objective's ``dJ_t/dlogp_t`` of every sampled token ``[B, P G, H]`` (as :meth:`_Batches.grad_logp`)."""
+        extra = {c: self.topk(c) for c in getattr(obj, "required_columns", ()) if c in ("topk_tv", "topk_kl")}
+        d = obj.grad_logp(self.logp, self.logp_behavior, self.advantage, logp_old=self.logp_old,
+                          sample_id=self.sample_id, **extra)
+        return np.asarray(d, dtype=np.float64).reshape(self.key.shape)
+
+    def topk(self, column: str) -> np.ndarray:
+        """DPPO's Top-K divergence between the engine's and the current policy's whole next-token
+        distributions at each sampled token's state (the engine's :data:`TOPK` most likely tokens:
+        all ``V`` here, so the divergences are exact), ``[B, P G, H]``."""
+        if not hasattr(self, "_topk"):
+            k = min(TOPK, self.world.vocab)
+            ids = np.argsort(-self.logmu_all, axis=1, kind="stable")[:, :k]
+            tv, kl = objectives.topk_divergences(self.logp_all, ids, np.take_along_axis(self.logmu_all, ids, axis=1))
+            self._topk = {"topk_tv": np.asarray(tv), "topk_kl": np.asarray(kl)}
+        return self._topk[column][self.key // self.world.vocab]
+
+    def gradients(self, d: np.ndarray) -> np.ndarray:
+        """Every batch's gradient ``[B, n_params]``: ``sum_t coef d_t grad log pi(y_t | state_t)``."""
+        if self._cache is not None and self._cache[0] is d:
+            return self._cache[1]
+        w = sparse.csr_array(((self.coef * d).ravel(), (self._rows, self.key.ravel())),
+                             shape=(self.n_batches, self.world.n_keys))
+        out = np.asarray(w @ self.world.scores)
+        self._cache = (d, out)
+        return out
+
+    def mean(self, d: np.ndarray) -> np.ndarray:
+        return self.gradients(d).mean(axis=0)
+
+    def sq_norm(self, d: np.ndarray) -> np.ndarray:
+        g = self.gradients(d)
+        return np.einsum("bk,bk->b", g, g)
+
+    def dot(self, d: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return self.gradients(d) @ v
+
+
+def _arena_world(world: ArenaEnumeration, engine_state_logp: np.ndarray, bt: _ArenaBatches) -> dict[str, float]:
+    """How far apart the three policies are, per token (exact sequence expectations), and the
+    rollout-time mismatch of the sampled tokens."""
+    h, n_p = world.horizon, world.n_prompts
+    lm = engine_state_logp.ravel()
+    mu_seq = np.exp(world.seq_logp(lm))
+    old_seq = np.exp(world.seq_logp(world.logp_old))
+    abs_tok = np.abs(np.exp(world.logp) - np.exp(lm))[world.token_key].sum(axis=-1)
+    return {"kl_engine": float((mu_seq * (world.seq_logp(lm) - world.seq_logp(world.logp_old))).sum() / (n_p * h)),
+            "kl_stale": float((old_seq * (world.seq_logp(world.logp_old) - world.seq_logp(world.logp))).sum()
+                              / (n_p * h)),
+            "abs_shift": float((mu_seq * abs_tok).sum() / (n_p * h)),
+            "mismatch_mean": float(np.abs(np.exp(bt.logp_old) - np.exp(bt.logp_behavior)).mean()),
+            "expected_reward": world.expected_reward,
+            "truth_norm": float(np.linalg.norm(world.truth))}
+
+
+def arena_gradient_diagnostics(methods: Sequence[str | tuple[str, dict[str, Any]] | objectives.Objective]
+                               | Mapping[str, str | tuple[str, dict[str, Any]] | objectives.Objective]
+                               | None = None, *, precision: str = "bf16",
+                               world: ArenaEnumeration | None = None, base: BaseModelConfig = ARENA_BASE,
+                               n_prompts: int = 4, staleness: int = 0, step_kl: float = 1e-3,
+                               n_samples: int = 8, n_batches: int = 2000, rng: np.random.Generator,
+                               reference: str | None = "pg_is") -> pd.DataFrame:
+    """Every objective's sampled gradient against the exact gradient of the expected reward of a
+    small arena, in parameter space: one row per objective (``methods``, default
+    :data:`SWEEP_OBJECTIVES`), with the columns of :func:`gradient_diagnostics` (:data:`DIAGNOSTICS`,
+    the gradient shares, with ``reference`` :data:`PAIRED`) and the three policies' distances.
+
+    **The world** (:class:`ArenaEnumeration`, built from ``base``, ``n_prompts``, ``staleness`` and
+    ``step_kl`` unless ``world`` is given): the arena's transformer (:data:`ARENA_BASE`: ``V = 8``,
+    ``H = 3``, 2,600 parameters) on ``P`` prompts of its walk task, where every one of the ``V^H``
+    responses of each prompt can be enumerated. Then ``J(theta) = (1/P) sum_p sum_y pi_theta(y|x_p)
+    R(x_p, y)``, with the task's own checked reward, is a finite sum, and its gradient with respect to
+    every parameter is computed by autograd through the trainer's pass: exact up to floating-point
+    rounding (evaluated in float64; the trainer's float32 pass differs from it by float32 rounding,
+    about 1e-7 relative, in the policies the objectives read).
+
+    **The three policies** as in the arena: ``pi_old`` is the base model (the rollout's parameters);
+    ``mu`` is the :class:`~drpo_sim.arena.model.Engine` at ``precision`` over ``pi_old``'s parameters,
+    its real reduced-precision pass (:meth:`ArenaEnumeration.engine_state_logp`; ``fp32``: ``mu =
+    pi_old`` bit for bit); ``pi`` is ``pi_old`` after ``staleness`` exact-gradient steps of second-order
+    KL ``step_kl`` per token (:meth:`ArenaEnumeration.step`). The truth is ``grad J`` at ``pi``.
+
+    **A batch** draws ``G = n_samples`` responses per prompt from ``mu``, exactly: the engine's
+    probability of every enumerated response is the product of its token probabilities in the
+    engine's pass, and the draws are by inverse CDF over them, all batches at once (equivalent to the
+    engine's token-by-token sampler, and ``B`` times cheaper than calling it ``B`` times). Advantages
+    are group-relative (``R - mean_G R``); every objective's per-token ``d_t``
+    (:meth:`~drpo_sim.objectives.Objective.grad_logp`, given ``logp_old`` and a ``sample_id`` per
+    response, and for DPPO's Top-K modes the exact divergences of each state's whole distributions)
+    weighs the token's score ``grad_theta log pi(y_t | x, y_<t)``, a row of the score Jacobian computed
+    once by autograd (:meth:`ArenaEnumeration.score_jacobian`), with the arena's aggregation
+    (:data:`~drpo_sim.arena.train.AGG_MODE`, ``seq-mean-token-sum-norm``) times ``H``::
+
+        g = (1/(P G)) sum_{responses} sum_t d_t grad_theta log pi(y_t | x, y_<t)
+
+    (the arena's own loss gradient is ``g / H`` with one update per batch: the same direction, and
+    ``g`` is the unbiased score-function form of ``grad J``, so lengths read against the truth).
+
+    **What holds.** On-policy (fp32, no staleness) ``pg_is`` has ``d_t = A`` on every token, and
+    ``E[g] = (1 - 1/G) grad J`` exactly, for sequences as for one token: the group mean includes the
+    response's own reward with weight ``1/G``, and the other responses' rewards are independent of
+    it. Off-policy, a token's ratio ``pi/mu`` is not its response's, so token-level importance
+    sampling is biased as in the tabular task.
+
+    **Limits.** The world is tiny (``V^H <= 4096`` responses per prompt, :data:`MAX_RESPONSES`; the
+    score Jacobian ``n_keys x n_params`` in memory, :data:`MAX_SCORE_ENTRIES`), so its mismatch is
+    that of a 16-wide model over 3 tokens, not of the arena's 64-token responses; the gradient is the
+    parameter-space gradient (not the natural gradient, nor the preconditioned step AdamW would take);
+    ``J`` averages over the ``P`` fixed prompts (the task's prompt distribution is not enumerated);
+    one update per batch (no mini-batches, no gradient clipping); dense models only are meaningful
+    for the truth (a mixture of experts' top-1 route is not differentiable).
+
+    **Columns**, besides the objective's: the cell (``precision``, ``staleness``, ``step_kl``,
+    ``n_prompts``, ``n_samples``, ``n_batches``) and the three policies' distances, per token and
+    exact (expectations over every response): ``kl_engine`` = KL(mu || pi_old), ``kl_stale`` =
+    KL(pi_old || pi), ``abs_shift`` = ``E_mu abs(pi - mu)``; ``mismatch_mean``, the rollout-time
+    ``abs(pi_old - mu)`` averaged over the sampled tokens (the arena's ``mismatch_mean``,
+    :func:`drpo_sim.lm.mismatch.run_statistics`); ``expected_reward`` ``J`` at ``pi`` and
+    ``truth_norm`` ``||grad J||``.
+
+    ``rng``: one draw, the batches' seed (every objective sees the same batches, so their differences
+    are paired).
+    """
+    methods = SWEEP_OBJECTIVES if methods is None else methods
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    for name, v in (("n_samples", n_samples), ("n_batches", n_batches)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
+            raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
+    if world is None:
+        world = ArenaEnumeration(base, n_prompts=n_prompts, staleness=staleness, step_kl=step_kl)
+    return _arena_table(methods, world, precision, world.engine_state_logp(precision), n_samples, n_batches,
+                        int(rng.integers(2**63)), reference)
+
+
+def _arena_table(methods, world: ArenaEnumeration, precision: str, engine_state_logp: np.ndarray, n_samples: int,
+                 n_batches: int, seed: int, reference: str | None) -> pd.DataFrame:
+    specs = _specs(methods)
+    if reference is not None and reference not in [lab for lab, _ in specs]:
+        raise ValueError(f"reference {reference!r} is not among the objectives ({', '.join(lab for lab, _ in specs)})")
+    bt = _ArenaBatches(world, engine_state_logp, n_samples, n_batches, np.random.default_rng(seed))
+    truth = world.truth
+    truth_norm = float(np.linalg.norm(truth))
+    log_r = np.minimum(bt.logp - bt.logp_behavior, objectives.LOG_RATIO_MAX)
+    ess, ess_seq = _ess(log_r.reshape(n_batches, -1)), _ess(log_r.sum(axis=2))
+    ref = None
+    if reference is not None:
+        d_ref = bt.grad_logp(dict(specs)[reference])
+        g_ref = bt.gradients(d_ref)
+        sq_ref = np.einsum("bk,bk->b", g_ref, g_ref)
+        ref = {"d": d_ref, "sq": sq_ref, "cos": _safe_ratio(g_ref @ truth, np.sqrt(sq_ref) * truth_norm)}
+    rows = []
+    for lab, obj in specs:
+        d = ref["d"] if lab == reference else bt.grad_logp(obj)
+        g = bt.gradients(d)
+        mean = g.mean(axis=0)
+        sq = np.einsum("bk,bk->b", g, g)
+        variance = max(float(sq.mean() - mean @ mean), 0.0)
+        batch_cos = _safe_ratio(g @ truth, np.sqrt(sq) * truth_norm)
+        mean_norm = float(np.linalg.norm(mean))
+        row = {"objective": str(obj), "label": lab,
+               "cosine": float(mean @ truth / (mean_norm * truth_norm)) if mean_norm * truth_norm > 0 else np.nan,
+               "batch_cosine": float(np.nanmean(batch_cos)) if np.isfinite(batch_cos).any() else np.nan,
+               "bias_norm": float(np.linalg.norm(mean - truth)),
+               "relative_bias": float(np.linalg.norm(mean - truth) / truth_norm) if truth_norm > 0 else np.nan,
+               "norm_ratio": mean_norm / truth_norm if truth_norm > 0 else np.nan,
+               "variance": variance, "mean_se": float(np.sqrt(variance / n_batches)), "ess": ess, "ess_seq": ess_seq}
+        row.update(_shares(np.abs(d), np.exp(bt.logp_behavior), bt.advantage))
+        if ref is not None:
+            row["reference"] = reference
+            row.update(_paired(bt, d - ref["d"], ref, batch_cos, truth_norm))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    cell = {"precision": precision, "staleness": world.staleness, "step_kl": world.step_kl,
+            "n_prompts": world.n_prompts, "n_samples": int(n_samples), "n_batches": int(n_batches),
+            **_arena_world(world, engine_state_logp, bt)}
+    return table.assign(**cell)[[*cell, *table.columns]]
+
+
+def arena_gradient_sweep(precisions: Sequence[str] = PRECISIONS, *,
+                         methods: Mapping[str, Any] | Sequence[Any] | None = None,
+                         base: BaseModelConfig = ARENA_BASE, n_prompts: int = 4, staleness: Sequence[int] = (0,),
+                         step_kl: float = 1e-3, n_samples: int = 8, n_batches: int = 2000,
+                         rng: np.random.Generator, reference: str | None = "pg_is") -> pd.DataFrame:
+    """:func:`arena_gradient_diagnostics` over engine precisions and staleness, as one tidy table: one
+    row per (``precision``, ``staleness``, objective), ``methods`` defaulting to
+    :data:`SWEEP_OBJECTIVES`. One world per staleness (the same ``pi_old`` and prompts), one engine
+    per precision (over ``pi_old``, shared by every staleness), and one draw from ``rng`` seeding the
+    batches of every cell: common random numbers, the same uniforms through each cell's ``mu``."""
+    precisions, staleness = list(precisions), list(staleness)
+    if not precisions or not staleness:
+        raise ValueError("the sweep needs at least one precision and one staleness")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"unknown precisions {bad}; valid: {', '.join(PRECISIONS)}")
+    if len(set(precisions)) != len(precisions) or len(set(staleness)) != len(staleness):
+        raise ValueError(f"precisions and staleness must not repeat, got {precisions} and {staleness}")
+    for name, v in (("n_samples", n_samples), ("n_batches", n_batches)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
+            raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
+    methods = SWEEP_OBJECTIVES if methods is None else methods
+    seed = int(rng.integers(2**63))
+    first = ArenaEnumeration(base, n_prompts=n_prompts, staleness=0, step_kl=step_kl)
+    engines = {p: first.engine_state_logp(p) for p in precisions}
+    tables = []
+    for k in staleness:
+        world = first if k == 0 else ArenaEnumeration(base, n_prompts=n_prompts, staleness=k, step_kl=step_kl)
+        tables += [_arena_table(methods, world, p, engines[p], n_samples, n_batches, seed, reference)
+                   for p in precisions]
+    return pd.concat(tables, ignore_index=True)

@@ -21,6 +21,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 from drpo_sim._io import atomic_path  # noqa: E402
 
@@ -39,6 +40,15 @@ STYLE: dict[str, dict] = {
     "drpo_kl": {"color": "#bcbd22", "ls": "-.", "lw": 1.8},
     "drpo_tv": {"color": "#7f7f7f", "ls": "-", "lw": 1.6},
     "drpo_k3": {"color": "#1f77b4", "ls": ":", "lw": 2.0},
+    "ppo_rare_exempt": {"color": "#1f77b4", "ls": "-.", "lw": 1.8},
+    "minirl": {"color": "#9467bd", "ls": "--", "lw": 2.0},
+    "decoupled_ppo": {"color": "#ff7f0e", "ls": ":", "lw": 2.2},
+    "gspo": {"color": "#8c564b", "ls": "-", "lw": 1.4},
+    "dppo_topk_tv": {"color": "#d62728", "ls": ":", "lw": 2.2},
+    "dppo_topk_kl": {"color": "#98df8a", "ls": ":", "lw": 2.2},
+    "gspo_token": {"color": "#8c564b", "ls": "--", "lw": 1.4},
+    "dppo_tv_recompute": {"color": "#2ca02c", "ls": "--", "lw": 1.6},
+    "dppo_kl_recompute": {"color": "#98df8a", "ls": "-.", "lw": 1.6},
 }
 MASK_COLORS = {"ppo": "#1f77b4", "grpo": "#17becf", "dppo_tv": "#2ca02c"}
 SIGN_LABEL = {1.0: "A > 0", -1.0: "A < 0"}
@@ -106,6 +116,54 @@ def weight_curves_figure(
             handles, labels, loc="lower center", ncol=min(5, len(labels)), frameon=False, bbox_to_anchor=(0.5, -0.07)
         )
         fig.suptitle(title, y=1.0)
+        fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+def gap_weight_figure(curves: pd.DataFrame, stem: str | Path, *, ylim=(-1.5, 2.5), formats=("png",)) -> list[Path]:
+    """Weight against the engine's gap ``b = pi_old / mu`` (:func:`drpo_sim.geometry.gap_curves`):
+    columns the two panels (objectives, corrections), rows the advantage sign, legends below."""
+    panels = list(dict.fromkeys(curves["panel"]))
+    mu = float(curves["mu"].iloc[0])
+    with paper_style():
+        fig = plt.figure(figsize=(6.2 * len(panels), 11.0))
+        grid = fig.add_gridspec(3, len(panels), height_ratios=(1.0, 1.0, 0.42))
+        axes = np.array([[fig.add_subplot(grid[i, j]) for j in range(len(panels))] for i in range(2)])
+        for j, panel in enumerate(panels):
+            sub = curves[curves["panel"] == panel]
+            labels = list(dict.fromkeys(sub["objective"]))
+            colours = sns.color_palette("tab10", len(labels))
+            base = ""
+            if panel == "corrections":  # "grpo(...)+tis(cap=2.0)": the base once, in the title
+                base = labels[0].split("+")[0]
+            for i, sign in enumerate((1.0, -1.0)):
+                ax = axes[i, j]
+                sel = sub[sub["adv_sign"] == sign]
+                for k, label in enumerate(labels):
+                    d = sel[sel["objective"] == label]
+                    shown = label[len(base) + 1:] if base else label
+                    ax.plot(d["b"], d["weight"], color=colours[k], ls=("-", "--", "-.", ":")[k % 4],
+                            lw=2.6 - 0.2 * k, label=shown)
+                gaps = np.sort(sel["b"].unique())
+                ax.plot(gaps, 1.0 / gaps, color="0.55", lw=0.9, ls=(0, (1, 2)),
+                        label="1 / b: no importance weight to mu")
+                ax.axvline(1.0, color="k", lw=0.8, ls=":")
+                ax.axhline(0.0, color="k", lw=0.6)
+                ax.axhline(1.0, color="k", lw=0.4, ls="--")
+                ax.set_xscale("log")
+                ax.set_ylim(*ylim)
+                if i == 0:
+                    ax.set_title(f"corrections c(b) of {base}" if base else "objectives (one anchor or three policies)")
+                else:
+                    ax.set_xlabel(f"engine's gap b = pi_old / mu (pi = pi_old, mu = {mu:g})")
+                if j == 0:
+                    ax.set_ylabel(f"weight w, {SIGN_LABEL[sign]}")
+            leg = fig.add_subplot(grid[2, j])
+            leg.axis("off")
+            handles, shown = axes[1, j].get_legend_handles_labels()
+            leg.legend(handles, shown, loc="upper center", ncol=1, frameon=False, fontsize=10)
+        fig.suptitle("Gradient weight w = (dJ/dlogp) / (A r) against the training-inference gap at the first update\n"
+                     "(r = pi / mu = b; w = 1 keeps the full importance weight to mu, w = 0 masks the token)", y=0.995)
         fig.tight_layout()
     return save(fig, stem, formats)
 
@@ -780,4 +838,70 @@ def order_of_events_figure(events: pd.DataFrame, stem: str | Path, *, title: str
             ax.legend(loc="best", fontsize="small")
         ax.set_title(title)
         fig.tight_layout()
+    return save(fig, stem, formats)
+
+
+#: Line colours of the gradient sweep's objectives, in order (red and black are kept for the question
+#: and pg_is).
+GRADIENT_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+#: The gradient sweep figure's columns: (diagnostic, title, y scale).
+GRADIENT_PANELS = (("cosine", "cosine of E[g] with grad J", "linear"),
+                   ("relative_bias", "||E[g] - grad J|| / ||grad J||", "log"),
+                   ("variance", "variance: E||g - E[g]||^2", "log"),
+                   ("batch_cosine", "one batch: mean cosine of g with grad J", "linear"))
+
+
+def gradient_sweep_figure(table: pd.DataFrame, stem: str | Path, *, question: str | None = None,
+                          x_column: str = "noise_std", formats=("png",)) -> list[Path]:
+    """The gradient sweep's figure (:func:`drpo_sim.gradients.gradient_sweep`): columns
+    :data:`GRADIENT_PANELS`, one row per staleness, ``x_column`` on x (the engine noise std, sorted,
+    or the arena's engine ``precision``, in the table's order; its KL(mu || pi_old) beneath), one line
+    per objective (``question`` in red, ``pg_is`` in black); written as ``stem.<fmt>``."""
+    stale = sorted(table["staleness"].unique())
+    noise = (sorted(table[x_column].unique()) if x_column == "noise_std"
+             else list(dict.fromkeys(table[x_column])))
+    labels = list(dict.fromkeys(table["label"]))
+    n_colours = len(GRADIENT_PALETTE)
+    styles = {lab: {"color": GRADIENT_PALETTE[i % n_colours], "ls": ("-", "--", "-.")[(i // n_colours) % 3], "lw": 1.6,
+                    "marker": "o", "ms": 3.5} for i, lab in enumerate(labels)}
+    if "pg_is" in styles:
+        styles["pg_is"] = {"color": "k", "ls": ":", "lw": 2.4, "marker": None, "zorder": 5}
+    if question in styles:
+        styles[question] = {**styles[question], "color": "#d62728", "marker": "x", "ms": 7, "lw": 1.2}
+    x = np.arange(len(noise))
+    with paper_style():
+        n_panels = len(GRADIENT_PANELS)
+        fig, axes = plt.subplots(len(stale), n_panels, figsize=(4.2 * n_panels, 3.3 * len(stale) + 0.8),
+                                 sharex=True, squeeze=False)
+        for i, k in enumerate(stale):
+            cell = table[table["staleness"] == k]
+            kl_engine = cell.groupby(x_column)["kl_engine"].first().reindex(noise)
+            for j, (col, title, scale) in enumerate(GRADIENT_PANELS):
+                ax = axes[i, j]
+                for lab in labels:
+                    line = cell[cell["label"] == lab].set_index(x_column)[col].reindex(noise)
+                    ax.plot(x, line.to_numpy(), label=lab, **styles[lab])
+                if col == "relative_bias":
+                    ax.axhline(1.0 / cell["n_samples"].iloc[0], color="0.5", lw=0.9, ls="--",
+                               label="1/G: the group-mean baseline's bias")
+                ax.set_yscale(scale)
+                if scale == "log":
+                    ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+                    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+                if i == 0:
+                    ax.set_title(title, fontsize=11)
+                if j == 0:
+                    ax.set_ylabel(f"k = {k} updates\nKL(pi_old||pi) = {cell['kl_stale'].iloc[0]:.2g}")
+                if i == len(stale) - 1:
+                    ax.set_xticks(x, [f"{s:g}\n{kl:.1g}" if x_column == "noise_std" else f"{s}\n{kl:.1g}"
+                                      for s, kl in zip(noise, kl_engine, strict=True)])
+                    ax.set_xlabel("engine noise std (KL(mu||pi_old) beneath)" if x_column == "noise_std"
+                                  else f"engine {x_column} (KL(mu||pi_old) beneath)")
+        handles, names = axes[0, 1].get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=min(5, len(names)), frameon=False,
+                   bbox_to_anchor=(0.5, -0.02 - 0.012 * (len(names) > 5)))
+        env = table["env"].iloc[0] if "env" in table.columns else "bandit"
+        fig.suptitle(f"Sampled gradients against the exact one ({env}): same batches for every objective", y=1.0)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save(fig, stem, formats)

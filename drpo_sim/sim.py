@@ -748,13 +748,16 @@ class Simulation:
             w = self.obj.weight(lp, anchor[:, sl], a_, **cols)
             acc.add(w, np.abs(np.exp(lp) - np.exp(lp_mu[:, sl])), None, norm)
             if self.sink is not None:
+                topk_read = {k: v for k, v in cols.items() if k != "logp_old"}
                 self._emit(
-                    step, u_idx, sl, y_, lp, lp_mu[:, sl], lp_old[:, sl], a_, rewards[:, sl], group[:, sl], p_step
+                    step, u_idx, sl, y_, lp, lp_mu[:, sl], lp_old[:, sl], a_, rewards[:, sl], group[:, sl], p_step,
+                    **topk_read,
                 )
 
-    def _emit(self, step, u_idx, sl, tokens, lp, lp_mu, lp_old, adv, rewards, group, p_step) -> None:
+    def _emit(self, step, u_idx, sl, tokens, lp, lp_mu, lp_old, adv, rewards, group, p_step, **topk) -> None:
         """Hand the update's tokens to the sink as one ``TokenBatch`` (``sample_id`` and
-        ``group_id`` numbered uniquely within a seed)."""
+        ``group_id`` numbered uniquely within a seed; the Top-K divergences ``topk_tv`` /
+        ``topk_kl`` the objective read, when it reads them)."""
         n, b, t_ = tokens.shape
         shape = (n, b, t_)
         seed = np.broadcast_to(np.asarray(self.seeds)[:, None, None], shape)
@@ -774,6 +777,7 @@ class Simulation:
                 step=np.full(shape, step),
                 seed=seed,
                 update=np.full(shape, u_idx),
+                **{k: np.broadcast_to(v, shape) for k, v in topk.items()},
             )
         )
 

@@ -32,7 +32,17 @@ column             type      required   meaning (unit)
 ``step``           int64     optional   training step (one rollout batch per step)
 ``seed``           int64     optional   simulation seed the token comes from
 ``update``         int32     optional   index of the optimiser (mini-batch) update within the step
+``topk_tv``        float64   optional   DPPO's Top-K total variation between the engine's and the trainer's
+                                        next-token distributions at the token's state, the trainer's at
+                                        the update that produced ``logp`` (``[0, 1]``)
+``topk_kl``        float64   optional   DPPO's Top-K ``KL(engine || trainer)`` of the same distributions
+                                        (nats, ``>= 0``)
 =================  ========  =========  ===================================================================
+
+``topk_tv`` and ``topk_kl`` are what :func:`drpo_sim.objectives.topk_divergences` computes from the
+engine's top-K log-probs at each position and the trainer's log-probs of the same tokens (Qi et al.
+2026, sail-sg/Stable-RL ``compute_topk_kl``); the Top-K DPPO objectives read them. No framework's
+own log holds them; a trainer writes them with the rest of its token log.
 
 Validation (at construction, so every ``TokenBatch`` in the toolkit satisfies it):
 
@@ -40,7 +50,8 @@ Validation (at construction, so every ``TokenBatch`` in the toolkit satisfies it
 * values are cast to the column's type; a float column must hold numbers (not strings, not
   complex), an integer column integral values in the type's range, ``mask`` booleans or 0/1;
 * on tokens with ``mask == True``: ``logp``, ``logp_behavior`` (and ``logp_old`` when present)
-  are finite and ``<= 0``, and ``advantage`` is finite. Masked-out tokens may hold anything
+  are finite and ``<= 0``, ``advantage`` is finite, and ``topk_tv`` / ``topk_kl`` (when present)
+  are finite and ``>= 0``. Masked-out tokens may hold anything
   (padding, NaN).
 
 Errors are ``ValueError`` naming the column and the first offending rows; when reading a file,
@@ -128,6 +139,10 @@ _COLUMNS: dict[str, tuple[np.dtype, pa.DataType, bool, str]] = {
     "step": (np.dtype(np.int64), pa.int64(), False, "training step"),
     "seed": (np.dtype(np.int64), pa.int64(), False, "simulation seed"),
     "update": (np.dtype(np.int32), pa.int32(), False, "optimiser update index within the step"),
+    "topk_tv": (np.dtype(np.float64), pa.float64(), False,
+                "DPPO's Top-K TV between the engine's and the trainer's next-token distributions ([0, 1])"),
+    "topk_kl": (np.dtype(np.float64), pa.float64(), False,
+                "DPPO's Top-K KL(engine || trainer) of the next-token distributions (nats, >= 0)"),
 }
 
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(n for n, c in _COLUMNS.items() if c[2])
@@ -136,6 +151,7 @@ ALL_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 _LOGPROB_COLUMNS = ("logp", "logp_behavior", "logp_old")  # finite and <= 0 where mask
 _FINITE_COLUMNS = ("advantage",)  # finite where mask
+_DIVERGENCE_COLUMNS = ("topk_tv", "topk_kl")  # finite and >= 0 where mask
 
 METADATA_KEY = "drpo_sim"
 VERSION_KEY = "drpo_sim.version"
@@ -291,6 +307,7 @@ def _convert_columns(given: Mapping[str, Any], offset: int = 0) -> dict[str, np.
 #: Reasons reported by :func:`row_problems`.
 NOT_FINITE = "not finite"
 POSITIVE = "positive"
+NEGATIVE = "negative"
 
 
 def row_problems(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
@@ -298,14 +315,15 @@ def row_problems(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, str, np.nd
 
     ``arrays`` are converted columns (schema dtypes, e.g. from :func:`_convert_columns`). Returns
     ``(column, reason, bad)`` for each failing check, in the order errors are reported: for each of
-    ``logp``, ``logp_behavior``, ``logp_old`` (when present) and ``advantage``, first
-    :data:`NOT_FINITE` then (log-probabilities only) :data:`POSITIVE`, both only on rows with
-    ``mask == True``. This is the one place these checks live: :class:`TokenBatch` raises on the
-    first problem, the log loaders (``drpo_sim.logs``) raise or drop the rows.
+    ``logp``, ``logp_behavior``, ``logp_old`` (when present), ``advantage``, ``topk_tv`` and
+    ``topk_kl`` (when present), first :data:`NOT_FINITE` then :data:`POSITIVE` (log-probabilities)
+    or :data:`NEGATIVE` (divergences), all only on rows with ``mask == True``. This is the one
+    place these checks live: :class:`TokenBatch` raises on the first problem, the log loaders
+    (``drpo_sim.logs``) raise or drop the rows.
     """
     mask = arrays["mask"]
     out: list[tuple[str, str, np.ndarray]] = []
-    for n in _LOGPROB_COLUMNS + _FINITE_COLUMNS:
+    for n in _LOGPROB_COLUMNS + _FINITE_COLUMNS + _DIVERGENCE_COLUMNS:
         x = arrays.get(n)
         if x is None:
             continue
@@ -316,6 +334,10 @@ def row_problems(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, str, np.nd
             bad = mask & (x > 0)
             if bad.any():
                 out.append((n, POSITIVE, bad))
+        elif n in _DIVERGENCE_COLUMNS:
+            bad = mask & (x < 0)
+            if bad.any():
+                out.append((n, NEGATIVE, bad))
     return out
 
 
@@ -333,6 +355,9 @@ def row_problem_message(column: str, reason: str, x: np.ndarray, bad: np.ndarray
     if reason == POSITIVE:
         return (f"{column}: {count} (max {x[bad].max():.3g}) at {where}; "
                 "log-probabilities must be <= 0 on masked-in tokens")
+    if reason == NEGATIVE:
+        return (f"{column}: {count} (min {x[bad].min():.3g}) at {where}; "
+                "divergences must be >= 0 on masked-in tokens")
     raise ValueError(f"unknown row problem {reason!r}")
 
 
@@ -391,6 +416,8 @@ class TokenBatch:
     step: np.ndarray | None = None
     seed: np.ndarray | None = None
     update: np.ndarray | None = None
+    topk_tv: np.ndarray | None = None
+    topk_kl: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         checked = _check_columns({n: getattr(self, n) for n in ALL_COLUMNS})

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from drpo_sim import geometry, objectives
-from drpo_sim.geometry import GeometryConfig, drpo_weight_range, pi_grid, plane_axis, weight_curves, weight_plane
+from drpo_sim.geometry import (
+    GapConfig,
+    GeometryConfig,
+    drpo_weight_range,
+    gap_curves,
+    pi_grid,
+    plane_axis,
+    weight_curves,
+    weight_plane,
+)
 
 CFG = dataclasses.replace(GeometryConfig(), n_plane=120)  # the grid the command-line test drew with
 
@@ -57,8 +66,13 @@ def test_weight_curves_are_the_registrys_weights_on_cpu(curves):
         sizes = {1.0, *cfg.abs_adv_extra} if name == cfg.abs_adv_objective else {1.0}
         assert set(rows["abs_adv"]) == sizes, name
         assert (rows["objective"] == str(obj)).all() and (rows["ablation"] == (name in cfg.ablations)).all()
-        want = obj.weight(np.log(rows["pi"].to_numpy()), np.log(rows["mu"].to_numpy()),
-                          (rows["adv_sign"] * rows["abs_adv"]).to_numpy())
+        lp, lb = np.log(rows["pi"].to_numpy()), np.log(rows["mu"].to_numpy())
+        extra = {}
+        if name in cfg.more:  # one token at its plainest: pi_old = mu, its own sequence, Top-K at K = 1
+            pi, mu = rows["pi"].to_numpy(), rows["mu"].to_numpy()
+            extra = {"logp_old": lb, "sample_id": np.arange(len(rows)), "topk_tv": np.abs(pi - mu),
+                     "topk_kl": objectives.binary_kl(lb, lp)}
+        want = obj.weight(lp, lb, (rows["adv_sign"] * rows["abs_adv"]).to_numpy(), **extra)
         np.testing.assert_array_equal(rows["weight"].to_numpy(), want, err_msg=name)
     np.testing.assert_allclose(curves["ratio"], curves["pi"] / curves["mu"], rtol=1e-15)
     np.testing.assert_allclose(curves["shift"], curves["pi"] - curves["mu"], rtol=0, atol=1e-15)
@@ -126,3 +140,54 @@ def test_single_tokens_are_drawn_at_the_plainest_case_of_each_extra_input_on_cpu
     gspo = objectives.get("gspo", eps_low=0.1, eps_high=0.1)
     np.testing.assert_array_equal(stw(gspo, lp, lb, adv), objectives.get("ppo", eps_low=0.1, eps_high=0.1)
                                   .weight(lp, lb, adv))
+
+
+def test_more_objectives_at_one_token_are_their_single_anchor_twins_on_cpu(curves):
+    """At pi_old = mu and a sequence of one token: MiniRL is GRPO with its ratio capped at 10,
+    decoupled PPO is PPO, GSPO is GRPO's clip at its own widths, Top-K TV at K = 1 is DPPO-TV."""
+    def w(name):
+        return curves[curves["name"] == name].reset_index(drop=True)
+
+    grpo, ppo = w("grpo"), w("ppo")
+    np.testing.assert_array_equal(w("decoupled_ppo")["weight"], ppo["weight"])
+    np.testing.assert_array_equal(w("dppo_topk_tv")["weight"], w("dppo_tv")["weight"])
+    r = grpo["ratio"].to_numpy()
+    np.testing.assert_allclose(w("minirl")["weight"], grpo["weight"] * np.minimum(r, 10.0) / r, rtol=1e-12)
+    gspo, a = w("gspo"), grpo["adv_sign"].to_numpy()
+    clipped = ((a > 0) & (r > 1 + 4e-4)) | ((a < 0) & (r < 1 - 3e-4))
+    np.testing.assert_array_equal(gspo["weight"].to_numpy() == 0, clipped)
+
+
+def test_gap_curves_are_each_correction_by_hand_on_cpu():
+    """Against the engine's gap b = pi_old / mu at pi = pi_old (r = b): each objective's weight as
+    its source defines it, written here by hand."""
+    cfg = GapConfig(n_b=61)
+    d = gap_curves(cfg)
+    assert set(d["panel"]) == {"objectives", "corrections"} and (d["pi_old"] < 1).all()
+    assert 1.0 in set(d["b"]) and np.allclose(d["pi_old"], d["b"] * cfg.mu)
+
+    def w(label_start, sign):
+        rows = d[d["objective"].str.startswith(label_start) & (d["adv_sign"] == sign)]
+        return rows["b"].to_numpy(), rows["weight"].to_numpy()
+
+    for sign in (1.0, -1.0):
+        b, got = w("pg_is", sign)
+        np.testing.assert_array_equal(got, 1.0)
+        b, got = w("grpo(eps_low=0.2, eps_high=0.28)+tis(cap=2.0)", sign)
+        np.testing.assert_allclose(got, np.minimum(b, 2.0) / b, rtol=1e-12)
+        b, got = w("grpo(eps_low=0.2, eps_high=0.28)+is()", sign)
+        np.testing.assert_allclose(got, 1.0, rtol=1e-12)
+        b, got = w("grpo(eps_low=0.2, eps_high=0.28)+icepop", sign)
+        np.testing.assert_array_equal(got, ((b >= 0.5) & (b <= 5.0)).astype(float))
+        b, got = w("grpo(eps_low=0.2, eps_high=0.28)+seq_mis", sign)
+        np.testing.assert_array_equal(got, (b <= 2.0).astype(float))
+        b, got = w("minirl", sign)
+        np.testing.assert_allclose(got, np.minimum(b, 10.0) / b, rtol=1e-12)
+        b, got = w("decoupled_ppo(eps_low=0.2, eps_high=0.2, is_cap=2.0)", sign)
+        np.testing.assert_allclose(got, np.minimum(b, 2.0) / b, rtol=1e-12)
+        b, got = w("drpo", sign)
+        np.testing.assert_allclose(got, 1 - sign * cfg.mu * (b - 1) / 0.15, rtol=1e-9, atol=1e-12)
+        b, got = w("dppo_tv_recompute", sign)
+        np.testing.assert_array_equal(got, 1.0)  # anchored to pi_old: the gap is not its to mask
+    grpo_alone = d[(d["objective"] == "grpo(eps_low=0.2, eps_high=0.28)") & (d["adv_sign"] == 1.0)]
+    np.testing.assert_array_equal(grpo_alone["weight"].to_numpy() == 0, grpo_alone["b"].to_numpy() > 1.28)

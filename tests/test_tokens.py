@@ -55,6 +55,8 @@ def make_batch(n: int, seed: int = 0, optional: tuple[str, ...] = (), step: int 
         step=np.full(n, step),
         seed=np.full(n, seed),
         update=np.full(n, 3),
+        topk_tv=rng.random(n),
+        topk_kl=rng.exponential(size=n),
     )
     cols.update({k: extra[k] for k in optional})
     return TokenBatch.from_arrays(**cols)
@@ -154,6 +156,21 @@ def test_nonfinite_values_on_masked_in_tokens(column):
         TokenBatch(**cols)
 
 
+@pytest.mark.parametrize("column", ["topk_tv", "topk_kl"])
+def test_topk_divergences_must_be_finite_and_nonnegative_on_masked_in_tokens(column):
+    cols = base_columns()
+    cols[column] = np.full(12, 0.01)
+    cols[column][[2, 7]] = [-0.5, -1e-3]
+    msg = f"{column}: 2 rows are negative (min -0.5) at rows [2, 7]; divergences must be >= 0 on masked-in tokens"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        TokenBatch(**cols)
+    cols[column][[2, 7]] = np.nan
+    with pytest.raises(ValueError, match=re.escape(f"{column}: 2 rows are not finite (nan)")):
+        TokenBatch(**cols)
+    cols["mask"][[2, 7]] = False  # padding may hold anything
+    TokenBatch(**cols)
+
+
 def test_non_integral_int_column():
     cols = base_columns()
     cols["sample_id"] = np.arange(12) + np.where(np.arange(12) == 5, 0.5, 0.0)
@@ -242,7 +259,8 @@ def test_concat():
 # token log files
 
 
-@pytest.mark.parametrize("optional", [(), ("token_id", "logp_old", "reward", "step", "seed", "update")])
+@pytest.mark.parametrize("optional", [(), ("token_id", "logp_old", "reward", "step", "seed", "update"),
+                                      ("token_id", "logp_old", "topk_tv", "topk_kl")])
 def test_round_trip_bit_identical(tmp_path, optional):
     path = tmp_path / "log.parquet"
     batches = [make_batch(n, seed=s, optional=optional, step=s) for s, n in enumerate([100, 1, 0, 333])]

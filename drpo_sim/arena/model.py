@@ -219,6 +219,11 @@ class Rollout:
     """``[R, B, H]`` float32: ``log mu`` of each sampled token."""
     routes: torch.Tensor | None
     """``[R, B, P + H - 1]`` int64: the engine's expert at each input position (MoE only)."""
+    topk_ids: torch.Tensor | None = None
+    """``[R, B, H, K]`` int64: the engine's ``K`` most likely tokens at each response position
+    (``rollout(topk=K)``; what an engine returns with ``logprobs=K``), for DPPO's Top-K divergences."""
+    topk_logp: torch.Tensor | None = None
+    """``[R, B, H, K]`` float32: the engine's log-probs of those tokens."""
 
 
 class Engine:
@@ -238,7 +243,7 @@ class Engine:
 
     @torch.no_grad()
     def rollout(self, prompts: torch.Tensor, n_new: int, uniforms: Callable[[int], torch.Tensor],
-                temperature: float = 1.0, trainer: Params | None = None) -> Rollout:
+                temperature: float = 1.0, trainer: Params | None = None, topk: int = 0) -> Rollout:
         """Sample ``n_new`` tokens after ``prompts [R, B, P]`` by inverse-CDF sampling:
         ``uniforms(j) -> [R, B]`` in ``[0, 1)`` gives the draws for response position ``j``
         (the caller shares them between runs of the same seed: common random numbers).
@@ -246,7 +251,9 @@ class Engine:
         ``mu`` is ``log_softmax(float32(logits) / temperature)`` of each sampled token. For the
         fp32 engine given ``trainer`` (the parameters it copies), the reported log-probs are the
         trainer's own (the control with zero mismatch, bit for bit); without it, those of its
-        incremental pass, which differ from the trainer's by a few float32 ulps (about 4e-6 nats)."""
+        incremental pass, which differ from the trainer's by a few float32 ulps (about 4e-6 nats).
+        ``topk = K > 0`` also reports the engine's ``K`` most likely tokens at each response position
+        and their log-probs (always its own pass's: the top-K list is what the engine returns)."""
         cfg, p, dt = self.cfg, self.p, self.dtype
         r, b, plen = prompts.shape
         total = plen + n_new
@@ -257,6 +264,9 @@ class Engine:
         dev = prompts.device
         seqs = torch.cat([prompts, torch.zeros(r, b, n_new, dtype=torch.long, device=dev)], dim=2)
         logp = torch.zeros(r, b, n_new, device=dev)
+        k = min(int(topk), cfg.vocab_size)
+        top_ids = torch.zeros(r, b, n_new, k, dtype=torch.long, device=dev) if k > 0 else None
+        top_lp = torch.zeros(r, b, n_new, k, device=dev) if k > 0 else None
         routes = torch.zeros(r, b, total - 1, dtype=torch.long, device=dev) if cfg.moe else None
         kc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt, device=dev)
         vc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt, device=dev)
@@ -283,9 +293,11 @@ class Engine:
             tok = sample_inverse_cdf(lp.exp(), uniforms(j).to(dev))
             seqs[:, :, t + 1] = tok
             logp[:, :, j] = lp.gather(-1, tok[..., None]).squeeze(-1)
+            if top_ids is not None:
+                top_lp[:, :, j], top_ids[:, :, j] = lp.topk(k, dim=-1)
         if self.precision == "fp32" and trainer is not None:
             logp = response_logprobs(trainer, cfg, seqs, plen, temperature, routes)[1]
-        return Rollout(seqs, logp, routes)
+        return Rollout(seqs, logp, routes, top_ids, top_lp)
 
 
 def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

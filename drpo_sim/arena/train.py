@@ -32,7 +32,10 @@ precision mismatch and the drift of earlier mini-batches); ``"recomputed"`` is t
 ``pi / pi_old`` with no importance weight to ``mu``, so it ignores the mismatch entirely). The
 objectives of three policies (``minirl``, ``decoupled_ppo``, the recompute modes, any corrected
 objective; ``docs/objectives/three_policies.md``) receive ``pi_old`` as ``logp_old`` besides the
-anchor, and the sequence-level ones read each response as one sequence. The registry's ``minirl``
+anchor, and the sequence-level ones read each response as one sequence. DPPO's Top-K modes read the
+Top-K divergences (:func:`drpo_sim.objectives.topk_divergences`) between the engine's :data:`TOPK`
+most likely tokens at each response position, reported by its rollout, and the current trainer's
+distribution at each update. The registry's ``minirl``
 is DPPO's own code's MiniRL (the clip anchored to ``pi_old``, importance-weighted to ``mu``, capped
 at 10): not the same contestant as ``ppo@recomputed``.
 
@@ -75,6 +78,10 @@ from drpo_sim.lm.mismatch import run_statistics
 from drpo_sim.lm.model import torch_threads
 
 AGG_MODE = "seq-mean-token-sum-norm"
+TOPK = 20
+"""The ``K`` of DPPO's Top-K divergences in the arena: the engine reports its 20 most likely tokens at
+each response position (vLLM's default ``max_logprobs``) when a contestant reads them."""
+TOPK_COLUMNS = ("topk_tv", "topk_kl")
 ANCHORS = ("rollout", "recomputed")
 MU_BINS = {"rare": (0.0, 0.01), "low": (0.01, 0.1), "mid": (0.1, 0.5), "high": (0.5, 1.0)}
 """Bins of ``mu`` for the gradient shares: ``lo < mu <= hi`` (``rare``: ``mu <= 0.01``, as
@@ -260,6 +267,7 @@ def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int],
     B, H, plen, temp = P * G, task.response_len, task.prompt_len, config.temperature
     mb = B // U
     objs = [c.build() for c in contestants]
+    reads_topk = any(set(TOPK_COLUMNS) & set(o.required_columns) for o in objs)
     run_contestant = torch.arange(C, device=device).repeat_interleave(S)  # run r: contestant r // S, seed r % S
     params = {k: v.to(device) for k, v in replicate(pretrain(config.base), R).items()}
     for p in params.values():
@@ -280,7 +288,7 @@ def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int],
         draws = torch.stack([torch.rand(H, B, generator=g) for g in gens], dim=1).to(device)  # [H, S, B]
         engine = Engine(params, cfg, config.precision)
         roll = engine.rollout(prompts.repeat(C, 1, 1), H, lambda j: draws[j].repeat(C, 1), temp,
-                              trainer=params)
+                              trainer=params, topk=TOPK if reads_topk else 0)
         seqs, logp_mu = roll.seqs, roll.logp
         # 3. the trainer's pi_old of the same tokens (with routing replay, on the engine's routes)
         with torch.no_grad():
@@ -305,13 +313,20 @@ def _train(config: ArenaConfig, contestants: list[Contestant], seeds: list[int],
         for u in range(U):
             sl = slice(u * mb, (u + 1) * mb)
             routes = roll.routes[:, sl] if config.routing_replay else None  # R3: the engine's routes
-            _, logp = response_logprobs(params, cfg, seqs[:, sl], plen, temp, routes)
+            lp_all, logp = response_logprobs(params, cfg, seqs[:, sl], plen, temp, routes)
+            topk = {}
+            if reads_topk:  # DPPO's Top-K divergences of the engine's top tokens against the current trainer
+                with torch.no_grad():
+                    tv, kl = objectives.topk_divergences(lp_all.detach(), roll.topk_ids[:, sl], roll.topk_logp[:, sl])
+                topk = {"topk_tv": tv, "topk_kl": kl}
+            del lp_all
             loss = logp.new_zeros(())
             a = adv[:, sl, None].expand(-1, -1, H)
             for ci, obj in enumerate(objs):
                 runs = slice(ci * S, (ci + 1) * S)
                 # pi_old for the objectives of three policies (each response, a row, is one sequence)
-                old = {"logp_old": logp_old[runs, sl]}
+                old = {"logp_old": logp_old[runs, sl],
+                       **{k: v[runs] for k, v in topk.items() if k in obj.required_columns}}
                 j = obj.surrogate(logp[runs], anchor[runs, sl], a[runs], **old)
                 loss = loss - (coef[runs] * j).sum()
                 with torch.no_grad():

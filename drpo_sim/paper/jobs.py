@@ -16,9 +16,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from drpo_sim import analysis, dynamics, geometry, logs, objectives, plots, stats, summaries
+from drpo_sim import analysis, dynamics, geometry, gradients, logs, objectives, plots, stats, summaries
 from drpo_sim._io import write_csv
 from drpo_sim.arena import calibration
 from drpo_sim.arena.train import COLLAPSE, GRAD_SHARES
@@ -30,6 +31,8 @@ from drpo_sim.paper.specs import (
     ConvergenceSpec,
     FlowSpec,
     GeometrySpec,
+    GradientArenaProfile,
+    GradientSpec,
     LabSpec,
     PanelSpec,
     PhaseSpec,
@@ -79,7 +82,7 @@ def geometry_figures(
     t0 = time.perf_counter()
     curves = geometry.weight_curves(cfg)
     write_csv(curves, out / spec.weight_file)
-    main = [n for n, _ in cfg.objectives if n not in cfg.ablations]
+    main = [n for n, _ in cfg.objectives if n not in cfg.ablations and n not in cfg.more]
     files = plots.weight_curves_figure(
         curves, out / spec.weight_figure, names=main, formats=formats,
         title="Gradient weight w = (dJ/dlogp) / (A r) against pi at fixed mu, A = +-1 (DRPO paper, Table 1); "
@@ -95,6 +98,16 @@ def geometry_figures(
         title="DRPO and its ablations (no abs(A) factor; KL, TV, K3 penalties of the sampled token), A = +-1",
     )
     records.append(FigureRecord(spec.ablations_figure, _names(files), spec.weight_file, "geometry.weight_curves",
+                                config, time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    more = ["grpo", "dppo_tv"] + [n for n, _ in cfg.objectives if n in cfg.more]
+    files = plots.weight_curves_figure(
+        curves, out / spec.more_figure, names=more, formats=formats,
+        title="Objectives that read more than one token, drawn for one token: pi_old = mu (no engine gap), "
+        "a sequence of one token, Top-K at K = 1 (beside GRPO and DPPO-TV), A = +-1",
+    )
+    records.append(FigureRecord(spec.more_figure, _names(files), spec.weight_file, "geometry.weight_curves",
                                 config, time.perf_counter() - t0))
 
     t0 = time.perf_counter()
@@ -119,7 +132,82 @@ def geometry_figures(
             time.perf_counter() - t0,
         )
     )
+
+    t0 = time.perf_counter()
+    gap_cfg = spec.gap_config or geometry.GapConfig()
+    gap = geometry.gap_curves(gap_cfg)
+    write_csv(gap, out / spec.gap_file)
+    files = plots.gap_weight_figure(gap, out / spec.gap_figure, formats=formats)
+    gap_config = {**_jsonable(dataclasses.asdict(gap_cfg)), "mus": [gap_cfg.mu],
+                  "objectives": list(dict.fromkeys(gap["objective"]))}
+    records.append(FigureRecord(spec.gap_figure, _names(files), spec.gap_file, "geometry.gap_curves",
+                                gap_config, time.perf_counter() - t0))
     return records
+
+
+def gradient_figures(out: str | Path, spec: GradientSpec, profile: str,
+                     formats: Formats = ("png",)) -> list[FigureRecord]:
+    """Every objective's sampled gradient against the exact one over mismatch size and staleness, in
+    each world of the profile (:func:`drpo_sim.gradients.gradient_sweep`); writes
+    ``<stem>.csv``, the figure ``<stem>`` and ``<stem>_equivalence.csv``, the pre-registered test of
+    ``spec.question`` against ``pg_is`` (:func:`drpo_sim.gradients.equivalence`)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = gradients.SWEEP_OBJECTIVES if spec.methods is None else spec.methods
+    records = []
+    for env, world in spec.profile(profile).items():
+        t0 = time.perf_counter()
+        if isinstance(world, GradientArenaProfile):
+            records.append(_arena_gradient_figure(out, spec, env, world, methods, formats))
+            continue
+        old, rewards = gradients.world(env, world.vocab)
+        table = gradients.gradient_sweep(old, rewards, methods=methods, noise_stds=world.noise,
+                                         staleness=world.staleness, step_kl=spec.step_kl,
+                                         n_samples=world.samples, n_batches=world.batches,
+                                         rng=np.random.default_rng(spec.seed), reference="pg_is")
+        table.insert(0, "env", env)
+        stem = spec.stem(env)
+        write_csv(table, out / f"{stem}.csv")
+        write_csv(gradients.equivalence(table, spec.question), out / f"{stem}_equivalence.csv")
+        files = plots.gradient_sweep_figure(table, out / stem, question=spec.question, formats=formats)
+        noise, k = spec.table_at  # every objective in one cell, on the sweep's engine and batches
+        every = gradients.gradient_sweep(old, rewards, methods=spec.every_objective(), noise_stds=[noise],
+                                         staleness=[k], step_kl=spec.step_kl, n_samples=world.samples,
+                                         n_batches=world.batches, rng=np.random.default_rng(spec.seed),
+                                         reference="pg_is")
+        every.insert(0, "env", env)
+        write_csv(every, out / f"{stem}_all_objectives.csv")
+        config = {"env": env, "vocab_size": world.vocab, "noise_std": list(world.noise),
+                  "staleness": list(world.staleness), "group_size": world.samples, "batches": world.batches,
+                  "step_kl": spec.step_kl, "seed": spec.seed, "methods": list(methods),
+                  "objectives_of": {k: [n, dict(p)] for k, (n, p) in methods.items()},
+                  "equivalence_margin": gradients.EQUIVALENCE_MARGIN}
+        records.append(FigureRecord(stem, _names(files), f"{stem}.csv", "gradients.gradient_sweep", _jsonable(config),
+                                    time.perf_counter() - t0, [spec.seed]))
+    return records
+
+
+def _arena_gradient_figure(out: Path, spec: GradientSpec, env: str, world: GradientArenaProfile, methods,
+                           formats: Formats) -> FigureRecord:
+    """The small arena's sweep over engine precisions and staleness (:func:`gradients.arena_gradient_sweep`):
+    its table, figure and equivalence verdicts, as :func:`gradient_figures` writes the other worlds'."""
+    t0 = time.perf_counter()
+    table = gradients.arena_gradient_sweep(world.precisions, methods=methods, n_prompts=world.prompts,
+                                           staleness=world.staleness, step_kl=spec.step_kl, n_samples=world.samples,
+                                           n_batches=world.batches, rng=np.random.default_rng(spec.seed),
+                                           reference="pg_is")
+    table.insert(0, "env", env)
+    stem = spec.stem(env)
+    write_csv(table, out / f"{stem}.csv")
+    write_csv(gradients.equivalence(table, spec.question), out / f"{stem}_equivalence.csv")
+    files = plots.gradient_sweep_figure(table, out / stem, question=spec.question, x_column="precision",
+                                        formats=formats)
+    config = {"env": env, "precisions": list(world.precisions), "staleness": list(world.staleness),
+              "group_size": world.samples, "batches": world.batches, "n_prompts": world.prompts,
+              "base": _jsonable(dataclasses.asdict(gradients.ARENA_BASE)), "step_kl": spec.step_kl,
+              "seed": spec.seed, "methods": list(methods), "equivalence_margin": gradients.EQUIVALENCE_MARGIN}
+    return FigureRecord(stem, _names(files), f"{stem}.csv", "gradients.arena_gradient_sweep", config,
+                        time.perf_counter() - t0, [spec.seed])
 
 
 def flow_figures(out: str | Path, spec: FlowSpec, formats: Formats = ("png",)) -> list[FigureRecord]:

@@ -27,10 +27,10 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from drpo_sim import objectives
+from drpo_sim import gradients, objectives
 from drpo_sim._io import write_text
 from drpo_sim.config import REPLAY_OBJECTIVES
-from drpo_sim.paper.analyses import arena, arena_reward_scales, replay_sim, weight_table
+from drpo_sim.paper.analyses import arena, arena_reward_scales, gradient_diagnostics, replay_sim, weight_table
 from drpo_sim.paper.claims import CLAIMS_FILE, STATEMENTS, load_claims
 from drpo_sim.paper.manifest import MANIFEST_FILE, load_manifest, read_json, total_wall_time
 from drpo_sim.paper.numbers import (
@@ -296,12 +296,49 @@ def _what_drpo_is(ctx: _Context) -> str:
     for name, caption in (
         (geometry.weight_figure, "Every objective's weight against pi at fixed mu"),
         (geometry.plane_figure, "SPO's and DRPO's weight over the (mu, pi) plane with the hard masks"),
+        (geometry.gap_figure, "The objectives of three policies and the corrections against the engine's gap "
+                              "b = pi_old / mu, at the first update"),
     ):
         if ctx.has_png(name):
             parts.append(ctx.figure(name, caption))
     parts.append(_delta_range(ctx))
     parts.append(_rare_tokens(ctx))
+    parts.append(_gradient_diagnostics(ctx))
     return "\n\n".join(p for p in parts if p)
+
+
+def _gradient_diagnostics(ctx: _Context) -> str:
+    """The gradient sweep's figures and the equivalence verdicts of its question against pg_is."""
+    spec = gradient_diagnostics.SPEC
+    parts = []
+    for env in spec.full:
+        stem = spec.stem(env)
+        if not ctx.has_png(stem):
+            continue
+        parts.append(ctx.figure(stem, f"Sampled gradients against the exact one ({env}): cosine, bias, variance "
+                                      "over mismatch size and staleness"))
+        verdicts = _read_csv(ctx.results / f"{stem}_equivalence.csv")
+        if verdicts is not None and {"verdict", "diff_rel"} <= set(verdicts.columns) and not verdicts.empty:
+            counts = verdicts["verdict"].value_counts()
+            summary = ", ".join(f"{counts[v]} {v}" for v in ("equivalent", "undecided", "different") if v in counts)
+            parts.append(f"**{spec.question} against pg_is ({env})**, paired on the same batches, margin "
+                         f"{format_percent(gradients.EQUIVALENCE_MARGIN)} of `||grad J||`: {summary} of "
+                         f"{len(verdicts)} cells; `||E[g - g_pg_is]|| / ||grad J||` from "
+                         f"{format_percent(verdicts['diff_rel'].min())} to "
+                         f"{format_percent(verdicts['diff_rel'].max())}.")
+        every = _read_csv(ctx.results / f"{stem}_all_objectives.csv")
+        cols = ["label", "cosine", "relative_bias", "norm_ratio", "variance", "batch_cosine"]
+        if every is not None and set(cols) <= set(every.columns) and not every.empty:
+            first = every.iloc[0]
+            parts.append(f"**Every objective in one cell ({env})**, engine noise {format_number(first['noise_std'])} "
+                         f"(KL(mu || pi_old) {format_number(first['kl_engine'])}) and "
+                         f"{format_number(first['staleness'])} updates since the rollout (KL(pi_old || pi) "
+                         f"{format_number(first['kl_stale'])}), on the sweep's batches "
+                         f"(`{stem}_all_objectives.csv`):")
+            rows = [[f"`{r['label']}`", *(format_number(r[c]) for c in cols[1:])] for r in every.to_dict("records")]
+            parts.append(_table(["objective", "cosine of E[g] with grad J", "relative bias", "length kept",
+                                 "variance", "one batch's cosine"], rows))
+    return "\n\n".join(parts)
 
 
 def _delta_range(ctx: _Context) -> str:

@@ -21,10 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from drpo_sim import objectives
 from drpo_sim.arena.calibration import CALIBRATION_FILE
 from drpo_sim.arena.pretrain import BaseModelConfig
 from drpo_sim.arena.train import ArenaConfig, Contestant
 from drpo_sim.config import LAB_OBJECTIVES, LAB_PRECISIONS, NOISE_PRESETS, check_profile
+from drpo_sim.gradients import QUESTION
 
 # ----------------------------------------------------------------------------------------------
 # worlds and their mechanisms
@@ -223,18 +225,92 @@ class GeometrySpec:
     ablations_figure: str = "weight_vs_pi_ablations"
     plane_figure: str = "weight_plane"
     delta_range_figure: str = "drpo_delta_range"
+    more_figure: str = "weight_vs_pi_more"
+    gap_figure: str = "weight_vs_gap"
     weight_file: str = "weight_vs_pi.csv"
     plane_file: str = "weight_plane.csv"
     delta_range_file: str = "drpo_delta_range.csv"
     delta_curves_file: str = "drpo_delta_curves.csv"
+    gap_file: str = "weight_vs_gap.csv"
+    gap_config: Any = None  # a drpo_sim.geometry.GapConfig; None: its defaults
 
     @property
     def figures(self) -> tuple[str, ...]:
-        return (self.weight_figure, self.ablations_figure, self.plane_figure, self.delta_range_figure)
+        return (self.weight_figure, self.ablations_figure, self.more_figure, self.plane_figure,
+                self.delta_range_figure, self.gap_figure)
 
     @property
     def data_files(self) -> tuple[str, ...]:
-        return (self.weight_file, self.plane_file, self.delta_range_file, self.delta_curves_file)
+        return (self.weight_file, self.plane_file, self.delta_range_file, self.delta_curves_file, self.gap_file)
+
+
+@dataclass(frozen=True)
+class GradientWorldProfile:
+    """One world's gradient sweep in one profile: the vocabulary, the samples per batch (the bandit:
+    tokens; the tabular task: responses per prompt), the independent batches, and the grid of engine
+    noise stds and staleness (updates since the rollout) of :func:`drpo_sim.gradients.gradient_sweep`."""
+
+    vocab: int
+    samples: int
+    batches: int
+    noise: tuple[float, ...]
+    staleness: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GradientArenaProfile:
+    """The small arena's gradient sweep in one profile (:func:`drpo_sim.gradients.arena_gradient_sweep`,
+    on :data:`drpo_sim.gradients.ARENA_BASE`, whose responses are enumerable): responses per prompt,
+    batches, the engine precisions and the staleness (exact-gradient updates since the rollout)."""
+
+    samples: int
+    batches: int
+    precisions: tuple[str, ...]
+    staleness: tuple[int, ...]
+    prompts: int = 4
+
+
+@dataclass(frozen=True)
+class GradientSpec(_Profiled):
+    """The gradient diagnostics against the exact gradient (:mod:`drpo_sim.gradients`): per profile
+    the sweep of each world (``{"bandit": ..., "tabular": ...}``, and ``"arena"``: a
+    :class:`GradientArenaProfile`, the small arena over engine precisions), the KL of each update since the
+    rollout, the seed of the engine's noise and of the batches, and the objectives (label ->
+    ``(name, params)``; ``None``: :data:`drpo_sim.gradients.SWEEP_OBJECTIVES`). The equivalence test
+    of ``question`` against ``pg_is`` uses :data:`drpo_sim.gradients.EQUIVALENCE_MARGIN`, fixed
+    before the full sweep was run."""
+
+    quick: Mapping[str, GradientWorldProfile | GradientArenaProfile]
+    full: Mapping[str, GradientWorldProfile | GradientArenaProfile]
+    step_kl: float = 1e-3
+    seed: int = 0
+    methods: Mapping[str, tuple[str, dict]] | None = None
+    question: str = QUESTION
+    name: str = "gradient_diagnostics"
+    #: one cell of the sweep, (engine noise std, staleness), where every registered objective and
+    #: every correction (on GRPO) is measured on the sweep's batches: ``<stem>_all_objectives.csv``
+    table_at: tuple[float, int] = (0.3, 2)
+
+    def stem(self, env: str) -> str:
+        """The file stem of a world's outputs: ``gradient_diagnostics`` (bandit),
+        ``gradient_diagnostics_<env>`` otherwise."""
+        return self.name if env == "bandit" else f"{self.name}_{env}"
+
+    def figures(self, profile: str) -> tuple[str, ...]:
+        return tuple(self.stem(env) for env in self.profile(profile))
+
+    def data_files(self, profile: str) -> tuple[str, ...]:
+        return tuple(f"{self.stem(env)}{suffix}" for env, world in self.profile(profile).items()
+                     for suffix in (".csv", "_equivalence.csv",
+                                    *(() if isinstance(world, GradientArenaProfile) else ("_all_objectives.csv",))))
+
+    @staticmethod
+    def every_objective() -> dict[str, tuple[str, dict]]:
+        """Label -> ``(name, params)``: every registered objective at its defaults, and GRPO with each
+        correction at its defaults."""
+        every = {name: (name, {}) for name in objectives.available()}
+        every.update({f"grpo + {c}": ("grpo", {"correction": c}) for c in objectives.corrections()})
+        return every
 
 
 @dataclass(frozen=True)

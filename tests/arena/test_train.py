@@ -98,6 +98,36 @@ def test_objectives_of_three_policies_and_sequences_train_in_the_arena_on_cpu():
     pd.testing.assert_frame_equal(by[names[2]], by[names[3]])
 
 
+def test_topk_dppo_reads_the_engines_topk_in_the_arena_on_cpu():
+    """The engine reports its top tokens when a Top-K contestant runs. With an fp32 engine the Top-K
+    TV at the first update is a few float32 ulps (the engine's incremental pass against the trainer's
+    full one), so DPPO-TopK-TV is DPPO-TV there; under bf16 both train with finite gradients."""
+    topk, binary = Contestant.of("dppo_topk_tv", delta=0.05), Contestant.of("dppo_tv", delta=0.05)
+    df = train(CONFIG, [topk, Contestant.of("dppo_topk_kl")], [0])
+    assert np.isfinite(df["grad_norm"]).all() and df["mismatch_mean"].gt(0).all()
+    fp32 = dataclasses.replace(CONFIG, precision="fp32", steps=1, updates_per_batch=1)
+    pair = train(fp32, [topk, binary], [0])
+    assert pair.groupby("method")["masked_frac"].first().eq(0).all()
+    pd.testing.assert_series_equal(*(g["grad_norm"].reset_index(drop=True) for _, g in pair.groupby("method")),
+                                   rtol=1e-6)
+
+
+def test_the_engine_reports_its_topk_on_cpu():
+    from drpo_sim.arena.model import Engine, replicate, response_logprobs
+    from drpo_sim.arena.pretrain import pretrain as base
+
+    params = replicate(base(BASE), 1)
+    prompts = TASK.prompts(3, torch.Generator().manual_seed(0))[None]
+    u = torch.rand(TASK.response_len, 1, 3, generator=torch.Generator().manual_seed(1))
+    roll = Engine(params, BASE.model, "fp32").rollout(prompts, TASK.response_len, lambda j: u[j], topk=5)
+    assert roll.topk_ids.shape == roll.topk_logp.shape == (1, 3, TASK.response_len, 5)
+    lp_all, _ = response_logprobs(params, BASE.model, roll.seqs, TASK.prompt_len)
+    want_lp, want_ids = lp_all.topk(5, dim=-1)
+    torch.testing.assert_close(roll.topk_logp, want_lp, atol=1e-5, rtol=0)
+    assert (roll.topk_logp[..., :-1] >= roll.topk_logp[..., 1:]).all()
+    assert Engine(params, BASE.model, "bf16").rollout(prompts, TASK.response_len, lambda j: u[j]).topk_ids is None
+
+
 def test_moe_reports_flip_rate_and_replays_routes_on_cpu():
     moe = dataclasses.replace(BASE, model=dataclasses.replace(BASE.model, n_experts=2))
     df = train(dataclasses.replace(CONFIG, base=moe, routing_replay=True), [PG], [0])

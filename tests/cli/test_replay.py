@@ -167,6 +167,27 @@ def test_missing_logp_old_exits_2_and_old_logs_replay_as_before_on_cpu(tmp_path,
     assert "sequences" not in json.loads((tmp_path / "old" / "replay.json").read_text())
 
 
+def test_topk_objectives_need_their_column_and_replay_with_it_on_cpu(tmp_path, capsys, sim_log):
+    """A Top-K DPPO objective on a log without ``topk_tv`` exits 2 with one line and writes nothing;
+    the same log with the column replays, its masked fraction the registry's on those tokens."""
+    code, out, err = run(capsys, "replay", str(sim_log / "grpo.parquet"), "--out", str(tmp_path / "a"),
+                         "--no-progress", "--objectives", "drpo,dppo_topk_tv")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "dppo_topk_tv needs the column 'topk_tv'" in err and not (tmp_path / "a").exists()
+    b = load_token_log(sim_log / "grpo.parquet")
+    tv = np.abs(np.exp(b.logp) - np.exp(b.logp_behavior)) * np.random.default_rng(0).uniform(1, 3, len(b))
+    with_tv = tmp_path / "with_tv.parquet"
+    write_token_log(with_tv, TokenBatch.from_arrays(**b.columns, topk_tv=np.minimum(tv, 1.0)))
+    code, out, err = run(capsys, "replay", str(with_tv), "--out", str(tmp_path / "b"), "--no-progress",
+                         "--objectives", "dppo_topk_tv", "--param", "dppo_topk_tv.delta=0.01")
+    assert code == 0, err
+    keep = b.mask
+    w = objectives.get("dppo_topk_tv", delta=0.01).weight(b.logp[keep], b.logp_behavior[keep], b.advantage[keep],
+                                                          topk_tv=np.minimum(tv, 1.0)[keep])
+    row = pd.read_csv(tmp_path / "b" / "objectives.csv").set_index("objective").loc["dppo_topk_tv"]
+    assert 0 < row["masked_frac"] < 1 and row["masked_frac"] == pytest.approx(np.mean(w == 0), rel=1e-7)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--device", "cuda"], "CUDA"),
     (["--objectives", "drpo,nope"], "nope"),

@@ -46,7 +46,8 @@ def test_reproduce_quick_runs_every_analysis_and_writes_the_report(quick):
              "threshold_sensitivity", "divergence_tuning", "ablation_abs_adv", "ablation_divergences",
              "ablation_mask", "reward_scales", "anchor_fp8",
              "anchor_stress", "lm_reward", "lm_mismatch", "sanity_test", "arena_precision", "arena_lr", "arena_moe",
-             "arena_grad_share", "arena_order_of_events", "arena_reward_scales",
+             "arena_grad_share", "arena_order_of_events", "arena_reward_scales", "arena_three_policies",
+             "gradient_diagnostics", "gradient_diagnostics_tabular", "gradient_diagnostics_arena",
              *(f"{prefix}_{name}" for prefix in ("replay_sim", "replay_lm_bf16", "replay_lm_fp8") for name in replay))
     assert named == {f"{fig}.png" for fig in FIGURES + extra}
     assert set(p.name for p in out.glob("*.png")) == named  # every image is in the manifest

@@ -108,7 +108,8 @@ def test_has_column_tells_from_the_files_without_reading_rows(tmp_path):
     assert open_log(tmp_path / "with.parquet").has_column("logp_old") is True
     src = open_log(tmp_path / "without.parquet")
     assert src.has_column("logp_old") is False and src.has_column("sample_id") is True
-    assert src.has_column("topk_tv") is False  # outside the schema: no batch can hold it
+    assert src.has_column("topk_tv") is False  # an optional column this log does not hold
+    assert src.has_column("entropy") is False  # outside the schema: no batch can hold it
     write_nemo(tmp_path / "train_data_step1.jsonl", samples)
     assert open_log(tmp_path / "train_data_step1.jsonl").has_column("logp_old") is True  # NeMo RL always gives it
     assert open_log(tmp_path / "train_data_step1.jsonl").has_column("seed") is None  # only the rows would tell

@@ -33,6 +33,7 @@ from drpo_sim.paper.specs import (
     ConvergenceSpec,
     FlowSpec,
     GeometrySpec,
+    GradientSpec,
     LabSpec,
     PanelSpec,
     PhaseSpec,
@@ -63,6 +64,8 @@ def figures_of(spec) -> list[str]:
         return [spec.prefix + f for f in REPLAY_FIGURES]
     if isinstance(spec, (ArenaSpec, ArenaComparisonSpec)):
         return list(spec.figures)
+    if isinstance(spec, GradientSpec):
+        return list(spec.figures("full"))
     if isinstance(spec, LabSpec):
         return ["lm_reward", "lm_mismatch", *(spec.replay_prefix(p) + f for p in spec.replay_precisions
                                               for f in REPLAY_FIGURES)]
@@ -73,7 +76,9 @@ def files_of(spec) -> set[str]:
     """The data and summary files an analysis's spec writes."""
     names = {getattr(spec, attr) for attr in ("data_file", "summary_file", "seeds_file") if hasattr(spec, attr)}
     if isinstance(spec, GeometrySpec):
-        names |= {spec.weight_file, spec.plane_file, spec.delta_range_file, spec.delta_curves_file}
+        names |= set(spec.data_files)
+    if isinstance(spec, GradientSpec):
+        names |= set(spec.data_files("full"))
     if isinstance(spec, FlowSpec):
         names |= {spec.rest_points_file, spec.rest_curves_file}
     if isinstance(spec, ReplaySpec):
@@ -86,9 +91,9 @@ def files_of(spec) -> set[str]:
 
 
 def test_the_analyses_run_in_their_order():
-    assert list(ORDER) == ["weight_table", "fixed_points", "convergence", "settings", "phase", "thresholds",
-                           "divergence_tuning", "ablations", "reward_scales", "anchor", "replay_sim", "tiny_lm",
-                           "arena", "arena_reward_scales"]
+    assert list(ORDER) == ["weight_table", "fixed_points", "gradient_diagnostics", "convergence", "settings", "phase",
+                           "thresholds", "divergence_tuning", "ablations", "reward_scales", "anchor", "replay_sim",
+                           "tiny_lm", "arena", "arena_reward_scales", "arena_three_policies"]
     assert all(module.__name__ == f"drpo_sim.paper.analyses.{name}" for name, module in ORDER.items())
 
 
@@ -107,7 +112,11 @@ def test_every_analysis_has_a_docstring_naming_its_figures_a_spec_and_run(name):
         ), f"{name}: the docstring does not name {figure}"
     assert callable(module.run)
     assert list(inspect.signature(module.run).parameters) == ["out", "profile", "formats", "runner"]
-    if not isinstance(module.SPEC, (GeometrySpec, FlowSpec)):
+    if isinstance(module.SPEC, GradientSpec):
+        quick, full = module.SPEC.profile("quick"), module.SPEC.profile("full")
+        assert quick.keys() == full.keys()
+        assert all(quick[w].batches <= full[w].batches and quick[w].vocab <= full[w].vocab for w in quick)
+    elif not isinstance(module.SPEC, (GeometrySpec, FlowSpec)):
         quick, full = module.SPEC.profile("quick"), module.SPEC.profile("full")
         assert quick.steps <= full.steps and quick.seeds <= full.seeds  # quick is the lighter profile
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from figure_checks import assert_real_image
 
-from drpo_sim import summaries
+from drpo_sim import gradients, summaries
 from drpo_sim.arena.model import ArenaModel
 from drpo_sim.arena.pretrain import BaseModelConfig
 from drpo_sim.arena.task import WalkTask
@@ -24,6 +24,8 @@ from drpo_sim.paper.specs import (
     ArenaSetting,
     ArenaSpec,
     ConvergenceSpec,
+    GradientSpec,
+    GradientWorldProfile,
     GridProfile,
     PanelFigure,
     PanelSpec,
@@ -183,8 +185,8 @@ def test_planned_cells_are_the_cells_the_job_asks_for(name, tmp_path, monkeypatc
             asked.extend(cells)
             raise Stop
 
-    if not planned:  # the analyses that train nothing
-        assert name in ("weight_table", "fixed_points", "replay_sim")
+    if not planned:  # the analyses that train nothing (the gradient sweep computes, in seconds to minutes)
+        assert name in ("weight_table", "fixed_points", "gradient_diagnostics", "replay_sim")
         return
     with pytest.raises(Stop):
         ORDER[name].run(tmp_path, "quick", ("png",), Recording(store=CellStore(tmp_path / "c")))
@@ -274,3 +276,32 @@ def test_arena_spec_refuses_what_it_cannot_run():
         dataclasses.replace(spec, settings=(ArenaSetting("bf16", "bf16", only=("minirl",)),), control_figures=())
     with pytest.raises(ValueError, match="unknown arena setting 'fp4'"):
         spec.setting("fp4")
+
+
+def test_gradient_figures_on_a_tiny_spec(tmp_path):
+    """Both worlds' sweeps, their equivalence verdicts and every objective in one cell, on the same
+    engine and batches: the one-cell table's pg_is and DRPO rows are the sweep's own at that cell."""
+    world = GradientWorldProfile(vocab=16, samples=4, batches=40, noise=(0.0, 0.3), staleness=(0, 1))
+    spec = GradientSpec(quick={"bandit": world, "tabular": dataclasses.replace(world, vocab=8)},
+                        full={"bandit": world}, table_at=(0.3, 1), name="tiny_grad")
+    records = jobs.gradient_figures(tmp_path, spec, "quick", formats=("png",))
+    assert [r.figure for r in records] == ["tiny_grad", "tiny_grad_tabular"]
+    assert spec.figures("quick") == ("tiny_grad", "tiny_grad_tabular") and spec.figures("full") == ("tiny_grad",)
+    for record in records:
+        assert_real_image(tmp_path / f"{record.figure}.png")
+        assert record.config["noise_std"] == [0.0, 0.3] and record.config["methods"] == list(gradients.SWEEP_OBJECTIVES)
+        for name in (record.data, f"{record.figure}_equivalence.csv", f"{record.figure}_all_objectives.csv"):
+            assert (tmp_path / name).is_file() and name in spec.data_files("quick")
+        sweep = pd.read_csv(tmp_path / record.data)
+        every = pd.read_csv(tmp_path / f"{record.figure}_all_objectives.csv")
+        assert set(every["label"]) == set(spec.every_objective())
+        # a cosine is undefined only for an objective whose every token was masked (no mean gradient:
+        # geo_mis's 1.001 bound at this mismatch)
+        assert (every["cosine"].notna() | (every["norm_ratio"] == 0)).all()
+        cell = sweep[(sweep["noise_std"] == 0.3) & (sweep["staleness"] == 1)].set_index("label")
+        mine = every.set_index("label")
+        for label, same in (("pg_is", "pg_is"), (gradients.QUESTION, "drpo")):
+            assert cell.loc[label, "cosine"] == pytest.approx(mine.loc[same, "cosine"], rel=1e-12)
+            assert cell.loc[label, "variance"] == pytest.approx(mine.loc[same, "variance"], rel=1e-12)
+        verdicts = pd.read_csv(tmp_path / f"{record.figure}_equivalence.csv")
+        assert len(verdicts) == 4 and set(verdicts["verdict"]) <= {"equivalent", "different", "undecided"}

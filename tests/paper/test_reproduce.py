@@ -24,7 +24,8 @@ from drpo_sim.paper.specs import (
     Variant,
 )
 
-GEOMETRY_FIGURES = ("weight_vs_pi", "weight_vs_pi_ablations", "weight_plane", "drpo_delta_range")
+GEOMETRY_FIGURES = ("weight_vs_pi", "weight_vs_pi_ablations", "weight_vs_pi_more", "weight_plane", "drpo_delta_range",
+                    "weight_vs_gap")
 
 
 def test_the_stages_are_the_analyses_then_the_claims_and_the_report():
@@ -73,7 +74,7 @@ def test_the_cheap_analyses_run_one_at_a_time_and_merge_into_the_manifest(tmp_pa
     records = [FigureRecord("fixed_point_flows", ["fixed_point_flows.png"], "rest_points.csv", "x", {}, 1.0)]
     write_manifest(out, records, profile="full", merge=True)
     manifest = json.loads((out / "MANIFEST.json").read_text())
-    assert manifest["profile"] == "mixed" and len(manifest["figures"]) == 5
+    assert manifest["profile"] == "mixed" and len(manifest["figures"]) == len(GEOMETRY_FIGURES) + 1
     assert [r["job"] for r in manifest["figures"] if r["figure"] == "fixed_point_flows"] == ["x"]
 
 

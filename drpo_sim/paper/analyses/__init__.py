@@ -17,9 +17,11 @@ from drpo_sim.paper.analyses import (
     anchor,
     arena,
     arena_reward_scales,
+    arena_three_policies,
     convergence,
     divergence_tuning,
     fixed_points,
+    gradient_diagnostics,
     phase,
     replay_sim,
     reward_scales,
@@ -33,6 +35,7 @@ from drpo_sim.paper.analyses import (
 ORDER: dict[str, ModuleType] = {
     "weight_table": weight_table,
     "fixed_points": fixed_points,
+    "gradient_diagnostics": gradient_diagnostics,
     "convergence": convergence,
     "settings": settings,
     "phase": phase,
@@ -45,4 +48,5 @@ ORDER: dict[str, ModuleType] = {
     "tiny_lm": tiny_lm,
     "arena": arena,
     "arena_reward_scales": arena_reward_scales,
+    "arena_three_policies": arena_three_policies,
 }
