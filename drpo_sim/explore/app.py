@@ -43,7 +43,9 @@ TITLE = "drpo_sim: trust-region explorer"
 
 INTRO = ("<h3 style='margin:4px 0'>Trust-region explorer</h3>Each objective's gradient is importance-weighted "
          "policy gradient times a weight <i>w</i> (dJ/dlogp = A r w). Move <i>mu</i> towards 0 to see how PPO's "
-         "ratio clip, DPPO's probability mask and DRPO's smooth weight treat a rare token.")
+         "ratio clip, DPPO's probability mask and DRPO's smooth weight treat a rare token. Move the engine gap "
+         "<i>b</i> to see the objectives of three policies and the corrections (grpo+tis, grpo+icepop, ...) react "
+         "to a trainer that disagrees with the engine.")
 
 
 LIVE_NOTE = ("The objectives selected on the left, with their thresholds, train on the long-tailed bandit "

@@ -5,10 +5,17 @@ app and the exported page offer the same choices and the export can precompute e
 them. The export offers a subset of each list (:func:`export_controls`) to keep the page small.
 
 The thresholds are the objectives' own parameters; :data:`PARAM_CONTROLS` says which control
-sets which parameter of which objective. Defaults are illustrative geometry rather than the
-papers' training settings (as in :class:`drpo_sim.geometry.GeometryConfig`): at the DRPO paper's
-``delta = 12.5`` DRPO's weight is flat, so DRPO starts at ``delta = 0.15`` (the DPPO-TV BF16
-threshold) and SPO at Xie et al.'s ``eps = 0.2``; both lists include 12.5.
+sets which parameter of which objective. The engine's gap ``b = pi_old / mu`` (control ``gap``) is
+no parameter: it is the trainer's recomputation ``pi_old = b mu`` the curves are drawn at, read only
+by the objectives whose :attr:`~drpo_sim.objectives.Objective.needs_old` is true (:func:`reads_gap`).
+Besides the registry's objectives the explorer offers GRPO with each correction of
+:func:`drpo_sim.objectives.corrections` (:data:`CORRECTED`, ``"grpo+tis"``, ...; the correction at
+its default parameters, GRPO's clip from ``eps_low`` / ``eps_high``): :func:`entries`.
+
+Defaults are illustrative geometry rather than the papers' training settings (as in
+:class:`drpo_sim.geometry.GeometryConfig`): at the DRPO paper's ``delta = 12.5`` DRPO's weight is
+flat, so DRPO starts at ``delta = 0.15`` (the DPPO-TV BF16 threshold) and SPO at Xie et al.'s
+``eps = 0.2``; both lists include 12.5.
 """
 
 from __future__ import annotations
@@ -50,10 +57,16 @@ class Choice:
         return dataclasses.replace(self, values=tuple(v for v in self.values if v in values))
 
 
+GAP_VALUES: tuple[float, ...] = (0.1, 0.125, 0.16, 0.2, 0.25, 0.32, 0.4, 0.5, 0.63, 0.8, 1.0,
+                                  1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 6.3, 8.0, 10.0)
+"""The engine gaps ``b = pi_old / mu`` offered: ``log10 b`` from -1 to 1 in steps of about 0.1 (Renard's
+R10 series and its reciprocals, so that 2, 4, 5, 10 and 0.5, the corrections' thresholds, are exact)."""
+
 GEOMETRY_CONTROLS: tuple[Choice, ...] = (
     Choice("mu", "mu (behaviour probability of the token)",
            (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99), 0.01),
     Choice("adv_size", "|A| (size of the advantage)", (0.25, 0.5, 1.0, 2.0, 4.0), 1.0),
+    Choice("gap", "b = pi_old / mu (engine gap; log scale)", GAP_VALUES, 1.0),
     Choice("eps_low", "eps_low (PPO / GRPO clip below)", (0.05, 0.1, 0.2, 0.28, 0.4), 0.2),
     Choice("eps_high", "eps_high (PPO / GRPO / CISPO clip above)", (0.05, 0.1, 0.2, 0.28, 0.4), 0.28),
     Choice("spo_eps", "SPO eps", (0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 12.5), 0.2),
@@ -97,6 +110,7 @@ PARAM_CONTROLS: dict[str, dict[str, str]] = {
 EXPORT_VALUES: dict[str, tuple[Any, ...]] = {
     "mu": (1e-4, 1e-3, 0.01, 0.1, 0.3, 0.5, 0.9, 0.99),
     "adv_size": (0.25, 1.0, 4.0),
+    "gap": (0.1, 0.2, 0.25, 0.5, 0.8, 1.0, 1.25, 2.0, 4.0, 5.0, 10.0),
     "eps_low": (0.1, 0.2, 0.28, 0.4),
     "eps_high": (0.1, 0.2, 0.28, 0.4),
     "spo_eps": (0.1, 0.2, 1.0, 2.5, 12.5),
@@ -106,6 +120,29 @@ EXPORT_VALUES: dict[str, tuple[Any, ...]] = {
     "drpo_delta": (0.05, 0.15, 0.5, 1.0, 2.5, 12.5),
 }
 """The values the exported page precomputes (a subset of each geometry control's)."""
+
+
+CORRECTION_BASE = "grpo"
+"""The objective the explorer corrects (its clip follows ``eps_low`` / ``eps_high``)."""
+CORRECTED: tuple[str, ...] = tuple(f"{CORRECTION_BASE}+{c}" for c in objectives.corrections())
+"""The corrected entries: ``"grpo+is"``, ``"grpo+tis"``, ... (``objectives.get("grpo", correction=...)``)."""
+
+
+def entries() -> list[str]:
+    """Every curve the explorer offers: the registry's objectives, then :data:`CORRECTED`."""
+    return [*objectives.available(), *CORRECTED]
+
+
+def split(name: str) -> tuple[str, str | None]:
+    """``(objective, correction)`` of an entry: ``"grpo+tis"`` -> ``("grpo", "tis")``, ``"drpo"`` -> ``("drpo",
+    None)``."""
+    base, _, correction = name.partition("+")
+    return base, correction or None
+
+
+def reads_gap(name: str) -> bool:
+    """Whether entry ``name`` reads ``pi_old`` (:attr:`Objective.needs_old`), so the gap moves its curve."""
+    return build_objective(name, default_values(GEOMETRY_CONTROLS)).needs_old
 
 
 def by_name(choices: tuple[Choice, ...]) -> dict[str, Choice]:
@@ -118,24 +155,29 @@ def export_controls() -> tuple[Choice, ...]:
 
 
 def controls_of(name: str) -> tuple[str, ...]:
-    """The geometry controls that set parameters of objective ``name``, in a fixed order, once each."""
-    return tuple(dict.fromkeys(PARAM_CONTROLS.get(name, {}).values()))
+    """The geometry controls that set parameters of entry ``name`` (a corrected entry: its objective's),
+    in a fixed order, once each."""
+    return tuple(dict.fromkeys(PARAM_CONTROLS.get(split(name)[0], {}).values()))
 
 
 def check_objectives(names: list[str] | tuple[str, ...]) -> list[str]:
-    """``names`` if every one is registered; ``ValueError`` naming the unknown ones and the valid ones."""
-    unknown = [n for n in names if n not in objectives.available()]
+    """``names`` if every one is an entry (:func:`entries`); ``ValueError`` naming the unknown ones and the
+    valid ones."""
+    valid = entries()
+    unknown = [n for n in names if n not in valid]
     if unknown:
-        raise ValueError(f"unknown objective(s) {', '.join(unknown)}; available: {', '.join(objectives.available())}")
+        raise ValueError(f"unknown objective(s) {', '.join(unknown)}; available: {', '.join(valid)}")
     if not names:
-        raise ValueError(f"no objective given; available: {', '.join(objectives.available())}")
+        raise ValueError(f"no objective given; available: {', '.join(valid)}")
     return list(names)
 
 
 def build_objective(name: str, values: dict[str, Any]) -> objectives.Objective:
-    """Objective ``name`` with the parameters its controls set (``values``: control name -> value)."""
-    params = {p: values[c] for p, c in PARAM_CONTROLS.get(name, {}).items()}
-    return objectives.get(name, **params)
+    """Entry ``name`` with the parameters its controls set (``values``: control name -> value); a
+    corrected entry ``"grpo+tis"`` is ``objectives.get("grpo", correction="tis", ...)``."""
+    base, correction = split(name)
+    params = {p: values[c] for p, c in PARAM_CONTROLS.get(base, {}).items()}
+    return objectives.get(base, correction=correction, **params)
 
 
 def default_values(choices: tuple[Choice, ...] = GEOMETRY_CONTROLS + LIVE_CONTROLS) -> dict[str, Any]:

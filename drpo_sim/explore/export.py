@@ -2,12 +2,14 @@
 
 Every curve, boundary and region image the page can show is computed here, in Python, by
 :mod:`drpo_sim.explore.data`, for every combination of the export's control values
-(:func:`drpo_sim.explore.controls.export_controls`) that reaches each objective: its own thresholds,
-``mu``, the sign and size of ``A``. Identical arrays are stored once (PPO and GRPO at the same
-clip, every objective whose weight ignores ``abs(A)``). The page's one CustomJS callback only
-computes an index from the widgets and picks the precomputed arrays; it evaluates no formula.
-BokehJS is inlined (``bokeh.resources.INLINE``), so the page opens from disk with no server and
-no internet connection.
+(:func:`drpo_sim.explore.controls.export_controls`) that reaches each objective: its own
+thresholds, ``mu``, the sign and size of ``A``, and for the objectives that read ``pi_old`` (those
+of three policies, the corrected ones) the engine's gap ``b`` on the export's small grid of gaps.
+Identical arrays are stored once (PPO and GRPO at the same clip, every objective whose weight
+ignores ``abs(A)``, the corrections that agree at a gap, every curve not drawn at ``b mu >= 1``).
+The page's one CustomJS callback only computes an index from the widgets and picks the precomputed
+arrays; it evaluates no formula. BokehJS is inlined (``bokeh.resources.INLINE``), so the page opens
+from disk with no server and no internet connection.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from bokeh.layouts import row
 from bokeh.models import ColumnDataSource, CustomJS, Tabs
 from bokeh.resources import INLINE
 
-from drpo_sim import objectives
 from drpo_sim._io import atomic_path
 from drpo_sim.config import PAPER_METHODS
 from drpo_sim.explore import controls as ctl
@@ -37,14 +38,16 @@ from drpo_sim.explore.views import (
     GeometryViews,
     adv_label,
     build_geometry,
+    gap_status_html,
+    old_location,
     region_legend_html,
     short_label,
     styles,
 )
 
 NOTE = ("<h3 style='margin:4px 0'>Trust-region explorer (static page)</h3>Precomputed by <code>drpo-sim explore "
-        "--export</code> on a grid of the controls. Run <code>drpo-sim explore</code> for every value and the live "
-        "bandit run.")
+        f"--export</code> on a grid of the controls (the engine gap <i>b</i> at {len(ctl.EXPORT_VALUES['gap'])} "
+        "values). Run <code>drpo-sim explore</code> for every value and the live bandit run.")
 
 
 @dataclass
@@ -90,44 +93,71 @@ def _stacked_pi(mus: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     return padded, np.array([len(g) for g in grids])
 
 
+@dataclass(frozen=True)
+class Cases:
+    """The cases of every curve (rows) and plane (entries) of one objective, in the page's order:
+    curves ``(mu, sign, size, gap)``, planes ``(sign, size, gap)``, the gap varying fastest (one gap,
+    ``None``: ``pi_old = mu``, for an objective that does not read it)."""
+
+    mu: np.ndarray
+    adv: np.ndarray
+    gap: np.ndarray | None
+    pi: np.ndarray
+    n: np.ndarray
+    plane_adv: np.ndarray
+    plane_gap: np.ndarray | None
+
+    @classmethod
+    def of(cls, mus: tuple[float, ...], sizes: tuple[float, ...], gaps: tuple[float, ...] | None) -> Cases:
+        g = (1.0,) if gaps is None else gaps
+        mu, sign, size, gap = (a.ravel() for a in np.meshgrid(mus, ctl.ADV_SIGNS, sizes, g, indexing="ij"))
+        per_mu = len(ctl.ADV_SIGNS) * len(sizes) * len(g)
+        pi_mu, n_mu = _stacked_pi(mus)
+        p_sign, p_size, p_gap = (a.ravel() for a in np.meshgrid(ctl.ADV_SIGNS, sizes, g, indexing="ij"))
+        return cls(mu=mu, adv=sign * size, gap=None if gaps is None else gap, pi=np.repeat(pi_mu, per_mu, axis=0),
+                   n=np.repeat(n_mu, per_mu), plane_adv=p_sign * p_size, plane_gap=None if gaps is None else p_gap)
+
+
 def precompute(choices: tuple[ctl.Choice, ...]) -> tuple[Store, dict[str, Any]]:
     """Every curve, boundary set and plane image the page can show; ``(store, spec)``.
 
-    Cases are ordered ``(mu, sign, size)``; an objective's parameter combinations follow its
+    Cases are ordered ``(mu, sign, size, gap)`` (:class:`Cases`; the gap only for the objectives
+    that read it, ``gap: true`` in the spec); an objective's parameter combinations follow its
     controls (:func:`controls_of`) in row-major order. ``spec`` (JSON) tells the page's callback
     where each objective's entries begin in the index tables.
     """
     by = ctl.by_name(choices)
-    mus, sizes = by["mu"].values, by["adv_size"].values
-    mu_c, sign_c, size_c = (a.ravel() for a in np.meshgrid(mus, ctl.ADV_SIGNS, sizes, indexing="ij"))
-    adv_c = sign_c * size_c
-    pi_mu, n_mu = _stacked_pi(mus)
-    pi_c = np.repeat(pi_mu, len(ctl.ADV_SIGNS) * len(sizes), axis=0)
-    n_c = np.repeat(n_mu, len(ctl.ADV_SIGNS) * len(sizes))
-    plane_adv = (np.asarray(ctl.ADV_SIGNS)[:, None] * np.asarray(sizes)[None, :]).ravel()
+    mus, sizes, gaps = by["mu"].values, by["adv_size"].values, by["gap"].values
+    cases = {False: Cases.of(mus, sizes, None), True: Cases.of(mus, sizes, gaps)}
     store = Store()
     spec_obj: dict[str, Any] = {}
-    for name in objectives.available():
+    for name in ctl.entries():
         names = ctl.controls_of(name)
         grids = [by[c].values for c in names]
+        reads = ctl.reads_gap(name)
+        k = cases[reads]
         entry = {"controls": list(names), "sizes": [len(g) for g in grids], "curve_base": len(store.curve_ids),
-                 "plane_base": len(store.plane_ids), "titles": []}
+                 "plane_base": len(store.plane_ids), "titles": [], "gap": reads}
         for combo in itertools.product(*grids):
             obj = ctl.build_objective(name, dict(zip(names, combo)))
             entry["titles"].append(short_label(obj))
-            w = data.weights(obj, pi_c, mu_c, adv_c)
-            b = data.boundaries(obj, pi_c, mu_c, adv_c, w=w)
-            for c in range(len(mu_c)):
-                store.add_curve(w[c, : n_c[c]], b.of(c))
-            for codes in data.plane_codes(obj, plane_adv):
+            w = data.weights(obj, k.pi, k.mu, k.adv, k.gap)
+            b = data.boundaries(obj, k.pi, k.mu, k.adv, w=w, gap=k.gap)
+            ok = data.drawable(obj, k.mu, k.gap)
+            for c in range(len(k.mu)):
+                store.add_curve(w[c, : k.n[c] if ok[c] else 0], b.of(c))
+            for codes in data.plane_codes(obj, k.plane_adv, gap=k.plane_gap):
                 store.add_plane(codes)
         spec_obj[name] = entry
     start, width = data.plane_extent()
     spec = {
-        "names": objectives.available(), "n_mu": len(mus), "n_size": len(sizes), "objectives": spec_obj,
+        "names": ctl.entries(), "n_mu": len(mus), "n_size": len(sizes), "n_gap": len(gaps), "objectives": spec_obj,
         "curve_ids": store.curve_ids, "plane_ids": store.plane_ids, "plane_x": start, "plane_w": width,
         "legends": [region_legend_html(adv_label(s, a)) for s in ctl.ADV_SIGNS for a in sizes],
         "bounds_head": BOUNDS_HEAD, "bounds_none": BOUNDS_NONE,
+        # per (mu, gap): the line under the gap slider and where the pi = pi_old line goes (null: hidden)
+        "gap_texts": [gap_status_html(m, g) for m in mus for g in gaps],
+        "old_x": [old_location(m, g) for m in mus for g in gaps],
     }
     return store, spec
 
@@ -135,11 +165,15 @@ def precompute(choices: tuple[ctl.Choice, ...]) -> tuple[Store, dict[str, Any]]:
 JS = """
 const S = JSON.parse(spec)
 const val = (name) => Math.round(sliders[S.slider_names.indexOf(name)].value)
-const mu_i = val("mu"), size_i = val("adv_size"), sign_i = adv_sign.active
+const mu_i = val("mu"), size_i = val("adv_size"), sign_i = adv_sign.active, gap_i = val("gap")
 const active = new Set(objectives.active)
 const B = {x: [], pi: [], y0: [], y1: [], color: [], objective: [], label: []}
 const xmu = pi_store.data.xmu[mu_i]
 mu_line.location = xmu
+const xold = S.old_x[mu_i * S.n_gap + gap_i]
+old_line.visible = xold !== null
+old_line.location = xold === null ? xmu : xold
+gap_text.text = S.gap_texts[mu_i * S.n_gap + gap_i]
 for (let j = 0; j < S.names.length; j++) {
   const name = S.names[j], o = S.objectives[name], show = active.has(j)
   lines[j].visible = show
@@ -149,14 +183,16 @@ for (let j = 0; j < S.names.length; j++) {
   if (!show) continue
   let p = 0
   for (let k = 0; k < o.controls.length; k++) p = p * o.sizes[k] + val(o.controls[k])
-  const cid = S.curve_ids[o.curve_base + ((p * S.n_mu + mu_i) * 2 + sign_i) * S.n_size + size_i]
-  curves[j].data = {x: pi_store.data.x[mu_i], pi: pi_store.data.pi[mu_i], w: curve_store.data.w[cid]}
+  const n_g = o.gap ? S.n_gap : 1, g_i = o.gap ? gap_i : 0
+  const cid = S.curve_ids[o.curve_base + (((p * S.n_mu + mu_i) * 2 + sign_i) * S.n_size + size_i) * n_g + g_i]
+  const w = curve_store.data.w[cid], drawn = w.length > 0  // empty: not drawn (b mu >= 1)
+  curves[j].data = {x: drawn ? pi_store.data.x[mu_i] : [], pi: drawn ? pi_store.data.pi[mu_i] : [], w: w}
   const bx = curve_store.data.bx[cid], bp = curve_store.data.bpi[cid], bl = curve_store.data.blabel[cid]
   for (let b = 0; b < bx.length; b++) {
     B.x.push(bx[b]); B.pi.push(bp[b]); B.y0.push(-S.bound_y); B.y1.push(S.bound_y)
     B.color.push(S.colors[j]); B.objective.push(name); B.label.push(name + ": " + bl[b])
   }
-  const pid = S.plane_ids[o.plane_base + (p * 2 + sign_i) * S.n_size + size_i]
+  const pid = S.plane_ids[o.plane_base + ((p * 2 + sign_i) * S.n_size + size_i) * n_g + g_i]
   planes[j].data = {image: [plane_store.data.image[pid]], x: [S.plane_x], y: [S.plane_x],
                     dw: [S.plane_w], dh: [S.plane_w]}
   plane_figs[j].title.text = o.titles[p]
@@ -188,7 +224,8 @@ def attach(views: GeometryViews, store: Store, spec: dict[str, Any]) -> None:
         "plane_mu": [views.plane_mu[n] for n in names], "curves": [views.curves[n] for n in names],
         "planes": [views.planes[n] for n in names], "bounds": views.bounds, "bounds_text": views.bounds_text,
         "region_legend": views.region_legend,
-        "mu_line": views.mu_line, "pi_store": pi_store, "curve_store": curve_store, "plane_store": plane_store,
+        "mu_line": views.mu_line, "old_line": views.old_line, "gap_text": views.gap_text,
+        "pi_store": pi_store, "curve_store": curve_store, "plane_store": plane_store,
     })
     for s in views.sliders.values():
         s.js_on_change("value", cb)
@@ -196,10 +233,11 @@ def attach(views: GeometryViews, store: Store, spec: dict[str, Any]) -> None:
     views.adv_sign.js_on_change("active", cb)
 
 
-def build_page(selected: list[str]) -> tuple[Any, GeometryViews]:
-    """The page's layout: the geometry controls and two tabs (weight against pi; the plane)."""
+def build_page(selected: list[str], choices: tuple[ctl.Choice, ...] | None = None) -> tuple[Any, GeometryViews]:
+    """The page's layout: the geometry controls and two tabs (weight against pi; the plane), over
+    ``choices`` (default :func:`drpo_sim.explore.controls.export_controls`; the tests pass fewer)."""
 
-    choices = ctl.export_controls()
+    choices = ctl.export_controls() if choices is None else choices
     views = build_geometry(choices, selected)
     views.fill()
     store, spec = precompute(choices)

@@ -5,14 +5,19 @@ change) and the exported page (:mod:`drpo_sim.explore.export`, which fills them 
 and then switches among precomputed arrays in the browser). Every model a test or a callback
 needs has a ``name``, unique in the document:
 
-* widgets: ``objectives`` (CheckboxGroup), ``adv_sign`` (RadioButtonGroup), one Slider per
-  geometry control of :mod:`drpo_sim.explore.controls` (its value is an index into the control's
-  values), and for the live run ``noise_std``, ``staleness``, ``vocab_size``, ``lr`` (Sliders over
-  indices), ``precision`` (Select), ``start`` / ``stop`` / ``reset`` (Buttons);
+* widgets: ``objectives`` (CheckboxGroup over :func:`drpo_sim.explore.controls.entries`: the
+  registry's objectives and GRPO with each correction), ``adv_sign`` (RadioButtonGroup), one Slider
+  per geometry control of :mod:`drpo_sim.explore.controls` (its value is an index into the
+  control's values; ``gap`` is the engine's ``b = pi_old / mu``), ``gap_text`` (Div: ``pi_old`` at
+  the chosen ``mu`` and gap, or why the objectives reading it are not drawn), and for the live run
+  ``noise_std``, ``staleness``, ``vocab_size``, ``lr`` (Sliders over indices), ``precision``
+  (Select), ``start`` / ``stop`` / ``reset`` (Buttons);
 * data: ``curve_<objective>`` (columns ``x`` = logit(pi), ``pi``, ``w``), ``bounds`` (one row per
   boundary: ``x``, ``pi``, ``objective``, ``label``, ...), ``plane_<objective>`` (``image``: region
   codes, rows ``pi``, columns ``mu``), ``live_<objective>`` (``step``, ``reward``, ``shift``);
-* figures: ``weight_view`` (its line renderers are named after the objectives, for the hover),
+* figures: ``weight_view`` (its line renderers are named after the objectives, for the hover; the
+  dotted ``mu_line`` at ``pi = mu``, the dash-dotted ``old_line`` at ``pi = pi_old = b mu``, hidden at
+  ``b = 1`` and where ``b mu >= 1``),
   ``plane_view_<objective>``, ``live_reward``, ``live_shift``; the tabs: ``views``.
 """
 
@@ -55,16 +60,29 @@ from drpo_sim.plots import STYLE
 _DASH = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dashdot"}
 BOUND_Y = 1e4  # boundary segments run from -BOUND_Y to BOUND_Y (the weight axis is a fixed range)
 PLANE_TICKS = (0.001, 0.1, 0.9, 0.999)
+CORRECTION_STYLES: dict[str, dict[str, Any]] = {
+    "is": {"color": "#1b9e77", "dash": "solid", "width": 2.0},
+    "tis": {"color": "#d95f02", "dash": "solid", "width": 2.2},
+    "seq_tis": {"color": "#d95f02", "dash": "dotted", "width": 2.2},  # at one token the same curve as tis
+    "seq_mis": {"color": "#7570b3", "dash": "dashed", "width": 2.0},
+    "geo_mis": {"color": "#666666", "dash": "dashdot", "width": 2.0},
+    "icepop": {"color": "#e7298a", "dash": "solid", "width": 2.0},
+}
+"""Line styles of the corrected entries (``grpo+tis``, ...), by correction."""
 
 
 @lru_cache(maxsize=1)
 def styles() -> dict[str, dict[str, Any]]:
-    """Colour, dash and width of each objective: :data:`drpo_sim.plots.STYLE` in Bokeh's terms."""
+    """Colour, dash and width of each entry: :data:`drpo_sim.plots.STYLE` in Bokeh's terms for the
+    registry's objectives, :data:`CORRECTION_STYLES` for the corrected ones."""
 
     out = {}
     for i, name in enumerate(objectives.available()):
         st = STYLE.get(name, {"color": f"C{i % 10}", "ls": "-", "lw": 1.6})
         out[name] = {"color": to_hex(st["color"]), "dash": _DASH.get(st["ls"], "solid"), "width": float(st["lw"])}
+    for name in ctl.CORRECTED:
+        out[name] = dict(CORRECTION_STYLES.get(ctl.split(name)[1] or "", {"color": "#000000", "dash": "solid",
+                                                                            "width": 1.6}))
     return out
 
 
@@ -99,6 +117,8 @@ class GeometryViews:
     bounds: ColumnDataSource
     bounds_text: Div
     mu_line: Span
+    old_line: Span
+    gap_text: Div
     planes: dict[str, ColumnDataSource]
     plane_figs: dict[str, Any]
     plane_mu: dict[str, Span]
@@ -108,8 +128,8 @@ class GeometryViews:
 
     def __post_init__(self) -> None:
         note = Div(text="Dashed vertical lines: where an objective's region changes (its clip, mask or DRPO's "
-                   "zero), found on the registry's weight; dotted: <i>pi = mu</i>. Weights beyond the axis: "
-                   "scroll to zoom.",
+                   "zero), found on the registry's weight; dotted: <i>pi = mu</i>; dash-dotted purple: "
+                   "<i>pi = pi_old = b mu</i> (at a gap b \u2260 1). Weights beyond the axis: scroll to zoom.",
                    width=760)
         self.weight_panel = column(self.weight_fig, note, self.bounds_text)
         grid = row(list(self.plane_figs.values()), styles={"flex-wrap": "wrap"}, width=1030)
@@ -127,13 +147,15 @@ class GeometryViews:
 
     # filling the views from Python ----------------------------------------------------------
     def controls_column(self, intro: str) -> LayoutDOM:
-        """The left column: an introduction, then the objectives, the token and the thresholds."""
-        token = ("mu", "adv_size")
+        """The left column: an introduction, then the objectives, the token, the engine's gap and the thresholds."""
+        token, gap = ("mu", "adv_size"), ("gap",)
         return column(
             Div(text=intro, width=280),
             section("Objectives shown"), self.objectives,
             section("Token"), self.adv_sign, *[self.sliders[n] for n in token],
-            section("Thresholds"), *[s for n, s in self.sliders.items() if n not in token],
+            section("Engine gap (three policies)"), *[self.sliders[n] for n in gap if n in self.sliders],
+            Div(text=gap_help_html(self.names), width=280), self.gap_text,
+            section("Thresholds"), *[s for n, s in self.sliders.items() if n not in token + gap],
             width=300,
         )
 
@@ -150,10 +172,14 @@ class GeometryViews:
     def fill(self) -> None:
         """Recompute every view for the current controls (drpo_sim's functions, in Python)."""
         vals = self.values()
-        mu, adv = vals["mu"], vals["adv_sign"] * vals["adv_size"]
+        mu, adv, gap = vals["mu"], vals["adv_sign"] * vals["adv_size"], vals.get("gap", 1.0)
         chosen = set(self.selected())
         x_mu = float(data.to_logit(mu))
         self.mu_line.location = x_mu
+        x_old = old_location(mu, gap)
+        self.old_line.visible = x_old is not None
+        self.old_line.location = x_mu if x_old is None else x_old
+        self.gap_text.text = gap_status_html(mu, gap)
         bound_rows: dict[str, list] = {k: [] for k in self.bounds.data}
         texts = []
         for name in self.names:
@@ -165,11 +191,11 @@ class GeometryViews:
             if not show:
                 continue
             obj = ctl.build_objective(name, vals)
-            c = data.curve(obj, mu, adv)
+            c = data.curve(obj, mu, adv, gap)
             self.curves[name].data = {"x": data.to_logit(c.pi), "pi": c.pi, "w": c.w}
             _append_bounds(bound_rows, name, c.bounds, styles()[name])
             texts += c.bounds.labels(name)
-            self.planes[name].data = plane_data(data.plane_codes(obj, np.array([adv]))[0])
+            self.planes[name].data = plane_data(data.plane_codes(obj, np.array([adv]), gap=gap)[0])
             self.plane_figs[name].title.text = short_label(obj)
         self.region_legend.text = region_legend_html(adv_label(vals["adv_sign"], vals["adv_size"]))
         self.bounds.data = bound_rows
@@ -182,7 +208,10 @@ def adv_label(sign: float, size: float) -> str:
 
 
 def short_label(obj: objectives.Objective) -> str:
-    """``name(p=v, ...)`` with only the parameters the explorer's controls set (all of them if none is)."""
+    """``name(p=v, ...)`` with only the parameters the explorer's controls set (all of them if none is);
+    a corrected objective: its base's label, then ``+`` and the correction, ``grpo(...)+tis(cap=2.0)``."""
+    if isinstance(obj, objectives.Corrected):
+        return f"{short_label(obj.base)}+{obj.correction}"
     keys = ctl.PARAM_CONTROLS.get(obj.name)
     if not keys:
         return str(obj)
@@ -196,6 +225,33 @@ BOUNDS_HEAD = "<b>Boundaries</b> (region on the side of mu \u2192 region beyond)
 def bounds_html(lines: list[str]) -> str:
     """The boundary list under the weight view."""
     return BOUNDS_HEAD + "<br>".join(lines) if lines else BOUNDS_NONE
+
+
+def gap_help_html(names: list[str]) -> str:
+    """What the gap control does, naming the entries that read ``pi_old`` (``Objective.needs_old``)."""
+    plain = [n for n in names if not ctl.split(n)[1] and ctl.reads_gap(n)]
+    corrected = [n for n in names if ctl.split(n)[1] and ctl.reads_gap(n)]
+    read = ", ".join(plain) + (f" and GRPO with a correction ({', '.join(corrected)})" if corrected else "")
+    return ("<i>b = pi_old / mu</i>: the trainer recomputes the sampled token as <i>pi_old = b mu</i> "
+            f"before the update. Read (Objective.needs_old) by {read}; every other objective ignores <i>b</i>. "
+            "Where <i>b mu</i> \u2265 1 there is no <i>pi_old</i> &lt; 1: those curves are not drawn (no "
+            "clamping), and in their planes those columns are lavender.")
+
+
+def gap_status_html(mu: float, gap: float) -> str:
+    """One line under the gap slider: ``pi_old`` at ``mu`` and ``gap``, or why it has none."""
+    if gap * mu < 1.0:
+        return f"b = {gap:g}: <i>pi_old</i> = {gap * mu:.4g} at <i>mu</i> = {mu:g}."
+    return (f"b = {gap:g}, <i>mu</i> = {mu:g}: <i>b mu</i> = {gap * mu:.4g} \u2265 1, no <i>pi_old</i> &lt; 1; "
+            "the objectives that read it are not drawn at this <i>mu</i>.")
+
+
+def old_location(mu: float, gap: float) -> float | None:
+    """Where the ``pi = pi_old`` line goes on the weight view (logit of ``b mu``); ``None``: hidden
+    (``b = 1``, where it is the ``pi = mu`` line, or ``b mu >= 1``)."""
+    if gap == 1.0 or gap * mu >= 1.0:
+        return None
+    return float(data.to_logit(gap * mu))
 
 
 def plane_data(codes: np.ndarray) -> dict[str, list]:
@@ -225,7 +281,7 @@ def region_legend_html(adv: str) -> str:
     swatches = "".join(
         f'<span style="display:inline-block;width:14px;height:14px;background:{c};border:1px solid #999;'
         f'margin:0 4px 0 14px;vertical-align:middle"></span>{t}'
-        for c, t in zip(data.REGION_COLORS, data.REGION_HELP)
+        for c, t in zip(data.PALETTE, (*data.REGION_HELP, data.NOT_DRAWN_HELP))
     )
     return (f"<b>Regions of the (mu, pi) plane at {adv}</b> (Objective.regions; diagonal: pi = mu; "
             "dotted: the chosen mu):<br>" + swatches)
@@ -233,24 +289,26 @@ def region_legend_html(adv: str) -> str:
 
 def build_geometry(choices: tuple[ctl.Choice, ...], selected: list[str]) -> GeometryViews:
     """Widgets and (empty) views for ``choices``; call :meth:`GeometryViews.fill` to draw them."""
-    names = objectives.available()
+    names = ctl.entries()
     ctl.check_objectives(selected)
     box = CheckboxGroup(labels=names, active=[names.index(n) for n in selected], name="objectives")
     sign = RadioButtonGroup(labels=list(ctl.SIGN_LABELS), active=0, name="adv_sign", width=280)
-    fig, curves, lines, items, bounds, mu_line = _weight_figure(names)
+    fig, curves, lines, items, bounds, mu_line, old_line = _weight_figure(names)
     planes, plane_figs, plane_mu = _plane_figures(names)
     return GeometryViews(
         choices={c.name: c for c in choices}, names=names, objectives=box, adv_sign=sign,
         sliders={c.name: index_slider(c) for c in choices},
         weight_fig=fig, curves=curves, lines=lines, legend_items=items, bounds=bounds,
-        bounds_text=Div(text="", name="bounds_text", width=760), mu_line=mu_line,
+        bounds_text=Div(text="", name="bounds_text", width=760), mu_line=mu_line, old_line=old_line,
+        gap_text=Div(text="", name="gap_text", width=280),
         planes=planes, plane_figs=plane_figs, plane_mu=plane_mu,
         region_legend=Div(text="", width=1030, name="region_legend"),
     )
 
 
 def _weight_figure(names: list[str]) -> tuple:
-    """The weight-against-pi figure: one line per objective, the boundary segments, the ``pi = mu`` line."""
+    """The weight-against-pi figure: one line per objective, the boundary segments, the ``pi = mu`` and
+    ``pi = pi_old`` lines."""
     start, width = data.plane_extent()
     fig = figure(name="weight_view", width=760, height=460, x_range=Range1d(start, start + width),
                  y_range=Range1d(-2.0, 3.0), tools="pan,wheel_zoom,box_zoom,reset,save",
@@ -263,6 +321,9 @@ def _weight_figure(names: list[str]) -> tuple:
     mu_line = Span(location=0.0, dimension="height", line_color="black", line_width=1.2, line_dash="dotted",
                    name="mu_line")
     fig.add_layout(mu_line)
+    old_line = Span(location=0.0, dimension="height", line_color="#6a3d9a", line_width=1.4, line_dash="dashdot",
+                    name="old_line", visible=False)
+    fig.add_layout(old_line)
     curves, lines, items = {}, {}, {}
     for name in names:
         st = styles()[name]
@@ -277,13 +338,13 @@ def _weight_figure(names: list[str]) -> tuple:
     fig.add_layout(Legend(items=list(items.values()), location="top_left", click_policy="hide"), "right")
     fig.add_tools(HoverTool(renderers=list(lines.values()),
                             tooltips=[("objective", "$name"), ("pi", "@pi{0.00000}"), ("w", "@w{0.0000}")]))
-    return fig, curves, lines, items, bounds, mu_line
+    return fig, curves, lines, items, bounds, mu_line, old_line
 
 
 def _plane_figures(names: list[str]) -> tuple[dict, dict, dict]:
     """One region image per objective over the ``(mu, pi)`` plane (logit axes, shared ranges)."""
     start, width = data.plane_extent()
-    mapper = LinearColorMapper(palette=list(data.REGION_COLORS), low=-0.5, high=len(data.REGION_COLORS) - 0.5)
+    mapper = LinearColorMapper(palette=list(data.PALETTE), low=-0.5, high=len(data.PALETTE) - 0.5)
     px, py = Range1d(start, start + width), Range1d(start, start + width)  # shared: the planes zoom together
     planes, plane_figs, plane_mu = {}, {}, {}
     for name in names:
@@ -353,7 +414,7 @@ def build_live(choices: tuple[ctl.Choice, ...]) -> LiveViews:
                    title="Mean abs(pi - mu) over the sampled tokens (mean over seeds)",
                    x_axis_label="step", y_axis_label="mean abs(pi - mu)", tools="pan,wheel_zoom,box_zoom,reset,save")
     sources, lines, items, items_r, items_s = {}, {}, {}, [], []
-    for name in objectives.available():
+    for name in ctl.entries():
         st = styles()[name]
         src = ColumnDataSource({"step": [], "reward": [], "shift": []}, name=f"live_{name}")
         kw = {"line_color": st["color"], "line_dash": st["dash"], "line_width": st["width"]}

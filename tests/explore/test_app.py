@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from bokeh.document import Document
 
 from drpo_sim.explore import controls as ctl
@@ -32,3 +33,18 @@ def test_app_session_streams_the_run_and_restarts_it_when_its_settings_change():
     assert steps() == 0 and ex.run is None
     ex.stop()
     assert ex.callback is None and "stopped" in ex.live_views.status.text
+
+
+def test_gap_redraws_the_curves_but_leaves_the_live_run_going():
+    ex = Explorer(Document(), ["grpo", "grpo+tis", "minirl"])
+    gap = ctl.by_name(ctl.GEOMETRY_CONTROLS)["gap"]
+    w0 = {n: np.asarray(ex.geo.curves[n].data["w"]) for n in ("grpo", "grpo+tis", "minirl")}
+    ex.start()
+    ex.tick()
+    ex.geo.sliders["gap"].value = gap.values.index(4.0)  # no setting of the run: it goes on
+    assert ex.run is not None and ex.run.step == STEPS_PER_TICK
+    np.testing.assert_array_equal(ex.geo.curves["grpo"].data["w"], w0["grpo"])  # grpo does not read pi_old
+    for name in ("grpo+tis", "minirl"):
+        assert not np.array_equal(ex.geo.curves[name].data["w"], w0[name]), name
+    assert "b = 4" in ex.geo.gap_text.text
+    ex.stop()
