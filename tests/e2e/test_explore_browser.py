@@ -12,6 +12,7 @@ Without Chromium these tests fail (they do not skip): ``make test`` installs it.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -25,11 +26,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from bokeh.embed import file_html
+from bokeh.resources import INLINE
 
-from drpo_sim import cli, objectives
+from drpo_sim import cli, geometry, objectives
 from drpo_sim.config import PAPER_METHODS
 from drpo_sim.explore import controls as ctl
 from drpo_sim.explore import data
+from drpo_sim.explore.export import build_page
 
 pytestmark = pytest.mark.slow
 
@@ -268,8 +272,13 @@ def test_exported_page_renders_from_disk(page, tmp_path, capsys):
     out = tmp_path / "explorer.html"
     assert cli.main(["explore", "--export", str(out)]) == 0  # `drpo-sim explore --export FILE`
     size = out.stat().st_size
-    assert f"({size / 1e6:.1f} MB)" in capsys.readouterr().out and size < 15e6
+    # 3.49 MB before the gap control and the corrected entries, 4.20 MB with them
+    assert f"({size / 1e6:.1f} MB)" in capsys.readouterr().out and size < 6e6
     html = out.read_text()
+    labels = ctl.by_name(ctl.export_controls())["gap"].labels()  # the gap grid the page holds
+    assert labels == ["0.1", "0.2", "0.25", "0.5", "0.8", "1", "1.25", "2", "4", "5", "10"]
+    assert '"labels",' + json.dumps(labels, separators=(",", ":")) in html
+    assert f'\\"n_gap\\": {len(labels)}' in html and "grpo+icepop" in html
     assert not re.search(r"<(script|link)[^>]+(src|href)\s*=\s*[\"']?(https?:)?//", html, re.IGNORECASE), "an external"
 
     page.load(out.as_uri())
@@ -293,4 +302,94 @@ def test_exported_page_renders_from_disk(page, tmp_path, capsys):
     page.shot("export_weight_view.png")
     page.set("views", "active", 1)
     page.shot("export_plane_view.png")
+    assert page.severe() == [], "errors in the browser console"
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine's gap b = pi_old / mu, in the app and in an exported page
+
+GAP_CHOICES = ctl.by_name(ctl.GEOMETRY_CONTROLS)
+GAP_SHOWN = ("grpo", "minirl", "grpo+tis")
+
+
+def gap_weight(name: str, pi: np.ndarray, mu: float, adv: float, b: float) -> np.ndarray:
+    """The registry's weight of entry ``name`` (controls at their defaults) at ``pi_old = b mu``."""
+    obj = ctl.build_objective(name, ctl.default_values(ctl.GEOMETRY_CONTROLS))
+    return geometry.single_token_weight(obj, np.log(pi), np.log(mu), adv, logp_old=np.log(b * mu))
+
+
+def show_entries(p: Any, names: tuple[str, ...]) -> None:
+    entries = ctl.entries()
+    p.set("objectives", "active", [entries.index(n) for n in names])
+    for n in names:
+        p.wait(f"return M('{n}').visible", 20, f"the {n} curve")
+
+
+def test_gap_slider_redraws_the_curves_that_read_pi_old(app):
+    from selenium.webdriver.common.keys import Keys
+
+    p = app
+    p.set("views", "active", 0)
+    show_entries(p, GAP_SHOWN)
+    mu = GAP_CHOICES["mu"].default
+    p.wait("return M('curve_minirl').data.w.length > 0", 20, "the minirl curve")
+    grpo_pi, grpo_w = p.curve("grpo")
+    pi, w = p.curve("minirl")
+    np.testing.assert_allclose(w, gap_weight("minirl", pi, mu, 1.0, 1.0), rtol=1e-12)
+
+    # a real key press on the gap slider moves b one value up
+    i0 = GAP_CHOICES["gap"].default_index
+    b = GAP_CHOICES["gap"].values[i0 + 1]
+    handle = p.js("return V('gap').shadow_el.querySelector('.noUi-handle')")
+    handle.send_keys(Keys.ARROW_RIGHT)
+    p.wait(f"return M('gap').value === {i0 + 1}", 10, "the slider to move")
+    p.wait(f"return M('gap_text').text.includes('b = {b:g}:')", 20, "the views at the new gap")
+    pi, w_b = p.curve("minirl")
+    assert not np.array_equal(w_b, w)
+    np.testing.assert_allclose(w_b, gap_weight("minirl", pi, mu, 1.0, b), rtol=1e-12)
+
+    # b = 4 through the page's model: TIS with cap 2 halves GRPO's weight; GRPO itself does not move
+    p.set("gap", "value", GAP_CHOICES["gap"].values.index(4.0))
+    p.wait("return M('gap_text').text.includes('b = 4:')", 20, "the views at b = 4")
+    pi, w = p.curve("grpo+tis")
+    np.testing.assert_allclose(w, gap_weight("grpo+tis", pi, mu, 1.0, 4.0), rtol=1e-12)
+    assert np.isclose(w.max(), 0.5, rtol=1e-12)
+    np.testing.assert_array_equal(p.curve("grpo")[1], grpo_w)
+    assert p.js("return M('old_line').visible")
+    p.shot("app_gap_view.png")
+
+    # mu = 0.5: b mu = 2, no pi_old < 1; the objectives that read it are not drawn
+    p.set("mu", "value", GAP_CHOICES["mu"].values.index(0.5))
+    p.wait("return M('curve_minirl').data.w.length === 0 && M('curve_grpo+tis').data.w.length === 0", 20,
+           "the curves that read pi_old to go")
+    assert len(p.curve("grpo")[1]) > 0 and not p.js("return M('old_line').visible")
+    assert "not drawn" in p.js("return M('gap_text').text")
+    assert p.severe() == []
+
+
+def test_exported_page_switches_to_the_gap(page, tmp_path):
+    keep = {"mu": (0.01, 0.5), "adv_size": (1.0,), "gap": (1.0, 4.0, 10.0), "eps_low": (0.2,), "eps_high": (0.28,),
+            "spo_eps": (0.2,), "delta_low": (0.15,), "delta_high": (0.15,), "kl_delta": (0.05,), "drpo_delta": (0.15,)}
+    choices = tuple(c.subset(keep[c.name]) for c in ctl.GEOMETRY_CONTROLS)
+    layout, _ = build_page(list(GAP_SHOWN), choices)
+    out = tmp_path / "explorer.html"
+    out.write_text(file_html(layout, INLINE, title="gap"), encoding="utf-8")
+    page.load(out.as_uri())
+    gaps = ctl.by_name(choices)["gap"].values
+    mu = 0.01
+    pi, w1 = page.curve("minirl")
+    np.testing.assert_allclose(w1, gap_weight("minirl", pi, mu, 1.0, 1.0), rtol=1e-6)  # stored as float32
+    for b in (10.0, 4.0):
+        page.set("gap", "value", gaps.index(b))
+        page.wait(f"return M('gap_text').text.includes('b = {b:g}:')", 10, f"the exported views at b = {b:g}")
+        for name in ("minirl", "grpo+tis"):
+            pi, w = page.curve(name)
+            np.testing.assert_allclose(w, gap_weight(name, pi, mu, 1.0, b), rtol=1e-6, err_msg=name)
+    assert not np.array_equal(page.curve("minirl")[1], w1)
+    page.set("views", "active", 1)  # the planes at b = 4: columns with mu >= 1/4 not drawn for minirl, grpo+tis
+    page.shot("export_gap_plane_view.png")
+    page.set("views", "active", 0)
+    page.set("mu", "value", 1)  # mu = 0.5, b = 4: not drawn
+    page.wait("return M('curve_minirl').data.w.length === 0", 10, "the exported curve to go")
+    assert page.js("return M('curve_minirl').data.pi.length") == 0 and len(page.curve("grpo")[1]) > 0
     assert page.severe() == [], "errors in the browser console"
