@@ -1,8 +1,8 @@
 """The exported page (:mod:`drpo_sim.explore.export`): its index tables pick the right arrays.
 
 The page's CustomJS picks a stored curve and plane by index; these tests hold what it picks
-against a direct computation. (The page rendered in a browser: tests/e2e/test_explore_browser.py
-and, for the engine's gap, tests/e2e/test_explore_browser.py.)
+against a direct computation. (The page rendered in a browser, the full export's size and its gap
+grid: tests/e2e/test_explore_browser.py.)
 """
 
 from __future__ import annotations
