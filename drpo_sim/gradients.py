@@ -463,20 +463,29 @@ def gradient_diagnostics(methods: Sequence[str | tuple[str, dict[str, Any]] | ob
         sq = bt.sq_norm(d)
         variance = max(float(sq.mean() - mean @ mean), 0.0)
         batch_cos = _safe_ratio(bt.dot(d, truth), np.sqrt(sq) * truth_norm)
-        mean_norm = float(np.linalg.norm(mean))
         row = {"objective": str(obj), "label": lab,
-               "cosine": float(mean @ truth / (mean_norm * truth_norm)) if mean_norm * truth_norm > 0 else np.nan,
-               "batch_cosine": float(np.nanmean(batch_cos)) if np.isfinite(batch_cos).any() else np.nan,
-               "bias_norm": float(np.linalg.norm(mean - truth)),
-               "relative_bias": float(np.linalg.norm(mean - truth) / truth_norm) if truth_norm > 0 else np.nan,
-               "norm_ratio": mean_norm / truth_norm if truth_norm > 0 else np.nan,
-               "variance": variance, "mean_se": float(np.sqrt(variance / n_batches)), "ess": ess, "ess_seq": ess_seq}
+               **_diagnostics(mean, variance, batch_cos, truth, truth_norm, n_batches), "ess": ess, "ess_seq": ess_seq}
         row.update(_shares(np.abs(d), np.exp(bt.logp_behavior).reshape(d.shape), bt.advantage.reshape(d.shape)))
         if ref is not None:
             row["reference"] = reference
             row.update(_paired(bt, d - ref["d"], ref, batch_cos, truth_norm))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _diagnostics(mean: np.ndarray, variance: float, batch_cos: np.ndarray, truth: np.ndarray, truth_norm: float,
+                 n_batches: int) -> dict[str, float]:
+    """The columns of :data:`DIAGNOSTICS` but the ESS, from the mean estimate, its variance and each
+    batch's cosine with the truth (NaN where undefined: a zero mean, a zero truth, no batch with a
+    direction)."""
+    mean_norm = float(np.linalg.norm(mean))
+    bias = float(np.linalg.norm(mean - truth))
+    return {"cosine": float(mean @ truth / (mean_norm * truth_norm)) if mean_norm * truth_norm > 0 else np.nan,
+            "batch_cosine": float(np.nanmean(batch_cos)) if np.isfinite(batch_cos).any() else np.nan,
+            "bias_norm": bias,
+            "relative_bias": bias / truth_norm if truth_norm > 0 else np.nan,
+            "norm_ratio": mean_norm / truth_norm if truth_norm > 0 else np.nan,
+            "variance": variance, "mean_se": float(np.sqrt(variance / n_batches))}
 
 
 def _ess(log_w: np.ndarray) -> float:
@@ -1026,14 +1035,8 @@ def _arena_table(methods, world: ArenaEnumeration, precision: str, engine_state_
         sq = np.einsum("bk,bk->b", g, g)
         variance = max(float(sq.mean() - mean @ mean), 0.0)
         batch_cos = _safe_ratio(g @ truth, np.sqrt(sq) * truth_norm)
-        mean_norm = float(np.linalg.norm(mean))
         row = {"objective": str(obj), "label": lab,
-               "cosine": float(mean @ truth / (mean_norm * truth_norm)) if mean_norm * truth_norm > 0 else np.nan,
-               "batch_cosine": float(np.nanmean(batch_cos)) if np.isfinite(batch_cos).any() else np.nan,
-               "bias_norm": float(np.linalg.norm(mean - truth)),
-               "relative_bias": float(np.linalg.norm(mean - truth) / truth_norm) if truth_norm > 0 else np.nan,
-               "norm_ratio": mean_norm / truth_norm if truth_norm > 0 else np.nan,
-               "variance": variance, "mean_se": float(np.sqrt(variance / n_batches)), "ess": ess, "ess_seq": ess_seq}
+               **_diagnostics(mean, variance, batch_cos, truth, truth_norm, n_batches), "ess": ess, "ess_seq": ess_seq}
         row.update(_shares(np.abs(d), np.exp(bt.logp_behavior), bt.advantage))
         if ref is not None:
             row["reference"] = reference
