@@ -716,7 +716,8 @@ def render_report(results: Path | str, paper: Path | str) -> str:
 
 def report_inputs(results: Path | str) -> list[str]:
     """The result files the report quotes from: ``claims.json``, ``MANIFEST.json``, the DRPO
-    weight-range table, the replay quoted on rare tokens, and each tested claim's source files.
+    weight-range table, the replay quoted on rare tokens, the gradient diagnostics' verdicts and
+    one-cell tables, and each tested claim's source files.
     :func:`write_report` checks the report's numbers against these alone: against every file of a
     run (~10^5 numbers) almost any short decimal would be found somewhere."""
     results = Path(results)
@@ -726,6 +727,9 @@ def report_inputs(results: Path | str) -> list[str]:
         names += [f"{prefix}objectives.csv", f"{prefix}replay.json"]
     names += [f for f in (arena.SPEC.summary_file, arena.SPEC.calibration_file, arena_reward_scales.SPEC.summary_file)
               if (results / f).is_file()]
+    grad = gradient_diagnostics.SPEC  # the verdicts and the one-cell tables the report quotes
+    sweeps = {f"{grad.stem(env)}.csv" for env in grad.full}  # the sweeps themselves are not quoted
+    names += [f for f in grad.data_files("full") if f not in sweeps and (results / f).is_file()]
     for claim in load_claims(results):
         names += [s for s in claim.get("sources", []) if (results / s).is_file()]
     return list(dict.fromkeys(names))
