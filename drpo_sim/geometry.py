@@ -257,7 +257,7 @@ def gap_curves(cfg: GapConfig | None = None) -> pd.DataFrame:
     """Each objective's weight against the engine's gap ``b = pi_old / mu`` at ``pi = pi_old``.
 
     Columns: ``objective`` (its string with parameters), ``name`` (registry name), ``correction``
-    (its name, or ``""``), ``panel``, ``mu``, ``adv_sign``, ``b``, ``pi_old`` (``= pi``), ``ratio``
+    (its name, or ``"none"``), ``panel``, ``mu``, ``adv_sign``, ``b``, ``pi_old`` (``= pi``), ``ratio``
     (``r = pi / mu = b``), ``weight`` (``w``, with ``dJ/dlogp = A r w``: ``w = 1`` keeps the full
     importance weight ``r`` to the engine, the unbiased gradient of the trainer's expected reward;
     ``w = 1 / b`` drops it, as if ``pi_old`` had sampled the token; ``w = 0`` masks it). Gaps that
@@ -271,7 +271,7 @@ def gap_curves(cfg: GapConfig | None = None) -> pd.DataFrame:
     lb = np.full_like(lp, np.log(cfg.mu))
     frames = []
     for label, (panel, obj) in cfg.build().items():
-        correction = getattr(obj, "params", {}).get("correction", "")
+        correction = getattr(obj, "params", {}).get("correction", "none")
         for sign in ADV_SIGNS:
             w = single_token_weight(obj, lp, lb, np.full_like(lp, sign), logp_old=lp)
             frames.append(pd.DataFrame({"objective": label, "name": obj.name, "correction": correction,

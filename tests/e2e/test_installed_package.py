@@ -57,7 +57,7 @@ def test_reproduce_runs_from_a_non_editable_install(site, tmp_path):
         cwd=cwd, env=_env(site), capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr
-    assert f"4 figures in {out}" in res.stdout
+    assert f"6 figures in {out}" in res.stdout
     for fig in FIGURES:
         assert (out / f"{fig}.png").is_file(), fig
     manifest = json.loads((out / "MANIFEST.json").read_text())
