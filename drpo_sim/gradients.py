@@ -443,11 +443,22 @@ def gradient_diagnostics(methods: Sequence[str | tuple[str, dict[str, Any]] | ob
     differences are paired."""
     _check(logits, engine_logits, rewards, n_samples, n_batches, old_logits)
     specs = _specs(methods)
-    if reference is not None and reference not in [lab for lab, _ in specs]:
-        raise ValueError(f"reference {reference!r} is not among the objectives ({', '.join(lab for lab, _ in specs)})")
+    _check_reference(specs, reference)
     seed = int(rng.integers(2**63))  # one draw from the caller's generator; the same batches for every objective
     bt = _Batches(logits, engine_logits, old_logits, rewards, n_samples, n_batches, np.random.default_rng(seed))
-    truth = exact_gradient(logits, rewards).ravel()
+    return _objective_rows(specs, reference, bt, exact_gradient(logits, rewards).ravel(), n_batches)
+
+
+def _check_reference(specs: list[tuple[str, objectives.Objective]], reference: str | None) -> None:
+    if reference is not None and reference not in [lab for lab, _ in specs]:
+        raise ValueError(f"reference {reference!r} is not among the objectives ({', '.join(lab for lab, _ in specs)})")
+
+
+def _objective_rows(specs: list[tuple[str, objectives.Objective]], reference: str | None, bt: Any,
+                    truth: np.ndarray, n_batches: int) -> pd.DataFrame:
+    """One row per objective of the diagnostics on the batches ``bt`` (:class:`_Batches` or
+    :class:`_ArenaBatches`: ``grad_logp``, ``mean``, ``sq_norm``, ``dot`` and the tokens' log-probs and
+    advantages) against the exact gradient ``truth``; with ``reference``, the paired differences."""
     truth_norm = float(np.linalg.norm(truth))
     log_r = np.minimum(bt.logp - bt.logp_behavior, objectives.LOG_RATIO_MAX)
     ess, ess_seq = _ess(log_r.reshape(n_batches, -1)), _ess(log_r.sum(axis=2))
@@ -1014,35 +1025,9 @@ def arena_gradient_diagnostics(methods: Sequence[str | tuple[str, dict[str, Any]
 def _arena_table(methods, world: ArenaEnumeration, precision: str, engine_state_logp: np.ndarray, n_samples: int,
                  n_batches: int, seed: int, reference: str | None) -> pd.DataFrame:
     specs = _specs(methods)
-    if reference is not None and reference not in [lab for lab, _ in specs]:
-        raise ValueError(f"reference {reference!r} is not among the objectives ({', '.join(lab for lab, _ in specs)})")
+    _check_reference(specs, reference)
     bt = _ArenaBatches(world, engine_state_logp, n_samples, n_batches, np.random.default_rng(seed))
-    truth = world.truth
-    truth_norm = float(np.linalg.norm(truth))
-    log_r = np.minimum(bt.logp - bt.logp_behavior, objectives.LOG_RATIO_MAX)
-    ess, ess_seq = _ess(log_r.reshape(n_batches, -1)), _ess(log_r.sum(axis=2))
-    ref = None
-    if reference is not None:
-        d_ref = bt.grad_logp(dict(specs)[reference])
-        g_ref = bt.gradients(d_ref)
-        sq_ref = np.einsum("bk,bk->b", g_ref, g_ref)
-        ref = {"d": d_ref, "sq": sq_ref, "cos": _safe_ratio(g_ref @ truth, np.sqrt(sq_ref) * truth_norm)}
-    rows = []
-    for lab, obj in specs:
-        d = ref["d"] if lab == reference else bt.grad_logp(obj)
-        g = bt.gradients(d)
-        mean = g.mean(axis=0)
-        sq = np.einsum("bk,bk->b", g, g)
-        variance = max(float(sq.mean() - mean @ mean), 0.0)
-        batch_cos = _safe_ratio(g @ truth, np.sqrt(sq) * truth_norm)
-        row = {"objective": str(obj), "label": lab,
-               **_diagnostics(mean, variance, batch_cos, truth, truth_norm, n_batches), "ess": ess, "ess_seq": ess_seq}
-        row.update(_shares(np.abs(d), np.exp(bt.logp_behavior), bt.advantage))
-        if ref is not None:
-            row["reference"] = reference
-            row.update(_paired(bt, d - ref["d"], ref, batch_cos, truth_norm))
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    table = _objective_rows(specs, reference, bt, world.truth, n_batches)
     cell = {"precision": precision, "staleness": world.staleness, "step_kl": world.step_kl,
             "n_prompts": world.n_prompts, "n_samples": int(n_samples), "n_batches": int(n_batches),
             **_arena_world(world, engine_state_logp, bt)}
