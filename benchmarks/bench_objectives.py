@@ -4,7 +4,10 @@ What it measures
 ----------------
 For each objective in :func:`drpo_sim.objectives.available` (default parameters), the wall
 time of one call ``obj.weight(logp, logp_behavior, advantage)`` over ``N`` tokens, in NumPy
-and in torch (CPU), in float32 and/or float64. Each time is the best of ``K`` calls after one
+and in torch (CPU), in float32 and/or float64, and of its fused kernel (:mod:`drpo_sim.fused`,
+backend ``fused``: the same formula compiled by ``torch.compile``), with that kernel's first call
+(its compilation) and its largest difference from the eager weight, in units of
+``eps * max(abs(w), 1)``: every objective compiled and checked. Each time is the best of ``K`` calls after one
 warm-up call (``time.perf_counter``). The same input arrays serve every call; the torch
 tensors are ``torch.from_numpy`` views of the NumPy arrays, so both backends read the very
 same memory and no copy is timed.
@@ -42,8 +45,8 @@ How to run
 ----------
 ::
 
-    python benchmarks/bench_objectives.py                       # 10M tokens, both dtypes, both backends
-    python benchmarks/bench_objectives.py --dtype float32 --backend torch
+    python benchmarks/bench_objectives.py                       # 10M tokens, both dtypes, all three backends
+    python benchmarks/bench_objectives.py --dtype float32 --backend torch,fused
     python benchmarks/bench_objectives.py --tokens 1000000 --repeats 3 --csv bench.csv
 
 Memory: the inputs take ``3 * N * 8`` bytes in float64 plus ``3 * N * 4`` in float32, and one
@@ -67,6 +70,7 @@ import pandas as pd
 import torch
 
 import drpo_sim as ds
+from drpo_sim import fused
 from drpo_sim._io import write_csv as write_frame
 
 FLOOR = "(bare add)"
@@ -78,7 +82,7 @@ class Config:
     tokens: int = 10_000_000
     repeats: int = 5
     dtypes: tuple[str, ...] = ("float64", "float32")
-    backends: tuple[str, ...] = ("numpy", "torch")
+    backends: tuple[str, ...] = ("numpy", "torch", "fused")
     seed: int = 0
     csv: Path | None = None
 
@@ -93,6 +97,8 @@ class Row:
     ratio: float
     gb_per_s: float | None = None  # floor row only: implied memory bandwidth
     spread: float | None = None  # floor row only: worst / best of its timings
+    first_call_s: float | None = None  # fused only: the first call, its compilation included
+    ulps: float | None = None  # fused only: largest difference from the eager weight, in eps * max(|w|, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,7 +120,7 @@ def draw_inputs(n: int, seed: int) -> dict[str, np.ndarray]:
 def as_backend(arrays: dict[str, np.ndarray], backend: str) -> tuple[np.ndarray | torch.Tensor, ...]:
     """The three inputs, in order, as NumPy arrays or as torch tensors sharing their memory."""
     triple = (arrays["logp"], arrays["logp_behavior"], arrays["advantage"])
-    if backend == "torch":
+    if backend in ("torch", "fused"):
         return tuple(torch.from_numpy(a) for a in triple)
     return triple
 
@@ -138,7 +144,7 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
 
 def floor_pass(logp, logp_behavior, backend: str) -> Callable[[], object]:
     """One bare ``add`` pass over the two log-probability arrays into a preallocated output."""
-    if backend == "torch":
+    if backend in ("torch", "fused"):
         out = torch.empty_like(logp)
         return lambda: torch.add(logp, logp_behavior, out=out)
     out = np.empty_like(logp)
@@ -153,20 +159,37 @@ def bench_one(arrays: dict[str, np.ndarray], backend: str, dtype: str, cfg: Conf
 
     floors: list[float] = []
     times: dict[str, float] = {}
+    first: dict[str, float] = {}
+    ulps: dict[str, float] = {}
     # the extra per-token inputs some objectives read: pi_old at mu (no gap), Top-K divergences at 0.1
     extra = {"logp_old": inputs[1], "topk_tv": inputs[1] * 0 + 0.1, "topk_kl": inputs[1] * 0 + 0.1}
     for name in ds.objectives.available():
         floors.append(best_time(floor_fn, cfg.repeats))
         obj = ds.objectives.get(name)
         cols = {k: extra[k] for k in obj.required_columns}
-        times[name] = best_time(lambda: obj.weight(*inputs, **cols), cfg.repeats)
-        log(f"{backend:5s} {dtype}: {name:16s} {times[name] * 1e3:9.2f} ms   (floor {floors[-1] * 1e3:.2f} ms)")
+        if backend == "fused":
+            kernel = fused.kernel(obj, outputs=("weight",))
+            start = time.perf_counter()
+            w = kernel(*inputs, **cols)[name]["weight"]
+            first[name] = time.perf_counter() - start
+            eager = obj.weight(*inputs, **cols)
+            err = (w - eager).abs() / torch.clamp(eager.abs(), min=1.0)
+            err = torch.where(torch.isnan(w) & torch.isnan(eager), 0.0, err)
+            ulps[name] = float(err.max()) / torch.finfo(w.dtype).eps
+            del w, eager, err
+            times[name] = best_time(lambda: kernel(*inputs, **cols), cfg.repeats)
+            note = f", first call {first[name]:.1f} s, {ulps[name]:.1f} ulp from eager, {kernel.backend}"
+        else:
+            times[name] = best_time(lambda: obj.weight(*inputs, **cols), cfg.repeats)
+            note = ""
+        log(f"{backend:5s} {dtype}: {name:16s} {times[name] * 1e3:9.2f} ms   (floor {floors[-1] * 1e3:.2f} ms{note})")
     floors.append(best_time(floor_fn, cfg.repeats))
 
     floor = min(floors)
     moved = 3 * n * np.dtype(dtype).itemsize
     rows = [Row(backend, dtype, FLOOR, floor, floor / n * 1e9, 1.0, moved / floor / 1e9, max(floors) / floor)]
-    rows += [Row(backend, dtype, name, t, t / n * 1e9, t / floor) for name, t in times.items()]
+    rows += [Row(backend, dtype, name, t, t / n * 1e9, t / floor, first_call_s=first.get(name), ulps=ulps.get(name))
+             for name, t in times.items()]
     return rows
 
 
@@ -245,6 +268,8 @@ def format_table(rows: list[Row]) -> str:
         if i and (r.backend, r.dtype) != (rows[i - 1].backend, rows[i - 1].dtype):
             lines.append("")
         note = f"   ({r.gb_per_s:.1f} GB/s; spread of its timings {r.spread:.2f}x)" if r.gb_per_s else ""
+        if r.first_call_s is not None:
+            note = f"   (first call {r.first_call_s:.1f} s; {r.ulps:.1f} ulp from the eager weight)"
         lines.append(
             f"{r.backend:7s} {r.dtype:7s} {r.objective:16s} {r.seconds:9.5f} {r.ns_per_token:9.2f} {r.ratio:8.1f}{note}"
         )
@@ -253,6 +278,7 @@ def format_table(rows: list[Row]) -> str:
 
 CSV_COLUMNS = (
     "backend", "dtype", "objective", "seconds", "ns_per_token", "ratio_to_floor", "floor_gb_per_s", "floor_spread",
+    "first_call_s", "ulps_from_eager",
 )
 
 
@@ -260,7 +286,8 @@ def write_csv(rows: list[Row], path: Path) -> None:
     """The table as CSV, written atomically (a temporary file renamed into place)."""
     frame = pd.DataFrame(
         [
-            (r.backend, r.dtype, r.objective, r.seconds, r.ns_per_token, r.ratio, r.gb_per_s, r.spread)
+            (r.backend, r.dtype, r.objective, r.seconds, r.ns_per_token, r.ratio, r.gb_per_s, r.spread,
+             r.first_call_s, r.ulps)
             for r in rows
         ],
         columns=CSV_COLUMNS,
@@ -278,17 +305,22 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--tokens", type=int, default=Config.tokens, help="tokens per call (default %(default)s)")
     p.add_argument("--repeats", type=int, default=Config.repeats, help="timed calls, best kept (default %(default)s)")
     p.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
-    p.add_argument("--backend", choices=["numpy", "torch", "both"], default="both")
+    p.add_argument("--backend", default="numpy,torch,fused",
+                   help="comma-separated: numpy, torch (the eager registry), fused (drpo_sim.fused's compiled kernels, "
+                        "their first call and agreement reported); default all three")
     p.add_argument("--seed", type=int, default=Config.seed, help="input generator seed (default %(default)s)")
     p.add_argument("--csv", type=Path, default=None, help="also write the table to this CSV file")
     a = p.parse_args(argv)
     if a.tokens < 1 or a.repeats < 1:
         p.error("--tokens and --repeats must be >= 1")
+    backends = tuple(b.strip() for b in a.backend.split(",") if b.strip())
+    if not backends or set(backends) - set(Config.backends):
+        p.error(f"--backend: expected some of {','.join(Config.backends)}, got {a.backend!r}")
     return Config(
         tokens=a.tokens,
         repeats=a.repeats,
         dtypes=Config.dtypes if a.dtype == "both" else (a.dtype,),
-        backends=Config.backends if a.backend == "both" else (a.backend,),
+        backends=backends,
         seed=a.seed,
         csv=a.csv,
     )

@@ -59,6 +59,11 @@ READ_COLUMNS = ["logp", "logp_behavior", "advantage", "mask", "sample_id", "grou
 SEQ_LEN = 256  # tokens per response in the synthetic log
 GROUP = 16  # responses per prompt group
 STEP_TOKENS = 1 << 20  # tokens per training step
+#: The replay's stages: (kernels, batches read ahead): the registry read in line (as before issue
+#: 18's prefetching reader), the registry with the reader, and the fused kernels with the reader.
+STAGES = {"bare": None, "validate": None, "replay-eager-inline": ("eager", 0), "replay-eager": ("eager", 2),
+          "replay-fused": ("fused", 2)}
+GOAL = 3.0  # issue 18: the replay with 8 objectives within 3 times the bare read
 
 
 def write_log(path: Path, n_tokens: int, seed: int = 0) -> None:
@@ -88,6 +93,7 @@ def _stage(stage: str, path: str, batch_size: int, objectives: str | None, threa
     import torch
 
     torch.set_num_threads(threads)
+    compile_s = 0.0
     t0 = time.perf_counter()
     if stage == "bare":
         import pyarrow.parquet as pq
@@ -100,18 +106,26 @@ def _stage(stage: str, path: str, batch_size: int, objectives: str | None, threa
         from drpo_sim.logs import open_log
 
         n = sum(len(b) for b in open_log(path, fmt="tokens", batch_size=batch_size))
-    elif stage == "replay":
+    elif STAGES.get(stage) is not None:
         from drpo_sim import analysis
         from drpo_sim.logs import open_log
 
         names = objectives.split(",") if objectives else None
-        result = analysis.replay(open_log(path, fmt="tokens", batch_size=batch_size), analysis.objective_specs(names))
+        kernels, prefetch = STAGES[stage]
+        acc_objectives = analysis.objective_specs(names)
+        result = analysis.replay(open_log(path, fmt="tokens", batch_size=batch_size), acc_objectives,
+                                 kernels=kernels, prefetch=prefetch)
         n = result.totals["tokens"]
+        if kernels == "fused":
+            from drpo_sim import fused
+
+            elementwise = {label: o for label, o in acc_objectives.items() if o.elementwise}
+            compile_s = sum(fused.kernel(elementwise, outputs=("weight",)).first_call_seconds.values())
     else:
         raise ValueError(stage)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
-    return {"stage": stage, "tokens": n, "seconds": seconds, "peak_rss_bytes": peak}
+    return {"stage": stage, "tokens": n, "seconds": seconds, "peak_rss_bytes": peak, "first_call_s": compile_s}
 
 
 def run_stage(stage: str, args: argparse.Namespace) -> dict:
@@ -133,6 +147,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs of each stage; the fastest is kept")
     p.add_argument("--csv", type=Path, help="also write the table as CSV")
     p.add_argument("--stage", help=argparse.SUPPRESS)
+    p.add_argument("--stages", help=f"comma-separated stages to run (default all: {', '.join(STAGES)}; bare always)")
     args = p.parse_args()
 
     if args.path is None:
@@ -152,18 +167,23 @@ def main() -> None:
         print(f"wrote {args.tokens:,} tokens to {args.path} ({args.path.stat().st_size / 1e9:.2f} GB) "
               f"in {time.perf_counter() - t:.0f} s")
     rows = []
-    for stage in ("bare", "validate", "replay"):
+    chosen = ["bare", *[x.strip() for x in args.stages.split(",") if x.strip() != "bare"]] if args.stages else STAGES
+    for stage in chosen:
         runs = [run_stage(stage, args) for _ in range(max(1, args.repeats))]
         rows.append(min(runs, key=lambda r: r["seconds"]))
     table = pd.DataFrame(rows)
     table["tokens_per_s"] = table["tokens"] / table["seconds"]
     table["x_bare_read"] = table["seconds"] / table.loc[table["stage"] == "bare", "seconds"].iloc[0]
+    bare = table.loc[table["stage"] == "bare", "seconds"].iloc[0]
+    table["x_bare_without_first_calls"] = (table["seconds"] - table["first_call_s"]) / bare
+    table["goal"] = np.where(table["stage"].str.startswith("replay"), GOAL, np.nan)
     table["peak_rss_mb"] = table["peak_rss_bytes"] / 1e6
     table["threads"] = args.threads
     table["batch_size"] = args.batch_size
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}, "
           f"file {args.path.stat().st_size / 1e9:.2f} GB")
-    print(table[["stage", "tokens", "seconds", "tokens_per_s", "x_bare_read", "peak_rss_mb"]].to_string(
+    print(table[["stage", "tokens", "seconds", "tokens_per_s", "x_bare_read", "first_call_s",
+                 "x_bare_without_first_calls", "goal", "peak_rss_mb"]].to_string(
         index=False, float_format=lambda v: f"{v:,.3g}"))
     if args.csv:
         table.to_csv(args.csv, index=False)

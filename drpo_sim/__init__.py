@@ -12,8 +12,8 @@ from drpo_sim import objectives
 
 __version__ = "0.1.0"
 
-_LAZY = ("advantages", "analysis", "config", "dynamics", "envs", "explore", "geometry", "integrations", "lm", "logs",
-         "offpolicy", "paper", "plots", "policies", "provenance", "results", "run", "sim", "stats", "summaries",
+_LAZY = ("advantages", "analysis", "config", "dynamics", "envs", "explore", "fused", "geometry", "integrations", "lm",
+         "logs", "offpolicy", "paper", "plots", "policies", "provenance", "results", "run", "sim", "stats", "summaries",
          "tokens", "tutorials")
 
 __all__ = ["objectives", "__version__", *_LAZY]

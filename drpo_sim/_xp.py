@@ -38,9 +38,14 @@ def namespace(*values: Any) -> Any:
         ) from err
 
 
+_TORCH_NAMESPACES = ("torch", "array_api_compat.torch")
+
+
 def is_torch(xp: Any) -> bool:
-    """True when ``xp`` is the torch namespace."""
-    return array_api_compat.is_torch_namespace(xp)
+    """True when ``xp`` is the torch namespace, or a namespace wrapping it (``wraps``, as the one
+    :mod:`drpo_sim.fused` compiles the formulas in)."""
+    # by name, not array_api_compat.is_torch_namespace, whose lru_cache torch.compile cannot trace
+    return getattr(getattr(xp, "wraps", xp), "__name__", None) in _TORCH_NAMESPACES
 
 
 def compute_dtype(xp: Any, arrays: list[Array]) -> Any:
@@ -79,8 +84,11 @@ def as_float_arrays(*values: Any) -> tuple[Any, list[Array]]:
 
 
 def device(x: Array) -> Any:
-    """The device ``x`` lives on (``"cpu"`` for NumPy)."""
-    return array_api_compat.device(x)
+    """The device ``x`` lives on (``"cpu"`` for NumPy): its own ``device`` attribute where it has
+    one (torch tensors, NumPy >= 2 arrays), which torch.compile reads without tracing
+    array_api_compat's type checks."""
+    found = getattr(x, "device", None)
+    return found if found is not None else array_api_compat.device(x)
 
 
 def stop_gradient(x: Array) -> Array:

@@ -54,12 +54,12 @@ data is the loaders' job (:mod:`drpo_sim.logs`), not this hot path's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -107,6 +107,29 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Per-token quantities shared by all objectives
 # --------------------------------------------------------------------------------------------
+
+
+class _memo:
+    """``functools.cached_property`` without its lock: a value computed on first access and kept
+    in the instance's ``__dict__`` (which then shadows this non-data descriptor).
+
+    Python 3.11's ``cached_property`` takes an ``RLock`` on every first access, which
+    ``torch.compile`` cannot trace; a :class:`TokenTerms` lives within one call, so no lock is needed,
+    and the fused kernels (:mod:`drpo_sim.fused`) compile the registry's own formulas through it."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
 
 
 class TokenTerms:
@@ -157,12 +180,12 @@ class TokenTerms:
         out = TokenTerms(self.xp, self.logp, self._logp_behavior_given, self.advantage, self.shape, detach=True,
                          columns=self._columns, sample_id=self._sample_id, valid=self._valid)
         for name, value in vars(self).items():
-            if isinstance(getattr(TokenTerms, name, None), cached_property) and hasattr(value, "dtype"):
+            if isinstance(getattr(TokenTerms, name, None), _memo) and hasattr(value, "dtype"):
                 out.__dict__[name] = stop_gradient(value)
         return out
 
     # the three policies ----------------------------------------------------------------------
-    @cached_property
+    @_memo
     def old(self) -> TokenTerms:
         """The same tokens seen against the trainer's recomputed policy ``pi_old`` instead of ``mu``.
 
@@ -174,7 +197,7 @@ class TokenTerms:
         return TokenTerms(self.xp, self.logp, self.column("logp_old"), self.advantage, self.shape, detach=False,
                           sample_id=self._sample_id, valid=self._valid)
 
-    @cached_property
+    @_memo
     def log_behavior_ratio(self) -> Array:
         """``log b = log(pi_old / mu)``, the engine's gap at rollout time, a constant.
 
@@ -185,7 +208,7 @@ class TokenTerms:
         return self.old.logp_behavior - self.logp_behavior
 
     # sequences -------------------------------------------------------------------------------
-    @cached_property
+    @_memo
     def _segments(self) -> tuple[Array, int]:
         """Each token's sequence as an index ``0..S-1`` (flat), and ``S``, from ``sample_id``."""
         ids = self.xp.reshape(self._sample_id, (-1,))
@@ -220,7 +243,7 @@ class TokenTerms:
             sums = np.bincount(inverse, weights=flat, minlength=n)
         return xp.astype(xp.reshape(sums[inverse], self.shape), x.dtype)
 
-    @cached_property
+    @_memo
     def seq_length(self) -> Array:
         """The number of (valid) tokens in each token's sequence, at least 1, a constant."""
         count = self.seq_sum(self.ones())
@@ -231,22 +254,22 @@ class TokenTerms:
         return self.seq_sum(x) / self.seq_length
 
     # ratios -------------------------------------------------------------------------------
-    @cached_property
+    @_memo
     def logp_behavior(self) -> Array:
         """The behaviour log-prob floored at ``logp - LOG_RATIO_MAX`` (the ratio cap), a constant."""
         return self.xp.maximum(self._logp_behavior_given, stop_gradient(self.logp) - LOG_RATIO_MAX)
 
-    @cached_property
+    @_memo
     def log_ratio(self) -> Array:
         """``log r = logp - logp_behavior``, at most ``LOG_RATIO_MAX``."""
         return self.logp - self.logp_behavior
 
-    @cached_property
+    @_memo
     def ratio(self) -> Array:
         """``r = pi / mu``."""
         return self.xp.exp(self.log_ratio)
 
-    @cached_property
+    @_memo
     def ratio_minus_one(self) -> Array:
         """``r - 1``, computed as ``expm1(log r)`` (exact for small shifts).
 
@@ -259,7 +282,7 @@ class TokenTerms:
             return stop_gradient(rm1) + (self.ratio - stop_gradient(self.ratio))
         return rm1
 
-    @cached_property
+    @_memo
     def log_ratio_ext(self) -> Array:
         """``log r``, continued below ``-LOG_RATIO_MAX`` by its tangent ``r e^L - 1 - L``.
 
@@ -269,18 +292,18 @@ class TokenTerms:
         xp, lr, low = self.xp, self.log_ratio, -LOG_RATIO_MAX
         return xp.where(lr >= low, lr, self.ratio * math.exp(-low) - 1.0 + low)
 
-    @cached_property
+    @_memo
     def inv_ratio_capped(self) -> Array:
         """``min(1/r, e^20)``: the derivative of :attr:`log_ratio_ext` with respect to ``logp``, over ``r``."""
         return self.xp.exp(-self.xp.maximum(self.log_ratio, -LOG_RATIO_MAX))
 
     # probabilities ------------------------------------------------------------------------
-    @cached_property
+    @_memo
     def mu(self) -> Array:
         """``mu = exp(logp_behavior)`` (after the ratio cap), a constant."""
         return self.xp.exp(self.logp_behavior)
 
-    @cached_property
+    @_memo
     def shift(self) -> Array:
         """The probability shift of the sampled token, signed: ``pi - mu``.
 
@@ -290,12 +313,12 @@ class TokenTerms:
         return self.mu * self.ratio_minus_one
 
     # advantages ---------------------------------------------------------------------------
-    @cached_property
+    @_memo
     def sign_adv(self) -> Array:
         """``sign(A)``, with ``sign(0) = 0``."""
         return self.xp.sign(self.advantage)
 
-    @cached_property
+    @_memo
     def abs_adv(self) -> Array:
         """``abs(A)``."""
         return self.xp.abs(self.advantage)
@@ -412,10 +435,16 @@ def _binary_kl(xp: Any, logp_mu: Array, logp_pi: Array, mu: Array) -> Array:
     ``1 - mu`` is ``-expm1(logp_mu)`` and ``mu < 1`` is ``logp_mu < 0``, both exact: ``exp`` may
     round a ``mu`` within an ulp of 1 to 1 (NumPy's float32 ``exp`` does where torch's does not),
     which would flip ``D`` between about 0 and infinity when ``pi = 1``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with _numpy_errors_ignored(xp):
         first = mu * (logp_mu - logp_pi)
         second = -xp.expm1(logp_mu) * (_log1mexp(xp, logp_mu) - _log1mexp(xp, logp_pi))
         return first + xp.where(logp_mu < 0.0, second, xp.zeros_like(second))
+
+
+def _numpy_errors_ignored(xp: Any) -> Any:
+    """NumPy's divide and invalid warnings off (where a formula's infinities are meant); nothing
+    for torch, which never warns, so that ``torch.compile`` traces the formula whole."""
+    return contextlib.nullcontext() if is_torch(xp) else np.errstate(divide="ignore", invalid="ignore")
 
 
 def _log1mexp(xp: Any, x: Array) -> Array:
@@ -1391,7 +1420,7 @@ def topk_divergences(logp_trainer: Array, topk_ids: Array, topk_logp_engine: Arr
     p_rest = -xp.expm1(xp.minimum(lp_mass, xp.zeros_like(lp_mass)))
     q_rest = -xp.expm1(xp.minimum(lq_mass, xp.zeros_like(lq_mass)))
     tv = (xp.sum(xp.abs(p_k - q_k), axis=-1) + xp.abs(p_rest - q_rest)) / 2.0
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with _numpy_errors_ignored(xp):
         top = xp.sum(xp.where(p_k > 0, p_k * (lp_k - lq_k), xp.zeros_like(p_k)), axis=-1)
         rest = xp.where(p_rest > 0, p_rest * (xp.log(p_rest) - xp.log(q_rest)), xp.zeros_like(p_rest))
     return tv, top + rest
@@ -1739,11 +1768,11 @@ class DecoupledPPO(PPO):
     def __post_init__(self):
         super().__post_init__()
         self._check_positive("is_cap")
-
-    @property
-    def _inner(self) -> Corrected:
         base = PPO(eps_low=self.eps_low, eps_high=self.eps_high, dual_clip=self.dual_clip)
-        return Corrected(base, PlainIS() if self.is_cap is None else TokenTIS(cap=self.is_cap))
+        # built once (not a field: params and equality stay those of the parameters), so that a
+        # formula evaluation constructs nothing (torch.compile traces it, drpo_sim.fused)
+        factor = PlainIS() if self.is_cap is None else TokenTIS(cap=self.is_cap)
+        object.__setattr__(self, "_inner", Corrected(base, factor))
 
     @property
     def needs_old(self) -> bool:

@@ -1,6 +1,7 @@
 """The replay's per-token analysis (drpo_sim.analysis), checked against direct NumPy formulas."""
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -279,3 +280,86 @@ def test_three_policy_errors_on_cpu():
     with pytest.raises(ValueError, match=r"\(gspo\) need .* one after another.* step 0, sample_id 0 come in 2 sep"):
         analysis.replay([shuffled], analysis.objective_specs(["gspo", "drpo"]))
     analysis.replay([shuffled])  # token-level objectives do not mind the order
+
+
+def _accumulator_state(acc):
+    """Every table of an accumulator, as NumPy, and its per-step sums."""
+    state = {k: v.cpu().numpy().copy() for k, v in vars(acc).items() if isinstance(v, torch.Tensor)}
+    state["steps"] = {s: (st.tokens, st.abs_shift_sum, st.abs_shift_max, st.log_ratio_sum, st.masked.tolist())
+                      for s, st in acc.steps.items()}
+    return state
+
+
+def _fold_all(batches, objs, **kwargs):
+    acc = analysis.ReplayAccumulator(objs, **kwargs)
+    for b in batches:
+        acc.update(b)
+    acc.finish()
+    return acc
+
+
+def test_blocks_of_the_fold_change_no_bit_on_cpu(monkeypatch):
+    """The fold works through blocks of FOLD_BLOCK tokens, its float sums accumulated token by token in
+    order: blocks of 7 and 4,099 tokens give the tables of one block per batch (the whole-batch
+    pass) bit for bit, with the elementwise, three-policy and sequence objectives together."""
+    objs = {**analysis.objective_specs(None), "gspo": objectives.get("gspo"), "minirl": objectives.get("minirl"),
+            "tis": objectives.get("grpo", correction="tis", cap=1.5)}
+    seq = make_sequences(n_seq=90)
+    batches = split_at(seq, [500, 1100])
+    states = {}
+    for block in (7, 4099, 1 << 30):
+        monkeypatch.setattr(analysis, "FOLD_BLOCK", block)
+        states[block] = _accumulator_state(_fold_all(batches, objs))
+    whole = states.pop(1 << 30)
+    for block, state in states.items():
+        assert state.keys() == whole.keys()
+        for name, value in whole.items():
+            if name == "steps":
+                assert state[name] == value, block
+            else:
+                np.testing.assert_array_equal(state[name], value, err_msg=f"{name}, blocks of {block}")
+
+
+def test_fused_kernels_give_the_registrys_tables_to_a_few_ulps_on_cpu():
+    """kernels="fused": counts equal but for tokens whose weight is within the kernels' bound of 0 or
+    1 (none here), sums to 1e-12 relative; an objective that is not elementwise stays eager."""
+    objs = {**analysis.objective_specs(["pg_is", "drpo", "dppo_kl"]), "gspo": objectives.get("gspo")}
+    seq = make_sequences(n_seq=40)
+    eager = _fold_all([seq], objs)
+    fused_acc = _fold_all([seq], objs, kernels="fused")
+    assert fused_acc.kernel is not None and set(fused_acc.kernel.objectives) == {"pg_is", "drpo", "dppo_kl"}
+    a, b = _accumulator_state(eager), _accumulator_state(fused_acc)
+    for name in ("regions", "tokens", "log_ratio_hist", "shift_hist"):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    for name in ("mass", "weight_sum", "weight_min", "weight_max"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-12, atol=1e-300, err_msg=name)
+    # a weight histogram bin is 3% wide: a few ulps move at most a token across an edge
+    assert np.abs(a["weight_hist"] - b["weight_hist"]).sum() <= 2
+    with pytest.raises(ValueError, match=r"kernels must be one of \['eager', 'fused'\], got 'jit'"):
+        analysis.ReplayAccumulator(objs, kernels="jit")
+
+
+def test_prefetched_reader_keeps_order_and_raises_where_the_reader_failed_on_cpu():
+    def produce(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError("log.parquet: row group 3 is corrupt; re-export the log")
+            yield i
+
+    assert list(analysis.prefetched(produce(50), 2)) == list(range(50))
+    assert list(analysis.prefetched(produce(5), 0)) == list(range(5))
+    got = []
+    with pytest.raises(ValueError, match="^log.parquet: row group 3 is corrupt; re-export the log$"):
+        for item in analysis.prefetched(produce(10, fail_at=3), 2):
+            got.append(item)
+    assert got == [0, 1, 2]
+    # a consumer that stops early stops the reader too (no thread left behind)
+    stream = analysis.prefetched(produce(10**9), 2)
+    assert next(stream) == 0
+    stream.close()
+    assert not any(t.name == "drpo-sim-prefetch" and t.is_alive() for t in threading.enumerate())
+    # the replay reads ahead or in line to the same tables
+    b = make_batch()
+    ahead, inline = analysis.replay(split(b, 5), prefetch=3), analysis.replay(split(b, 5), prefetch=0)
+    for table in ("mismatch", "regions", "objectives", "by_step"):
+        assert getattr(ahead, table).equals(getattr(inline, table)), table

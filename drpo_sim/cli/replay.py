@@ -39,6 +39,10 @@ def configure_replay(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=1 << 20, help="tokens per batch; bounds the memory (default 1048576)"
     )
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    p.add_argument("--kernels", choices=analysis.KERNELS, default="eager",
+                   help="eager (default): the objectives' registry, the reference; fused: their compiled kernels "
+                        "(drpo_sim.fused), faster on a long log after seconds of compilation per objective, weights "
+                        "within a few ulps of the registry's")
     p.add_argument("--formats", default="png", help="comma-separated image formats (default png)")
     p.add_argument("--label", help="name of the log in the figure titles (default: the file names)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,7 +73,8 @@ def run_replay(args: argparse.Namespace) -> int:
             updates = [int(u) for u in args.updates.split(",") if u.strip()]
         except ValueError:
             raise ValueError(f"--updates {args.updates!r}: expected comma-separated update indices, e.g. 0") from None
-    result = analysis.replay_log(src, objs, device=args.device, progress=not args.no_progress, updates=updates)
+    result = analysis.replay_log(src, objs, device=args.device, progress=not args.no_progress, updates=updates,
+                                 kernels=args.kernels)
     report = src.report
     label = args.label or ", ".join(Path(p).name for p in args.logs)
     records = replay_figures(result, args.out, label=label, formats=parse_formats(args.formats),

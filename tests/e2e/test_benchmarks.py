@@ -15,7 +15,7 @@ def test_benchmark_script_writes_its_table(tmp_path):
     out = tmp_path / "bench.csv"
     res = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_objectives.py"), "--tokens", "5000", "--repeats", "1",
-         "--csv", str(out)],
+         "--csv", str(out), "--backend", "numpy,torch"],  # fused compiles every objective: minutes
         capture_output=True, text=True, check=True,
     )
     assert "x floor" in res.stdout
@@ -71,13 +71,16 @@ def test_replay_benchmark_writes_its_table(tmp_path):
     out = tmp_path / "replay.csv"
     res = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_replay.py"), "--tokens", "20000", "--batch-size", "8192",
-         "--path", str(tmp_path / "log.parquet"), "--threads", "1", "--csv", str(out)],
+         "--path", str(tmp_path / "log.parquet"), "--threads", "1", "--csv", str(out), "--objectives", "pg_is,drpo"],
         capture_output=True, text=True, check=True,
     )
     assert "x_bare_read" in res.stdout
     table = pd.read_csv(out)
-    assert list(table["stage"]) == ["bare", "validate", "replay"]
+    assert list(table["stage"]) == ["bare", "validate", "replay-eager-inline", "replay-eager", "replay-fused"]
     assert (table["tokens"] == 20000).all() and (table["seconds"] > 0).all() and (table["peak_rss_mb"] > 0).all()
+    fused_row = table[table["stage"] == "replay-fused"].iloc[0]
+    assert 0 < fused_row["first_call_s"] < fused_row["seconds"]  # the two kernels' compilation, reported
+    assert (table.loc[table["stage"].str.startswith("replay"), "goal"] == 3).all()
 
 
 def test_arena_benchmark_writes_its_table(tmp_path):
