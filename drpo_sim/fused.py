@@ -125,23 +125,22 @@ class _CompiledNamespace:
     # propagates in both), with two tensors torch's own
     @staticmethod
     def maximum(x1: Any, x2: Any) -> Any:
-        import torch
-
-        if isinstance(x2, (int, float)):
-            return torch.clamp(x1, min=x2)
-        if isinstance(x1, (int, float)):
-            return torch.clamp(x2, min=x1)
-        return torch.maximum(x1, x2)
+        return _extremum("maximum", "min", x1, x2)
 
     @staticmethod
     def minimum(x1: Any, x2: Any) -> Any:
-        import torch
+        return _extremum("minimum", "max", x1, x2)
 
-        if isinstance(x2, (int, float)):
-            return torch.clamp(x1, max=x2)
-        if isinstance(x1, (int, float)):
-            return torch.clamp(x2, max=x1)
-        return torch.minimum(x1, x2)
+
+def _extremum(name: str, bound: str, x1: Any, x2: Any) -> Any:
+    """``torch.<name>(x1, x2)``, or ``torch.clamp(tensor, <bound>=scalar)`` when one is a Python number."""
+    import torch
+
+    if isinstance(x2, (int, float)):
+        return torch.clamp(x1, **{bound: x2})
+    if isinstance(x1, (int, float)):
+        return torch.clamp(x2, **{bound: x1})
+    return getattr(torch, name)(x1, x2)
 
 
 # ----------------------------------------------------------------------------------------------
