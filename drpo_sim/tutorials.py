@@ -25,19 +25,23 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import brentq
 
-from drpo_sim import analysis, objectives, offpolicy, sim, stats, tokens
+from drpo_sim import analysis, objectives, offpolicy, sim, stats, summaries, tokens
 from drpo_sim.config import PAPER_METHODS
 from drpo_sim.envs.bandit import zipf_logits
+from drpo_sim.stats import compare
 
-__all__ = ["EXERCISES", "Exercise", "check", "exercises", "task"]
+__all__ = ["EXERCISES", "Exercise", "check", "exercises", "figures_dir", "simulate", "task"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,32 @@ def _solve_token_weight(p: dict) -> float:
     return _weight(p["objective"], p.get("objective_params", {}), p["pi"], p["mu"], p["advantage"])
 
 
+def _solve_cispo_gradient(p: dict) -> tuple[float, float]:
+    """CISPO's ``dJ/dlogp`` of the exercise's two tokens, from the registry; GRPO masks both."""
+    logp, logmu, adv = _log(p["pi"]), _log(p["mu"]), np.asarray(p["advantage"], dtype=np.float64)
+    # the tokens are the ones GRPO masks: that is what the exercise is about
+    assert np.all(objectives.get("grpo").weight(logp, logmu, adv) == 0.0)
+    g = objectives.get(p["objective"]).grad_logp(logp, logmu, adv)
+    return (float(g[0]), float(g[1]))
+
+
+def _cispo_weights(p: dict) -> tuple[float, float]:
+    w = objectives.get(p["objective"]).weight(_log(p["pi"]), _log(p["mu"]), np.asarray(p["advantage"], dtype=float))
+    return (float(w[0]), float(w[1]))
+
+
+def _pg_is_gradients(p: dict) -> tuple[float, float]:
+    g = objectives.get("pg_is").grad_logp(_log(p["pi"]), _log(p["mu"]), np.asarray(p["advantage"], dtype=float))
+    return (float(g[0]), float(g[1]))
+
+
+def _near_pair(value_of: Callable[[dict], tuple[float, float]], atol: float = 1e-6) -> Callable[[Any, dict], bool]:
+    def pred(answer: Any, p: dict) -> bool:
+        return isinstance(answer, tuple) and all(_close(a, b, 1e-6, atol) for a, b in zip(answer, value_of(p)))
+
+    return pred
+
+
 # -- 03: DPPO --------------------------------------------------------------------------------
 
 
@@ -182,30 +212,86 @@ def _solve_drpo_bounds(p: dict) -> tuple[float, float]:
     return (min(w_plus, w_minus), max(w_plus, w_minus))
 
 
-# -- 05: the bandit under noise and staleness -------------------------------------------------
+# -- 05: the bandit under noise and staleness, a 2 x 2 design --------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _bandit_runs(key: str):
-    """The simulation of an exercise of notebook 05 (cached for the kernel's life)."""
-
-    p = _SETTINGS[key]
-    cfg = sim.SimConfig.from_flat(p["config"])
-    return sim.simulate(cfg, p["methods"], p["seeds"], method_params=p["method_params"])
-
-
-def _solve_collapse_step(p: dict) -> float:
-    df = _bandit_runs(p["_key"])
-    d = df[(df["method"] == p["method"]) & df["collapsed"]]
-    first = d.groupby("seed")["step"].min()
-    if first.empty:
-        raise RuntimeError(f"no seed of {p['method']} collapses in this setting")
-    return float(np.median(first.to_numpy()))
+def figures_dir() -> Path:
+    """The repository's committed ``figures/`` directory (the results of ``make reproduce`` that
+    are under version control), found beside the package, so a notebook reads it from any
+    working directory."""
+    path = Path(__file__).resolve().parents[1] / "figures"
+    if not (path / "MANIFEST.json").is_file():
+        raise FileNotFoundError(f"no committed figures/ directory at {path}: the notebooks read the results of a "
+                                "clone of the repository (an installed wheel does not carry them)")
+    return path
 
 
-def _solve_best_method(p: dict) -> str:
-    s = stats.summarize_runs(_bandit_runs(p["_key"]), n_resamples=200)
-    return str(s.loc[s["final_iqm"].idxmax(), "method"])
+
+@functools.lru_cache(maxsize=16)
+def _simulate_cached(key: str) -> pd.DataFrame:
+    config, methods, seeds, method_params = json.loads(key)
+    return sim.simulate(sim.SimConfig.from_flat(config), methods, seeds, method_params=method_params)
+
+
+def simulate(config: dict[str, Any], methods: list[str], seeds: list[int],
+             method_params: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """:func:`drpo_sim.sim.simulate` of the flat ``config`` (:meth:`drpo_sim.sim.SimConfig.from_flat`),
+    remembered for the kernel's life: a notebook's runs and the checks of its exercises that ask
+    about the same runs share one simulation. Returns a copy, so changing it changes nothing here."""
+    key = json.dumps([config, list(methods), [int(s) for s in seeds], method_params or {}], sort_keys=True)
+    return _simulate_cached(key).copy()
+
+
+def _design_runs(p: dict) -> pd.DataFrame:
+    """Every cell of notebook 05's design, one table with a ``cell`` column (as the notebook builds it)."""
+    return pd.concat([simulate({**p["base"], **cell}, p["methods"], p["seeds"], p["method_params"]).assign(cell=name)
+                      for name, cell in p["cells"].items()], ignore_index=True)
+
+
+def _design_outcomes(p: dict) -> pd.DataFrame:
+    """One row per method, cell and seed: :func:`drpo_sim.summaries.seed_table` under the design's
+    collapse rule (with its ``min_peak``), and ``never_learned``: the peak stayed below ``min_peak``."""
+    rule = stats.CollapseRule(**p["collapse"])
+    runs = _design_runs(p).drop(columns="collapsed")  # the simulator's own flags use min_peak = 0
+    out = summaries.seed_table(runs, ["method", "cell"], rule=rule)
+    return out.assign(never_learned=out["peak"] < rule.min_peak)
+
+
+def _solve_lowest_cell(p: dict) -> str:
+    out = _design_outcomes(p)
+    means = out[out["method"] == p["method"]].groupby("cell")["final"].mean()
+    return str(means.idxmin())
+
+
+def _spo_outcome_counts(p: dict, rule: dict) -> tuple[float, float]:
+    out = _design_outcomes({**p, "collapse": rule})
+    d = out[out["method"] == p["method"]]
+    return (float(d["collapsed"].sum()), float(d["never_learned"].sum()))
+
+
+def _solve_collapsed_or_never(p: dict) -> tuple[float, float]:
+    return _spo_outcome_counts(p, p["collapse"])
+
+
+def _tost_by_cell(p: dict) -> pd.DataFrame:
+    """Per cell: TOST of ``x - y`` on the shared seeds' final rewards, and its Holm-adjusted p-value."""
+    out = _design_outcomes(p)
+    rows = []
+    for cell in p["cells"]:
+        d = out[out["cell"] == cell]
+        x = d[d["method"] == p["x"]].set_index("seed")["final"]
+        y = d[d["method"] == p["y"]].set_index("seed")["final"].loc[x.index]
+        rows.append({"cell": cell, "p": compare.equivalence_test(x, y, margin=p["margin"], alpha=p["alpha"]).p_value})
+    table = pd.DataFrame(rows)
+    return table.assign(p_holm=compare.holm(table["p"].to_numpy()))
+
+
+def _solve_equivalent_cells(p: dict) -> float:
+    return float((_tost_by_cell(p)["p_holm"] < p["alpha"]).sum())
+
+
+def _equivalent_cells_unadjusted(p: dict) -> float:
+    return float((_tost_by_cell(p)["p"] < p["alpha"]).sum())
 
 
 # -- 06: replaying a token log --------------------------------------------------------------
@@ -233,15 +319,112 @@ def _solve_rare_masked(p: dict) -> float:
     return float(t.loc[p["objective"], "rare_masked_frac"])
 
 
+# -- 07: three policies and sequence ratios -------------------------------------------------
+
+
+def _three_policy_weight(name: str, params: dict, pi, pi_old, mu, adv) -> np.ndarray:
+    """The registry's weight of tokens given ``pi``, ``pi_old`` and ``mu`` (``correction`` among ``params``)."""
+    lp, lpo, lpb = _log(pi), _log(pi_old), _log(mu)
+    return np.asarray(objectives.get(name, **params).weight(lp, lpb, np.asarray(adv, dtype=np.float64), logp_old=lpo))
+
+
+def _solve_decoupled_weight(p: dict) -> tuple[float, float]:
+    w = _three_policy_weight(p["objective"], p["objective_params"], p["pi"], p["pi_old"], p["mu"], p["advantage"])
+    return (float(w[0]), float(w[1]))
+
+
+def _rollout_clip_weights(p: dict) -> tuple[float, float]:
+    """PPO's clip (decoupled PPO's epsilons) on ``r = pi / mu``: the rollout anchor's weights."""
+    eps = {k: p["objective_params"][k] for k in ("eps_low", "eps_high")}
+    w = _three_policy_weight("ppo", eps, p["pi"], p["pi_old"], p["mu"], p["advantage"])
+    return (float(w[0]), float(w[1]))
+
+
+def _decoupled_factor_only(p: dict) -> tuple[float, float]:
+    """``M c`` with ``c = min(b, cap)`` not divided by ``b``: decoupled PPO's gradient over ``A rho``."""
+    w = _solve_decoupled_weight(p)
+    b = np.asarray(p["pi_old"]) / np.asarray(p["mu"])
+    return (float(w[0] * b[0]), float(w[1] * b[1]))
+
+
+def _decoupled_uncapped(p: dict) -> tuple[float, float]:
+    params = {k: v for k, v in p["objective_params"].items() if k != "is_cap"}
+    w = _three_policy_weight(p["objective"], params, p["pi"], p["pi_old"], p["mu"], p["advantage"])
+    return (float(w[0]), float(w[1]))
+
+
+def _anchor_agreement(p: dict, rho: float) -> tuple[float, float]:
+    """The interval of gaps ``b`` over which the rollout-anchored objective and its corrected version give a token
+    at ``pi = rho pi_old`` the same weight, both ends by bisection on the registry's weights."""
+    pi_old = p["pi_old"]
+
+    def agree(b: float) -> bool:
+        mu = pi_old / b
+        w_rollout = _weight(p["objective"], {}, rho * pi_old, mu, p["advantage"])
+        w_recompute = _three_policy_weight(p["objective"], {"correction": p["correction"], "cap": p["cap"]},
+                                           rho * pi_old, pi_old, mu, p["advantage"])
+        return abs(w_rollout - float(w_recompute)) <= 1e-12
+
+    # b = pi_old / mu >= pi_old (mu <= 1)
+    return (_boundary(agree, 1.0, pi_old * (1 + 1e-6)), _boundary(agree, 1.0, 1e3))
+
+
+def _solve_anchor_agreement(p: dict) -> tuple[float, float]:
+    return _anchor_agreement(p, p["rho"])
+
+
+def _solve_product_variance(p: dict) -> float:
+    """``Var_mu[prod_t r_t]`` over ``length`` independent tokens: ``E_mu[r^2]^T - 1`` (``E_mu[prod r] = 1``),
+    with ``E_mu[r^2]`` by enumeration of the exercise's engine and trainer."""
+    logmu, logpi = _engine_and_trainer(p)
+    second_moment = float(np.sum(np.exp(logmu) * np.exp(logpi - logmu) ** 2))
+    return float(np.expm1(p["length"] * np.log(second_moment)))
+
+
+def _product_variance_terms(p: dict) -> tuple[float, float]:
+    """``(E_mu[r^2], Var_mu[log r])`` of one token of the exercise."""
+    logmu, logpi = _engine_and_trainer(p)
+    mu, log_r = np.exp(logmu), logpi - logmu
+    return float(np.sum(mu * np.exp(log_r) ** 2)), float(np.sum(mu * log_r**2) - np.sum(mu * log_r) ** 2)
+
+
 # ----------------------------------------------------------------------------------------------
 # the exercises
 
-_BANDIT_05 = {
-    "config": {"env": "bandit", "vocab_size": 256, "steps": 100, "group_size": 16, "updates_per_batch": 4,
-               "noise_std": 1.0, "staleness": 16, "lr": 0.05},
+# Notebook 05's experiment, declared before any of its runs. The setting is the one the notebook
+# used before (a bandit of 256 tokens, 100 steps of 16 samples, each batch used for 4 mini-batch
+# updates, Adam at lr 0.05, engine noise 1 and staleness 16 updates), taken apart channel by
+# channel; each cell keeps the batch reuse, so every cell makes 400 optimiser steps.
+_DESIGN_05 = {
+    "base": {"env": "bandit", "vocab_size": 256, "steps": 100, "group_size": 16, "updates_per_batch": 4,
+             "lr": 0.05},
+    "cells": {
+        "none": {"noise_std": 0.0, "staleness": 0},        # batch reuse only: mini-batches 2-4 lag by 1-3 updates
+        "noise": {"noise_std": 1.0, "staleness": 0},       # + the engine's logit noise (fresh every step)
+        "staleness": {"noise_std": 0.0, "staleness": 16},  # + rollouts from the parameters 16 updates ago
+        "both": {"noise_std": 1.0, "staleness": 16},
+    },
+    # on-policy (mu = pi exactly), with the cells' 400 optimiser steps and learning rate; every
+    # objective is the same algorithm there, so one of them stands for all
+    "references": {
+        "on-policy, 400 batches of 16": {"noise_std": 0.0, "staleness": 0, "updates_per_batch": 1, "steps": 400},
+        "on-policy, 400 batches of 4": {"noise_std": 0.0, "staleness": 0, "updates_per_batch": 1, "steps": 400,
+                                        "group_size": 4},
+    },
+    "reference_method": "pg_is",
     "methods": list(PAPER_METHODS),
-    "method_params": {"spo": {"eps": 0.2}, "drpo": {"delta": 0.15}},
-    "seeds": list(range(8)),
+    # SPO at Xie et al.'s eps = 0.2; DRPO at the registry's delta = 12.5, the DRPO paper's
+    "method_params": {"spo": {"eps": 0.2}},
+    # 16 seeds: the exact sign-flip test of a paired difference cannot go below 2^(1 - n), 0.008
+    # with 8 seeds, too coarse for a Holm correction over the notebook's 15 paired comparisons
+    "seeds": list(range(16)),
+    # a seed has learned once its expected reward reached half the smallest reward of a rewarded
+    # token (0.5 / 2); it has collapsed if it then lost half of its best
+    "collapse": {"drop": 0.5, "min_peak": 0.25},
+    # DRPO (delta 12.5) against pg_is: equivalent if the mean paired difference of final reward
+    # lies within +-0.05 (TOST at alpha 0.05, Holm over the four cells)
+    "margin": 0.05,
+    "alpha": 0.05,
 }
 
 _LOG_06 = {
@@ -252,7 +435,7 @@ _LOG_06 = {
 }
 
 # the settings several exercises share (their simulations are cached under these keys)
-_SETTINGS = {"05": _BANDIT_05, "06": _LOG_06}
+_SETTINGS = {"06": _LOG_06}
 
 
 def _near(value_of: Callable[[dict], float], rtol: float = 1e-3) -> Callable[[Any, dict], bool]:
@@ -331,6 +514,37 @@ _LIST = [
         atol=1e-9,
     ),
     Exercise(
+        name="02.cispo_gradient",
+        notebook="02_ppo_grpo_ratio_clipping",
+        question="CISPO's dJ/dlogp for two tokens GRPO masks (a rare token pushed up with A > 0, a frequent one "
+                 "pushed down with A < 0), as a pair in the order of the tokens",
+        params={"objective": "cispo", "mu": [0.001, 0.99], "pi": [0.003, 0.70], "advantage": [1.0, -1.0]},
+        solve=_solve_cispo_gradient,
+        hint="CISPO keeps every token's gradient and caps only the detached ratio: dJ/dlogp = A * min(r, 1 + eps_high) "
+             "with r = pi / mu, and no lower bound on r (objectives.get('cispo').grad_logp computes both at once)",
+        kind="pair",
+        rtol=1e-6,
+        atol=1e-9,
+        traps=(
+            (
+                _near_pair(lambda p: (0.0, 0.0)),
+                "that is GRPO's gradient for these tokens (its clip masks both); CISPO never sets a weight to 0",
+            ),
+            (
+                _near_pair(_cispo_weights),
+                "those are CISPO's weights w; the question asks for the gradient dJ/dlogp = A * r * w",
+            ),
+            (
+                _near_pair(_pg_is_gradients),
+                "that is the uncapped importance-sampled gradient A * r (pg_is); CISPO caps the ratio it multiplies by",
+            ),
+            (
+                _near_pair(lambda p: _solve_cispo_gradient(p)[::-1]),
+                "give the pair in the order of the tokens in t (the rare token first)",
+            ),
+        ),
+    ),
+    Exercise(
         name="03.tv_boundary",
         notebook="03_dppo_divergence_trust_region",
         question="the lowest pi a frequent token (mu = 0.99, A < 0) can be pushed to before DPPO-TV (delta = 0.15) "
@@ -406,26 +620,70 @@ _LIST = [
         ),
     ),
     Exercise(
-        name="05.collapse_step",
+        name="05.grpo_lowest_cell",
         notebook="05_noise_staleness_convergence",
-        question="the median, over SPO's collapsed seeds, of the first step at which a seed counts as collapsed",
-        params={**_BANDIT_05, "method": "spo", "_key": "05"},
-        solve=_solve_collapse_step,
-        hint="in the result table, keep SPO's rows with collapsed == True, take the smallest step of each seed, then "
-             "the median over seeds",
-        rtol=0.0,
-        atol=0.5,
+        question="the cell of the 2 x 2 design (none, noise, staleness or both) where GRPO's mean final expected "
+                 "reward over the seeds is lowest",
+        params={**_DESIGN_05, "method": "grpo"},
+        solve=_solve_lowest_cell,
+        hint="keep GRPO's runs, take each seed's final expected reward (the last step, or summaries.seed_table), "
+             "average over the seeds of each cell and give the name of the cell with the smallest mean, as a string",
+        kind="text",
+        traps=(
+            (
+                lambda a, p: a == str(
+                    _design_outcomes(p).query("method == @p['method']").groupby("cell")["final"].mean().idxmax()
+                ),
+                "that is the cell where GRPO ends highest; the question asks for the lowest",
+            ),
+        ),
     ),
     Exercise(
-        name="05.best_method",
+        name="05.spo_outcomes",
         notebook="05_noise_staleness_convergence",
-        question="the method with the highest IQM of final expected reward (stats.summarize_runs) in the noisy, "
-                 "stale setting",
-        params={**_BANDIT_05, "_key": "05"},
-        solve=_solve_best_method,
-        hint="stats.summarize_runs(df) gives one row per method; compare the final_iqm column (a method name as a "
-             "string)",
-        kind="text",
+        question="the numbers of SPO's runs of the design (4 cells x its seeds) that rose and then collapsed and "
+                 "that never learned, under the design's collapse rule, as a pair (collapsed, never learned)",
+        params={**_DESIGN_05, "method": "spo"},
+        solve=_solve_collapsed_or_never,
+        hint="drop the simulator's own collapsed column (it uses min_peak = 0), rebuild the per-seed table with "
+             "summaries.seed_table(..., rule=stats.CollapseRule(**design['collapse'])), then count SPO's seeds with "
+             "collapsed True, and those whose peak stayed below min_peak",
+        kind="pair",
+        rtol=0.0,
+        atol=1e-9,
+        traps=(
+            (
+                lambda a, p: isinstance(a, tuple) and a[0] == _spo_outcome_counts(p, {"drop": 0.5, "min_peak": 0.0})[0]
+                and a[0] != _solve_collapsed_or_never(p)[0],
+                "that first count uses CollapseRule()'s default min_peak = 0, under which a run that never rose "
+                "above its start counts as collapsed; use the design's rule",
+            ),
+            (
+                lambda a, p: isinstance(a, tuple) and a == _solve_collapsed_or_never(p)[::-1],
+                "give the pair in order: (collapsed, never learned)",
+            ),
+        ),
+    ),
+    Exercise(
+        name="05.drpo_equivalent_cells",
+        notebook="05_noise_staleness_convergence",
+        question="the number of the design's 4 cells in which DRPO (delta 12.5) and pg_is are shown equivalent "
+                 "within the declared margin (TOST of the paired final rewards, Holm-adjusted over the 4 cells, at "
+                 "alpha)",
+        params={**_DESIGN_05, "x": "drpo", "y": "pg_is"},
+        solve=_solve_equivalent_cells,
+        hint="per cell, pair the two objectives' final rewards seed by seed, run "
+             "compare.equivalence_test(x, y, margin=design['margin']), adjust the four p-values with compare.holm, "
+             "and count those below alpha",
+        rtol=0.0,
+        atol=1e-9,
+        traps=(
+            (
+                lambda a, p: isinstance(a, float) and a == _equivalent_cells_unadjusted(p)
+                and a != _solve_equivalent_cells(p),
+                "that counts the unadjusted p-values; four tests need Holm's correction (compare.holm)",
+            ),
+        ),
     ),
     Exercise(
         name="06.rare_share",
@@ -462,6 +720,104 @@ _LIST = [
                     )
                 ),
                 "that is GRPO's masked fraction over all tokens; the question asks about the rare ones",
+            ),
+        ),
+    ),
+    Exercise(
+        name="07.decoupled_weight",
+        notebook="07_three_policies_and_sequence_ratios",
+        question="decoupled PPO's weight (token TIS, is_cap = 2) for the exercise's two tokens, as a pair in their "
+                 "order",
+        params={"objective": "decoupled_ppo", "objective_params": {"eps_low": 0.2, "eps_high": 0.2, "is_cap": 2.0},
+                "mu": [0.01, 0.04], "pi_old": [0.03, 0.02], "pi": [0.033, 0.017], "advantage": [1.0, -1.0]},
+        solve=_solve_decoupled_weight,
+        hint="w = 1[the clip on rho = pi / pi_old is inactive] * min(b, is_cap) / b with b = pi_old / mu: the clip "
+             "reads rho, the importance weight to the engine is the (truncated) gap b, and w is relative to r = rho b",
+        kind="pair",
+        rtol=1e-9,
+        atol=1e-12,
+        traps=(
+            (
+                _near_pair(_rollout_clip_weights),
+                "those are the rollout anchor's weights: PPO's clip on r = pi / mu; decoupled PPO clips "
+                "rho = pi / pi_old",
+            ),
+            (
+                _near_pair(_decoupled_factor_only),
+                "that is the factor min(b, is_cap) itself; the weight is relative to r = rho b, so divide by b",
+            ),
+            (
+                _near_pair(_decoupled_uncapped),
+                "that is decoupled PPO without truncation (w = 1 where the clip is inactive); t caps b at is_cap",
+            ),
+            (
+                _near_pair(lambda p: _solve_decoupled_weight(p)[::-1]),
+                "give the pair in the order of the tokens in t",
+            ),
+        ),
+    ),
+    Exercise(
+        name="07.anchor_agreement",
+        notebook="07_three_policies_and_sequence_ratios",
+        question="the interval (low, high) of engine gaps b over which GRPO anchored to mu and GRPO+TIS (cap 2) "
+                 "anchored to pi_old give a token with A < 0 at rho = 0.9 the same weight",
+        params={"objective": "grpo", "correction": "tis", "cap": 2.0, "pi_old": 0.02, "rho": 0.9, "advantage": -1.0},
+        solve=_solve_anchor_agreement,
+        hint="at pi = rho pi_old and mu = pi_old / b, GRPO reads r = rho b and masks a token with A < 0 once "
+             "r < 1 - eps_low; GRPO+TIS reads rho (inside its clip here) and weights it min(b, cap) / b. They agree "
+             "where both weights are 1 (or search b with the two objects' weight, logp_old = log pi_old)",
+        kind="pair",
+        rtol=1e-4,
+        atol=0.0,
+        traps=(
+            (
+                _near_pair(lambda p: _anchor_agreement(p, 1.0), 1e-4),
+                "that is the interval at the first update (rho = 1); this token has already moved to rho",
+            ),
+            (
+                lambda a, p: isinstance(a, tuple) and _close(a[0], (1.0 - objectives.get(p["objective"]).eps_low)
+                                                            * p["rho"], 1e-4, 0.0),
+                "the lower end: GRPO clips r = rho b, so its clip on r puts a bound on b = r / rho",
+            ),
+            (
+                _near_pair(lambda p: _solve_anchor_agreement(p)[::-1], 1e-4),
+                "give the interval in order: (low, high)",
+            ),
+        ),
+    ),
+    Exercise(
+        name="07.product_variance",
+        notebook="07_three_policies_and_sequence_ratios",
+        question="Var_mu[prod_t r_t] over a sequence of 1,024 independent tokens of the exercise's engine and "
+                 "trainer, exactly",
+        params={"vocab_size": 256, "zipf_exponent": 1.1, "noise_std": 0.1, "noise_seed": 0, "length": 1024},
+        solve=_solve_product_variance,
+        hint="for independent tokens E[prod_t r_t^2] = prod_t E[r_t^2], and E_mu[prod_t r_t] = 1: the variance is "
+             "(E_mu[r^2])^T - 1, with E_mu[r^2] = sum_a mu(a) r(a)^2 by enumeration of the vocabulary",
+        rtol=1e-4,
+        traps=(
+            (
+                _near(lambda p: _product_variance_terms(p)[0] - 1.0, 1e-3),
+                "that is one token's variance Var_mu[r]; the question asks about the product over the sequence",
+            ),
+            (
+                _near(lambda p: p["length"] * (_product_variance_terms(p)[0] - 1.0), 1e-3),
+                "variances add for a sum of independent terms, not for a product: compute E[prod r^2] - 1",
+            ),
+            (
+                _near(lambda p: _solve_product_variance(p) + 1.0, 1e-4),
+                "that is the second moment E[prod r^2]; subtract (E_mu[prod r])^2 = 1",
+            ),
+            (
+                _near(lambda p: p["length"] * _product_variance_terms(p)[1], 1e-3),
+                "that is the variance of log prod r = sum_t log r_t, which does add up; the question asks about the "
+                "product itself",
+            ),
+            (
+                lambda a, p: isinstance(a, float) and 0.2 * _solve_product_variance(p) <= a
+                < (1 - 1e-4) * _solve_product_variance(p),
+                "a sampled estimate? At this length the product is heavy-tailed and sampling underestimates its "
+                "variance; compute it exactly from E_mu[r^2]",
             ),
         ),
     ),
@@ -508,7 +864,7 @@ def _parse(ex: Exercise, answer: Any) -> Any:
     if ex.kind == "text":
         if not isinstance(answer, str):
             raise AssertionError(
-                f"{ex.name}: the answer should be a string (a method name), got {type(answer).__name__}"
+                f"{ex.name}: the answer should be a string (a name), got {type(answer).__name__}"
             )
         return answer.strip().lower()
     if ex.kind == "pair":

@@ -30,15 +30,16 @@ def test_unknown_exercise_names_the_known_ones():
 
 
 def test_task_is_a_copy_without_private_keys():
-    t = tutorials.task("05.best_method")
+    t = tutorials.task("05.grpo_lowest_cell")
     assert not any(k.startswith("_") for k in t)
-    t["config"]["noise_std"] = 123.0
-    assert tutorials.task("05.best_method")["config"]["noise_std"] != 123.0
+    t["cells"]["noise"]["noise_std"] = 123.0
+    assert tutorials.task("05.grpo_lowest_cell")["cells"]["noise"]["noise_std"] != 123.0
 
 
 @pytest.mark.parametrize(("name", "answer"), [("02.frequent_token", "one"), ("02.frequent_token", [1.0, 2.0]),
                                               ("02.frequent_token", True), ("04.drpo_bounds", 0.9),
-                                              ("04.drpo_bounds", (1.0, 2.0, 3.0)), ("05.best_method", 3)])
+                                              ("04.drpo_bounds", (1.0, 2.0, 3.0)), ("05.grpo_lowest_cell", 3),
+                                              ("05.spo_outcomes", 3.0)])
 def test_answers_of_the_wrong_type_are_rejected(name, answer):
     with pytest.raises(AssertionError):
         tutorials.check(name, answer)

@@ -33,6 +33,12 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
                         't["advantage"]))',
             "wrong": "answer = 0.0",
         },
+        "02.cispo_gradient": {
+            "solution": 'cispo_ex = objectives.get(t["objective"])\n'
+                        'g = cispo_ex.grad_logp(np.log(t["pi"]), np.log(t["mu"]), np.array(t["advantage"]))\n'
+                        "answer = (float(g[0]), float(g[1]))",
+            "wrong": "answer = (0.0, 0.0)",
+        },
     },
     "03_dppo_divergence_trust_region": {
         "03.tv_boundary": {
@@ -66,15 +72,25 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
         },
     },
     "05_noise_staleness_convergence": {
-        "05.collapse_step": {
-            "solution": 'collapsed_spo = df[(df["method"] == "spo") & df["collapsed"]]\n'
-                        'answer = float(collapsed_spo.groupby("seed")["step"].min().median())',
-            "wrong": "answer = 100.0",
+        "05.grpo_lowest_cell": {
+            "solution": 'grpo_last = runs[(runs["method"] == "grpo") & (runs["step"] == runs["step"].max())]\n'
+                        'answer = grpo_last.groupby("cell")["expected_reward"].mean().idxmin()',
+            "wrong": 'answer = "staleness"',
         },
-        "05.best_method": {
-            "solution": "summary_all = stats.summarize_runs(df, n_resamples=200)\n"
-                        'answer = summary_all.loc[summary_all["final_iqm"].idxmax(), "method"]',
-            "wrong": 'answer = "pg_is"',
+        "05.spo_outcomes": {
+            "solution": 'rule_ex = stats.CollapseRule(**design["collapse"])\n'
+                        'seeds_ex = summaries.seed_table(runs.drop(columns="collapsed"), ["method", "cell"], '
+                        'rule=rule_ex)\n'
+                        'spo_ex = seeds_ex[seeds_ex["method"] == "spo"]\n'
+                        'answer = (int(spo_ex["collapsed"].sum()), int((spo_ex["peak"] < rule_ex.min_peak).sum()))',
+            "wrong": 'spo_runs = runs[runs["method"] == "spo"]\n'
+                     'answer = (int(spo_runs.groupby(["cell", "seed"])["collapsed"].any().sum()), 0)',
+        },
+        "05.drpo_equivalent_cells": {
+            "solution": 'p_ex = [compare.equivalence_test(finals.loc[("drpo", c)], finals.loc[("pg_is", c)], '
+                        'margin=design["margin"], alpha=design["alpha"]).p_value for c in cells]\n'
+                        'answer = float((compare.holm(p_ex) < design["alpha"]).sum())',
+            "wrong": "answer = 0.0",
         },
     },
     "06_reading_a_token_log": {
@@ -87,6 +103,36 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
                         '"rare_masked_frac"])',
             "wrong": 'answer = float(pd.read_csv("replay/objectives.csv").set_index("objective").loc["grpo", '
                      '"masked_frac"])',
+        },
+    },
+    "07_three_policies_and_sequence_ratios": {
+        "07.decoupled_weight": {
+            "solution": 'mu_ex, old_ex, pi_ex, a_ex = (np.array(t[k]) for k in ("mu", "pi_old", "pi", "advantage"))\n'
+                        "rho_ex, b_ex = pi_ex / old_ex, old_ex / mu_ex\n"
+                        'p_ex = t["objective_params"]\n'
+                        'clipped = ((a_ex > 0) & (rho_ex > 1 + p_ex["eps_high"])) | ((a_ex < 0) & (rho_ex < 1 - '
+                        'p_ex["eps_low"]))\n'
+                        'w_ex = np.where(clipped, 0.0, np.minimum(b_ex, p_ex["is_cap"]) / b_ex)\n'
+                        "answer = (float(w_ex[0]), float(w_ex[1]))",
+            "wrong": "answer = (0.0, 0.0)",
+        },
+        "07.anchor_agreement": {
+            "solution": 'grpo_ex = objectives.get(t["objective"])\n'
+                        'tis_ex = objectives.get(t["objective"], correction=t["correction"], cap=t["cap"])\n'
+                        "gaps = np.geomspace(0.1, 10.0, 400_001)\n"
+                        'lp_ex, lpo_ex = np.log(t["rho"] * t["pi_old"]), np.log(t["pi_old"])\n'
+                        'lpb_ex = np.log(t["pi_old"] / gaps)\n'
+                        'w_rollout = grpo_ex.weight(lp_ex, lpb_ex, t["advantage"])\n'
+                        'w_recompute = tis_ex.weight(lp_ex, lpb_ex, t["advantage"], logp_old=lpo_ex)\n'
+                        "agree = np.isclose(w_rollout, w_recompute, rtol=1e-12)\n"
+                        "answer = (float(gaps[agree].min()), float(gaps[agree].max()))",
+            "wrong": "answer = (0.8, 2.0)",
+        },
+        "07.product_variance": {
+            "solution": "e_r2_ex = float(np.sum(np.exp(logmu_v) * np.exp(logpi_v - logmu_v) ** 2))\n"
+                        'answer = e_r2_ex ** t["length"] - 1',
+            "wrong": "e_r2_ex = float(np.sum(np.exp(logmu_v) * np.exp(logpi_v - logmu_v) ** 2))\n"
+                     'answer = t["length"] * (e_r2_ex - 1)',
         },
     },
 }
