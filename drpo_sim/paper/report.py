@@ -30,7 +30,14 @@ import pandas as pd
 from drpo_sim import gradients, objectives
 from drpo_sim._io import write_text
 from drpo_sim.config import REPLAY_OBJECTIVES
-from drpo_sim.paper.analyses import arena, arena_reward_scales, gradient_diagnostics, replay_sim, weight_table
+from drpo_sim.paper.analyses import (
+    arena,
+    arena_reward_scales,
+    arena_three_policies,
+    gradient_diagnostics,
+    replay_sim,
+    weight_table,
+)
 from drpo_sim.paper.claims import CLAIMS_FILE, STATEMENTS, load_claims
 from drpo_sim.paper.manifest import MANIFEST_FILE, load_manifest, read_json, total_wall_time
 from drpo_sim.paper.numbers import (
@@ -654,6 +661,31 @@ def _arena_reward_scales(ctx: _Context) -> str:
     ])
 
 
+def _arena_three_policies(ctx: _Context) -> str:
+    """The other objectives of the trust-region map in the sanity test's arena: one row per contestant."""
+    spec = arena_three_policies.SPEC
+    summary = _read_csv(ctx.results / spec.summary_file)
+    if summary is None or not ctx.has_png(spec.name):
+        return ""
+    labels = {(c.objective, c.variant): c.label for c in spec.contestants}
+    summary["variant"] = summary["variant"].fillna("")
+    rows = [[labels.get((r.objective, r.variant), f"{r.objective} ({r.variant})"),
+             f"{format_percent(r.collapse_rate)} [{format_percent(r.collapse_lo)}, {format_percent(r.collapse_hi)}]",
+             format_number(r.peak_train_reward), format_number(r.final_heldout_reward),
+             " / ".join(format_number(x) for x in (r.mismatch_step0, r.mismatch_peak, r.mismatch_final))]
+            for r in summary.itertuples()]
+    seeds, steps = int(summary["seeds"].max()), int(summary["steps"].max())
+    return "\n\n".join([
+        "## The arena: the objectives of three policies, the corrections, GSPO and Top-K DPPO",
+        (f"The sanity test's bf16 setting, {format_number(seeds)} seeds x {format_number(steps)} steps, every "
+         f"parameter its source's default ({ctx.source(spec.summary_file)}; collapse as in the sanity test, exact "
+         "95% interval over seeds):"),
+        _table(["contestant", "collapse rate", "peak train reward", "final held-out reward",
+                "mean abs(pi - mu): first step / peak / final"], rows),
+        ctx.figure(spec.name, spec.title),
+    ])
+
+
 def _other_figures(ctx: _Context) -> str:
     """Every figure of the manifest not shown above, grouped by job."""
     parts = []
@@ -710,7 +742,8 @@ def render_report(results: Path | str, paper: Path | str) -> str:
     ctx = _Context(results, paper, load_claims(results), load_manifest(results))
     sections = [_header(ctx), _summary(ctx), _what_drpo_is(ctx), _how_tested(ctx)]
     sections += [_claim_section(ctx, n) for n in _all_claim_numbers(ctx)]
-    sections += [_arena(ctx), _arena_reward_scales(ctx), _other_figures(ctx), _limits(ctx), _reproduce(ctx)]
+    sections += [_arena(ctx), _arena_reward_scales(ctx), _arena_three_policies(ctx), _other_figures(ctx), _limits(ctx),
+                 _reproduce(ctx)]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -725,7 +758,8 @@ def report_inputs(results: Path | str) -> list[str]:
     prefix = _replay_prefix(results)
     if prefix is not None:
         names += [f"{prefix}objectives.csv", f"{prefix}replay.json"]
-    names += [f for f in (arena.SPEC.summary_file, arena.SPEC.calibration_file, arena_reward_scales.SPEC.summary_file)
+    names += [f for f in (arena.SPEC.summary_file, arena.SPEC.calibration_file, arena_reward_scales.SPEC.summary_file,
+                          arena_three_policies.SPEC.summary_file)
               if (results / f).is_file()]
     grad = gradient_diagnostics.SPEC  # the verdicts and the one-cell tables the report quotes
     sweeps = {f"{grad.stem(env)}.csv" for env in grad.full}  # the sweeps themselves are not quoted
