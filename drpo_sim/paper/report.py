@@ -637,15 +637,24 @@ def _arena(ctx: _Context) -> str:
     return "\n\n".join(parts)
 
 
-def _arena_reward_scales(ctx: _Context) -> str:
-    """Claim 8's runs in the arena: the figure and the final held-out reward per contestant and spread."""
-    spec = arena_reward_scales.SPEC
+def _labelled_summary(ctx: _Context, spec: Any) -> pd.DataFrame | None:
+    """An arena comparison's summary with each row's contestant label (``label``), or None when the
+    run has not written it or its figure."""
     summary = _read_csv(ctx.results / spec.summary_file)
     if summary is None or not ctx.has_png(spec.name):
-        return ""
+        return None
     labels = {(c.objective, c.variant): c.label for c in spec.contestants}
     summary["variant"] = summary["variant"].fillna("")
     summary["label"] = [labels.get((o, v), f"{o} ({v})") for o, v in zip(summary["objective"], summary["variant"])]
+    return summary
+
+
+def _arena_reward_scales(ctx: _Context) -> str:
+    """Claim 8's runs in the arena: the figure and the final held-out reward per contestant and spread."""
+    spec = arena_reward_scales.SPEC
+    summary = _labelled_summary(ctx, spec)
+    if summary is None:
+        return ""
     settings = [s for s in spec.settings if s.name in set(summary["setting"])]
     table = summary.pivot_table(index="label", columns="setting", values="final_heldout_reward", sort=False)
     rows = [[label, *(format_number(table.loc[label, s.name]) for s in settings)] for label in table.index]
@@ -664,12 +673,10 @@ def _arena_reward_scales(ctx: _Context) -> str:
 def _arena_three_policies(ctx: _Context) -> str:
     """The other objectives of the trust-region map in the sanity test's arena: one row per contestant."""
     spec = arena_three_policies.SPEC
-    summary = _read_csv(ctx.results / spec.summary_file)
-    if summary is None or not ctx.has_png(spec.name):
+    summary = _labelled_summary(ctx, spec)
+    if summary is None:
         return ""
-    labels = {(c.objective, c.variant): c.label for c in spec.contestants}
-    summary["variant"] = summary["variant"].fillna("")
-    rows = [[labels.get((r.objective, r.variant), f"{r.objective} ({r.variant})"),
+    rows = [[r.label,
              f"{format_percent(r.collapse_rate)} [{format_percent(r.collapse_lo)}, {format_percent(r.collapse_hi)}]",
              format_number(r.peak_train_reward), format_number(r.final_heldout_reward),
              " / ".join(format_number(x) for x in (r.mismatch_step0, r.mismatch_peak, r.mismatch_final))]
