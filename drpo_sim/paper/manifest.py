@@ -36,16 +36,19 @@ class FigureRecord:
     script: str | None = None  # the analysis that ran the job (set by drpo_sim.paper.reproduce)
 
 
-def write_manifest(out: str | Path, records: list[FigureRecord], *, profile: str, merge: bool = False) -> Path:
+def write_manifest(out: str | Path, records: list[FigureRecord], *, profile: str, merge: bool = False,
+                   commit: str | None = None) -> Path:
     """``MANIFEST.json``: every figure, its analysis, job and configuration, the package version and git commit.
 
     With ``merge``, figures already listed in an existing manifest and not among ``records`` are
     kept (one analysis run on its own updates its own entries); the profile is then ``"mixed"``
     if the two differ. Every figure records the commit that made it (``git_commit``; a kept entry
-    from an older manifest without one takes that manifest's), the manifest's own is this run's.
+    from an older manifest without one takes that manifest's), the manifest's own is this run's:
+    ``commit``, read when the run started (a run of hours may end after the checkout has moved on;
+    its code is what it imported), else the checkout's now.
     """
     path = Path(out) / MANIFEST_FILE
-    commit = git_commit()
+    commit = commit if commit is not None else git_commit()
     entries = [{**dataclasses.asdict(r), "git_commit": commit} for r in records]
     if merge and path.is_file():
         old = json.loads(path.read_text())

@@ -30,6 +30,7 @@ from drpo_sim.config import check_profile
 from drpo_sim.paper import claims, jobs, report
 from drpo_sim.paper.analyses import ORDER
 from drpo_sim.paper.manifest import write_manifest
+from drpo_sim.provenance import git_commit
 from drpo_sim.run.executor import Runner
 from drpo_sim.run.store import CellStore
 
@@ -55,6 +56,7 @@ def reproduce(out: str | Path = "figures", profile: str = "quick", formats: Sequ
     (``None`` for what was not run)."""
     check_profile(profile)
     stages = select(only)
+    commit = git_commit()  # the code this process imported, not the checkout's HEAD when the run ends
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +82,7 @@ def reproduce(out: str | Path = "figures", profile: str = "quick", formats: Sequ
         runner.cancel()
     if analyses == list(ORDER):
         store.prune(runner.served)  # cells of older code or of experiments no longer run
-    manifest = write_manifest(out, records, profile=profile, merge=bool(only)) if records else None
+    manifest = write_manifest(out, records, profile=profile, merge=bool(only), commit=commit) if records else None
     results = None
     if "claims" in stages:
         results = claims.claims_from_results(out)

@@ -43,6 +43,9 @@ def test_write_manifest_records_every_figure_and_the_provenance(tmp_path):
                                    for r in GEOMETRY + FLOWS]
     assert {r["figure"]: r["script"] for r in manifest["figures"]}["fixed_point_flows"] == "fixed_points"
     assert load_manifest(tmp_path) == manifest
+    # a run records the commit it read when it started (reproduce passes it), not the HEAD at its end
+    started = json.loads(write_manifest(tmp_path, FLOWS, profile="full", commit="0" * 40).read_text())
+    assert started["git_commit"] == "0" * 40 and {f["git_commit"] for f in started["figures"]} == {"0" * 40}
     assert not list(tmp_path.glob(".*.tmp"))
 
 
