@@ -99,7 +99,8 @@ MU_EDGES: np.ndarray = np.array(
 #: Quantiles reported for every distribution.
 QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
 
-#: Region codes, in the order of the accumulator's last axis (see :func:`_region_codes`).
+#: Region codes, in the order of the accumulator's last axis (see :func:`drpo_sim.fused.region_codes`;
+#: NaN weights give NaN there and are counted from the weight histogram instead).
 REGION_NAMES: tuple[str, ...] = ("corrective", "masked", "attenuated", "unit", "amplified")
 
 #: Advantage sign buckets.
@@ -221,16 +222,6 @@ KERNELS: tuple[str, ...] = ("eager", "fused")
 #: Tokens per block of :meth:`ReplayAccumulator._fold`: a block's dozen float64 temporaries stay
 #: within the L3 cache (the fastest of 8,192 to 1,048,576 tokens measured with 8 objectives on one thread).
 FOLD_BLOCK = 1 << 17
-
-
-def _region_codes(w: torch.Tensor, w_minus_one: torch.Tensor) -> torch.Tensor:
-    """Code of each weight in :data:`REGION_NAMES` order: ``<0, ==0, (0,1), ==1, >1`` -> 0..4.
-
-    ``sign(w) + sign(w - 1) + 2`` is 0 below 0, 1 at 0, 2 between, 3 at 1 and 4 above: the
-    classification of :class:`objectives.Regions`, plus the tokens it leaves out (``w == 1``).
-    NaN weights give NaN here and are counted from the weight histogram instead.
-    """
-    return (torch.sign(w) + torch.sign(w_minus_one) + 2).to(torch.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,7 +523,7 @@ class ReplayAccumulator:
                 else:
                     w = obj.weight(lp, lpb, a, **block_extra)
                 w_minus_one = w - 1.0
-                code = _region_codes(w, w_minus_one).clamp_(0, n_r - 1)
+                code = fused.region_codes(torch, w, w_minus_one).to(torch.int64).clamp_(0, n_r - 1)
                 self.regions[k].index_add_(0, cell * n_r + code, one)
                 mass[k].index_add_(0, cell, is_mag * w.abs())
                 weight_sum[k].index_add_(0, cell, w)

@@ -74,11 +74,12 @@ def enabled() -> bool:
     return os.environ.get(_ENV, "fused").strip().lower() != "eager"
 
 
-def region_codes(xp: Any, w: Any) -> Any:
+def region_codes(xp: Any, w: Any, w_minus_one: Any = None) -> Any:
     """Each weight's region as ``sign(w) + sign(w - 1) + 2``: 0 corrective (``w < 0``), 1 masked
     (``w == 0``), 2 attenuated, 3 exactly 1, 4 amplified (:class:`drpo_sim.objectives.Regions`,
-    plus the tokens it leaves out); NaN weights give NaN, which the replay counts apart."""
-    return xp.sign(w) + xp.sign(w - 1.0) + 2.0
+    plus the tokens it leaves out), as floats; NaN weights give NaN, which the replay counts apart.
+    ``w_minus_one`` is ``w - 1`` where the caller has it already (the replay bins it)."""
+    return xp.sign(w) + xp.sign(w - 1.0 if w_minus_one is None else w_minus_one) + 2.0
 
 
 # ----------------------------------------------------------------------------------------------
