@@ -164,24 +164,30 @@ def traced_outputs(objectives: Sequence[objectives_mod.Objective], outputs: tupl
     """Every objective's ``outputs`` on one flat block of torch tokens, in the namespace a kernel
     compiles in (module docstring): the registry's own ``_weight`` and ``_surrogate``, the
     per-token quantities (``r``, ``mu``, ``pi - mu``, ...) shared by all of them. What
-    :class:`Kernel` compiles, and what the replay's fold (:mod:`drpo_sim.analysis`) compiles with
-    its bookkeeping."""
+    :class:`Kernel` compiles, one objective at a time."""
     import torch
 
     xp = _CompiledNamespace(_torch_namespace())
-    shared = objectives_mod.TokenTerms(xp, logp, logp_behavior, advantage, tuple(logp.shape), detach=True,
-                                       columns=dict(columns))
+    t = objectives_mod.TokenTerms(xp, logp, logp_behavior, advantage, tuple(logp.shape), detach=True,
+                                  columns=dict(columns))
     out = []
     for obj in objectives:
-        t = shared  # one set of terms: each objective reuses the quantities the others computed
-        w = None
-        for name in outputs:
-            if name == "surrogate":
-                out.append(t.full(obj._surrogate(t)))
-            else:
-                if w is None:
-                    w = t.full(obj._weight(t))
-                out.append(w if name == "weight" else region_codes(torch, w))
+        out += _in_order(outputs, lambda obj=obj: t.full(obj._surrogate(t)), lambda obj=obj: t.full(obj._weight(t)),
+                         torch)
+    return out
+
+
+def _in_order(outputs: Sequence[str], surrogate: Callable[[], Any], weight: Callable[[], Any], xp: Any) -> list[Any]:
+    """``outputs`` of one objective, in order, from its ``surrogate()`` and ``weight()`` (the weight
+    computed once, for the weight and the region code)."""
+    out, w = [], None
+    for name in outputs:
+        if name == "surrogate":
+            out.append(surrogate())
+        else:
+            if w is None:
+                w = weight()
+            out.append(w if name == "weight" else region_codes(xp, w))
     return out
 
 
@@ -232,14 +238,12 @@ class Kernel:
             obj = self.objectives[label]
             extra = {c: given[c] for c in obj.required_columns}
             ids = sample_id if obj.per_sequence else None
-            w = None
-            for name in self.outputs:
-                if name == "surrogate":
-                    out.append(obj.surrogate(logp, logp_behavior, advantage, sample_id=ids, **extra))
-                else:
-                    if w is None:
-                        w = obj.weight(logp, logp_behavior, advantage, sample_id=ids, **extra)
-                    out.append(w if name == "weight" else region_codes(namespace(w), w))
+            out += _in_order(self.outputs,
+                             lambda obj=obj, ids=ids, extra=extra: obj.surrogate(logp, logp_behavior, advantage,
+                                                                                 sample_id=ids, **extra),
+                             lambda obj=obj, ids=ids, extra=extra: obj.weight(logp, logp_behavior, advantage,
+                                                                              sample_id=ids, **extra),
+                             namespace(logp))
         return tuple(out)
 
     def __call__(self, logp: Any, logp_behavior: Any, advantage: Any, *, sample_id: Any = None,
