@@ -24,6 +24,7 @@ question a student answers and the one the check computes cannot drift apart.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -39,9 +40,11 @@ from scipy.optimize import brentq
 from drpo_sim import analysis, objectives, offpolicy, sim, stats, summaries, tokens
 from drpo_sim.config import PAPER_METHODS
 from drpo_sim.envs.bandit import zipf_logits
+from drpo_sim.envs.formats import FormatWorld
 from drpo_sim.stats import compare
 
-__all__ = ["EXERCISES", "Exercise", "check", "exercises", "figures_dir", "simulate", "task"]
+__all__ = ["EXERCISES", "SUSPECTS", "Exercise", "bug_batch", "check", "engine_logp", "exercises", "figures_dir",
+           "simulate", "task", "trainer_logp"]
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,33 @@ def _solve_kl_boundary(p: dict) -> float:
     return pi
 
 
+def _largest_gain(name: str, params: dict, mu: float, adv: float) -> float:
+    """The largest gain ``pi - mu`` (``pi <= 1``) of a token with ``A > 0`` before the registry's weight turns 0."""
+
+    def keep(pi: float) -> bool:
+        return _weight(name, params, pi, mu, adv) != 0.0
+
+    return (1.0 if keep(1.0) else _boundary(keep, mu, 1.0)) - mu
+
+
+def _grpo_minus_tv_gain(p: dict, mu: float) -> float:
+    return (_largest_gain("grpo", {"eps_high": p["eps_high"]}, mu, p["advantage"])
+            - _largest_gain("dppo_tv", {"delta": p["delta"]}, mu, p["advantage"]))
+
+
+def _solve_grpo_wider(p: dict) -> float:
+    """The smallest ``mu`` at which GRPO's largest gain reaches DPPO-TV's: the first sign change of their
+    difference on a grid of ``mu``, refined by brentq. Above it GRPO's gain is never smaller (near ``mu = 1``
+    both are capped at ``1 - mu`` and equal); at the crossing neither is capped."""
+    grid = np.linspace(0.01, 0.99, 99)
+    gap = np.array([_grpo_minus_tv_gain(p, m) for m in grid])
+    i = int(np.argmax(gap >= 0.0))
+    assert 0 < i and np.all(gap[i:] >= -1e-12), "GRPO's gain should overtake DPPO-TV's once, and stay at least as large"
+    mu = brentq(lambda m: _grpo_minus_tv_gain(p, m), grid[i - 1], grid[i], xtol=1e-14, rtol=1e-13)
+    assert _largest_gain("dppo_tv", {"delta": p["delta"]}, mu, p["advantage"]) < 1.0 - mu  # not the cap pi <= 1
+    return float(mu)
+
+
 # -- 04: SPO and DRPO ------------------------------------------------------------------------
 
 
@@ -210,6 +240,40 @@ def _solve_drpo_bounds(p: dict) -> tuple[float, float]:
     w_plus = _weight("drpo", params, 1.0, tiny, 1.0)
     w_minus = _weight("drpo", params, 1.0, tiny, -1.0)
     return (min(w_plus, w_minus), max(w_plus, w_minus))
+
+
+def _token_inputs(p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(logp, logp_behavior, advantage)`` of the exercise's tokens."""
+    return tuple(np.asarray(p[k], dtype=np.float64) for k in ("logp", "logp_behavior", "advantage"))
+
+
+def _reported(p: dict, g: np.ndarray) -> tuple[float, float]:
+    return (float(g[p["report"][0]]), float(g[p["report"][1]]))
+
+
+def _solve_drpo_surrogate_torch(p: dict) -> tuple[float, float]:
+    """DRPO's ``dJ/dlogp`` of the two reported tokens, from the registry (one of them is corrective)."""
+    lp, lpb, a = _token_inputs(p)
+    drpo = objectives.get("drpo", delta=p["delta"])
+    assert np.any(drpo.weight(lp, lpb, a) < 0.0), "the exercise needs a token in DRPO's corrective region"
+    return _reported(p, drpo.grad_logp(lp, lpb, a))
+
+
+def _drpo_surrogate_slip(p: dict, slip: str) -> tuple[float, float]:
+    """The gradient a common slip in writing DRPO's surrogate gives (``J = r A - abs(A) mu (r-1)^2 / (2 delta)``)."""
+    lp, lpb, a = _token_inputs(p)
+    delta = p["delta"]
+    mu, pi = np.exp(lpb), np.exp(lp)
+    r = pi / mu
+    g = {
+        "loss": lambda: -objectives.get("drpo", delta=delta).grad_logp(lp, lpb, a),  # backpropagated -J
+        "no_mu": lambda: objectives.get("spo", eps=delta).grad_logp(lp, lpb, a),     # abs(A) (r-1)^2 / (2 delta)
+        "signed_adv": lambda: a * r - a * (pi - mu) * r / delta,                      # A, not abs(A), on the penalty
+        "l2": lambda: a * r - np.abs(a) * (pi - mu) * pi / delta,                     # abs(A) (pi - mu)^2 / (2 delta)
+        "no_penalty_grad": lambda: objectives.get("pg_is").grad_logp(lp, lpb, a),    # the penalty detached
+        "weight": lambda: objectives.get("drpo", delta=delta).weight(lp, lpb, a),
+    }[slip]()
+    return _reported(p, np.asarray(g))
 
 
 # -- 05: the bandit under noise and staleness, a 2 x 2 design --------------------------------
@@ -298,16 +362,22 @@ def _equivalent_cells_unadjusted(p: dict) -> float:
 
 
 @functools.lru_cache(maxsize=2)
-def _replayed_log(key: str):
-    """Rebuild notebook 06's token log in memory (the same simulation) and replay it."""
+def _log_tokens(key: str) -> tokens.TokenBatch:
+    """Notebook 06's token log, rebuilt in memory (the same simulation), as one batch."""
 
     p = _SETTINGS[key]
     batches = []
     sim.simulate(
         sim.SimConfig.from_flat(p["config"]), p["methods"], p["seeds"], token_sink_for=lambda m: batches.append
     )
+    return tokens.concat(batches)
+
+
+@functools.lru_cache(maxsize=2)
+def _replayed_log(key: str):
+    """Notebook 06's token log (:func:`_log_tokens`), replayed."""
     # one batch: the replay's cost is per batch as much as per token
-    return analysis.replay([tokens.concat(batches)])
+    return analysis.replay([_log_tokens(key)])
 
 
 def _solve_rare_share(p: dict) -> float:
@@ -317,6 +387,32 @@ def _solve_rare_share(p: dict) -> float:
 def _solve_rare_masked(p: dict) -> float:
     t = _replayed_log(p["_key"]).objectives.set_index("objective")
     return float(t.loc[p["objective"], "rare_masked_frac"])
+
+
+def _kept_tokens(p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(logp, logp_behavior, advantage)`` of the log's tokens in the loss (``mask``) whose advantage has the
+    exercise's sign, as the replay reads them."""
+    b = _log_tokens(p["_key"])
+    keep = b.mask & (np.sign(b.advantage) == p["advantage_sign"])
+    return b.logp[keep], b.logp_behavior[keep], b.advantage[keep]
+
+
+def _solve_largest_corrective_delta(p: dict) -> float:
+    """The supremum of the ``delta`` at which DRPO's weight is negative for some of the tokens: the largest
+    ``sign(A) (pi - mu)``, read off the registry's weight at ``delta = 1`` (``w = 1 - sign(A) (pi - mu)``), and
+    checked on either side with the weight at that ``delta``."""
+    lp, lpb, a = _kept_tokens(p)
+    delta = float(np.max(1.0 - objectives.get("drpo", delta=1.0).weight(lp, lpb, a)))
+    assert delta > 0.0
+    assert np.any(objectives.get("drpo", delta=delta * (1 - 1e-9)).weight(lp, lpb, a) < 0.0)
+    assert not np.any(objectives.get("drpo", delta=delta * (1 + 1e-9)).weight(lp, lpb, a) < 0.0)
+    return delta
+
+
+def _largest_abs_shift(p: dict) -> float:
+    """The largest ``abs(pi - mu)`` of the same tokens, in either direction."""
+    lp, lpb, _ = _kept_tokens(p)
+    return float(np.max(np.abs(np.exp(lp) - np.exp(lpb))))
 
 
 # -- 07: three policies and sequence ratios -------------------------------------------------
@@ -388,6 +484,175 @@ def _product_variance_terms(p: dict) -> tuple[float, float]:
     return float(np.sum(mu * np.exp(log_r) ** 2)), float(np.sum(mu * log_r**2) - np.sum(mu * log_r) ** 2)
 
 
+# -- 08: loss aggregation and length bias ----------------------------------------------------
+
+
+def _format_world(p: dict, **changes: Any) -> FormatWorld:
+    return FormatWorld(**{**p["world"], **changes})
+
+
+def _first_step_gradient(p: dict, **changes: Any) -> np.ndarray:
+    world = _format_world(p, **changes)
+    return world.expected_gradient(np.zeros(world.k), p["mode"])
+
+
+def _solve_longest_favoured(p: dict) -> float:
+    """The longest length of the careful format at which the exact expected gradient of the first step
+    (``theta = 0``) under ``mode`` still raises it at least as much as the short format, by scanning
+    every length the horizon allows."""
+    lengths = list(p["world"]["lengths"])
+    short, careful = p["short"], p["careful"]
+    best = 0
+    for n in range(1, p["world"]["horizon"] + 1):
+        lengths[careful] = n
+        g = _first_step_gradient(p, lengths=tuple(lengths))
+        if g[careful] >= g[short]:
+            best = n
+    return float(best)
+
+
+def _longest_favoured_unbiased(p: dict) -> float:
+    """The same scan under a constant normaliser (a slip: it never prefers the short format)."""
+    return _solve_longest_favoured({**p, "mode": "seq-mean-token-sum-norm"})
+
+
+def _torch():
+    import torch  # the checks' only use of torch (08.silent_bug): imported when it runs
+
+    return torch
+
+
+def _bug_batch(p: dict) -> dict:
+    """08.silent_bug's batch: trainer logits ``[B, T, V]`` (float64), sampled tokens, a mask of
+    random lengths, one advantage per sequence. The engine is a float8 (e4m3) pass over the same
+    logits: the first update after a weight sync, with a mismatch large enough to reach the clip."""
+    torch = _torch()
+    gen = torch.Generator().manual_seed(p["seed"])
+    b, t, v = p["batch"], p["length"], p["vocab"]
+    logits = p["logit_scale"] * torch.randn(b, t, v, generator=gen, dtype=torch.float64)
+    tokens = torch.multinomial(torch.softmax(logits, -1).reshape(-1, v), 1, generator=gen).reshape(b, t)
+    lengths = torch.randint(1, t + 1, (b,), generator=gen)
+    mask = torch.arange(t)[None, :] < lengths[:, None]
+    tokens = torch.where(mask, tokens, 0)  # padding holds token 0
+    advantage = torch.randn(b, generator=gen, dtype=torch.float64)
+    return {"logits": logits, "tokens": tokens, "mask": mask, "advantage": advantage}
+
+
+def engine_logp(logits, tokens):
+    """The engine's log-probs of ``tokens``: the same logits rounded to float8 (e4m3)."""
+    torch = _torch()
+    return torch.log_softmax(logits.to(torch.float8_e4m3fn).double(), -1).gather(-1, tokens[..., None])[..., 0]
+
+
+def trainer_logp(logits, tokens):
+    """The trainer's log-probs of ``tokens`` from its own (float64) logits."""
+    torch = _torch()
+    return torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
+
+
+# Five implementations of GRPO's loss (clip 0.2 / 0.28, token-mean) a learner might meet. Each takes
+# the trainer's logits and the batch and computes its own log-probs, the engine's included.
+
+
+def suspect_a(logits, batch):
+    mu = engine_logp(logits, batch["tokens"])
+    ratio = (trainer_logp(logits, batch["tokens"]) - mu).exp()
+    adv = batch["advantage"][:, None]
+    J = (ratio * adv).minimum(ratio.clamp(1 - 0.2, 1 + 0.28) * adv)
+    m = batch["mask"].double()
+    return -(J * m).sum() / m.sum()
+
+
+def suspect_b(logits, batch):
+    torch = _torch()
+    with torch.no_grad():
+        mu = engine_logp(logits, batch["tokens"])
+    ratio = (trainer_logp(logits, batch["tokens"]) - mu).exp()
+    adv = batch["advantage"][:, None]
+    J = torch.minimum(ratio * adv, ratio.clamp(1 - 0.2, 1 + 0.28) * adv)
+    m = batch["mask"].double()
+    return -(J * m).sum() / m.sum()
+
+
+def suspect_c(logits, batch):
+    torch = _torch()
+    with torch.no_grad():
+        mu = engine_logp(logits, batch["tokens"])
+    ratio = (trainer_logp(logits, batch["tokens"]) - mu).exp()
+    adv = batch["advantage"][:, None]
+    J = torch.minimum(ratio * adv, ratio.clamp(1 - 0.2, 1 + 0.28) * adv)
+    return -J.mean()
+
+
+def suspect_d(logits, batch):
+    torch = _torch()
+    mu = engine_logp(logits, batch["tokens"]).detach()
+    ratio = (trainer_logp(logits, batch["tokens"]) - mu).exp()
+    adv = batch["advantage"][:, None]
+    clipped = ((adv > 0) & (ratio > 1 + 0.28)) | ((adv < 0) & (ratio < 1 - 0.2))
+    J = torch.where(clipped, ratio.detach() * adv, ratio * adv)
+    return -J[batch["mask"]].mean()
+
+
+def suspect_e(logits, batch):
+    torch = _torch()
+    with torch.no_grad():
+        mu = engine_logp(logits, batch["tokens"])
+    ratio = (mu - trainer_logp(logits, batch["tokens"])).exp()
+    adv = batch["advantage"][:, None]
+    J = torch.minimum(ratio * adv, ratio.clamp(1 - 0.2, 1 + 0.28) * adv)
+    m = batch["mask"].double()
+    return -(J * m).sum() / m.sum()
+
+
+SUSPECTS = {"a": suspect_a, "b": suspect_b, "c": suspect_c, "d": suspect_d, "e": suspect_e}
+"""08.silent_bug's implementations, by letter."""
+
+
+def bug_batch(exercise: str = "08.silent_bug") -> dict:
+    """A fresh copy of the exercise's batch (the logits are a leaf tensor that requires a gradient)."""
+    batch = _bug_batch(_get(exercise).params)
+    batch["logits"].requires_grad_(True)
+    return batch
+
+
+def _gradient(loss_fn: Callable, p: dict):
+    batch = _bug_batch(p)
+    logits = batch["logits"].requires_grad_(True)
+    loss_fn(logits, batch).backward()
+    return logits.grad
+
+
+def _reference_gradient(p: dict):
+    """The registry's GRPO loss (``objectives.policy_loss``, token-mean) on the batch, the engine's
+    log-probs taken as data (no gradient), backpropagated into the logits."""
+    torch = _torch()
+
+    def loss(logits, batch):
+        with torch.no_grad():
+            mu = engine_logp(logits, batch["tokens"])
+        value, _ = objectives.policy_loss(p["objective"], trainer_logp(logits, batch["tokens"]), mu,
+                                          batch["advantage"], batch["mask"], agg_mode=p["agg_mode"], metrics=False)
+        return value
+
+    return _gradient(loss, p)
+
+
+def _buggy_letters(p: dict) -> list[str]:
+    torch = _torch()
+    want = _reference_gradient(p)
+    return [k for k, fn in SUSPECTS.items()
+            if not torch.allclose(_gradient(fn, p), want, rtol=1e-9, atol=1e-12)]
+
+
+def _solve_silent_bug(p: dict) -> str:
+    return "".join(_buggy_letters(p))
+
+
+def _is_letters_out_of_order(a: Any, p: dict) -> bool:
+    return isinstance(a, str) and sorted(a.replace(" ", "").replace(",", "")) == _buggy_letters(p)
+
+
 # ----------------------------------------------------------------------------------------------
 # the exercises
 
@@ -436,6 +701,9 @@ _LOG_06 = {
 
 # the settings several exercises share (their simulations are cached under these keys)
 _SETTINGS = {"06": _LOG_06}
+
+# Notebook 08's world: the four answer formats of drpo_sim.envs.formats, as a JSON-friendly dict
+_WORLD_08 = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(FormatWorld()).items()}
 
 
 def _near(value_of: Callable[[dict], float], rtol: float = 1e-3) -> Callable[[Any, dict], bool]:
@@ -581,6 +849,48 @@ _LIST = [
         ),
     ),
     Exercise(
+        name="03.grpo_wider",
+        notebook="03_dppo_divergence_trust_region",
+        question="the smallest mu at which GRPO (eps_high = 0.28) lets a token with A > 0 gain at least as much "
+                 "probability pi - mu (pi <= 1) as DPPO-TV (delta = 0.15) before its weight drops to 0",
+        params={"eps_high": 0.28, "delta": 0.15, "advantage": 1.0},
+        solve=_solve_grpo_wider,
+        hint="at a given mu, find each objective's largest pi with a nonzero weight (switch_point on "
+             "objectives.get('grpo', eps_high=...).weight and on DPPO-TV's, pi <= 1), subtract mu, and solve for the "
+             "mu where the two gains meet (brentq on their difference): GRPO's gain grows with mu, DPPO-TV's does not",
+        rtol=1e-3,
+        traps=(
+            (
+                _near(lambda p: p["delta"]),
+                "that is DPPO-TV's largest gain delta itself, the same for every mu; the question asks for the mu at "
+                "which GRPO's gain catches up with it",
+            ),
+            (
+                _near(lambda p: p["eps_high"]),
+                "that is GRPO's margin on the ratio r; its largest gain in probability depends on mu",
+            ),
+            (
+                _near(lambda p: p["delta"] / (1 + p["eps_high"])),
+                "that compares GRPO's largest pi, (1 + eps_high) mu, with DPPO-TV's largest gain; compare gains "
+                "pi - mu with gains",
+            ),
+            (
+                _near(lambda p: 1 / (1 + p["eps_high"])),
+                "that is where GRPO's clip reaches pi = 1 (above it the cap pi <= 1 limits its gain); the two gains "
+                "meet at a smaller mu",
+            ),
+            (
+                _near(lambda p: 1 - p["delta"]),
+                "that is where DPPO-TV's gain reaches the cap 1 - mu (above it both gains are 1 - mu, equal); GRPO's "
+                "gain catches up at a smaller mu",
+            ),
+            (
+                _near(lambda p: _solve_grpo_wider(p) + p["delta"]),
+                "that is the pi the token reaches where the gains meet; the question asks for mu",
+            ),
+        ),
+    ),
+    Exercise(
         name="04.drpo_bounds",
         notebook="04_spo_drpo_bounded_weights",
         question="the smallest and largest weight DRPO gives any token at delta = 12.5, as a pair (low, high)",
@@ -616,6 +926,56 @@ _LIST = [
                     1e-6,
                 ),
                 "that is DRPO's weight (written in the shift pi - mu); SPO's is written in the ratio r = pi / mu",
+            ),
+        ),
+    ),
+    Exercise(
+        name="04.drpo_surrogate_torch",
+        notebook="04_spo_drpo_bounded_weights",
+        question="dJ/dlogp of DRPO's surrogate (delta = 0.05), written in torch and backpropagated, for the two "
+                 "tokens at the positions t['report'], as a pair in that order",
+        # (mu, pi, A): attenuated, corrective (pi - mu = 0.1 > delta), attenuated with A < 0, amplified, rare
+        params={"logp": [math.log(x) for x in (0.32, 0.50, 0.17, 0.03, 0.002)],
+                "logp_behavior": [math.log(x) for x in (0.30, 0.40, 0.20, 0.02, 0.001)],
+                "advantage": [1.0, 1.0, -0.5, -1.0, 0.5], "delta": 0.05, "report": [1, 2]},
+        solve=_solve_drpo_surrogate_torch,
+        hint="J = r A - abs(A) mu (r - 1)^2 / (2 delta) per token, with r = exp(logp - logp_behavior) carrying the "
+             "gradient in both terms and mu = exp(logp_behavior) a constant; backpropagate J.sum() itself (not a "
+             "loss -J) and read logp.grad at the two positions",
+        kind="pair",
+        rtol=1e-6,
+        atol=1e-9,
+        traps=(
+            (
+                _near_pair(lambda p: _drpo_surrogate_slip(p, "loss")),
+                "that is the gradient of the loss -J (what an optimiser minimises); the question asks for dJ/dlogp",
+            ),
+            (
+                _near_pair(lambda p: _drpo_surrogate_slip(p, "weight")),
+                "those are DRPO's weights w; the question asks for the gradient dJ/dlogp = A r w",
+            ),
+            (
+                _near_pair(lambda p: _drpo_surrogate_slip(p, "no_mu")),
+                "that is SPO's gradient: its penalty abs(A) (r - 1)^2 / (2 delta) lacks DRPO's factor mu",
+            ),
+            (
+                _near_pair(lambda p: _drpo_surrogate_slip(p, "signed_adv")),
+                "the penalty carries abs(A), not A: with A the token with A < 0 is pushed away from mu instead of "
+                "being held near it",
+            ),
+            (
+                _near_pair(lambda p: _drpo_surrogate_slip(p, "l2")),
+                "that penalises (pi - mu)^2, the term of the penalty's expectation over the vocabulary; a sampled "
+                "token carries mu (r - 1)^2 = (pi - mu)^2 / mu (sampling it already weights it by mu)",
+            ),
+            (
+                _near_pair(lambda p: _drpo_surrogate_slip(p, "no_penalty_grad")),
+                "that is pg_is's gradient A r: the penalty gave logp no gradient (a detached ratio in it?); only mu "
+                "is a constant",
+            ),
+            (
+                _near_pair(lambda p: _solve_drpo_surrogate_torch(p)[::-1]),
+                "give the pair in the order of t['report']",
             ),
         ),
     ),
@@ -724,6 +1084,31 @@ _LIST = [
         ),
     ),
     Exercise(
+        name="06.largest_corrective_delta",
+        notebook="06_reading_a_token_log",
+        question="the largest delta at which DRPO would give at least one token of the log with A < 0 a corrective "
+                 "(negative) weight",
+        params={"log": _LOG_06, "advantage_sign": -1.0, "_key": "06"},
+        solve=_solve_largest_corrective_delta,
+        hint="DRPO's weight 1 - sign(A) (pi - mu) / delta is negative where sign(A) (pi - mu) > delta: over the "
+             "log's tokens in the loss (mask) with A < 0, take the largest sign(A) (pi - mu), with pi = exp(logp) and "
+             "mu = exp(logp_behavior) (tokens.load_token_log), or search delta with objectives.get('drpo', "
+             "delta=...).weight",
+        rtol=1e-6,
+        traps=(
+            (
+                _near(lambda p: float(_replayed_log(p["_key"]).totals["abs_shift_max"]), 1e-6),
+                "that is the log's largest abs(pi - mu) over every token, whatever its advantage; the question asks "
+                "about the tokens with A < 0, and DRPO corrects only those pushed down (sign(A) (pi - mu) > delta)",
+            ),
+            (
+                _near(_largest_abs_shift, 1e-6),
+                "that counts tokens with A < 0 that moved up, against their advantage: DRPO amplifies those (w > 1); "
+                "it corrects only a token pushed down by more than delta",
+            ),
+        ),
+    ),
+    Exercise(
         name="07.decoupled_weight",
         notebook="07_three_policies_and_sequence_ratios",
         question="decoupled PPO's weight (token TIS, is_cap = 2) for the exercise's two tokens, as a pair in their "
@@ -820,6 +1205,45 @@ _LIST = [
                 "variance; compute it exactly from E_mu[r^2]",
             ),
         ),
+    ),
+    Exercise(
+        name="08.longest_favoured",
+        notebook="08_loss_aggregation_and_length_bias",
+        question="the longest the careful format may be, in tokens, for GRPO's aggregation (seq-mean-token-mean) to "
+                 "raise its probability at least as much as the 8-token short format's in the first step",
+        params={"world": _WORLD_08, "mode": "seq-mean-token-mean", "short": 0, "careful": 1},
+        solve=_solve_longest_favoured,
+        hint="scan the careful format's length (dataclasses.replace(world, lengths=...)) and compare the two "
+             "components of world.expected_gradient(np.zeros(world.k), mode) at theta = 0; or derive it from the "
+             "first token's coefficient under this mode, 1 / (G L)",
+        rtol=0.0,
+        atol=1e-9,
+        traps=(
+            (
+                _near(_longest_favoured_unbiased, 1e-9),
+                "that is what a constant normaliser (or the true gradient) allows; the question is about GRPO's "
+                "seq-mean-token-mean",
+            ),
+            (
+                lambda a, p: float(a) != round(float(a)) and math.floor(float(a)) == _solve_longest_favoured(p),
+                "a length is a whole number of tokens: give the largest integer that still qualifies",
+            ),
+        ),
+    ),
+    Exercise(
+        name="08.silent_bug",
+        notebook="08_loss_aggregation_and_length_bias",
+        question="the implementations of GRPO's token-mean loss whose gradient differs from the registry's "
+                 "(objectives.policy_loss), as their letters in alphabetical order",
+        params={"objective": "grpo", "agg_mode": "token-mean", "seed": 8, "batch": 8, "length": 16, "vocab": 16,
+                "logit_scale": 4.0},
+        solve=_solve_silent_bug,
+        hint="backpropagate each suspect's loss into a fresh tutorials.bug_batch()['logits'] and compare the "
+             "gradient with the one of objectives.policy_loss(..., agg_mode='token-mean') on the same batch, the "
+             "engine's log-probs computed without a gradient (torch.allclose); every suspect runs without an "
+             "error, so only the gradients tell",
+        kind="text",
+        traps=((_is_letters_out_of_order, "the right letters, but give them in alphabetical order, no separator"),),
     ),
 ]
 

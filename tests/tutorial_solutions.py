@@ -53,6 +53,15 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
                         't["mu"], 1 - 1e-12)',
             "wrong": 'answer = t["mu"] + 0.15',
         },
+        "03.grpo_wider": {
+            "solution": 'grpo_ex = objectives.get("grpo", eps_high=t["eps_high"])\n'
+                        'tv_ex = objectives.get("dppo_tv", delta=t["delta"])\n'
+                        "def gain_ex(obj, m):\n"
+                        '    keep = lambda p: obj.weight(np.log(p), np.log(m), t["advantage"]) != 0\n'
+                        "    return float(np.where(keep(1.0), 1.0, switch_point(keep, m, 1.0))) - m\n"
+                        "answer = brentq(lambda m: gain_ex(grpo_ex, m) - gain_ex(tv_ex, m), 0.01, 0.75)",
+            "wrong": 'answer = t["delta"]',
+        },
     },
     "04_spo_drpo_bounded_weights": {
         "04.spo_rare_weight": {
@@ -69,6 +78,17 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
                         "-1.0)])\n"
                         "answer = (float(w.min()), float(w.max()))",
             "wrong": "answer = (0.0, 2.0)",
+        },
+        "04.drpo_surrogate_torch": {
+            "solution": "r_ex = torch.exp(logp - logp_behavior)\n"
+                        "J = r_ex * adv - adv.abs() * torch.exp(logp_behavior) * (r_ex - 1) ** 2 / (2 * delta)\n"
+                        "J.sum().backward()\n"
+                        'answer = (logp.grad[t["report"][0]], logp.grad[t["report"][1]])',
+            # SPO's penalty: the factor mu left out
+            "wrong": "r_ex = torch.exp(logp - logp_behavior)\n"
+                     "J = r_ex * adv - adv.abs() * (r_ex - 1) ** 2 / (2 * delta)\n"
+                     "J.sum().backward()\n"
+                     'answer = (logp.grad[t["report"][0]], logp.grad[t["report"][1]])',
         },
     },
     "05_noise_staleness_convergence": {
@@ -104,6 +124,13 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
             "wrong": 'answer = float(pd.read_csv("replay/objectives.csv").set_index("objective").loc["grpo", '
                      '"masked_frac"])',
         },
+        "06.largest_corrective_delta": {
+            "solution": "log_ex = tokens.load_token_log(log_path).to_pandas()\n"
+                        'log_ex = log_ex[log_ex["mask"] & (log_ex["advantage"] < 0)]\n'
+                        'shift_ex = np.exp(log_ex["logp"]) - np.exp(log_ex["logp_behavior"])\n'
+                        'answer = float((np.sign(log_ex["advantage"]) * shift_ex).max())',
+            "wrong": 'answer = totals["abs_shift_max"]',
+        },
     },
     "07_three_policies_and_sequence_ratios": {
         "07.decoupled_weight": {
@@ -133,6 +160,37 @@ SOLUTIONS: dict[str, dict[str, dict[str, str]]] = {
                         'answer = e_r2_ex ** t["length"] - 1',
             "wrong": "e_r2_ex = float(np.sum(np.exp(logmu_v) * np.exp(logpi_v - logmu_v) ** 2))\n"
                      'answer = t["length"] * (e_r2_ex - 1)',
+        },
+    },    "08_loss_aggregation_and_length_bias": {
+        "08.longest_favoured": {
+            "solution": 'world_ex = FormatWorld(**t["world"])\n'
+                        "qualifying = []\n"
+                        "for n in range(1, world_ex.horizon + 1):\n"
+                        '    lengths_n = list(world_ex.lengths); lengths_n[t["careful"]] = n\n'
+                        "    w_n = dataclasses.replace(world_ex, lengths=tuple(lengths_n))\n"
+                        '    g_n = w_n.expected_gradient(np.zeros(w_n.k), t["mode"])\n'
+                        '    if g_n[t["careful"]] >= g_n[t["short"]]:\n'
+                        "        qualifying.append(n)\n"
+                        "answer = max(qualifying)",
+            "wrong": "answer = 8",
+        },
+        "08.silent_bug": {
+            "solution": "import torch\n"
+                        "def grad_of(loss_fn):\n"
+                        "    b = tutorials.bug_batch()\n"
+                        '    loss_fn(b["logits"], b).backward()\n'
+                        '    return b["logits"].grad\n'
+                        "def registry_loss(logits, b):\n"
+                        "    with torch.no_grad():\n"
+                        '        mu_ex = tutorials.engine_logp(logits, b["tokens"])\n'
+                        '    lp_ex = tutorials.trainer_logp(logits, b["tokens"])\n'
+                        '    value, _ = objectives.policy_loss(t["objective"], lp_ex, mu_ex, b["advantage"],\n'
+                        '                                      b["mask"], agg_mode=t["agg_mode"])\n'
+                        "    return value\n"
+                        "reference = grad_of(registry_loss)\n"
+                        "answer = ''.join(k for k, f in tutorials.SUSPECTS.items()\n"
+                        "                 if not torch.allclose(grad_of(f), reference))",
+            "wrong": 'answer = "e"',
         },
     },
 }

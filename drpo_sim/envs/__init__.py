@@ -11,6 +11,9 @@ Both environments expose the same small interface, which the simulator relies on
   ``logp [N, n_states, V]``, averaged over prompts (no sampling); ``probs = exp(logp)`` may be
   passed when already computed;
 * ``token_rewards()`` (bandit only): the reward of each token, for the exact-gradient mode.
+
+:mod:`drpo_sim.envs.formats` is not one of them: a one-decision world of answer formats of different
+lengths for the loss aggregation's length bias (tutorial 8), with its own exact expected gradient.
 """
 
 from drpo_sim.envs.bandit import LongTailBandit, zipf_logits

@@ -6,7 +6,7 @@
 * Then, in the same kernel, each exercise cell runs again with the reference solution of
   ``tests/tutorial_solutions.py`` in place of its placeholder line (its check cell prints
   ``correct: ...``) and with a wrong answer (its check cell must raise ``AssertionError``).
-* Fast static checks: the seven notebooks exist, are stored without outputs, and each exercise has
+* Fast static checks: the eight notebooks exist, are stored without outputs, and each exercise has
   its cell, its check and its solution.
 
 The notebook executions are marked ``slow`` (each notebook takes 10 to 30 s on two cores). The
@@ -91,8 +91,8 @@ def _has_figure(nb: nbformat.NotebookNode) -> bool:
 # static tests
 
 
-def test_the_seven_notebooks_exist():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"], [p.name for p in NOTEBOOKS]
+def test_the_eight_notebooks_exist():
+    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 9)], [p.name for p in NOTEBOOKS]
     assert (TUTORIALS / "README.md").is_file()
 
 
