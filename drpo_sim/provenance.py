@@ -7,7 +7,9 @@ leaves it unchanged; editing a line the computation runs changes it. The cell st
 (:mod:`drpo_sim.run`) keys its cells with it and the lab's checkpoint cache its checkpoints, so a
 cached result is reused exactly as long as the code that made it is unchanged.
 
-:func:`git_commit` names the commit of a source checkout, for the manifest of a run.
+:func:`git_commit` names the commit of a source checkout, for the manifest of a run, and
+:func:`git_dirty` says whether the package's files differ from it: a commit alone does not name the
+code of a run started from uncommitted changes.
 """
 
 from __future__ import annotations
@@ -112,3 +114,14 @@ def git_commit() -> str | None:
                               cwd=_ROOT).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def git_dirty() -> bool | None:
+    """Whether the package's own files (``drpo_sim/``) have changes the commit does not hold (modified,
+    staged, deleted, or new and not ignored), or None outside a git checkout."""
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                                check=True, cwd=_ROOT).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(status.strip())

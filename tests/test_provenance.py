@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from drpo_sim import provenance
-from drpo_sim.provenance import _without_docstrings, code_digest, git_commit, module_closure
+from drpo_sim.provenance import _without_docstrings, code_digest, git_commit, git_dirty, module_closure
 
 PACKAGE_DIR = Path(provenance.__file__).resolve().parent
 
@@ -231,3 +231,35 @@ def test_git_commit_outside_a_checkout_is_none(tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "_ROOT", tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert git_commit() is None
+
+
+def _git(cwd, *args):
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=cwd)
+
+
+def test_git_dirty_tells_a_checkout_with_changes_from_its_commit(tmp_path, monkeypatch):
+    """A package folder in a fresh repository: clean after its commit; dirty with a modified, a new or a
+    deleted file; outside any checkout, unknown."""
+    pkg = tmp_path / "repo" / "drpo_sim"
+    pkg.mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "b.py").write_text("y = 2\n")
+    repo = pkg.parent
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (repo / "elsewhere.txt").write_text("outside the package\n")  # not the package's: not counted
+    monkeypatch.setattr(provenance, "_ROOT", pkg)
+    assert git_dirty() is False
+    (pkg / "a.py").write_text("x = 3\n")
+    assert git_dirty() is True
+    _git(repo, "checkout", "-q", "--", "drpo_sim/a.py")
+    (pkg / "c.py").write_text("z = 3\n")
+    assert git_dirty() is True
+    (pkg / "c.py").unlink()
+    (pkg / "b.py").unlink()
+    assert git_dirty() is True
+    monkeypatch.setattr(provenance, "_ROOT", tmp_path / "nowhere")
+    assert git_dirty() is None
+

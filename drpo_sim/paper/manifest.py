@@ -17,7 +17,7 @@ from typing import Any
 
 from drpo_sim import __version__
 from drpo_sim._io import write_text
-from drpo_sim.provenance import git_commit
+from drpo_sim.provenance import git_commit, git_dirty
 
 MANIFEST_FILE = "MANIFEST.json"
 
@@ -37,7 +37,7 @@ class FigureRecord:
 
 
 def write_manifest(out: str | Path, records: list[FigureRecord], *, profile: str, merge: bool = False,
-                   commit: str | None = None) -> Path:
+                   commit: str | None = None, dirty: bool | None = None) -> Path:
     """``MANIFEST.json``: every figure, its analysis, job and configuration, the package version and git commit.
 
     With ``merge``, figures already listed in an existing manifest and not among ``records`` are
@@ -45,22 +45,27 @@ def write_manifest(out: str | Path, records: list[FigureRecord], *, profile: str
     if the two differ. Every figure records the commit that made it (``git_commit``; a kept entry
     from an older manifest without one takes that manifest's), the manifest's own is this run's:
     ``commit``, read when the run started (a run of hours may end after the checkout has moved on;
-    its code is what it imported), else the checkout's now.
+    its code is what it imported), else the checkout's now. Beside it, ``git_dirty``: whether the
+    package had changes that commit does not hold (``dirty``, read with ``commit``; None: unknown),
+    in which case the commit does not name the code.
     """
     path = Path(out) / MANIFEST_FILE
-    commit = commit if commit is not None else git_commit()
-    entries = [{**dataclasses.asdict(r), "git_commit": commit} for r in records]
+    if commit is None:
+        commit, dirty = git_commit(), git_dirty()
+    entries = [{**dataclasses.asdict(r), "git_commit": commit, "git_dirty": dirty} for r in records]
     if merge and path.is_file():
         old = json.loads(path.read_text())
         mine = {e["figure"] for e in entries}
         kept = [e for e in old.get("figures", []) if e["figure"] not in mine]
-        entries = [{**e, "git_commit": e.get("git_commit", old.get("git_commit"))} for e in kept] + entries
+        entries = [{**e, "git_commit": e.get("git_commit", old.get("git_commit")), "git_dirty": e.get("git_dirty")}
+                   for e in kept] + entries
         if old.get("profile") not in (None, profile):
             profile = "mixed"
     manifest = {
         "package": "drpo_sim",
         "version": __version__,
         "git_commit": commit,
+        "git_dirty": dirty,
         "profile": profile,
         "python": platform.python_version(),
         "created_unix": time.time(),

@@ -21,6 +21,7 @@ on its spec. ``only`` runs some stages: analysis names, ``claims`` or ``report``
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from drpo_sim.config import check_profile
 from drpo_sim.paper import claims, jobs, report
 from drpo_sim.paper.analyses import ORDER
 from drpo_sim.paper.manifest import write_manifest
-from drpo_sim.provenance import git_commit
+from drpo_sim.provenance import git_commit, git_dirty
 from drpo_sim.run.executor import Runner
 from drpo_sim.run.store import CellStore
 
@@ -57,6 +58,11 @@ def reproduce(out: str | Path = "figures", profile: str = "quick", formats: Sequ
     check_profile(profile)
     stages = select(only)
     commit = git_commit()  # the code this process imported, not the checkout's HEAD when the run ends
+    dirty = git_dirty()
+    if dirty:
+        warnings.warn("drpo_sim/ has changes its commit does not hold: MANIFEST.json records git_dirty = true, "
+                      "and the commit does not name this run's code; commit first for a run you mean to keep",
+                      UserWarning, stacklevel=2)
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +88,8 @@ def reproduce(out: str | Path = "figures", profile: str = "quick", formats: Sequ
         runner.cancel()
     if analyses == list(ORDER):
         store.prune(runner.served)  # cells of older code or of experiments no longer run
-    manifest = write_manifest(out, records, profile=profile, merge=bool(only), commit=commit) if records else None
+    manifest = write_manifest(out, records, profile=profile, merge=bool(only), commit=commit,
+                              dirty=dirty) if records else None
     results = None
     if "claims" in stages:
         results = claims.claims_from_results(out)

@@ -39,13 +39,16 @@ def test_write_manifest_records_every_figure_and_the_provenance(tmp_path):
     assert manifest["package"] == "drpo_sim" and manifest["version"] == drpo_sim.__version__
     assert manifest["profile"] == "quick" and manifest["python"] == platform.python_version()
     assert manifest["created_unix"] > 0 and "git_commit" in manifest
-    assert manifest["figures"] == [{**dataclasses.asdict(r), "git_commit": manifest["git_commit"]}
-                                   for r in GEOMETRY + FLOWS]
+    assert isinstance(manifest["git_dirty"], bool)
+    assert manifest["figures"] == [{**dataclasses.asdict(r), "git_commit": manifest["git_commit"],
+                                    "git_dirty": manifest["git_dirty"]} for r in GEOMETRY + FLOWS]
     assert {r["figure"]: r["script"] for r in manifest["figures"]}["fixed_point_flows"] == "fixed_points"
     assert load_manifest(tmp_path) == manifest
     # a run records the commit it read when it started (reproduce passes it), not the HEAD at its end
-    started = json.loads(write_manifest(tmp_path, FLOWS, profile="full", commit="0" * 40).read_text())
+    started = json.loads(write_manifest(tmp_path, FLOWS, profile="full", commit="0" * 40, dirty=True).read_text())
     assert started["git_commit"] == "0" * 40 and {f["git_commit"] for f in started["figures"]} == {"0" * 40}
+    # and whether the package differed from that commit then: if so, the commit does not name the code
+    assert started["git_dirty"] is True and {f["git_dirty"] for f in started["figures"]} == {True}
     assert not list(tmp_path.glob(".*.tmp"))
 
 

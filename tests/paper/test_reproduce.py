@@ -78,6 +78,18 @@ def test_the_cheap_analyses_run_one_at_a_time_and_merge_into_the_manifest(tmp_pa
     assert [r["job"] for r in manifest["figures"] if r["figure"] == "fixed_point_flows"] == ["x"]
 
 
+def test_a_run_from_uncommitted_changes_warns_and_says_so_in_the_manifest(tmp_path, monkeypatch):
+    """The commit and whether the package differed from it are read when the run starts; a dirty
+    checkout is recorded (the commit alone would not name the code) and warned about."""
+    monkeypatch.setattr(rp, "git_commit", lambda: "1" * 40)
+    monkeypatch.setattr(rp, "git_dirty", lambda: True)
+    with pytest.warns(UserWarning, match="git_dirty = true"):
+        rp.reproduce(tmp_path, "quick", ("png",), only=["fixed_points"], progress=False)
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert manifest["git_commit"] == "1" * 40 and manifest["git_dirty"] is True
+    assert {(r["git_commit"], r["git_dirty"]) for r in manifest["figures"]} == {("1" * 40, True)}
+
+
 def test_the_claims_on_an_empty_directory_name_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"claim 4 reads .*arena_seeds\.csv.*which does not exist"):
         rp.reproduce(tmp_path, only=["claims"], progress=False)
