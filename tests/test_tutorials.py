@@ -71,3 +71,33 @@ def test_a_wrong_answer_raises_with_a_hint_that_keeps_the_answer(name):
     for s in shown:
         if len(s) >= 3:
             assert s not in hint, f"the hint gives the answer away: {msg}"
+
+
+def test_the_prose_about_the_arena_record_quotes_the_record():
+    """Notebook 5 and docs/arena.md comment in prose on the committed arena run's collapses
+    (figures/arena_order_of_events.csv). Their counts must be the record's: a rerun of the arena
+    that changes them fails here until the prose is reread and updated."""
+    import nbformat
+    import pandas as pd
+
+    events = pd.read_csv(tutorials.figures_dir() / "arena_order_of_events.csv")
+    n, first = len(events), int(events["mismatch_first"].sum())
+    bf16 = events[events["precision"] == "bf16"]
+    climbed = events.dropna(subset=["climb_step"])
+    before_collapse = int((climbed["climb_step"] < climbed["collapse_step"]).sum())
+    words = {0: "none", 1: "one", 2: "twice"}
+    root = tutorials.figures_dir().parent
+    nb = nbformat.read(root / "tutorials" / "05_noise_staleness_convergence.ipynb", as_version=4)
+    prose = " ".join(" ".join(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
+    assert first == 0, "notebook 5 says the mismatch never climbed first: reread its arena section"
+    assert f"in none of the {n} runs did it start to climb before the reward fell" in prose
+    assert f"({bf16['climb_step'].notna().sum()} of the {len(bf16)} bf16 runs)" in prose
+    assert f"before the collapse step only {words.get(before_collapse, before_collapse)}" in prose
+    assert f"within its first {int(events['fall_step'].max())} steps" in prose
+    docs = " ".join((root / "docs" / "arena.md").read_text().split())
+    assert f"In none of the {n} collapsed runs did the mismatch start to climb before the reward fell" in docs
+    counts = events.groupby(["objective", "precision"]).size()
+    for label, objective in (("PG-IS", "pg_is"), ("CISPO", "cispo"), ("DPPO-Binary-TV", "dppo_tv"),
+                             ("DRPO 12.5", "drpo")):
+        pair = f"{label} {counts.get((objective, 'bf16'), 0)}/{counts.get((objective, 'fp32'), 0)}"
+        assert pair in docs, pair
