@@ -609,18 +609,22 @@ SUSPECTS = {"a": suspect_a, "b": suspect_b, "c": suspect_c, "d": suspect_d, "e":
 """08.silent_bug's implementations, by letter."""
 
 
-def bug_batch(exercise: str = "08.silent_bug") -> dict:
-    """A fresh copy of the exercise's batch (the logits are a leaf tensor that requires a gradient)."""
-    batch = _bug_batch(_get(exercise).params)
+def _leaf_batch(p: dict) -> dict:
+    """:func:`_bug_batch` with its logits a leaf tensor that requires a gradient."""
+    batch = _bug_batch(p)
     batch["logits"].requires_grad_(True)
     return batch
 
 
+def bug_batch(exercise: str = "08.silent_bug") -> dict:
+    """A fresh copy of the exercise's batch (the logits are a leaf tensor that requires a gradient)."""
+    return _leaf_batch(_get(exercise).params)
+
+
 def _gradient(loss_fn: Callable, p: dict):
-    batch = _bug_batch(p)
-    logits = batch["logits"].requires_grad_(True)
-    loss_fn(logits, batch).backward()
-    return logits.grad
+    batch = _leaf_batch(p)
+    loss_fn(batch["logits"], batch).backward()
+    return batch["logits"].grad
 
 
 def _reference_gradient(p: dict):
