@@ -79,23 +79,36 @@ def test_the_prose_about_the_arena_record_quotes_the_record():
     that changes them fails here until the prose is reread and updated."""
     import nbformat
     import pandas as pd
+    from scipy.stats import binomtest
 
     events = pd.read_csv(tutorials.figures_dir() / "arena_order_of_events.csv")
     n, first = len(events), int(events["mismatch_first"].sum())
     bf16 = events[events["precision"] == "bf16"]
     climbed = events.dropna(subset=["climb_step"])
     before_collapse = int((climbed["climb_step"] < climbed["collapse_step"]).sum())
-    words = {0: "none", 1: "one", 2: "twice"}
     root = tutorials.figures_dir().parent
     nb = nbformat.read(root / "tutorials" / "05_noise_staleness_convergence.ipynb", as_version=4)
     prose = " ".join(" ".join(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
     assert first == 0, "notebook 5 says the mismatch never climbed first: reread its arena section"
     assert f"in none of the {n} runs did it start to climb before the reward fell" in prose
     assert f"({bf16['climb_step'].notna().sum()} of the {len(bf16)} bf16 runs)" in prose
-    assert f"before the collapse step only {words.get(before_collapse, before_collapse)}" in prose
+    assert f"before the collapse step in {before_collapse} of them" in prose
     assert f"within its first {int(events['fall_step'].max())} steps" in prose
+    # the paired comparison of bf16 and fp32 at the higher learning rate (shared seeds)
+    seeds = pd.read_csv(tutorials.figures_dir() / "arena_seeds.csv")
+    high = seeds[seeds["setting"].isin(["bf16_lr_high", "fp32_lr_high"])].pivot_table(
+        index=["method", "seed"], columns="precision", values="collapsed").astype(bool)
+    bf16_only, fp32_only = int((high["bf16"] & ~high["fp32"]).sum()), int((high["fp32"] & ~high["bf16"]).sum())
+    p = binomtest(bf16_only, bf16_only + fp32_only, 0.5).pvalue
+    pair_prose = (f"{bf16_only} collapse under bf16 alone and {fp32_only} under fp32 alone, and an exact McNemar "
+                  f"test on those {bf16_only + fp32_only} gives p = {p:.2f}")
+    assert f"More runs collapse under bf16 ({int(high['bf16'].sum())} of {len(high)})" in prose
+    assert pair_prose in prose
     docs = " ".join((root / "docs" / "arena.md").read_text().split())
     assert f"In none of the {n} collapsed runs did the mismatch start to climb before the reward fell" in docs
+    assert f"({bf16['climb_step'].notna().sum()} of the {len(bf16)} bf16 runs)" in docs
+    assert (f"{bf16_only} runs collapsing under bf16 alone against {fp32_only} under fp32 alone "
+            f"(exact McNemar test p = {p:.2f})") in docs
     counts = events.groupby(["objective", "precision"]).size()
     for label, objective in (("PG-IS", "pg_is"), ("CISPO", "cispo"), ("DPPO-Binary-TV", "dppo_tv"),
                              ("DRPO 12.5", "drpo")):
