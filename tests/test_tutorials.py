@@ -79,7 +79,8 @@ def test_the_prose_about_the_arena_record_quotes_the_record():
     that changes them fails here until the prose is reread and updated."""
     import nbformat
     import pandas as pd
-    from scipy.stats import binomtest
+
+    from drpo_sim.stats import compare
 
     events = pd.read_csv(tutorials.figures_dir() / "arena_order_of_events.csv")
     n, first = len(events), int(events["mismatch_first"].sum())
@@ -98,8 +99,7 @@ def test_the_prose_about_the_arena_record_quotes_the_record():
     seeds = pd.read_csv(tutorials.figures_dir() / "arena_seeds.csv")
     high = seeds[seeds["setting"].isin(["bf16_lr_high", "fp32_lr_high"])].pivot_table(
         index=["method", "seed"], columns="precision", values="collapsed").astype(bool)
-    bf16_only, fp32_only = int((high["bf16"] & ~high["fp32"]).sum()), int((high["fp32"] & ~high["bf16"]).sum())
-    p = binomtest(bf16_only, bf16_only + fp32_only, 0.5).pvalue
+    bf16_only, fp32_only, p = compare.mcnemar_test(high["bf16"], high["fp32"])
     pair_prose = (f"{bf16_only} collapse under bf16 alone and {fp32_only} under fp32 alone, and an exact McNemar "
                   f"test on those {bf16_only + fp32_only} gives p = {p:.2f}")
     assert f"More runs collapse under bf16 ({int(high['bf16'].sum())} of {len(high)})" in prose
