@@ -3,8 +3,8 @@
 One function per kind of experiment, each returning one row per group with point estimates and
 intervals over seeds: :func:`panel_summary` (settings x variants of the simulator),
 :func:`stable_region` (a phase diagram's stable cells), :func:`lab_summary` (the tiny
-transformer lab) and :func:`arena_summary`; and :func:`seed_table`, one row per group and seed,
-the per-seed outcomes that paired comparisons and survival curves need
+transformer lab), :func:`arena_summary` and :func:`gradient_shares` (the arena); and
+:func:`seed_table`, one row per group and seed, the per-seed outcomes that paired comparisons and survival curves need
 (:mod:`drpo_sim.stats.compare`). :mod:`drpo_sim.stats` holds the statistics themselves; this module only says
 which statistic of which column each summary reports.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from drpo_sim import stats
-from drpo_sim.arena.train import COLLAPSE
+from drpo_sim.arena.train import COLLAPSE, GRAD_SHARES
 
 #: A phase-diagram cell is in a method's stable region when nothing collapsed there and its
 #: final-reward IQM keeps at least this share of the method's own on-policy value.
@@ -240,3 +240,24 @@ def order_of_events(df: pd.DataFrame) -> pd.DataFrame:
                      "mismatch_first": bool(first["climb_step"] < first["fall_step"])
                      if np.isfinite(first["climb_step"]) and np.isfinite(first["fall_step"]) else False})
     return pd.DataFrame(rows, columns=[*keys, "climb_step", "fall_step", "collapse_step", "mismatch_first"])
+
+
+def gradient_shares(df: pd.DataFrame, *, by: str = "method") -> pd.DataFrame:
+    """Where each group's gradient goes: per group of ``by``, the mean over its steps with a
+    gradient of each step's :data:`~drpo_sim.arena.train.GRAD_SHARES`, normalised per step.
+
+    A step's shares in the arena's table average its updates, and an update in which every
+    advantage is 0 adds 0 (it has no gradient to share out), so a step's shares sum to the share
+    of its updates that had a gradient, not to 1. Each step's shares are divided by their sum
+    before the mean, so that every step with a gradient weighs the same and each row sums to 1.
+    Steps whose shares sum to 0 have no gradient at all and are left out; ``steps`` counts the
+    steps in the group and ``steps_with_gradient`` those kept.
+    """
+    cols = list(GRAD_SHARES)
+    total = df[cols].sum(axis=1)
+    kept = df[total > 0]
+    normalised = kept[cols].div(total[total > 0], axis=0).assign(**{by: kept[by]})
+    out = normalised.groupby(by, sort=False)[cols].mean()
+    out["steps"] = df.groupby(by, sort=False).size()
+    out["steps_with_gradient"] = kept.groupby(by, sort=False).size().reindex(out.index)
+    return out

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from drpo_sim import stats
-from drpo_sim.arena.train import COLLAPSE
+from drpo_sim.arena.train import COLLAPSE, GRAD_SHARES
 from drpo_sim.summaries import (
     ARENA_CLIMB,
     ARENA_FALL,
@@ -16,6 +16,7 @@ from drpo_sim.summaries import (
     LAB_SUMMARY_LAST,
     STABLE_FRACTION,
     arena_summary,
+    gradient_shares,
     lab_summary,
     order_of_events,
     panel_summary,
@@ -275,3 +276,21 @@ def test_arena_summary_keeps_the_groups_it_is_told_apart_on_cpu():
     assert len(merged) == 1 and merged.loc[0, "seeds"] == 2  # the two settings' seeds pooled
     assert list(apart.columns) == ["setting", *ARENA_SUMMARY_COLUMNS] and list(apart["setting"]) == ["x", "y"]
     assert apart["final_train_reward"].tolist() == pytest.approx([0.5, 0.6])
+
+
+def test_gradient_shares_normalise_each_step_before_the_mean_on_cpu():
+    first, second = GRAD_SHARES[0], GRAD_SHARES[1]
+    # a's step 1: half its updates had a gradient, all of it in the first column (sum 0.5);
+    # step 2: every update had one (sum 1); step 3: none did (all 0), so it is left out
+    rows = {("a", 1): {first: 0.5}, ("a", 2): {first: 0.25, second: 0.75}, ("a", 3): {},
+            ("b", 1): {first: 0.2, second: 0.2}}
+    df = pd.DataFrame([{"method": m, "step": t, **dict.fromkeys(GRAD_SHARES, 0.0), **v}
+                       for (m, t), v in rows.items()])
+    out = gradient_shares(df, by="method")
+    assert list(out.index) == ["a", "b"]
+    assert out.loc["a", first] == pytest.approx((1.0 + 0.25) / 2)  # not (0.5 + 0.25) / 2, nor / 3
+    assert out.loc["a", second] == pytest.approx(0.75 / 2)
+    assert out.loc["b", [first, second]].tolist() == pytest.approx([0.5, 0.5])
+    assert out[list(GRAD_SHARES)].sum(axis=1).tolist() == pytest.approx([1.0, 1.0])
+    assert out["steps"].tolist() == [3, 1] and out["steps_with_gradient"].tolist() == [2, 1]
+

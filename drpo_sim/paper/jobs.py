@@ -726,11 +726,10 @@ def arena_figures(out: str | Path, spec: ArenaSpec, profile: str, runner: Runner
         record(name, files, t1)
 
     t1 = time.perf_counter()
-    with_gradient = sanity[sanity[list(GRAD_SHARES)].sum(axis=1) > 0]  # steps where some advantage was not 0
-    shares = with_gradient.groupby("method")[list(GRAD_SHARES)].mean().reindex(labels)
+    shares = summaries.gradient_shares(sanity, by="method").reindex(labels)[list(GRAD_SHARES)]
     files = plots.grad_share_figure(shares, out / spec.grad_share_figure, formats=formats,
-                                    title=f"Where each objective's gradient goes, {spec.settings[0].title}, "
-                                    "mean over the steps with a gradient, all seeds")
+                                    title=f"Where each objective's gradient goes, {spec.settings[0].title}\n"
+                                    "each step's shares normalised to 1, mean over the steps with a gradient")
     record(spec.grad_share_figure, files, t1)
 
     t1 = time.perf_counter()
