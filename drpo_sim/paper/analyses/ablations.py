@@ -50,7 +50,7 @@ SPEC = PanelSpec(
         Variant("pg_is"),
     ),
     figures=(ABS_ADV_FIGURE, DIVERGENCES_FIGURE, MASK_FIGURE),
-    quick=Profile(steps=80, seeds=6),
+    quick=Profile(steps=80, seeds=4),
     full=Profile(steps=200, seeds=32),
 )
 

@@ -12,7 +12,7 @@ SPEC = PhaseSpec(
     methods=PAPER_METHODS,
     # Gaussian engine noise on the logits, no rounding: the corner (0, 0) is exactly on-policy
     config=TABULAR_TASK,
-    quick=GridProfile(steps=80, seeds=6, noise_std=(0.0, 0.3, 1.0), staleness=(0, 8, 16)),
+    quick=GridProfile(steps=80, seeds=4, noise_std=(0.0, 0.3, 1.0), staleness=(0, 8, 16)),
     full=GridProfile(steps=200, seeds=24, noise_std=(0.0, 0.1, 0.3, 0.6, 1.0), staleness=(0, 4, 8, 16, 32)),
 )
 

@@ -30,7 +30,7 @@ SPEC = PanelSpec(
     # DRPO at the paper's delta and at DPPO-TV's
     variants=(*(Variant(m) for m in PAPER_METHODS), DRPO_AT_DPPO_DELTA),
     figures=(FIGURE,),
-    quick=Profile(steps=80, seeds=6),
+    quick=Profile(steps=80, seeds=4),
     full=Profile(steps=250, seeds=32),
 )
 

@@ -15,7 +15,7 @@ SPEC = SensitivitySpec(
     config={**TABULAR_TASK, "staleness": 8},
     noise_std=(0.1, 0.3, 1.0),
     deltas={"dppo_tv": (0.05, 0.1, 0.15, 0.3, 0.6, 1.0), "drpo": (12.5, 5.0, 2.5, 1.0, 0.5, 0.15)},
-    quick=Profile(steps=80, seeds=6),
+    quick=Profile(steps=80, seeds=4),
     full=Profile(steps=200, seeds=32),
 )
 
