@@ -255,9 +255,9 @@ def gradient_shares(df: pd.DataFrame, *, by: str = "method") -> pd.DataFrame:
     """
     cols = list(GRAD_SHARES)
     total = df[cols].sum(axis=1)
-    kept = df[total > 0]
-    normalised = kept[cols].div(total[total > 0], axis=0).assign(**{by: kept[by]})
-    out = normalised.groupby(by, sort=False)[cols].mean()
+    kept = total > 0
+    normalised = df.loc[kept, cols].div(total[kept], axis=0)
+    out = normalised.groupby(df.loc[kept, by], sort=False).mean()
     out["steps"] = df.groupby(by, sort=False).size()
-    out["steps_with_gradient"] = kept.groupby(by, sort=False).size().reindex(out.index)
+    out["steps_with_gradient"] = kept.groupby(df[by], sort=False).sum().reindex(out.index)
     return out

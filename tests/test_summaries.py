@@ -293,4 +293,3 @@ def test_gradient_shares_normalise_each_step_before_the_mean_on_cpu():
     assert out.loc["b", [first, second]].tolist() == pytest.approx([0.5, 0.5])
     assert out[list(GRAD_SHARES)].sum(axis=1).tolist() == pytest.approx([1.0, 1.0])
     assert out["steps"].tolist() == [3, 1] and out["steps_with_gradient"].tolist() == [2, 1]
-
