@@ -7,7 +7,9 @@ For ``--runs`` runs (contestants x seeds) of the arena's calibrated model
 64 tokens per run), the median wall time over ``--repeats`` of:
 
 * ``rollout``: the engine's token-by-token sampling with its KV cache, in each ``--precisions``
-  (:meth:`drpo_sim.arena.model.Engine.rollout`);
+  (:meth:`drpo_sim.arena.model.Engine.rollout`); for a reduced precision also ``rollout, torch's
+  kernels``, the same rollout with torch's own bfloat16 / float16 products instead of
+  :mod:`drpo_sim.arena.reduced`'s (the same numbers; on a CPU without bfloat16 units, slower);
 * ``update``: the trainer's float32 forward over the whole batch, a DRPO surrogate and the
   backward pass into every run's parameters (:func:`drpo_sim.arena.model.response_logprobs`,
   the calls :mod:`drpo_sim.arena.train` makes);
@@ -48,6 +50,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drpo_sim import objectives  # noqa: E402
+from drpo_sim.arena import reduced  # noqa: E402
 from drpo_sim.arena.model import Engine, replicate, response_logprobs  # noqa: E402
 from drpo_sim.arena.pretrain import pretrain  # noqa: E402
 from drpo_sim.lm.model import torch_threads  # noqa: E402
@@ -98,6 +101,10 @@ def bench(runs: int, precisions: list[str], repeats: int) -> pd.DataFrame:
             engine = Engine(params, model, precision)
             s = _median_s(lambda: engine.rollout(prompts, H, lambda j: draws[j], trainer=params), repeats)
             rows.append({"phase": "rollout", "precision": precision, "seconds": s})
+            if precision in ("bf16", "fp16", "fp8"):  # the same rollout with torch's own reduced-precision kernels
+                with reduced.torch_kernels():
+                    s = _median_s(lambda: engine.rollout(prompts, H, lambda j: draws[j], trainer=params), repeats)
+                rows.append({"phase": "rollout, torch's kernels", "precision": precision, "seconds": s})
         seqs = engine.rollout(prompts, H, lambda j: draws[j], trainer=params).seqs
         trainable = {k: v.clone().requires_grad_(True) for k, v in params.items()}
         obj = objectives.get("drpo")
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     fwd = float(df.loc[df["phase"] == "bare forward", "tokens_per_s"].iloc[0])
     step = float(df.loc[df["phase"] == "bare forward+backward", "tokens_per_s"].iloc[0])
     for r in df.itertuples():
-        ref = fwd if r.phase in ("rollout", "bare forward") else step
+        ref = fwd if r.phase.startswith("rollout") or r.phase == "bare forward" else step
         print(f"{r.phase:24s} {r.precision:5s} {r.tokens_per_s:12,.0f} tokens/s   {ref / r.tokens_per_s:6.2f} x the "
               f"time per token of the bare torch {'forward' if ref == fwd else 'forward+backward'}")
     if args.csv:

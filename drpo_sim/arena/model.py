@@ -24,8 +24,10 @@ block adds ``g_e * MLP_e(h)`` with the gate ``g = softmax(h W_r)``.
   - ``"fp32"``: the same incremental pass in float32; its log-probs are then replaced by the
     trainer's own (the control with no mismatch, bit for bit; see :meth:`Engine.rollout`).
 
-  Only the final logits are cast to float32 before the temperature and the ``log_softmax``, as
-  vLLM does. The engine's incremental attention (one query against the cached keys) also sums
+  On the CPU the engine's bfloat16 / float16 matrix products (linear layers, experts, router,
+  attention) are computed by :mod:`drpo_sim.arena.reduced`: the numbers of torch's own kernels, bit
+  for bit, several times faster. Only the final logits are cast to float32 before the temperature
+  and the ``log_softmax``, as vLLM does. The engine's incremental attention (one query against the cached keys) also sums
   in a different order from the trainer's full-sequence attention, as a real engine's kernels do.
   With MoE, its router runs in the engine's precision, so near-ties flip the route (``routes``).
 
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from drpo_sim.arena import reduced
 from drpo_sim.config import check_positive_ints
 from drpo_sim.lm.precision import FP8_DTYPE, quantize_fp8
 
@@ -126,8 +129,8 @@ def replicate(params: Params, n: int) -> Params:
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``x [R, N, in] @ w [R, in, out] + b [R, out]``."""
-    return torch.baddbmm(b[:, None, :], x, w)
+    """``x [R, N, in] @ w [R, in, out] + b [R, out]`` (:func:`drpo_sim.arena.reduced.matmul`)."""
+    return reduced.matmul(x, w, b[:, None, :])
 
 
 def _norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -144,12 +147,21 @@ def _mlp(p: Params, h: torch.Tensor, routes: torch.Tensor | None) -> tuple[torch
     """The MLP, or the top-1 mixture of experts (its routes ``[R, N]``: given, or the argmax)."""
     if "router" not in p:
         return _linear(F.gelu(_linear(h, p["w1"], p["b1"])), p["w2"], p["b2"]), None
-    gate_logits = torch.bmm(h, p["router"])  # [R, N, K]
+    gate_logits = reduced.matmul(h, p["router"])  # [R, N, K]
     if routes is None:
         routes = gate_logits.argmax(dim=-1)
     gate = gate_logits.float().softmax(dim=-1).gather(-1, routes[..., None]).to(h.dtype)  # [R, N, 1]
-    hidden = F.gelu(torch.einsum("rnd,rkdf->rknf", h, p["w1"]) + p["b1"][:, :, None, :])
-    out = torch.einsum("rknf,rkfd->rknd", hidden, p["w2"]) + p["b2"][:, :, None, :]  # [R, K, N, d]
+    if reduced.emulated(h, p["w1"]) and reduced.emulated(h, p["w2"]):
+        # the einsums below as products torch's reference kernel computes (the same numbers, faster)
+        r, n, d = h.shape
+        k, f = p["w1"].shape[1], p["w1"].shape[-1]
+        hidden = reduced.reduced_bmm(h, p["w1"].permute(0, 2, 1, 3).reshape(r, d, k * f))
+        hidden = F.gelu(hidden.view(r, n, k, f).transpose(1, 2) + p["b1"][:, :, None, :])
+        out = reduced.reduced_bmm(hidden.reshape(r * k, n, f), p["w2"].reshape(r * k, f, d)).view(r, k, n, d)
+        out = out + p["b2"][:, :, None, :]
+    else:
+        hidden = F.gelu(torch.einsum("rnd,rkdf->rknf", h, p["w1"]) + p["b1"][:, :, None, :])
+        out = torch.einsum("rknf,rkfd->rknd", hidden, p["w2"]) + p["b2"][:, :, None, :]  # [R, K, N, d]
     idx = routes[:, None, :, None].expand(-1, 1, -1, out.shape[-1])
     return gate * out.gather(1, idx).squeeze(1), routes
 
@@ -268,18 +280,35 @@ class Engine:
         top_ids = torch.zeros(r, b, n_new, k, dtype=torch.long, device=dev) if k > 0 else None
         top_lp = torch.zeros(r, b, n_new, k, device=dev) if k > 0 else None
         routes = torch.zeros(r, b, total - 1, dtype=torch.long, device=dev) if cfg.moe else None
-        kc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt, device=dev)
-        vc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt, device=dev)
+        # with torch's reduced-precision products reproduced (drpo_sim.arena.reduced), the KV cache
+        # holds the engine's values as float32, laid out for reduced_dot: [dh, T, R*B*h], [T, R*B*h, dh]
+        emulate = reduced.active(dt, dev)
+        if emulate:
+            kc = torch.zeros(dh, total - 1, r * b * nh, device=dev)
+            vc = torch.zeros(total - 1, r * b * nh, dh, device=dev)
+        else:
+            kc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt, device=dev)
+            vc = torch.zeros(r, b, nh, total - 1, dh, dtype=dt, device=dev)
         scale = 1.0 / math.sqrt(dh)
         for t in range(total - 1):
             x = _embed(p, seqs[:, :, t], torch.full((b,), t, device=dev))  # [R, B, d]
             qkv = _linear(_norm(x, p["ln1_g"], p["ln1_b"]), p["wqkv"], p["bqkv"]).view(r, b, 3, nh, dh)
             q = qkv[:, :, 0]
-            kc[:, :, :, t] = qkv[:, :, 1]
-            vc[:, :, :, t] = qkv[:, :, 2]
-            scores = (kc[:, :, :, : t + 1] @ q[..., None]).squeeze(-1) * scale  # [R, B, h, t+1]
-            att = scores.softmax(dim=-1)
-            y = (att[..., None, :] @ vc[:, :, :, : t + 1]).reshape(r, b, d)
+            if emulate:  # torch's (kc @ q) and (att @ vc) in dt, summed its way
+                kc[:, t] = qkv[:, :, 1].reshape(-1, dh).T
+                vc[t] = qkv[:, :, 2].reshape(-1, dh)
+                scores = reduced.reduced_dot(kc[:, : t + 1], q.float().reshape(-1, dh).T[:, None],
+                                             reduced.lanes_for(dh, t + 1, 1))  # [t+1, R*B*h]
+                att = (scores.T.reshape(r, b, nh, t + 1).to(dt) * scale).softmax(dim=-1)  # [R, B, h, t+1]
+                y = reduced.reduced_dot(att.float().reshape(-1, t + 1).T[..., None], vc[: t + 1],
+                                        reduced.lanes_for(t + 1, 1, dh))  # [R*B*h, dh]
+                y = y.to(dt).reshape(r, b, d)
+            else:
+                kc[:, :, :, t] = qkv[:, :, 1]
+                vc[:, :, :, t] = qkv[:, :, 2]
+                scores = (kc[:, :, :, : t + 1] @ q[..., None]).squeeze(-1) * scale  # [R, B, h, t+1]
+                att = scores.softmax(dim=-1)
+                y = (att[..., None, :] @ vc[:, :, :, : t + 1]).reshape(r, b, d)
             x = x + _linear(y, p["wo"], p["bo"])
             m, used = _mlp(p, _norm(x, p["ln2_g"], p["ln2_b"]), None)
             if routes is not None:
