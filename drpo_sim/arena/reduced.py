@@ -26,11 +26,13 @@ the exact products one at a time in the same order. A transposed operand takes y
 (a vectorised dot product with its own order), which this module does not reproduce:
 :func:`matmul` leaves such products to torch.
 
-The equality holds for torch's CPU kernels as built for AVX2 (torch 2.13 here) and is tested, on
-random operands of every shape the arena uses, against ``torch.bmm`` / ``torch.baddbmm`` and
-against the definition written term by term (``tests/arena/test_reduced.py``). On a machine where
-torch would use oneDNN instead, the engine keeps the reference kernel's numbers, so its results no
-longer depend on the CPU's matrix units.
+The equality is tested, on random operands of every shape the arena uses, against the definition
+written out term by term and, where torch uses that kernel (:func:`torch_uses_reference_kernel`;
+torch 2.13 on this project's AVX2 machines), against ``torch.bmm`` / ``torch.baddbmm``, and whole
+rollouts against the engine with torch's own kernels (``tests/arena/test_reduced.py``). On a
+machine where torch would use oneDNN instead, the engine's products keep the reference kernel's
+numbers, so they no longer depend on the CPU's matrix units (its other reduced-precision
+operations, softmax, GELU, LayerNorm, are torch's, whose vector width may still vary).
 """
 
 from __future__ import annotations
@@ -61,6 +63,15 @@ def torch_kernels() -> Iterator[None]:
         yield
     finally:
         _use_reduced_bmm = before
+
+
+def torch_uses_reference_kernel(dtype: torch.dtype) -> bool:
+    """Whether torch itself computes CPU products of ``dtype`` with the reference kernel this module
+    reproduces, rather than oneDNN's (which it uses where the CPU has AVX-512 or AMX units for that
+    dtype, and which sums in another order): where not, the engine's numbers are the reference
+    kernel's, not those of ``torch.bmm`` on that machine."""
+    check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}[dtype]
+    return not getattr(torch.ops.mkldnn, check)()
 
 
 def active(dtype: torch.dtype, device: torch.device) -> bool:
