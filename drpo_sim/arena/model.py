@@ -28,7 +28,8 @@ block adds ``g_e * MLP_e(h)`` with the gate ``g = softmax(h W_r)``.
   attention) are computed by :mod:`drpo_sim.arena.reduced`: the numbers of torch's own kernels, bit
   for bit, several times faster. Only the final logits are cast to float32 before the temperature
   and the ``log_softmax``, as vLLM does. The engine's incremental attention (one query against
-  the cached keys) also sums in a different order from the trainer's full-sequence attention, as a real engine's kernels do.
+  the cached keys) also sums in a different order from the trainer's full-sequence attention, as
+  a real engine's kernels do.
   With MoE, its router runs in the engine's precision, so near-ties flip the route (``routes``).
 
 Because both passes read the same weights, the mismatch ``pi - mu`` is a function of where the
