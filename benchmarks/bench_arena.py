@@ -101,7 +101,7 @@ def bench(runs: int, precisions: list[str], repeats: int) -> pd.DataFrame:
             engine = Engine(params, model, precision)
             s = _median_s(lambda: engine.rollout(prompts, H, lambda j: draws[j], trainer=params), repeats)
             rows.append({"phase": "rollout", "precision": precision, "seconds": s})
-            if precision in ("bf16", "fp16", "fp8"):  # the same rollout with torch's own reduced-precision kernels
+            if engine.dtype in reduced.REDUCED:  # the same rollout with torch's own reduced-precision kernels
                 with reduced.torch_kernels():
                     s = _median_s(lambda: engine.rollout(prompts, H, lambda j: draws[j], trainer=params), repeats)
                 rows.append({"phase": "rollout, torch's kernels", "precision": precision, "seconds": s})

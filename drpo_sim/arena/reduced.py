@@ -50,19 +50,19 @@ NAIVE_BELOW = 400
 sequential float32 sum (its naive kernel) instead of :data:`GEMM_LANES` lanes."""
 
 
-_use_reduced_bmm = True
+_enabled = True
 
 
 @contextmanager
 def torch_kernels() -> Iterator[None]:
     """Within this context every product is left to torch's own kernels: the same numbers, slower
     (for the benchmark's side-by-side timing and the tests' end-to-end check)."""
-    global _use_reduced_bmm
-    before, _use_reduced_bmm = _use_reduced_bmm, False
+    global _enabled
+    before, _enabled = _enabled, False
     try:
         yield
     finally:
-        _use_reduced_bmm = before
+        _enabled = before
 
 
 def torch_uses_reference_kernel(dtype: torch.dtype) -> bool:
@@ -77,7 +77,7 @@ def torch_uses_reference_kernel(dtype: torch.dtype) -> bool:
 def active(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether this module computes products of ``dtype`` on ``device``: bfloat16 / float16 on the
     CPU, outside :func:`torch_kernels`."""
-    return _use_reduced_bmm and dtype in REDUCED and device.type == "cpu"
+    return _enabled and dtype in REDUCED and device.type == "cpu"
 
 
 def emulated(x: torch.Tensor, w: torch.Tensor) -> bool:
