@@ -92,5 +92,7 @@ def test_arena_benchmark_writes_its_table(tmp_path):
     )
     assert "time per token of the bare torch forward+backward" in res.stdout
     table = pd.read_csv(out)
-    assert list(table["phase"]) == ["rollout", "update", "bare forward", "bare forward+backward"]
+    # bf16 is one of the precisions drpo_sim.arena.reduced computes, so its rollout is also timed with torch's kernels
+    assert list(table["phase"]) == ["rollout", "rollout, torch's kernels", "update", "bare forward",
+                                    "bare forward+backward"]
     assert (table["tokens_per_s"] > 0).all() and (table["tokens"] == 2 * 32 * 64).all()
